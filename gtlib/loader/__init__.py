@@ -1,0 +1,1 @@
+"""gtlib.loader"""

@@ -1,0 +1,1 @@
+"""gtlib.operators: neural operators (installed from the top-level operators/ folder)."""
