@@ -1,0 +1,639 @@
+"""Radius and k-nearest-neighbour graphs of point clouds with cell lists, in plain torch.
+
+Points are binned into cells whose side is at least the search radius, so every pair within the
+radius lies in the same or in adjacent cells; only those candidate pairs are ever compared. With
+an orthorhombic periodic ``box`` positions are wrapped into ``[0, L)`` and distances use the
+minimum image. Candidate pairs are generated in bounded chunks of receivers, so memory stays
+proportional to the chunk size plus the output.
+
+Both functions return ``(edge_index, displacement)`` in the PyG convention: ``edge_index[0]`` is
+the sender ``j``, ``edge_index[1]`` the receiver ``i``, and ``displacement = pos[j] - pos[i]``
+(minimum image when periodic). Edges are sorted by receiver, then by distance, then by sender.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["radius_edges", "knn_edges"]
+
+BoxLike = Tensor | Sequence[float] | float
+
+# Candidate pairs (sender, receiver) materialised at once; bounds peak memory of one chunk.
+MAX_CANDIDATES_PER_CHUNK = 1 << 21
+# Graph id times cell count plus linear cell index must fit in int64.
+_MAX_CELL_KEYS = 1 << 62
+# Cells are made this much (relative) wider than the radius so rounding in the binning or in the
+# distance can never hide a pair that lies just inside the radius.
+_CELL_SIDE_MARGIN = 1e-5
+# k-NN: a receiver whose cell neighbourhood holds more than this many times the expected
+# candidate count first retries with a smaller radius (clustered points).
+_KNN_DESCEND_FACTOR = 8.0
+# k-NN: the smallest radius tried, relative to the point cloud's extent.
+_KNN_MIN_RELATIVE_RADIUS = 2.0**-40
+
+
+def radius_edges(
+    pos: Tensor,
+    r: float,
+    box: BoxLike | None = None,
+    batch: Tensor | None = None,
+    max_num_neighbors: int | None = None,
+    loop: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """All pairs of points closer than ``r`` (inclusive), found with cell lists.
+
+    Args:
+        pos: ``[N, d]`` floating-point positions.
+        r: cutoff radius; pairs with distance ``<= r`` are connected. Must be finite and ``> 0``,
+            and with a ``box`` at most ``min(box) / 2`` (beyond that the minimum image of a pair
+            is not the only image within ``r``).
+        box: orthorhombic periodic box lengths, a scalar or ``d`` values (tensor or sequence);
+            ``None`` for open boundaries. Positions are wrapped into ``[0, L)``.
+        batch: ``[N]`` integer graph id of each point, sorted ascending; points only connect
+            within their graph. ``None`` puts all points in one graph.
+        max_num_neighbors: keep only the this many nearest senders of each receiver (the
+            self-loop counts among them when ``loop=True``). ``None`` keeps all.
+        loop: include the self edge ``(i, i)`` (zero displacement) for every point.
+
+    Returns:
+        ``(edge_index, displacement)``: ``edge_index`` is int64 ``[2, E]`` with row 0 the sender
+        ``j`` and row 1 the receiver ``i``, sorted by receiver, then distance, then sender;
+        ``displacement`` is ``[E, d]`` with ``pos[j] - pos[i]`` (minimum image when periodic) in
+        the dtype of ``pos``.
+
+    Raises:
+        TypeError: ``pos`` is not a floating-point tensor, ``batch`` not an integer tensor, or a
+            scalar argument has the wrong type.
+        ValueError: bad shapes, non-finite positions, ``r`` not positive and finite, ``r`` larger
+            than half the box, non-positive box lengths, unsorted ``batch`` or
+            ``max_num_neighbors < 1``.
+    """
+    pos = _check_pos(pos)
+    radius = _check_positive_real(r, "r")
+    box_lengths = _check_box(box, pos)
+    graph, num_graphs = _check_batch(batch, pos)
+    if max_num_neighbors is not None:
+        max_num_neighbors = _check_positive_int(max_num_neighbors, "max_num_neighbors")
+    if box_lengths is not None and radius > float(box_lengths.min()) / 2:
+        raise ValueError(
+            f"r={radius} exceeds half the smallest box length {float(box_lengths.min())}: the "
+            "minimum image of a pair would be ambiguous; use r <= min(box) / 2"
+        )
+    if pos.shape[0] == 0:
+        return _empty_result(pos)
+
+    space = _Space.create(pos, box_lengths)
+    grid = _build_cell_lists(space, graph, num_graphs, _cell_side(radius, space))
+    receivers = torch.arange(pos.shape[0], device=pos.device)
+    candidate_counts = _candidate_counts(grid, receivers)
+
+    senders_out, receivers_out, displacement_out = [], [], []
+    for chunk_receivers, local, sender_slot in _candidate_chunks(grid, receivers, candidate_counts):
+        local, senders, displacement, _ = _sorted_pairs_within(
+            space, grid, chunk_receivers, local, sender_slot, radius, loop
+        )
+        if max_num_neighbors is not None:
+            rank = _rank_within_receiver(local, chunk_receivers.numel())
+            keep = torch.nonzero(rank < max_num_neighbors).squeeze(1)
+            local, senders, displacement = local[keep], senders[keep], displacement[keep]
+        senders_out.append(senders)
+        receivers_out.append(chunk_receivers[local])
+        displacement_out.append(displacement)
+
+    return _assemble(pos, space, senders_out, receivers_out, displacement_out)
+
+
+def knn_edges(
+    pos: Tensor,
+    k: int,
+    box: BoxLike | None = None,
+    batch: Tensor | None = None,
+    loop: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` nearest senders of every point, found with cell lists.
+
+    A radius giving about ``2k`` expected neighbours is estimated from the density; receivers
+    whose cell neighbourhood is far denser than that (clusters) first retry with halved radii,
+    and receivers that find fewer than ``k`` points within the radius retry with a doubled
+    radius. Once the radius reaches the extent of the point cloud (or half the box when
+    periodic) all points of the receiver's graph are compared, so the result is exact for any
+    distribution of points.
+
+    Args:
+        pos: ``[N, d]`` floating-point positions.
+        k: number of neighbours per receiver, ``>= 1``. A receiver whose graph has fewer
+            candidates gets all of them.
+        box: orthorhombic periodic box lengths, a scalar or ``d`` values (tensor or sequence);
+            ``None`` for open boundaries. Distances use the minimum image.
+        batch: ``[N]`` integer graph id of each point, sorted ascending; points only connect
+            within their graph. ``None`` puts all points in one graph.
+        loop: let a point be its own neighbour (it then counts as one of the ``k``).
+
+    Returns:
+        ``(edge_index, displacement)``: ``edge_index`` is int64 ``[2, E]`` with row 0 the sender
+        ``j`` and row 1 the receiver ``i``, sorted by receiver, then distance, then sender;
+        ``displacement`` is ``[E, d]`` with ``pos[j] - pos[i]`` (minimum image when periodic) in
+        the dtype of ``pos``.
+
+    Raises:
+        TypeError: ``pos`` is not a floating-point tensor, ``batch`` not an integer tensor, or a
+            scalar argument has the wrong type.
+        ValueError: bad shapes, non-finite positions, ``k < 1``, non-positive box lengths or
+            unsorted ``batch``.
+    """
+    pos = _check_pos(pos)
+    k = _check_positive_int(k, "k")
+    box_lengths = _check_box(box, pos)
+    graph, num_graphs = _check_batch(batch, pos)
+    num_points, dim = pos.shape
+    if num_points == 0:
+        return _empty_result(pos)
+
+    space = _Space.create(pos, box_lengths)
+    graph_sizes = torch.bincount(graph, minlength=num_graphs)
+    wanted = (graph_sizes[graph] - (0 if loop else 1)).clamp(max=k)
+    plan = _KnnRadii.create(space, graph_sizes, k)
+
+    device = pos.device
+    level = torch.full((num_points,), plan.initial_level, dtype=torch.long, device=device)
+    may_shrink = torch.ones(num_points, dtype=torch.bool, device=device)
+    pending = torch.nonzero(wanted > 0).flatten()
+    expected_candidates = 2 * k * 3**dim / _unit_ball_volume(dim)
+    shrink_threshold = _KNN_DESCEND_FACTOR * expected_candidates
+
+    senders_out, receivers_out, displacement_out = [], [], []
+    while pending.numel() > 0:
+        retry = []
+        pending_levels = level[pending]
+        for current_level in torch.unique(pending_levels).tolist():
+            group = pending[pending_levels == current_level]
+            radius = plan.radius(current_level)
+            grid = _build_cell_lists(space, graph, num_graphs, _cell_side(radius, space))
+            candidate_counts = _candidate_counts(grid, group)
+            num_candidates = candidate_counts.sum(1)
+
+            if math.isfinite(radius):
+                shrink = (
+                    may_shrink[group]
+                    & (num_candidates > shrink_threshold)
+                    & (current_level > plan.min_level)
+                )
+                if bool(shrink.any()):
+                    shrinking = group[shrink]
+                    ratio = expected_candidates / num_candidates[shrink].double()
+                    step = torch.floor(torch.log2(ratio) / dim).long().clamp(max=-1)
+                    level[shrinking] = (current_level + step).clamp(min=plan.min_level)
+                    retry.append(shrinking)
+                # Fewer candidates than wanted: no need to look, grow the radius right away.
+                hopeless = num_candidates - (0 if loop else 1) < wanted[group]
+                grow = hopeless & ~shrink
+                if bool(grow.any()):
+                    retry.append(_grow(group[grow], level, may_shrink, plan))
+                search = ~(shrink | grow)
+                group, candidate_counts = group[search], candidate_counts[search]
+
+            for chunk_receivers, local, sender_slot in _candidate_chunks(
+                grid, group, candidate_counts
+            ):
+                local, senders, displacement, _ = _sorted_pairs_within(
+                    space, grid, chunk_receivers, local, sender_slot, radius, loop
+                )
+                chunk_wanted = wanted[chunk_receivers]
+                found = torch.bincount(local, minlength=chunk_receivers.numel())
+                complete = found >= chunk_wanted
+                rank = _rank_within_receiver(local, chunk_receivers.numel())
+                keep = complete[local] & (rank < chunk_wanted[local])
+                senders_out.append(senders[keep])
+                receivers_out.append(chunk_receivers[local[keep]])
+                displacement_out.append(displacement[keep])
+                if not bool(complete.all()):
+                    if not math.isfinite(radius):
+                        raise RuntimeError("knn_edges: exhaustive search found too few neighbours")
+                    retry.append(_grow(chunk_receivers[~complete], level, may_shrink, plan))
+        pending = torch.cat(retry) if retry else pending[:0]
+
+    if receivers_out:
+        receivers_all = torch.cat(receivers_out)
+        # Each receiver's edges come from one search and are already in distance order.
+        order = torch.sort(receivers_all, stable=True).indices
+        senders_out = [torch.cat(senders_out)[order]]
+        receivers_out = [receivers_all[order]]
+        displacement_out = [torch.cat(displacement_out)[order]]
+    return _assemble(pos, space, senders_out, receivers_out, displacement_out)
+
+
+class _Space(NamedTuple):
+    """Positions prepared for the search (detached, wrapped into the box when periodic)."""
+
+    positions: Tensor  # [N, d] in the dtype of pos
+    positions_by_axis: Tensor  # [d, N] contiguous copy of the positions, one row per axis
+    box: Tensor | None  # [d] box lengths in the dtype of pos
+    box_list: list[float] | None  # the same box lengths as Python floats
+    lower: Tensor  # [d] float64 lower corner of the binned region
+    extent: Tensor  # [d] float64 size of the binned region
+
+    @staticmethod
+    def create(pos: Tensor, box_lengths: Tensor | None) -> _Space:
+        positions = pos.detach()
+        if box_lengths is None:
+            lower = positions.min(0).values.double()
+            extent = positions.max(0).values.double() - lower
+            return _Space(positions, positions.t().contiguous(), None, None, lower, extent)
+        box = box_lengths.to(pos.dtype)
+        positions = torch.remainder(positions, box)
+        extent = box.double()
+        return _Space(
+            positions,
+            positions.t().contiguous(),
+            box,
+            box.tolist(),
+            torch.zeros_like(extent),
+            extent,
+        )
+
+
+class _CellLists(NamedTuple):
+    """Points sorted by (graph, cell) and, per occupied cell, the ranges of neighbouring cells."""
+
+    sorted_points: Tensor  # [N] point indices ordered by (graph, cell, index)
+    sorted_positions_by_axis: Tensor  # [d, N] positions in that order, one row per axis
+    point_cell: Tensor  # [N] occupied-cell index of every point
+    neighbour_start: Tensor  # [U, K] first sorted slot of each neighbouring cell
+    neighbour_count: Tensor  # [U, K] number of points in each neighbouring cell
+
+
+def _cell_side(radius: float, space: _Space) -> float:
+    """Smallest admissible cell side for ``radius`` (``inf``: one cell spanning everything)."""
+    if not math.isfinite(radius):
+        return math.inf
+    eps = torch.finfo(space.positions.dtype).eps
+    return radius * (1 + _CELL_SIDE_MARGIN) + 8 * eps * float(space.extent.max())
+
+
+def _build_cell_lists(
+    space: _Space, graph: Tensor, num_graphs: int, min_cell_side: float
+) -> _CellLists:
+    """Bins points into cells of side ``>= min_cell_side`` and tabulates neighbouring cells."""
+    coords = space.positions.double() - space.lower
+    extent = space.extent.tolist()
+    dim = len(extent)
+    cells = [max(1, int(min(e / min_cell_side, 2.0**62))) for e in extent]
+    while math.prod(cells) * max(num_graphs, 1) > _MAX_CELL_KEYS:
+        widest = max(range(dim), key=cells.__getitem__)
+        cells[widest] = max(1, cells[widest] // 2)
+
+    cells_t = torch.tensor(cells, dtype=torch.long, device=coords.device)
+    if space.box is not None:
+        cell_side = space.extent / cells_t
+    else:
+        cell_side = torch.clamp(space.extent / cells_t, min=min(min_cell_side, 1e300))
+    point_coords = torch.floor(coords / cell_side).long()
+    point_coords = torch.minimum(point_coords.clamp(min=0), cells_t - 1)
+
+    strides = [math.prod(cells[axis + 1 :]) for axis in range(dim)]
+    total_cells = math.prod(cells)
+    strides_t = torch.tensor(strides, dtype=torch.long, device=coords.device)
+    keys = graph * total_cells + (point_coords * strides_t).sum(1)
+    sorted_keys, sorted_points = torch.sort(keys, stable=True)
+    cell_keys, cell_sizes = torch.unique_consecutive(sorted_keys, return_counts=True)
+    cell_starts = torch.cumsum(cell_sizes, 0) - cell_sizes
+    num_cells = cell_keys.numel()
+    point_cell = torch.empty_like(sorted_points)
+    point_cell[sorted_points] = torch.repeat_interleave(
+        torch.arange(num_cells, device=coords.device), cell_sizes
+    )
+
+    first_points = sorted_points[cell_starts]
+    cell_coords = point_coords[first_points]  # [U, d]
+    offsets = _neighbour_offsets(cells, periodic=space.box is not None).to(coords.device)
+    neighbour_keys = (graph[first_points] * total_cells).unsqueeze(1).expand(-1, len(offsets))
+    valid = torch.ones(neighbour_keys.shape, dtype=torch.bool, device=coords.device)
+    for axis in range(dim):
+        axis_coords = cell_coords[:, axis : axis + 1] + offsets[:, axis]
+        if space.box is not None:
+            axis_coords = torch.remainder(axis_coords, cells[axis])
+        else:
+            valid &= (axis_coords >= 0) & (axis_coords < cells[axis])
+        neighbour_keys = neighbour_keys + axis_coords * strides[axis]
+    found = torch.searchsorted(cell_keys, neighbour_keys).clamp(max=num_cells - 1)
+    valid &= cell_keys[found] == neighbour_keys
+    neighbour_start = torch.where(valid, cell_starts[found], 0)
+    neighbour_count = torch.where(valid, cell_sizes[found], 0)
+    return _CellLists(
+        sorted_points,
+        space.positions_by_axis[:, sorted_points].contiguous(),
+        point_cell,
+        neighbour_start,
+        neighbour_count,
+    )
+
+
+def _neighbour_offsets(cells: list[int], periodic: bool) -> Tensor:
+    """Cell offsets to visit, ``[K, d]``, each distinct neighbouring cell exactly once.
+
+    With periodic wrapping and fewer than three cells along an axis, the offsets -1 and +1 land
+    on the same cell (or on the cell itself), so only the distinct ones are kept.
+    """
+    per_axis = []
+    for count in cells:
+        if periodic and count < 3:
+            per_axis.append(list(range(count)))
+        elif count == 1:
+            per_axis.append([0])
+        else:
+            per_axis.append([-1, 0, 1])
+    return torch.tensor(list(itertools.product(*per_axis)), dtype=torch.long)
+
+
+def _candidate_counts(grid: _CellLists, receivers: Tensor) -> Tensor:
+    """``[R, K]`` number of points in each neighbouring cell of every receiver."""
+    return grid.neighbour_count[grid.point_cell[receivers]]
+
+
+def _candidate_chunks(
+    grid: _CellLists, receivers: Tensor, candidate_counts: Tensor
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Candidate pairs in chunks of whole receivers of about ``MAX_CANDIDATES_PER_CHUNK`` pairs.
+
+    Yields:
+        ``(chunk_receivers, local, sender_slot)``: the chunk's receivers, and per candidate pair
+        the position of its receiver in ``chunk_receivers`` (ascending) and the sorted slot of
+        its sender (``grid.sorted_points[sender_slot]`` is the sender).
+    """
+    if receivers.numel() == 0:
+        return
+    per_receiver = candidate_counts.sum(1)
+    cumulative = torch.cumsum(per_receiver, 0)
+    starts = grid.neighbour_start[grid.point_cell[receivers]]
+    device = receivers.device
+    begin, done = 0, 0
+    while begin < receivers.numel():
+        limit = torch.tensor([done + MAX_CANDIDATES_PER_CHUNK], device=device)
+        end = max(begin + 1, int(torch.searchsorted(cumulative, limit, right=True)))
+        total = int(cumulative[end - 1]) - done
+        run_lengths = candidate_counts[begin:end].flatten()
+        run_offsets = torch.cumsum(run_lengths, 0) - run_lengths
+        sender_slot = torch.arange(total, device=device) + torch.repeat_interleave(
+            starts[begin:end].flatten() - run_offsets, run_lengths, output_size=total
+        )
+        local = torch.repeat_interleave(
+            torch.arange(end - begin, device=device), per_receiver[begin:end], output_size=total
+        )
+        yield receivers[begin:end], local, sender_slot
+        begin, done = end, done + total
+
+
+def _sorted_pairs_within(
+    space: _Space,
+    grid: _CellLists,
+    chunk_receivers: Tensor,
+    local: Tensor,
+    sender_slot: Tensor,
+    radius: float,
+    loop: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Candidate pairs within ``radius`` (self pairs only if ``loop``), sorted.
+
+    A cheap squared-distance pass over all candidates (axis by axis, in place) discards the far
+    ones; displacements and distances are then computed for the survivors only.
+
+    Returns:
+        ``(local, senders, displacement, distance)`` of the kept pairs, sorted by receiver
+        (``local`` indexes ``chunk_receivers``), then distance, then sender.
+    """
+    if math.isfinite(radius):
+        receiver_coords = space.positions_by_axis[:, chunk_receivers]
+        squared = None
+        for axis in range(receiver_coords.shape[0]):
+            delta = grid.sorted_positions_by_axis[axis].index_select(0, sender_slot)
+            delta.sub_(receiver_coords[axis].index_select(0, local))
+            if space.box is not None:
+                length = space.box_list[axis]
+                delta = torch.minimum(delta.abs_(), length - delta)
+            delta.mul_(delta)
+            squared = delta if squared is None else squared.add_(delta)
+        # Generous bound: the exact test below decides, this only drops clearly far pairs.
+        near = torch.nonzero(squared <= radius * radius * (1 + 1e-3)).squeeze(1)
+        local, sender_slot = local[near], sender_slot[near]
+
+    senders = grid.sorted_points[sender_slot]
+    receivers = chunk_receivers[local]
+    displacement = space.positions[senders] - space.positions[receivers]
+    if space.box is not None:
+        displacement -= space.box * torch.round(displacement / space.box)
+    distance = torch.linalg.vector_norm(displacement, dim=1)
+    keep = distance <= radius
+    if not loop:
+        keep &= senders != receivers
+    keep = torch.nonzero(keep).squeeze(1)
+    local, senders, displacement, distance = (
+        local[keep],
+        senders[keep],
+        displacement[keep],
+        distance[keep],
+    )
+    order = _receiver_distance_sender_order(local, distance, senders)
+    return local[order], senders[order], displacement[order], distance[order]
+
+
+def _receiver_distance_sender_order(local: Tensor, distance: Tensor, senders: Tensor) -> Tensor:
+    """Permutation sorting pairs by receiver, then distance, then sender.
+
+    One integer sort on ``receiver << 32 | float32 bits of distance`` (the bits of a
+    non-negative float order like its value); pairs whose keys tie (equal or, for float64,
+    nearly equal distances) are then re-sorted exactly by distance and sender.
+    """
+    distance_bits = distance.to(torch.float32).view(torch.int32).long()
+    sorted_keys, order = torch.sort((local << 32) | distance_bits)
+    tied = sorted_keys[1:] == sorted_keys[:-1]
+    if bool(tied.any()):
+        in_tie = torch.zeros_like(sorted_keys, dtype=torch.bool)
+        in_tie[1:] |= tied
+        in_tie[:-1] |= tied
+        tie_slots = torch.nonzero(in_tie).squeeze(1)
+        members = order[tie_slots]
+        refine = torch.sort(senders[members], stable=True).indices
+        refine = refine[torch.sort(distance[members][refine], stable=True).indices]
+        refine = refine[torch.sort(sorted_keys[tie_slots][refine], stable=True).indices]
+        order[tie_slots] = members[refine]
+    return order
+
+
+def _rank_within_receiver(local: Tensor, num_receivers: int) -> Tensor:
+    """Position of each pair among its receiver's pairs (pairs grouped by receiver)."""
+    counts = torch.bincount(local, minlength=num_receivers)
+    first = torch.cumsum(counts, 0) - counts
+    return torch.arange(local.numel(), device=local.device) - first[local]
+
+
+class _KnnRadii(NamedTuple):
+    """Search radii of the k-NN levels: ``base * 2**level`` up to the largest useful radius.
+
+    ``cap_level`` is the first level reaching the cap (the extent's diagonal, or half the
+    smallest box length when periodic); the level after the cap (or the cap itself without a
+    box, where it covers every pair) compares all points of the graph.
+    """
+
+    base: float
+    cap: float
+    cap_level: int
+    exhaustive_level: int
+    initial_level: int
+    min_level: int
+
+    @staticmethod
+    def create(space: _Space, graph_sizes: Tensor, k: int) -> _KnnRadii:
+        dim = space.extent.numel()
+        largest = float(space.extent.max())
+        if largest == 0.0:  # all points coincide
+            return _KnnRadii(1.0, 0.0, 0, 0, 0, 0)
+        occupied = graph_sizes[graph_sizes > 0]
+        points_per_graph = float(occupied.double().mean())
+        extent = space.extent.clamp(min=largest / points_per_graph)
+        density = points_per_graph / float(torch.prod(extent))
+        base = (2 * k / (density * _unit_ball_volume(dim))) ** (1 / dim)
+        if space.box is not None:
+            cap = float(space.extent.min()) / 2
+        else:
+            cap = float(torch.linalg.vector_norm(space.extent))
+        cap_level = max(0, math.ceil(math.log2(cap / base))) if cap > base else 0
+        if cap_level == 0:
+            base = cap
+        exhaustive_level = cap_level + (1 if space.box is not None else 0)
+        min_level = min(0, math.floor(math.log2(largest * _KNN_MIN_RELATIVE_RADIUS / base)))
+        return _KnnRadii(base, cap, cap_level, exhaustive_level, min(0, cap_level), min_level)
+
+    def radius(self, level: int) -> float:
+        if level >= self.exhaustive_level:
+            return math.inf
+        if level == self.cap_level:
+            return self.cap
+        return self.base * 2.0**level
+
+
+def _grow(receivers: Tensor, level: Tensor, may_shrink: Tensor, plan: _KnnRadii) -> Tensor:
+    """Moves ``receivers`` to the next larger radius; they may no longer shrink."""
+    level[receivers] = torch.clamp(level[receivers] + 1, max=plan.exhaustive_level)
+    may_shrink[receivers] = False
+    return receivers
+
+
+def _assemble(
+    pos: Tensor,
+    space: _Space,
+    senders_out: list[Tensor],
+    receivers_out: list[Tensor],
+    displacement_out: list[Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Concatenates chunk results; recomputes displacements with autograd if ``pos`` needs it."""
+    if not senders_out:
+        return _empty_result(pos)
+    senders = torch.cat(senders_out)
+    receivers = torch.cat(receivers_out)
+    if pos.requires_grad and torch.is_grad_enabled():
+        displacement = pos[senders] - pos[receivers]
+        if space.box is not None:
+            displacement = displacement - space.box * torch.round(displacement.detach() / space.box)
+    else:
+        displacement = torch.cat(displacement_out)
+    return torch.stack([senders, receivers]), displacement
+
+
+def _empty_result(pos: Tensor) -> tuple[Tensor, Tensor]:
+    edge_index = torch.empty((2, 0), dtype=torch.long, device=pos.device)
+    return edge_index, pos.new_empty((0, pos.shape[1]))
+
+
+def _unit_ball_volume(dim: int) -> float:
+    return math.pi ** (dim / 2) / math.gamma(dim / 2 + 1)
+
+
+def _check_pos(pos: Tensor) -> Tensor:
+    if not isinstance(pos, Tensor):
+        raise TypeError(f"pos must be a torch.Tensor, got {type(pos).__name__}")
+    if not pos.is_floating_point():
+        raise TypeError(f"pos must be a floating-point tensor, got dtype {pos.dtype}")
+    if pos.dim() != 2 or pos.shape[1] == 0:
+        raise ValueError(f"pos must have shape [N, d] with d >= 1, got {tuple(pos.shape)}")
+    if not bool(torch.isfinite(pos).all()):
+        raise ValueError("pos must contain only finite values")
+    return pos
+
+
+def _check_positive_real(value: float, name: str) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise TypeError(f"{name} must be a real number, got a tensor of shape {value.shape}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def _check_positive_int(value: int, name: str) -> int:
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_floating_point() or value.is_complex():
+            raise TypeError(f"{name} must be an integer, got a tensor of dtype {value.dtype}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _check_box(box: BoxLike | None, pos: Tensor) -> Tensor | None:
+    """Box lengths as a float64 ``[d]`` tensor on the device of ``pos``."""
+    if box is None:
+        return None
+    dim = pos.shape[1]
+    if isinstance(box, Tensor):
+        if box.is_complex():
+            raise TypeError("box must be real")
+        lengths = box.detach().to(device=pos.device, dtype=torch.float64)
+    else:
+        try:
+            lengths = torch.as_tensor(box, dtype=torch.float64, device=pos.device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"box must be a number, a sequence or a tensor, got {box!r}") from error
+    if lengths.dim() == 0:
+        lengths = lengths.expand(dim)
+    if lengths.shape != (dim,):
+        raise ValueError(f"box must be a scalar or have shape [{dim}], got {tuple(lengths.shape)}")
+    if not bool((torch.isfinite(lengths) & (lengths > 0)).all()):
+        raise ValueError(f"box lengths must be finite and > 0, got {lengths.tolist()}")
+    return lengths.clone()
+
+
+def _check_batch(batch: Tensor | None, pos: Tensor) -> tuple[Tensor, int]:
+    """Graph id per point (int64) and the number of graphs (largest id + 1)."""
+    num_points = pos.shape[0]
+    if batch is None:
+        return torch.zeros(num_points, dtype=torch.long, device=pos.device), min(num_points, 1)
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"batch must be a torch.Tensor, got {type(batch).__name__}")
+    if batch.dtype == torch.bool or batch.is_floating_point() or batch.is_complex():
+        raise TypeError(f"batch must be an integer tensor, got dtype {batch.dtype}")
+    if batch.shape != (num_points,):
+        raise ValueError(f"batch must have shape [{num_points}], got {tuple(batch.shape)}")
+    if batch.device != pos.device:
+        raise ValueError(f"batch is on {batch.device} but pos on {pos.device}")
+    batch = batch.long()
+    if num_points == 0:
+        return batch, 0
+    if bool((batch < 0).any()):
+        raise ValueError("batch must not contain negative graph ids")
+    if bool((batch[1:] < batch[:-1]).any()):
+        raise ValueError("batch must be sorted in ascending order")
+    return batch, int(batch[-1]) + 1
