@@ -27,15 +27,12 @@ __all__ = ["radius_edges", "knn_edges"]
 BoxLike = Tensor | Sequence[float] | float
 
 # Candidate pairs (sender, receiver) materialised at once; bounds peak memory of one chunk.
-MAX_CANDIDATES_PER_CHUNK = 1 << 21
+MAX_CANDIDATES_PER_CHUNK = 1 << 20
 # Graph id times cell count plus linear cell index must fit in int64.
 _MAX_CELL_KEYS = 1 << 62
 # Cells are made this much (relative) wider than the radius so rounding in the binning or in the
 # distance can never hide a pair that lies just inside the radius.
 _CELL_SIDE_MARGIN = 1e-5
-# k-NN: a receiver whose cell neighbourhood holds more than this many times the expected
-# candidate count first retries with a smaller radius (clustered points).
-_KNN_DESCEND_FACTOR = 8.0
 # k-NN: the smallest radius tried, relative to the point cloud's extent.
 _KNN_MIN_RELATIVE_RADIUS = 2.0**-40
 
@@ -93,10 +90,10 @@ def radius_edges(
     space = _Space.create(pos, box_lengths)
     grid = _build_cell_lists(space, graph, num_graphs, _cell_side(radius, space))
     receivers = torch.arange(pos.shape[0], device=pos.device)
-    candidate_counts = _candidate_counts(grid, receivers)
+    ranges = _neighbour_ranges(grid, receivers)
 
     senders_out, receivers_out, displacement_out = [], [], []
-    for chunk_receivers, local, sender_slot in _candidate_chunks(grid, receivers, candidate_counts):
+    for chunk_receivers, local, sender_slot in _candidate_chunks(receivers, ranges):
         local, senders, displacement, _ = _sorted_pairs_within(
             space, grid, chunk_receivers, local, sender_slot, radius, loop
         )
@@ -163,11 +160,13 @@ def knn_edges(
     plan = _KnnRadii.create(space, graph_sizes, k)
 
     device = pos.device
-    level = torch.full((num_points,), plan.initial_level, dtype=torch.long, device=device)
+    level = torch.zeros(num_points, dtype=torch.long, device=device)
+    # Receivers not yet looked at may move to the level their local density suggests, in either
+    # direction; afterwards only downwards until they are searched once, then only upwards.
+    # Levels therefore settle and the loop ends at the exhaustive level at the latest.
+    unseen = torch.ones(num_points, dtype=torch.bool, device=device)
     may_shrink = torch.ones(num_points, dtype=torch.bool, device=device)
     pending = torch.nonzero(wanted > 0).flatten()
-    expected_candidates = 2 * k * 3**dim / _unit_ball_volume(dim)
-    shrink_threshold = _KNN_DESCEND_FACTOR * expected_candidates
 
     senders_out, receivers_out, displacement_out = [], [], []
     while pending.numel() > 0:
@@ -177,56 +176,69 @@ def knn_edges(
             group = pending[pending_levels == current_level]
             radius = plan.radius(current_level)
             grid = _build_cell_lists(space, graph, num_graphs, _cell_side(radius, space))
-            candidate_counts = _candidate_counts(grid, group)
-            num_candidates = candidate_counts.sum(1)
+            ranges = _neighbour_ranges(grid, group)
 
             if math.isfinite(radius):
-                shrink = (
-                    may_shrink[group]
-                    & (num_candidates > shrink_threshold)
-                    & (current_level > plan.min_level)
+                num_candidates = ranges.candidates
+                suggested = plan.suggested_level(num_candidates, current_level)
+                move = (may_shrink[group] & (suggested < current_level)) | (
+                    unseen[group] & (suggested > current_level)
                 )
-                if bool(shrink.any()):
-                    shrinking = group[shrink]
-                    ratio = expected_candidates / num_candidates[shrink].double()
-                    step = torch.floor(torch.log2(ratio) / dim).long().clamp(max=-1)
-                    level[shrinking] = (current_level + step).clamp(min=plan.min_level)
-                    retry.append(shrinking)
+                unseen[group] = False
                 # Fewer candidates than wanted: no need to look, grow the radius right away.
-                hopeless = num_candidates - (0 if loop else 1) < wanted[group]
-                grow = hopeless & ~shrink
+                available = num_candidates - (0 if loop else 1)
+                grow = ~move & (available < wanted[group])
+                if bool(move.any()):
+                    moving = group[move]
+                    level[moving] = suggested[move]
+                    may_shrink[moving[suggested[move] > current_level]] = False
+                    retry.append(moving)
                 if bool(grow.any()):
-                    retry.append(_grow(group[grow], level, may_shrink, plan))
-                search = ~(shrink | grow)
-                group, candidate_counts = group[search], candidate_counts[search]
+                    retry.append(
+                        _grow(group[grow], available[grow], wanted, level, may_shrink, plan)
+                    )
+                search = ~(move | grow)
+                group = group[search]
+                ranges = ranges.select(search)
 
-            for chunk_receivers, local, sender_slot in _candidate_chunks(
-                grid, group, candidate_counts
-            ):
+            for chunk_receivers, local, sender_slot in _candidate_chunks(group, ranges):
                 local, senders, displacement, _ = _sorted_pairs_within(
                     space, grid, chunk_receivers, local, sender_slot, radius, loop
                 )
-                chunk_wanted = wanted[chunk_receivers]
+                chunk_wanted = wanted.index_select(0, chunk_receivers)
                 found = torch.bincount(local, minlength=chunk_receivers.numel())
                 complete = found >= chunk_wanted
+                # Receivers that found enough keep their first `wanted` pairs.
+                quota = torch.where(complete, chunk_wanted, 0).index_select(0, local)
                 rank = _rank_within_receiver(local, chunk_receivers.numel())
-                keep = complete[local] & (rank < chunk_wanted[local])
-                senders_out.append(senders[keep])
-                receivers_out.append(chunk_receivers[local[keep]])
-                displacement_out.append(displacement[keep])
+                keep = torch.nonzero(rank < quota).squeeze(1)
+                senders_out.append(senders.index_select(0, keep))
+                receivers_out.append(chunk_receivers.index_select(0, local.index_select(0, keep)))
+                displacement_out.append(displacement.index_select(0, keep))
                 if not bool(complete.all()):
                     if not math.isfinite(radius):
                         raise RuntimeError("knn_edges: exhaustive search found too few neighbours")
-                    retry.append(_grow(chunk_receivers[~complete], level, may_shrink, plan))
+                    incomplete = ~complete
+                    retry.append(
+                        _grow(
+                            chunk_receivers[incomplete],
+                            found[incomplete],
+                            wanted,
+                            level,
+                            may_shrink,
+                            plan,
+                        )
+                    )
         pending = torch.cat(retry) if retry else pending[:0]
 
-    if receivers_out:
+    if len(receivers_out) > 1:
         receivers_all = torch.cat(receivers_out)
         # Each receiver's edges come from one search and are already in distance order.
-        order = torch.sort(receivers_all, stable=True).indices
-        senders_out = [torch.cat(senders_out)[order]]
-        receivers_out = [receivers_all[order]]
-        displacement_out = [torch.cat(displacement_out)[order]]
+        if not bool((receivers_all[1:] >= receivers_all[:-1]).all()):
+            order = torch.sort(receivers_all, stable=True).indices
+            senders_out = [torch.cat(senders_out).index_select(0, order)]
+            receivers_out = [receivers_all.index_select(0, order)]
+            displacement_out = [torch.cat(displacement_out).index_select(0, order)]
     return _assemble(pos, space, senders_out, receivers_out, displacement_out)
 
 
@@ -261,13 +273,17 @@ class _Space(NamedTuple):
 
 
 class _CellLists(NamedTuple):
-    """Points sorted by (graph, cell) and, per occupied cell, the ranges of neighbouring cells."""
+    """Points sorted by (graph, cell), with the occupied cells as ranges of that order."""
 
     sorted_points: Tensor  # [N] point indices ordered by (graph, cell, index)
     sorted_positions_by_axis: Tensor  # [d, N] positions in that order, one row per axis
     point_cell: Tensor  # [N] occupied-cell index of every point
-    neighbour_start: Tensor  # [U, K] first sorted slot of each neighbouring cell
-    neighbour_count: Tensor  # [U, K] number of points in each neighbouring cell
+    cell_keys: Tensor  # [U] sorted keys graph * total_cells + linear cell index
+    cell_starts: Tensor  # [U] first sorted slot of each occupied cell
+    cell_sizes: Tensor  # [U] number of points in each occupied cell
+    cell_coords: Tensor  # [U, d] integer cell coordinates
+    cells: list[int]  # cells along each axis
+    periodic: bool
 
 
 def _cell_side(radius: float, space: _Space) -> float:
@@ -311,29 +327,61 @@ def _build_cell_lists(
         torch.arange(num_cells, device=coords.device), cell_sizes
     )
 
-    first_points = sorted_points[cell_starts]
-    cell_coords = point_coords[first_points]  # [U, d]
-    offsets = _neighbour_offsets(cells, periodic=space.box is not None).to(coords.device)
-    neighbour_keys = (graph[first_points] * total_cells).unsqueeze(1).expand(-1, len(offsets))
-    valid = torch.ones(neighbour_keys.shape, dtype=torch.bool, device=coords.device)
-    for axis in range(dim):
-        axis_coords = cell_coords[:, axis : axis + 1] + offsets[:, axis]
-        if space.box is not None:
-            axis_coords = torch.remainder(axis_coords, cells[axis])
-        else:
-            valid &= (axis_coords >= 0) & (axis_coords < cells[axis])
-        neighbour_keys = neighbour_keys + axis_coords * strides[axis]
-    found = torch.searchsorted(cell_keys, neighbour_keys).clamp(max=num_cells - 1)
-    valid &= cell_keys[found] == neighbour_keys
-    neighbour_start = torch.where(valid, cell_starts[found], 0)
-    neighbour_count = torch.where(valid, cell_sizes[found], 0)
     return _CellLists(
         sorted_points,
         space.positions_by_axis[:, sorted_points].contiguous(),
         point_cell,
-        neighbour_start,
-        neighbour_count,
+        cell_keys,
+        cell_starts,
+        cell_sizes,
+        point_coords[sorted_points[cell_starts]],
+        cells,
+        space.box is not None,
     )
+
+
+class _NeighbourRanges(NamedTuple):
+    """Where the candidate senders of each receiver lie in the sorted order of the points.
+
+    The tables are per distinct cell of the receivers; empty neighbouring cells (and, without a
+    box, those outside the grid) have size 0.
+    """
+
+    receiver_cell: Tensor  # [R] row of each receiver's cell in the tables
+    starts: Tensor  # [C, K] first sorted slot of each neighbouring cell
+    sizes: Tensor  # [C, K] number of points in each neighbouring cell
+    candidates: Tensor  # [R] number of candidate senders of each receiver (itself included)
+
+    def select(self, mask: Tensor) -> _NeighbourRanges:
+        return _NeighbourRanges(
+            self.receiver_cell[mask], self.starts, self.sizes, self.candidates[mask]
+        )
+
+
+def _neighbour_ranges(grid: _CellLists, receivers: Tensor) -> _NeighbourRanges:
+    """The sorted-slot ranges of the cells around each receiver's cell."""
+    cells, receiver_cell = torch.unique(grid.point_cell[receivers], return_inverse=True)
+    dim = len(grid.cells)
+    total_cells = math.prod(grid.cells)
+    strides = [math.prod(grid.cells[axis + 1 :]) for axis in range(dim)]
+    offsets = _neighbour_offsets(grid.cells, grid.periodic).to(receivers.device)
+    cell_coords = grid.cell_coords[cells]
+    graph_base = torch.div(grid.cell_keys[cells], total_cells, rounding_mode="floor") * total_cells
+    keys = graph_base.unsqueeze(1).expand(-1, len(offsets))
+    valid = torch.ones(keys.shape, dtype=torch.bool, device=receivers.device)
+    for axis in range(dim):
+        axis_coords = cell_coords[:, axis : axis + 1] + offsets[:, axis]
+        if grid.periodic:
+            axis_coords = torch.remainder(axis_coords, grid.cells[axis])
+        else:
+            valid &= (axis_coords >= 0) & (axis_coords < grid.cells[axis])
+        keys = keys + axis_coords * strides[axis]
+    found = torch.searchsorted(grid.cell_keys, keys).clamp(max=grid.cell_keys.numel() - 1)
+    valid &= grid.cell_keys[found] == keys
+    starts = torch.where(valid, grid.cell_starts[found], 0)
+    sizes = torch.where(valid, grid.cell_sizes[found], 0)
+    candidates = sizes.sum(1).index_select(0, receiver_cell)
+    return _NeighbourRanges(receiver_cell, starts, sizes, candidates)
 
 
 def _neighbour_offsets(cells: list[int], periodic: bool) -> Tensor:
@@ -353,13 +401,8 @@ def _neighbour_offsets(cells: list[int], periodic: bool) -> Tensor:
     return torch.tensor(list(itertools.product(*per_axis)), dtype=torch.long)
 
 
-def _candidate_counts(grid: _CellLists, receivers: Tensor) -> Tensor:
-    """``[R, K]`` number of points in each neighbouring cell of every receiver."""
-    return grid.neighbour_count[grid.point_cell[receivers]]
-
-
 def _candidate_chunks(
-    grid: _CellLists, receivers: Tensor, candidate_counts: Tensor
+    receivers: Tensor, ranges: _NeighbourRanges
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Candidate pairs in chunks of whole receivers of about ``MAX_CANDIDATES_PER_CHUNK`` pairs.
 
@@ -370,19 +413,21 @@ def _candidate_chunks(
     """
     if receivers.numel() == 0:
         return
-    per_receiver = candidate_counts.sum(1)
+    per_receiver = ranges.candidates
     cumulative = torch.cumsum(per_receiver, 0)
-    starts = grid.neighbour_start[grid.point_cell[receivers]]
     device = receivers.device
     begin, done = 0, 0
     while begin < receivers.numel():
         limit = torch.tensor([done + MAX_CANDIDATES_PER_CHUNK], device=device)
         end = max(begin + 1, int(torch.searchsorted(cumulative, limit, right=True)))
         total = int(cumulative[end - 1]) - done
-        run_lengths = candidate_counts[begin:end].flatten()
+        rows = ranges.receiver_cell[begin:end]
+        run_lengths = ranges.sizes.index_select(0, rows).flatten()
         run_offsets = torch.cumsum(run_lengths, 0) - run_lengths
         sender_slot = torch.arange(total, device=device) + torch.repeat_interleave(
-            starts[begin:end].flatten() - run_offsets, run_lengths, output_size=total
+            ranges.starts.index_select(0, rows).flatten() - run_offsets,
+            run_lengths,
+            output_size=total,
         )
         local = torch.repeat_interleave(
             torch.arange(end - begin, device=device), per_receiver[begin:end], output_size=total
@@ -410,7 +455,7 @@ def _sorted_pairs_within(
         (``local`` indexes ``chunk_receivers``), then distance, then sender.
     """
     if math.isfinite(radius):
-        receiver_coords = space.positions_by_axis[:, chunk_receivers]
+        receiver_coords = space.positions_by_axis.index_select(1, chunk_receivers)
         squared = None
         for axis in range(receiver_coords.shape[0]):
             delta = grid.sorted_positions_by_axis[axis].index_select(0, sender_slot)
@@ -422,11 +467,12 @@ def _sorted_pairs_within(
             squared = delta if squared is None else squared.add_(delta)
         # Generous bound: the exact test below decides, this only drops clearly far pairs.
         near = torch.nonzero(squared <= radius * radius * (1 + 1e-3)).squeeze(1)
-        local, sender_slot = local[near], sender_slot[near]
+        local, sender_slot = local.index_select(0, near), sender_slot.index_select(0, near)
 
-    senders = grid.sorted_points[sender_slot]
-    receivers = chunk_receivers[local]
-    displacement = space.positions[senders] - space.positions[receivers]
+    senders = grid.sorted_points.index_select(0, sender_slot)
+    receivers = chunk_receivers.index_select(0, local)
+    displacement = space.positions.index_select(0, senders)
+    displacement -= space.positions.index_select(0, receivers)
     if space.box is not None:
         displacement -= space.box * torch.round(displacement / space.box)
     distance = torch.linalg.vector_norm(displacement, dim=1)
@@ -434,14 +480,15 @@ def _sorted_pairs_within(
     if not loop:
         keep &= senders != receivers
     keep = torch.nonzero(keep).squeeze(1)
-    local, senders, displacement, distance = (
-        local[keep],
-        senders[keep],
-        displacement[keep],
-        distance[keep],
+    kept_local, kept_distance = local.index_select(0, keep), distance.index_select(0, keep)
+    kept_senders = senders.index_select(0, keep)
+    order = _receiver_distance_sender_order(kept_local, kept_distance, kept_senders)
+    return (
+        kept_local.index_select(0, order),
+        kept_senders.index_select(0, order),
+        displacement.index_select(0, keep.index_select(0, order)),
+        kept_distance.index_select(0, order),
     )
-    order = _receiver_distance_sender_order(local, distance, senders)
-    return local[order], senders[order], displacement[order], distance[order]
 
 
 def _receiver_distance_sender_order(local: Tensor, distance: Tensor, senders: Tensor) -> Tensor:
@@ -475,53 +522,85 @@ def _rank_within_receiver(local: Tensor, num_receivers: int) -> Tensor:
 
 
 class _KnnRadii(NamedTuple):
-    """Search radii of the k-NN levels: ``base * 2**level`` up to the largest useful radius.
+    """Search radii of the k-NN levels, ``base * 2 ** (level / LEVELS_PER_DOUBLING)``.
 
-    ``cap_level`` is the first level reaching the cap (the extent's diagonal, or half the
-    smallest box length when periodic); the level after the cap (or the cap itself without a
-    box, where it covers every pair) compares all points of the graph.
+    ``base`` gives about ``2k`` expected neighbours at the mean density. Radii stop at ``cap``:
+    half the smallest box length when periodic, the diagonal of the bounding box otherwise. The
+    level after ``cap_level`` (or ``cap_level`` itself without a box, where the cap covers every
+    pair) compares all points of the receiver's graph.
     """
 
     base: float
     cap: float
     cap_level: int
     exhaustive_level: int
-    initial_level: int
     min_level: int
+    dim: int
+    expected_candidates: float
+
+    LEVELS_PER_DOUBLING = 3
 
     @staticmethod
     def create(space: _Space, graph_sizes: Tensor, k: int) -> _KnnRadii:
         dim = space.extent.numel()
+        # Points in the 3^d cells around a receiver when 2k are expected within the radius.
+        expected_candidates = 2 * k * 3**dim / _unit_ball_volume(dim)
         largest = float(space.extent.max())
         if largest == 0.0:  # all points coincide
-            return _KnnRadii(1.0, 0.0, 0, 0, 0, 0)
+            return _KnnRadii(1.0, 0.0, 0, 0, 0, dim, expected_candidates)
         occupied = graph_sizes[graph_sizes > 0]
         points_per_graph = float(occupied.double().mean())
-        extent = space.extent.clamp(min=largest / points_per_graph)
+        extent = space.extent.clamp(min=largest / points_per_graph)  # flat point clouds
         density = points_per_graph / float(torch.prod(extent))
         base = (2 * k / (density * _unit_ball_volume(dim))) ** (1 / dim)
         if space.box is not None:
             cap = float(space.extent.min()) / 2
         else:
             cap = float(torch.linalg.vector_norm(space.extent))
-        cap_level = max(0, math.ceil(math.log2(cap / base))) if cap > base else 0
-        if cap_level == 0:
-            base = cap
+        steps = _KnnRadii.LEVELS_PER_DOUBLING
+        if cap <= base:
+            base, cap_level = cap, 0
+        else:
+            cap_level = math.ceil(steps * math.log2(cap / base))
         exhaustive_level = cap_level + (1 if space.box is not None else 0)
-        min_level = min(0, math.floor(math.log2(largest * _KNN_MIN_RELATIVE_RADIUS / base)))
-        return _KnnRadii(base, cap, cap_level, exhaustive_level, min(0, cap_level), min_level)
+        min_level = min(0, math.floor(steps * math.log2(largest * _KNN_MIN_RELATIVE_RADIUS / base)))
+        return _KnnRadii(
+            base, cap, cap_level, exhaustive_level, min_level, dim, expected_candidates
+        )
 
     def radius(self, level: int) -> float:
         if level >= self.exhaustive_level:
             return math.inf
         if level == self.cap_level:
             return self.cap
-        return self.base * 2.0**level
+        return self.base * 2.0 ** (level / self.LEVELS_PER_DOUBLING)
+
+    def suggested_level(self, num_candidates: Tensor, level: int) -> Tensor:
+        """Level at which the candidate count would be closest to ``expected_candidates``."""
+        ratio = self.expected_candidates / num_candidates.double()
+        step = torch.round(self.LEVELS_PER_DOUBLING * torch.log2(ratio) / self.dim).long()
+        return (level + step).clamp(self.min_level, self.cap_level)
+
+    def grown_level(self, level: Tensor, found: Tensor, wanted: Tensor) -> Tensor:
+        """A larger level where about ``2 * wanted`` points are expected within the radius,
+        given that ``found`` were within the current one; after the cap, the exhaustive level.
+        """
+        ratio = 2 * wanted.double() / found.double().clamp(min=0.5)
+        step = torch.ceil(self.LEVELS_PER_DOUBLING * torch.log2(ratio) / self.dim).long()
+        grown = torch.clamp(level + step.clamp(min=1), max=self.cap_level)
+        return torch.where(level < self.cap_level, grown, self.exhaustive_level)
 
 
-def _grow(receivers: Tensor, level: Tensor, may_shrink: Tensor, plan: _KnnRadii) -> Tensor:
-    """Moves ``receivers`` to the next larger radius; they may no longer shrink."""
-    level[receivers] = torch.clamp(level[receivers] + 1, max=plan.exhaustive_level)
+def _grow(
+    receivers: Tensor,
+    found: Tensor,
+    wanted: Tensor,
+    level: Tensor,
+    may_shrink: Tensor,
+    plan: _KnnRadii,
+) -> Tensor:
+    """Moves ``receivers`` (which found too few neighbours) to a larger radius for good."""
+    level[receivers] = plan.grown_level(level[receivers], found, wanted[receivers])
     may_shrink[receivers] = False
     return receivers
 

@@ -59,6 +59,8 @@ class Pattern:
         self.blocks = blocks
         self._max_degree: int | None = None
         self._transpose: tuple[Tensor, Tensor, Tensor] | None = None
+        self._csr_indices: dict[bool, tuple[Tensor, Tensor]] = {}
+        self._unique_edges: bool | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -102,15 +104,18 @@ class Pattern:
     def _from_sorted_or_unsorted(
         cls, src: Tensor, dst: Tensor, num_src: int, num_dst: int, canonical: bool = False
     ) -> Pattern:
-        """Sorts edges by receiver (stable). With ``canonical`` the sorted order becomes the
+        """Sorts edges by (receiver, sender). With ``canonical`` the sorted order becomes the
         caller's order (used by generated patterns whose edge order is ours to choose)."""
-        if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
-            dst, perm = torch.sort(dst, stable=True)
-            src = src[perm]
+        key = dst * max(num_src, 1) + src
+        if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
+            key, perm = torch.sort(key, stable=True)
+            src, dst = src[perm], dst[perm]
         else:
             perm = None
         ptr = _index_to_ptr(dst, num_dst)
-        return cls(ptr, src, num_src, num_dst, perm=None if canonical else perm, row=dst)
+        pattern = cls(ptr, src, num_src, num_dst, perm=None if canonical else perm, row=dst)
+        pattern._unique_edges = key.numel() < 2 or bool((key[1:] != key[:-1]).all())
+        return pattern
 
     @classmethod
     def full(cls, batch: Tensor | None = None, num_nodes: int | None = None) -> Pattern:
@@ -268,6 +273,14 @@ class Pattern:
             self._max_degree = int(degree.max()) if degree.numel() else 0
         return self._max_degree
 
+    @property
+    def unique_edges(self) -> bool:
+        """Whether no (sender, receiver) pair occurs twice (computed once and cached)."""
+        if self._unique_edges is None:
+            key = self.row * max(self.num_src, 1) + self.col
+            self._unique_edges = torch.unique(key).numel() == key.numel()
+        return self._unique_edges
+
     def degree(self) -> Tensor:
         """Number of senders of every receiver, ``[num_dst]``."""
         return self.ptr[1:] - self.ptr[:-1]
@@ -297,11 +310,13 @@ class Pattern:
     def sparse_matrix(self, values: Tensor, transpose: bool = False) -> Tensor:
         """A ``torch.sparse_csr`` matrix ``[num_dst, num_src]`` (``[num_src, num_dst]`` when
         ``transpose``) holding receiver-sorted ``values [E]`` (sender-sorted when ``transpose``)."""
-        if transpose:
-            ptr, index, _ = self.transpose_csr()
-            size = (self.num_src, self.num_dst)
-        else:
-            ptr, index, size = self.ptr, self.col, (self.num_dst, self.num_src)
+        if transpose not in self._csr_indices:
+            ptr, index = self.transpose_csr()[:2] if transpose else (self.ptr, self.col)
+            if max(self.num_src, self.num_dst, self.num_edges) < 2**31 - 1:
+                ptr, index = ptr.int(), index.int()  # what MKL/cuSPARSE take without a copy
+            self._csr_indices[transpose] = (ptr, index)
+        ptr, index = self._csr_indices[transpose]
+        size = (self.num_src, self.num_dst) if transpose else (self.num_dst, self.num_src)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
             return torch.sparse_csr_tensor(ptr, index, values, size, check_invariants=False)

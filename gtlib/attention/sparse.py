@@ -1,10 +1,11 @@
 """Sparse-matrix attention: SDDMM scores, exact segment softmax, SpMM aggregation.
 
-The per-edge state is ``[E, H]`` (scores and weights); nothing of size ``E x H x C`` is kept.
-Dot-product scores are a sampled dense-dense product (``torch.sparse.sampled_addmm``) and
-aggregation is a CSR sparse-dense product, one head at a time, with a hand-written backward
-(the transposed products go through the pattern's cached sender-sorted CSR). GATv2 scores and
-their gradients, and per-edge key/value terms, are formed in receiver-sorted chunks.
+The per-edge state is ``[H, E]`` (scores and weights, head-major so that every head's values
+are one contiguous CSR value array); nothing of size ``E x H x C`` is kept. Dot-product scores
+are a sampled dense-dense product (``torch.sparse.sampled_addmm``) and aggregation is a CSR
+sparse-dense product, one head at a time, with a hand-written backward (the transposed
+products use the pattern's cached sender-sorted CSR). GATv2 scores and their gradients, and
+per-edge key/value terms, are formed in receiver-sorted chunks.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gtlib.attention.softmax import csr_softmax_forward
 from gtlib.attention.stream import (
     _chunk_scores,
     _Config,
     _edge_slice,
+    _leaky_relu_derivative,
     _store,
     default_chunk_size,
 )
@@ -30,124 +31,152 @@ def sparse_attention_csr(
     if chunk_size is None:
         chunk_size = default_chunk_size(query.size(1), max(query.size(2), value.size(2)))
     config = _Config(pattern, score, negative_slope, scale, dropout, chunk_size)
-    return _SparseAttention.apply(config, query, key, value, att, key_edge, value_edge, bias)
+    out, weights_h = _SparseAttention.apply(
+        config, query, key, value, att, key_edge, value_edge, bias
+    )
+    return out, weights_h.t()
+
+
+GATHER_CHUNK = 1 << 15
 
 
 def _heads_first(x: Tensor) -> Tensor:
     return x.permute(1, 0, 2).contiguous()
 
 
-def _sddmm(pattern, left: Tensor, right: Tensor, alpha: float = 1.0) -> Tensor:
-    """``[E]`` values ``alpha * left[i] . right[j]`` on the receiver-sorted edges."""
-    mask = pattern.sparse_matrix(left.new_zeros(pattern.num_edges))
-    return torch.sparse.sampled_addmm(mask, left, right.t(), beta=0.0, alpha=alpha).values()
+def _sddmm(pattern, left: Tensor, right: Tensor, out: Tensor, alpha: float = 1.0) -> None:
+    """Writes ``alpha * left[i] . right[j]`` for the receiver-sorted edges into ``out [E]``.
+
+    ``torch.sparse.sampled_addmm`` corrupts memory on repeated (sender, receiver) pairs, so
+    patterns with duplicate edges take a chunked gather instead.
+    """
+    if not pattern.unique_edges:
+        for start in range(0, pattern.num_edges, GATHER_CHUNK):
+            end = min(start + GATHER_CHUNK, pattern.num_edges)
+            rows = left.index_select(0, pattern.row[start:end])
+            torch.sum(rows.mul_(right.index_select(0, pattern.col[start:end])), -1, out=out[start:end])
+        out.mul_(alpha)
+        return
+    matrix = pattern.sparse_matrix(out.zero_())  # beta=0 would still propagate NaN garbage
+    torch.sparse.sampled_addmm(matrix, left, right.t(), beta=0.0, alpha=alpha, out=matrix)
 
 
-def _spmm(pattern, values: Tensor, dense: Tensor, transpose: bool = False) -> Tensor:
-    return pattern.sparse_matrix(values, transpose) @ dense
+def _spmm_heads(pattern, values_h: Tensor, dense_h: Tensor, transpose: bool = False) -> Tensor:
+    """Per head ``A_h @ dense_h`` with ``A_h`` holding ``values_h[h]``; returns ``[N, H, C]``."""
+    heads = values_h.size(0)
+    rows = pattern.num_src if transpose else pattern.num_dst
+    out = dense_h.new_empty(rows, heads, dense_h.size(-1))
+    for h in range(heads):
+        out[:, h] = pattern.sparse_matrix(values_h[h], transpose) @ dense_h[h]
+    return out
+
+
+def _softmax_heads_first(scores_h: Tensor, pattern) -> Tensor:
+    """In-place stable softmax of ``[H, E]`` receiver-sorted scores over each receiver."""
+    if scores_h.numel() == 0:
+        return scores_h
+    offsets = pattern.ptr.expand(scores_h.size(0), -1).contiguous()
+    segment_max = torch.segment_reduce(scores_h, "max", offsets=offsets, axis=1)
+    weights = scores_h.sub_(segment_max.index_select(1, pattern.row)).exp_()
+    segment_sum = torch.segment_reduce(weights, "sum", offsets=offsets, axis=1)
+    tiny = torch.finfo(scores_h.dtype).tiny
+    return weights.div_(segment_sum.clamp_(min=tiny).index_select(1, pattern.row))
 
 
 def _edge_scores(config, query, key, att, key_edge, bias, query_h, key_h) -> Tensor:
     pattern = config.pattern
     heads = query.size(1)
+    scores_h = query.new_empty(heads, pattern.num_edges)
     if config.score == "dot":
-        scores = query.new_empty(pattern.num_edges, heads)
         for h in range(heads):
-            scores[:, h] = _sddmm(pattern, query_h[h], key_h[h], config.scale)
+            _sddmm(pattern, query_h[h], key_h[h], scores_h[h], config.scale)
         if key_edge is not None:
             for chunk in config.chunks():
                 query_i = query.index_select(0, chunk.dst)
                 extra = (query_i * _edge_slice(key_edge, chunk)).sum(-1).mul_(config.scale)
-                scores[chunk.start : chunk.end] += extra
+                scores_h[:, chunk.start : chunk.end] += extra.t()
         if bias is not None:
-            scores += pattern.to_sorted(bias)
-        return scores
-    scores = query.new_empty(pattern.num_edges, heads)
+            scores_h += pattern.to_sorted(bias).t()
+        return scores_h
     for chunk in config.chunks():
-        scores[chunk.start : chunk.end], _ = _chunk_scores(
-            config, chunk, query, key, att, key_edge, bias
-        )
-    return scores
+        scores, _ = _chunk_scores(config, chunk, query, key, att, key_edge, bias)
+        scores_h[:, chunk.start : chunk.end] = scores.t()
+    return scores_h
 
 
 class _SparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, config, query, key, value, att, key_edge, value_edge, bias):
         pattern = config.pattern
-        heads = query.size(1)
         query_h, key_h, value_h = (_heads_first(x) for x in (query, key, value))
-        scores = _edge_scores(config, query, key, att, key_edge, bias, query_h, key_h)
-        weights = csr_softmax_forward(scores, pattern.ptr, pattern.row)
+        scores_h = _edge_scores(config, query, key, att, key_edge, bias, query_h, key_h)
+        weights_h = _softmax_heads_first(scores_h, pattern)
         keep = None
-        dropped = weights
+        dropped_h = weights_h
         if config.dropout > 0:
-            keep = torch.rand_like(weights) >= config.dropout
-            dropped = weights * keep / (1.0 - config.dropout)
-        dropped_h = dropped.t().contiguous()
-        out = torch.stack([_spmm(pattern, dropped_h[h], value_h[h]) for h in range(heads)], 1)
+            keep = torch.rand_like(weights_h) >= config.dropout
+            dropped_h = weights_h * keep / (1.0 - config.dropout)
+        out = _spmm_heads(pattern, dropped_h, value_h)
         if value_edge is not None:
             for chunk in config.chunks():
-                messages = _edge_slice(value_edge, chunk) * dropped[chunk.start : chunk.end, :, None]
+                piece = dropped_h[:, chunk.start : chunk.end].t().unsqueeze(-1)
+                messages = _edge_slice(value_edge, chunk) * piece
                 out[chunk.first : chunk.stop].index_add_(0, chunk.local, messages)
-        ctx.mark_non_differentiable(weights)
+        ctx.mark_non_differentiable(weights_h)
         ctx.config = config
         ctx.save_for_backward(
-            query, key, value, att, key_edge, value_edge, bias, query_h, key_h, value_h,
-            weights, keep, out,
+            query, key, value, att, key_edge, value_edge, query_h, key_h, value_h,
+            weights_h, keep, out,
         )  # fmt: skip
-        return out, weights
+        return out, weights_h
 
     @staticmethod
     def backward(ctx, grad_out, _grad_weights):
         config = ctx.config
         pattern = config.pattern
-        (query, key, value, att, key_edge, value_edge, bias, query_h, key_h, value_h,
-         weights, keep, out) = ctx.saved_tensors  # fmt: skip
+        (query, key, value, att, key_edge, value_edge, query_h, key_h, value_h,
+         weights_h, keep, out) = ctx.saved_tensors  # fmt: skip
         needs = ctx.needs_input_grad[1:]  # query, key, value, att, key_edge, value_edge, bias
         heads = query.size(1)
         grad_out = grad_out.contiguous()
         grad_out_h = _heads_first(grad_out)
-        _, _, order_t = pattern.transpose_csr() if (needs[1] or needs[2]) else (None, None, None)
+        order_t = pattern.transpose_csr()[2] if (needs[1] or needs[2]) else None
         keep_scale = 1.0 / (1.0 - config.dropout)
-        dropped = weights if keep is None else weights * keep * keep_scale
+        dropped_h = weights_h if keep is None else weights_h * keep * keep_scale
 
         grad_value = grad_value_edge = None
         if needs[2]:
-            dropped_t = dropped.index_select(0, order_t).t().contiguous()
-            grad_value = torch.stack(
-                [_spmm(pattern, dropped_t[h], grad_out_h[h], True) for h in range(heads)], 1
-            )
+            grad_value = _spmm_heads(pattern, dropped_h.index_select(1, order_t), grad_out_h, True)
         if needs[5]:
             grad_value_edge = torch.empty_like(value_edge)
             for chunk in config.chunks():
-                grad_out_i = grad_out.index_select(0, chunk.dst)
-                piece = grad_out_i.mul_(dropped[chunk.start : chunk.end, :, None])
-                _store(grad_value_edge, chunk, piece)
+                piece = dropped_h[:, chunk.start : chunk.end].t().unsqueeze(-1)
+                _store(grad_value_edge, chunk, grad_out.index_select(0, chunk.dst).mul_(piece))
 
         grad_query = grad_key = grad_att = grad_key_edge = grad_bias = None
         if any(needs[i] for i in (0, 1, 3, 4, 6)):
-            grad_probs = weights.new_empty(weights.shape)
+            grad_scores_h = torch.empty_like(weights_h)
             for h in range(heads):
-                grad_probs[:, h] = _sddmm(pattern, grad_out_h[h], value_h[h])
+                _sddmm(pattern, grad_out_h[h], value_h[h], grad_scores_h[h])
             if value_edge is not None:
                 for chunk in config.chunks():
                     grad_out_i = grad_out.index_select(0, chunk.dst)
                     extra = (grad_out_i * _edge_slice(value_edge, chunk)).sum(-1)
-                    grad_probs[chunk.start : chunk.end] += extra
+                    grad_scores_h[:, chunk.start : chunk.end] += extra.t()
             if keep is not None:
-                grad_probs.mul_(keep).mul_(keep_scale)
-            delta = (grad_out * out).sum(-1)
-            grad_scores = grad_probs.sub_(delta.index_select(0, pattern.row)).mul_(weights)
+                grad_scores_h.mul_(keep).mul_(keep_scale)
+            delta = (grad_out_h * out.transpose(0, 1)).sum(-1)  # [H, N_dst]
+            grad_scores_h.sub_(delta.index_select(1, pattern.row)).mul_(weights_h)
             if needs[6]:
-                grad_bias = pattern.to_caller(grad_scores)
-            grad_scores = grad_scores.mul_(config.scale)
+                grad_bias = pattern.to_caller(grad_scores_h.t().contiguous())
+            grad_scores_h.mul_(config.scale)
             if config.score == "dot":
                 grad_query, grad_key, grad_key_edge = _dot_score_backward(
-                    config, needs, grad_scores, query, key_edge, query_h, key_h, order_t
+                    config, needs, grad_scores_h, query, key_edge, query_h, key_h, order_t
                 )
             else:
                 grad_query, grad_key, grad_att, grad_key_edge = _gatv2_score_backward(
-                    config, needs, grad_scores, query, key, att, key_edge
+                    config, needs, grad_scores_h, query, key, att, key_edge
                 )
         return (
             None,
@@ -161,24 +190,17 @@ class _SparseAttention(torch.autograd.Function):
         )
 
 
-def _dot_score_backward(config, needs, grad_scores, query, key_edge, query_h, key_h, order_t):
+def _dot_score_backward(config, needs, grad_scores_h, query, key_edge, query_h, key_h, order_t):
     pattern = config.pattern
-    heads = query.size(1)
     grad_query = grad_key = grad_key_edge = None
-    grad_scores_h = grad_scores.t().contiguous()
     if needs[0]:
-        grad_query = torch.stack(
-            [_spmm(pattern, grad_scores_h[h], key_h[h]) for h in range(heads)], 1
-        )
+        grad_query = _spmm_heads(pattern, grad_scores_h, key_h)
     if needs[1]:
-        grad_scores_t = grad_scores.index_select(0, order_t).t().contiguous()
-        grad_key = torch.stack(
-            [_spmm(pattern, grad_scores_t[h], query_h[h], True) for h in range(heads)], 1
-        )
+        grad_key = _spmm_heads(pattern, grad_scores_h.index_select(1, order_t), query_h, True)
     if key_edge is not None and (needs[0] or needs[4]):
         grad_key_edge = torch.empty_like(key_edge) if needs[4] else None
         for chunk in config.chunks():
-            grad_chunk = grad_scores[chunk.start : chunk.end, :, None]
+            grad_chunk = grad_scores_h[:, chunk.start : chunk.end].t().unsqueeze(-1)
             if needs[0]:
                 piece = _edge_slice(key_edge, chunk) * grad_chunk
                 grad_query[chunk.first : chunk.stop].index_add_(0, chunk.local, piece)
@@ -187,17 +209,17 @@ def _dot_score_backward(config, needs, grad_scores, query, key_edge, query_h, ke
     return grad_query, grad_key, grad_key_edge
 
 
-def _gatv2_score_backward(config, needs, grad_scores, query, key, att, key_edge):
+def _gatv2_score_backward(config, needs, grad_scores_h, query, key, att, key_edge):
     grad_query = torch.zeros_like(query) if needs[0] else None
     grad_key = torch.zeros_like(key) if needs[1] else None
     grad_att = torch.zeros_like(att) if needs[3] else None
     grad_key_edge = torch.empty_like(key_edge) if needs[4] else None
     for chunk in config.chunks():
         _, (hidden, activated) = _chunk_scores(config, chunk, query, key, att, key_edge, None)
-        grad_chunk = grad_scores[chunk.start : chunk.end, :, None]
+        grad_chunk = grad_scores_h[:, chunk.start : chunk.end].t().unsqueeze(-1)
         if needs[3]:
-            grad_att += (activated.mul_(grad_chunk)).sum(0)
-        slope = torch.where(hidden > 0, 1.0, config.negative_slope).to(hidden.dtype)
+            grad_att += activated.mul_(grad_chunk).sum(0)
+        slope = _leaky_relu_derivative(hidden, config.negative_slope)
         grad_hidden = slope.mul_(att).mul_(grad_chunk)
         if needs[0]:
             grad_query[chunk.first : chunk.stop].index_add_(0, chunk.local, grad_hidden)

@@ -111,6 +111,11 @@ def _chunk_scores(config, chunk, query, key, att, key_edge, bias):
     return scores, saved
 
 
+def _leaky_relu_derivative(hidden: Tensor, negative_slope: float) -> Tensor:
+    """1 where ``hidden > 0`` else ``negative_slope``, in ``hidden``'s dtype."""
+    return (hidden > 0).to(hidden.dtype).mul_(1.0 - negative_slope).add_(negative_slope)
+
+
 def _chunk_values(chunk, value, value_edge):
     value_j = value.index_select(0, chunk.src)
     if value_edge is not None:
@@ -216,7 +221,7 @@ class _StreamAttention(torch.autograd.Function):
                 hidden, activated = saved
                 if needs[4]:
                     grad_att += (activated * grad_scores).sum(0)
-                slope = torch.where(hidden > 0, 1.0, config.negative_slope).to(hidden.dtype)
+                slope = _leaky_relu_derivative(hidden, config.negative_slope)
                 grad_key_j = slope.mul_(att).mul_(grad_scores)
                 if needs[1]:
                     grad_query[receivers].index_add_(0, chunk.local, grad_key_j)

@@ -1,0 +1,304 @@
+"""Attention layers, forward + backward: gtlib's core against PyG (and DGL when installed).
+
+Every configuration runs in its own subprocess so peak memory is its own: "peak extra" is the
+process's peak RSS minus its RSS after the inputs (and the gtlib pattern) were built. Layers take
+``x [N, 128]`` (requires grad) to 4 heads x 32 channels on a random graph with ``E`` edges.
+
+    python benchmarks/attention.py                  # all sizes, default allocator
+    python benchmarks/attention.py --sizes 50000:1000000 --repeat 5
+    python benchmarks/attention.py --tuned          # MALLOC_MMAP_MAX_=0 for every peer
+
+Writes JSON (``--out``) and prints a table with times, memory and ratios to PyG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+IN_CHANNELS, HEADS, CHANNELS = 128, 4, 32
+SIZES = [(10_000, 200_000), (50_000, 1_000_000), (100_000, 4_000_000)]
+METHODS = [
+    "pyg_gatv2",
+    "pyg_transformer",
+    "pyg_softmax_dot",
+    "pyg_softmax_gatv2",
+    "dgl_gatv2",
+    "gtlib_dot_sparse",
+    "gtlib_dot_stream",
+    "gtlib_dot_scatter",
+    "gtlib_gatv2_sparse",
+    "gtlib_gatv2_stream",
+    "gtlib_gatv2_scatter",
+]
+# Memory-hungry methods skipped at the largest size unless --all.
+SKIP_LARGE = {"pyg_softmax_dot", "pyg_softmax_gatv2", "gtlib_dot_scatter", "gtlib_gatv2_scatter"}
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def build_layer(method: str, num_nodes: int, edge_index):
+    """Returns ``(forward, setup_seconds)``; ``forward()`` runs the layer once."""
+    import torch
+
+    if method.startswith("pyg_") and not method.startswith("pyg_softmax"):
+        from torch_geometric.nn import GATv2Conv, TransformerConv
+
+        if method == "pyg_gatv2":
+            layer = GATv2Conv(IN_CHANNELS, CHANNELS, heads=HEADS, add_self_loops=False)
+        else:
+            layer = TransformerConv(IN_CHANNELS, CHANNELS, heads=HEADS)
+        return (lambda x: layer(x, edge_index)), 0.0
+
+    if method.startswith("pyg_softmax"):
+        from torch_geometric.utils import scatter, softmax
+
+        score = method.split("_")[-1]
+        lin_q = torch.nn.Linear(IN_CHANNELS, HEADS * CHANNELS)
+        lin_k = torch.nn.Linear(IN_CHANNELS, HEADS * CHANNELS)
+        lin_v = torch.nn.Linear(IN_CHANNELS, HEADS * CHANNELS)
+        att = torch.nn.Parameter(torch.randn(HEADS, CHANNELS) / CHANNELS**0.5)
+        src, dst = edge_index
+
+        def pyg_math(x):
+            q = lin_q(x).view(-1, HEADS, CHANNELS)
+            k = lin_k(x).view(-1, HEADS, CHANNELS)
+            v = lin_v(x).view(-1, HEADS, CHANNELS)
+            if score == "dot":
+                scores = (q[dst] * k[src]).sum(-1) / CHANNELS**0.5
+            else:
+                hidden = torch.nn.functional.leaky_relu(q[dst] + k[src], 0.2)
+                scores = (hidden * att).sum(-1)
+            alpha = softmax(scores, dst, num_nodes=num_nodes)
+            return scatter(alpha.unsqueeze(-1) * v[src], dst, 0, num_nodes, reduce="sum")
+
+        return pyg_math, 0.0
+
+    if method == "dgl_gatv2":
+        import dgl
+        from dgl.nn import GATv2Conv as DGLGATv2Conv
+
+        start = time.perf_counter()
+        graph = dgl.graph((edge_index[0], edge_index[1]), num_nodes=num_nodes)
+        graph.create_formats_()
+        setup = time.perf_counter() - start
+        layer = DGLGATv2Conv(IN_CHANNELS, CHANNELS, HEADS, allow_zero_in_degree=True)
+        return (lambda x: layer(graph, x)), setup
+
+    from gtlib.attention import Pattern, sparse_attention
+
+    _, score, mode = method.split("_")
+    start = time.perf_counter()
+    pattern = Pattern.from_edge_index(edge_index, num_nodes)
+    if mode == "sparse":
+        pattern.transpose_csr()
+        pattern.sparse_matrix(torch.zeros(pattern.num_edges))
+        pattern.sparse_matrix(torch.zeros(pattern.num_edges), transpose=True)
+    setup = time.perf_counter() - start
+    if score == "dot":  # TransformerConv's layer: query/key/value/skip projections
+        lin_q = torch.nn.Linear(IN_CHANNELS, HEADS * CHANNELS)
+        lin_k = torch.nn.Linear(IN_CHANNELS, HEADS * CHANNELS)
+        lin_v = torch.nn.Linear(IN_CHANNELS, HEADS * CHANNELS)
+        lin_skip = torch.nn.Linear(IN_CHANNELS, HEADS * CHANNELS)
+
+        def gtlib_dot(x):
+            q, k, v = (lin(x).view(-1, HEADS, CHANNELS) for lin in (lin_q, lin_k, lin_v))
+            out = sparse_attention(q, k, v, pattern, mode=mode)
+            return out.reshape(-1, HEADS * CHANNELS) + lin_skip(x)
+
+        return gtlib_dot, setup
+    # GATv2Conv's layer: lin_l (senders), lin_r (receivers), att, bias
+    lin_l = torch.nn.Linear(IN_CHANNELS, HEADS * CHANNELS)
+    lin_r = torch.nn.Linear(IN_CHANNELS, HEADS * CHANNELS)
+    att = torch.nn.Parameter(torch.randn(HEADS, CHANNELS) / CHANNELS**0.5)
+    bias = torch.nn.Parameter(torch.zeros(HEADS * CHANNELS))
+
+    def gtlib_gatv2(x):
+        x_l = lin_l(x).view(-1, HEADS, CHANNELS)
+        x_r = lin_r(x).view(-1, HEADS, CHANNELS)
+        out = sparse_attention(x_r, x_l, x_l, pattern, score="gatv2", att=att, mode=mode)
+        return out.reshape(-1, HEADS * CHANNELS) + bias
+
+    return gtlib_gatv2, setup
+
+
+def run_one(method: str, num_nodes: int, num_edges: int, repeat: int) -> dict:
+    """Runs in the child process."""
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.randn(num_nodes, IN_CHANNELS, requires_grad=True)
+    edge_index = torch.randint(0, num_nodes, (2, num_edges))
+    forward, setup = build_layer(method, num_nodes, edge_index)
+    baseline = current_rss()
+    times = []
+    for i in range(repeat + 1):
+        x.grad = None
+        start = time.perf_counter()
+        out = forward(x)
+        out.sum().backward()
+        elapsed = time.perf_counter() - start
+        if i > 0:  # the first call warms up
+            times.append(elapsed)
+        del out
+    times.sort()
+    return {
+        "method": method,
+        "num_nodes": num_nodes,
+        "num_edges": num_edges,
+        "time_min_s": times[0],
+        "time_median_s": times[len(times) // 2],
+        "times_s": times,
+        "peak_extra_bytes": peak_rss() - baseline,
+        "setup_s": setup,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a large float32 tensor copy (read + write bytes), best of 5."""
+    import torch
+
+    src = torch.randn(64 * 1024 * 1024)  # 256 MB
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def sparse_dot_bytes_per_edge() -> int:
+    """Bytes the sparse dot-product mode must move per edge, forward + backward (4-byte floats).
+
+    Per head: forward SDDMM reads a key row and writes a score, the softmax reads/writes the
+    score ~5 times, SpMM reads a value row, a weight and an index; backward SDDMM reads a value
+    row, SpMMs for dq, dk, dv read a key, a query and an output-gradient row, with a weight and an
+    index each, and the transposes gather two [E] arrays.
+    """
+    row = CHANNELS * 4
+    per_head = (row + 4 + 4) + 5 * 4 + (row + 8) + (row + 4 + 4) + 3 * (row + 8) + 2 * 8
+    return HEADS * per_head
+
+
+def load_average() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="*", help="N:E pairs (default: the three standard)")
+    parser.add_argument("--methods", nargs="*", default=METHODS)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--tuned", action="store_true", help="MALLOC_MMAP_MAX_=0 for every run")
+    parser.add_argument("--all", action="store_true", help="run every method at every size")
+    parser.add_argument("--out", default="benchmarks/results/attention.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        method, n, e = args.child.split(":")
+        print(json.dumps(run_one(method, int(n), int(e), args.repeat)))
+        return
+
+    sizes = [tuple(map(int, s.split(":"))) for s in args.sizes] if args.sizes else SIZES
+    env = dict(os.environ)
+    if args.tuned:
+        env["MALLOC_MMAP_MAX_"] = "0"
+    results = []
+    for num_nodes, num_edges in sizes:
+        for method in args.methods:
+            if num_edges >= 4_000_000 and method in SKIP_LARGE and not args.all:
+                continue
+            load = load_average()
+            cmd = [sys.executable, __file__, "--child", f"{method}:{num_nodes}:{num_edges}"]
+            cmd += ["--repeat", str(args.repeat)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                print(f"{method:22s} N={num_nodes:>7d} E={num_edges:>8d}  skipped: {reason}")
+                continue
+            record = json.loads(proc.stdout.strip().splitlines()[-1])
+            record["load_before"] = load
+            results.append(record)
+            print(
+                f"{method:22s} N={num_nodes:>7d} E={num_edges:>8d}  "
+                f"{record['time_min_s']:7.3f} s  {record['peak_extra_bytes'] / 1e9:6.2f} GB  "
+                f"(setup {record['setup_s']:.2f} s, load {load:.1f})",
+                flush=True,
+            )
+
+    bandwidth = copy_bandwidth()
+    summary = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}",
+        "allocator": "MALLOC_MMAP_MAX_=0" if args.tuned else "default glibc",
+        "copy_bandwidth_GBps": bandwidth,
+        "sparse_dot_bytes_per_edge": sparse_dot_bytes_per_edge(),
+        "results": results,
+    }
+    print_table(summary)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(out)
+    print(f"wrote {out}")
+
+
+def print_table(summary: dict) -> None:
+    results = summary["results"]
+    sizes = sorted({(r["num_nodes"], r["num_edges"]) for r in results}, key=lambda s: s[1])
+    by_key = {(r["method"], r["num_nodes"], r["num_edges"]): r for r in results}
+    print(f"\n{summary['date']}, {summary['machine']}, allocator: {summary['allocator']}")
+    header = "| method | " + " | ".join(f"{n // 1000}k / {e / 1e6:g}M" for n, e in sizes) + " |"
+    print(header)
+    print("|---" * (len(sizes) + 1) + "|")
+    for method in METHODS:
+        cells = []
+        for n, e in sizes:
+            r = by_key.get((method, n, e))
+            if r is None:
+                cells.append("-")
+                continue
+            cell = f"{r['time_min_s']:.2f} s, {r['peak_extra_bytes'] / 1e9:.2f} GB"
+            peer = "pyg_transformer" if "_dot" in method else "pyg_gatv2"
+            base = by_key.get((peer, n, e))
+            if method.startswith("gtlib") and base:
+                time_ratio = r["time_min_s"] / base["time_min_s"]
+                memory_ratio = r["peak_extra_bytes"] / max(base["peak_extra_bytes"], 1)
+                cell += f" ({time_ratio:.2f}x / {memory_ratio:.2f}x)"
+            cells.append(cell)
+        if any(c != "-" for c in cells):
+            print(f"| {method} | " + " | ".join(cells) + " |")
+    print("(ratios: gtlib time / memory against PyG TransformerConv for dot, GATv2Conv for gatv2)")
+    for r in results:
+        if r["method"] == "gtlib_dot_sparse":
+            moved = summary["sparse_dot_bytes_per_edge"] * r["num_edges"] / r["time_min_s"] / 1e9
+            print(
+                f"gtlib_dot_sparse at E={r['num_edges']}: {moved:.1f} GB/s modelled traffic, "
+                f"{moved / summary['copy_bandwidth_GBps']:.0%} of copy bandwidth "
+                f"({summary['copy_bandwidth_GBps']:.1f} GB/s)"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,478 @@
+"""Cell-list neighbour search against brute force (numpy, float64) and scipy's cKDTree."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial import cKDTree
+
+from gtlib.attention import neighbors
+from gtlib.attention.neighbors import knn_edges, radius_edges
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Many small tensor ops: one thread avoids stalls when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Relative slack around r when comparing float32 results with float64 brute force: pairs that
+# close to the cutoff may go either way.
+FLOAT32_SLACK = 1e-5
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def brute_displacements(pos: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+    """``[N, N, d]`` float64 displacement ``pos[j] - pos[i]`` at ``[i, j]`` (minimum image)."""
+    displacement = pos[None, :, :] - pos[:, None, :]
+    if box is not None:
+        displacement = displacement - box * np.round(displacement / box)
+    return displacement
+
+
+def brute_distances(pos, box=None, batch=None, loop=False) -> np.ndarray:
+    """``[N, N]`` float64 distances at ``[receiver, sender]``; ``inf`` for excluded pairs."""
+    pos = np.asarray(pos, dtype=np.float64)
+    distance = np.linalg.norm(brute_displacements(pos, box), axis=-1)
+    if batch is not None:
+        distance[batch[:, None] != batch[None, :]] = np.inf
+    if not loop:
+        np.fill_diagonal(distance, np.inf)
+    return distance
+
+
+def pair_codes(senders, receivers, num_points: int) -> np.ndarray:
+    """Sorted ``sender * N + receiver`` codes, one integer per pair."""
+    return np.sort(np.asarray(senders, dtype=np.int64) * num_points + np.asarray(receivers))
+
+
+def brute_radius_pairs(distance: np.ndarray, r: float, max_num_neighbors=None) -> np.ndarray:
+    """Pair codes within ``r``, keeping the nearest ``max_num_neighbors`` of each receiver."""
+    receivers, senders = np.nonzero(distance <= r)
+    if max_num_neighbors is not None:
+        order = np.lexsort((senders, distance[receivers, senders], receivers))
+        receivers, senders = receivers[order], senders[order]
+        first = np.searchsorted(receivers, receivers, side="left")
+        nearest = np.arange(len(receivers)) - first < max_num_neighbors
+        receivers, senders = receivers[nearest], senders[nearest]
+    return pair_codes(senders, receivers, len(distance))
+
+
+def edge_codes(edge_index: torch.Tensor, num_points: int) -> np.ndarray:
+    return pair_codes(edge_index[0].numpy(), edge_index[1].numpy(), num_points)
+
+
+def as_box(box, dim: int) -> np.ndarray | None:
+    return None if box is None else np.broadcast_to(np.asarray(box, dtype=np.float64), (dim,))
+
+
+def uniform(rng, n: int, dim: int, scale=1.0, dtype=torch.float64) -> torch.Tensor:
+    return torch.tensor(rng.random((n, dim)) * scale, dtype=dtype)
+
+
+def clustered(rng, n: int, dim: int, scale=1.0, dtype=torch.float64) -> torch.Tensor:
+    """Half the points uniform, half in a blob a thousandth of the size."""
+    points = rng.random((n, dim)) * scale
+    blob = n // 2
+    points[:blob] = rng.random(dim) * scale * 0.9 + rng.random((blob, dim)) * scale * 1e-3
+    return torch.tensor(points, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_layout(edge_index, displacement, pos):
+    """dtypes, shapes and the order: receiver, then distance, then sender."""
+    assert edge_index.dtype == torch.long and edge_index.shape[0] == 2
+    assert displacement.dtype == pos.dtype
+    assert displacement.shape == (edge_index.shape[1], pos.shape[1])
+    senders, receivers = edge_index.numpy()
+    distance = torch.linalg.vector_norm(displacement, dim=1).double().numpy()
+    assert np.array_equal(np.lexsort((senders, distance, receivers)), np.arange(len(senders)))
+
+
+def check_displacement(edge_index, displacement, pos, box):
+    """``displacement`` is the minimum-image ``pos[j] - pos[i]``."""
+    dim = pos.shape[1]
+    pos64 = pos.double().numpy()
+    senders, receivers = edge_index.numpy()
+    expected = pos64[senders] - pos64[receivers]
+    box = as_box(box, dim)
+    if box is not None:
+        expected = expected - box * np.round(expected / box)
+    atol = 1e-10 if pos.dtype == torch.float64 else 1e-5 * max(1.0, float(np.abs(pos64).max()))
+    np.testing.assert_allclose(displacement.double().numpy(), expected, atol=atol, rtol=0)
+
+
+def check_radius(pos, r, box=None, batch=None, loop=False, max_num_neighbors=None):
+    edge_index, displacement = radius_edges(
+        pos, r, box=box, batch=batch, loop=loop, max_num_neighbors=max_num_neighbors
+    )
+    check_layout(edge_index, displacement, pos)
+    check_displacement(edge_index, displacement, pos, box)
+    batch_np = None if batch is None else batch.numpy()
+    distance = brute_distances(pos.numpy(), as_box(box, pos.shape[1]), batch_np, loop)
+    got = edge_codes(edge_index, len(pos))
+    assert len(np.unique(got)) == len(got)
+    if pos.dtype == torch.float64:
+        assert np.array_equal(got, brute_radius_pairs(distance, r, max_num_neighbors))
+    else:
+        assert max_num_neighbors is None, "near-ties make the float32 cut ambiguous"
+        certain = brute_radius_pairs(distance, r * (1 - FLOAT32_SLACK))
+        possible = brute_radius_pairs(distance, r * (1 + FLOAT32_SLACK))
+        assert np.isin(certain, got).all() and np.isin(got, possible).all()
+    norms = torch.linalg.vector_norm(displacement.double(), dim=1)
+    assert bool((norms <= r * (1 + FLOAT32_SLACK)).all())
+    return edge_index, displacement
+
+
+def check_knn(pos, k, box=None, batch=None, loop=False):
+    """Per receiver: count ``min(k, candidates)``, distances equal brute force's k smallest."""
+    edge_index, displacement = knn_edges(pos, k, box=box, batch=batch, loop=loop)
+    check_layout(edge_index, displacement, pos)
+    check_displacement(edge_index, displacement, pos, box)
+    batch_np = None if batch is None else batch.numpy()
+    distance = brute_distances(pos.numpy(), as_box(box, pos.shape[1]), batch_np, loop)
+    senders, receivers = edge_index.numpy()
+    assert len(np.unique(edge_codes(edge_index, len(pos)))) == len(senders)
+    assert np.isfinite(distance[receivers, senders]).all()  # same graph, self only if loop
+    wanted = np.minimum(np.isfinite(distance).sum(1), k)
+    assert np.array_equal(np.bincount(receivers, minlength=len(pos)), wanted)
+    nearest = np.sort(distance, axis=1)[:, :k]
+    expected = nearest[np.arange(nearest.shape[1]) < wanted[:, None]]
+    got_distance = torch.linalg.vector_norm(displacement.double(), dim=1).numpy()
+    atol = 1e-12 if pos.dtype == torch.float64 else 1e-5
+    np.testing.assert_allclose(got_distance, expected, atol=atol, rtol=1e-6)
+    return edge_index, displacement
+
+
+# ----------------------------------------------------------------------------- radius
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("loop", [False, True])
+@pytest.mark.parametrize("periodic", [False, True])
+def test_radius_matches_brute_force(dim, loop, periodic):
+    rng = np.random.default_rng(dim * 10 + loop * 2 + periodic)
+    n = {1: 80, 2: 200, 3: 300}[dim]
+    box = 4.0 if periodic else None
+    # Some points outside the box: they must be wrapped.
+    pos = uniform(rng, n, dim, scale=4.0) - (1.0 if periodic else 0.0)
+    for r in (0.3, 0.9, 2.0):
+        check_radius(pos, r, box=box, loop=loop)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_radius_float32_matches_kdtree(dim):
+    rng = np.random.default_rng(7 + dim)
+    box = np.array([3.0, 5.0, 4.0][:dim])
+    pos = torch.tensor(rng.random((400, dim)) * box, dtype=torch.float32)
+    r = 0.7
+    for boxsize in (box, None):
+        edge_index, _ = check_radius(pos, r, box=None if boxsize is None else torch.tensor(box))
+        pairs = cKDTree(pos.double().numpy(), boxsize=boxsize).query_pairs(r, output_type="ndarray")
+        both_ways = np.concatenate([pairs, pairs[:, ::-1]])
+        expected = pair_codes(both_ways[:, 0], both_ways[:, 1], len(pos))
+        assert np.array_equal(edge_codes(edge_index, len(pos)), expected)
+
+
+@pytest.mark.parametrize(
+    "box, r",
+    [
+        ([1.0, 1.2, 5.0], 0.5),  # one cell, two cells and many cells along the axes
+        ([1.0, 1.0], 0.5),  # r = L / 2 exactly: one cell per axis
+        ([1.1, 3.0], 0.5),  # two cells along the first axis
+        (2.0, 0.3),
+    ],
+)
+def test_radius_small_periodic_boxes_count_pairs_once(box, r):
+    rng = np.random.default_rng(3)
+    dim = len(box) if isinstance(box, list) else 3
+    lengths = as_box(box, dim)
+    pos = torch.tensor(rng.random((150, dim)) * lengths)
+    for loop in (False, True):
+        check_radius(pos, r, box=box, loop=loop)
+
+
+def test_radius_batch_and_max_num_neighbors():
+    rng = np.random.default_rng(11)
+    sizes = [1, 40, 0, 90, 3]  # graph 2 is empty
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    pos = uniform(rng, len(batch), 3, scale=2.0)
+    for loop in (False, True):
+        for max_num_neighbors in (None, 1, 5):
+            check_radius(pos, 0.8, batch=batch, loop=loop, max_num_neighbors=max_num_neighbors)
+            check_radius(
+                pos, 0.8, box=2.0, batch=batch, loop=loop, max_num_neighbors=max_num_neighbors
+            )
+
+
+def test_radius_clustered_points():
+    rng = np.random.default_rng(5)
+    for dim in (1, 2, 3):
+        pos = clustered(rng, 400, dim, scale=10.0)
+        check_radius(pos, 1.0)
+        check_radius(pos, 1.0, box=10.0, max_num_neighbors=7)
+        check_radius(pos, 1e-4, loop=True)
+
+
+def test_radius_lattice_ties_sorted_by_sender():
+    axis = torch.arange(5, dtype=torch.float64)
+    pos = torch.cartesian_prod(axis, axis, axis)
+    pos = pos[torch.randperm(len(pos), generator=torch.Generator().manual_seed(0))]
+    for dtype in (torch.float64, torch.float32):
+        check_radius(pos.to(dtype), 1.5)
+        check_radius(pos.to(dtype), 1.0, box=5.0)
+    check_radius(pos, 1.5, box=5.0, max_num_neighbors=9, loop=True)
+    duplicates = torch.cat([pos[:10], pos[:10], pos[:10]])  # distance-zero ties
+    check_radius(duplicates, 1.0, loop=True, max_num_neighbors=4)
+
+
+def test_radius_many_chunks(monkeypatch):
+    monkeypatch.setattr(neighbors, "MAX_CANDIDATES_PER_CHUNK", 1000)
+    rng = np.random.default_rng(2)
+    pos = uniform(rng, 500, 3, scale=3.0)
+    check_radius(pos, 0.6, box=3.0, max_num_neighbors=6)
+    check_knn(pos, 5, box=3.0)
+
+
+def test_radius_float32_large_coordinates():
+    rng = np.random.default_rng(8)
+    pos = torch.tensor(1000.0 + rng.random((300, 3)) * 5, dtype=torch.float32)
+    check_radius(pos, 0.9)
+
+
+def test_radius_empty_and_single_point():
+    for dim in (1, 3):
+        for pos in (torch.zeros(0, dim), torch.zeros(0, dim, dtype=torch.float64)):
+            for box in (None, 1.0):
+                edge_index, displacement = radius_edges(pos, 0.3, box=box, loop=True)
+                assert edge_index.shape == (2, 0) and edge_index.dtype == torch.long
+                assert displacement.shape == (0, dim) and displacement.dtype == pos.dtype
+                edge_index, displacement = knn_edges(pos, 3, box=box, loop=True)
+                assert edge_index.shape == (2, 0) and displacement.shape == (0, dim)
+        one = torch.full((1, dim), 0.25)
+        for box in (None, 1.0):
+            assert radius_edges(one, 0.3, box=box)[0].shape == (2, 0)
+            assert knn_edges(one, 3, box=box)[0].shape == (2, 0)
+            edge_index, displacement = radius_edges(one, 0.3, box=box, loop=True)
+            assert edge_index.tolist() == [[0], [0]] and displacement.abs().sum() == 0
+            edge_index, displacement = knn_edges(one, 3, box=box, loop=True)
+            assert edge_index.tolist() == [[0], [0]] and displacement.abs().sum() == 0
+
+
+def test_displacement_is_differentiable():
+    rng = np.random.default_rng(4)
+    pos = uniform(rng, 60, 3, scale=2.0).requires_grad_()
+    for function, argument in ((radius_edges, 0.7), (knn_edges, 4)):
+        edge_index, displacement = function(pos, argument, box=2.0)
+        check_displacement(edge_index, displacement.detach(), pos.detach(), 2.0)
+        (grad,) = torch.autograd.grad(displacement[:, 0].sum(), pos)
+        senders, receivers = edge_index
+        expected = torch.bincount(senders, minlength=60) - torch.bincount(receivers, minlength=60)
+        assert torch.equal(grad[:, 0], expected.double())
+        assert bool((grad[:, 1:] == 0).all())
+
+
+# ----------------------------------------------------------------------------- knn
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("loop", [False, True])
+@pytest.mark.parametrize("periodic", [False, True])
+def test_knn_matches_brute_force(dim, loop, periodic):
+    rng = np.random.default_rng(100 + dim * 10 + loop * 2 + periodic)
+    box = 3.0 if periodic else None
+    pos = uniform(rng, 250, dim, scale=3.0) + (2.0 if periodic else 0.0)
+    for k in (1, 6, 20):
+        edge_index, _ = check_knn(pos, k, box=box, loop=loop)
+        # Continuous random points have no ties: the exact senders must agree too.
+        distance = brute_distances(pos.numpy(), as_box(box, dim), loop=loop)
+        nearest = np.argsort(distance, axis=1, kind="stable")[:, :k]
+        receivers = np.repeat(np.arange(len(pos)), nearest.shape[1])
+        assert np.array_equal(
+            edge_codes(edge_index, len(pos)), pair_codes(nearest.ravel(), receivers, len(pos))
+        )
+
+
+def test_knn_float32_matches_kdtree():
+    rng = np.random.default_rng(21)
+    box = np.array([2.0, 3.0, 2.5])
+    pos = torch.tensor(rng.random((500, 3)) * box, dtype=torch.float32)
+    k = 8
+    for boxsize in (None, box):
+        edge_index, displacement = check_knn(pos, k, box=boxsize)
+        tree = cKDTree(pos.double().numpy(), boxsize=boxsize)
+        tree_distance, _ = tree.query(pos.double().numpy(), k=k + 1)
+        got = torch.linalg.vector_norm(displacement.double(), dim=1).reshape(-1, k).numpy()
+        np.testing.assert_allclose(got, tree_distance[:, 1:], atol=1e-5)
+
+
+def test_knn_batch_with_small_graphs():
+    rng = np.random.default_rng(12)
+    sizes = [1, 3, 0, 60, 2, 45]
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    pos = uniform(rng, len(batch), 2, scale=1.5)
+    for loop in (False, True):
+        for box in (None, 1.5):
+            edge_index, _ = check_knn(pos, 5, box=box, batch=batch, loop=loop)
+            counts = torch.bincount(edge_index[1], minlength=len(batch))
+            candidates = torch.tensor(sizes)[batch] - (0 if loop else 1)
+            assert torch.equal(counts, candidates.clamp(max=5))
+
+
+def test_knn_clustered_points_exercise_shrinking_and_growing(monkeypatch):
+    sides = []
+    build = neighbors._build_cell_lists
+
+    def recording_build(space, graph, num_graphs, min_cell_side):
+        sides.append(min_cell_side)
+        return build(space, graph, num_graphs, min_cell_side)
+
+    monkeypatch.setattr(neighbors, "_build_cell_lists", recording_build)
+    rng = np.random.default_rng(9)
+    for dim in (1, 2, 3):
+        pos = clustered(rng, 800, dim, scale=10.0)
+        for box in (None, 10.0):
+            sides.clear()
+            check_knn(pos, 4, box=box)
+            assert min(sides) < sides[0] < max(sides)
+
+
+def test_knn_sparse_points_fall_back_to_whole_periodic_graph():
+    """Far points whose k-th neighbour is beyond half the box use all points of the graph."""
+    rng = np.random.default_rng(13)
+    blob = rng.random((40, 3)) * 0.1
+    far = np.array([[5.0, 5.0, 5.0], [4.0, 6.0, 5.5], [6.0, 4.5, 4.0]])
+    pos = torch.tensor(np.concatenate([blob, far]))
+    for loop in (False, True):
+        check_knn(pos, 8, box=10.0, loop=loop)
+        check_knn(pos, 8, loop=loop)
+        check_knn(pos, 50, box=10.0, loop=loop)  # more than the graph holds
+
+
+def test_knn_degenerate_positions():
+    same = torch.ones(20, 2)
+    edge_index, displacement = check_knn(same, 3)
+    assert bool((displacement == 0).all())
+    line = torch.zeros(50, 3, dtype=torch.float64)
+    line[:, 1] = torch.linspace(0, 1, 50, dtype=torch.float64) ** 2
+    check_knn(line, 4)
+    check_knn(line, 4, box=[1.0, 2.0, 1.0])
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 120),
+    dim=st.integers(1, 3),
+    periodic=st.booleans(),
+    cluster=st.booleans(),
+    loop=st.booleans(),
+    num_graphs=st.integers(1, 3),
+    relative_r=st.floats(0.02, 0.5),
+    max_num_neighbors=st.one_of(st.none(), st.integers(1, 6)),
+    k=st.integers(1, 10),
+)
+def test_random_inputs_match_brute_force(
+    seed, n, dim, periodic, cluster, loop, num_graphs, relative_r, max_num_neighbors, k
+):
+    rng = np.random.default_rng(seed)
+    lengths = rng.uniform(1.0, 3.0, size=dim)
+    make = clustered if cluster else uniform
+    pos = make(rng, n, dim) * torch.tensor(lengths)
+    batch = torch.sort(torch.tensor(rng.integers(0, num_graphs, size=n))).values
+    box = torch.tensor(lengths) if periodic else None
+    r = relative_r * float(lengths.min())
+    check_radius(pos, r, box=box, batch=batch, loop=loop, max_num_neighbors=max_num_neighbors)
+    check_knn(pos, k, box=box, batch=batch, loop=loop)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_bad_inputs_raise():
+    pos = torch.rand(10, 3)
+    cases = [
+        (TypeError, lambda: radius_edges([[0.0, 0.0]], 1.0)),
+        (TypeError, lambda: radius_edges(torch.zeros(4, 2, dtype=torch.long), 1.0)),
+        (TypeError, lambda: knn_edges(torch.zeros(4, 2, dtype=torch.long), 1)),
+        (ValueError, lambda: radius_edges(torch.rand(5), 1.0)),
+        (ValueError, lambda: radius_edges(torch.rand(2, 5, 3), 1.0)),
+        (ValueError, lambda: knn_edges(torch.rand(5, 0), 1)),
+        (ValueError, lambda: radius_edges(torch.tensor([[0.0, math.nan]]), 1.0)),
+        (ValueError, lambda: knn_edges(torch.tensor([[0.0, math.inf]]), 1)),
+        (ValueError, lambda: radius_edges(pos, 0.0)),
+        (ValueError, lambda: radius_edges(pos, -1.0)),
+        (ValueError, lambda: radius_edges(pos, math.inf)),
+        (ValueError, lambda: radius_edges(pos, math.nan)),
+        (TypeError, lambda: radius_edges(pos, "1")),
+        (TypeError, lambda: radius_edges(pos, None)),
+        (ValueError, lambda: knn_edges(pos, 0)),
+        (ValueError, lambda: knn_edges(pos, -3)),
+        (TypeError, lambda: knn_edges(pos, 2.5)),
+        (TypeError, lambda: knn_edges(pos, True)),
+        (ValueError, lambda: radius_edges(pos, 0.1, box=[1.0, 1.0])),
+        (ValueError, lambda: radius_edges(pos, 0.1, box=torch.ones(2, 3))),
+        (ValueError, lambda: knn_edges(pos, 2, box=[1.0, 0.0, 1.0])),
+        (ValueError, lambda: knn_edges(pos, 2, box=-1.0)),
+        (ValueError, lambda: radius_edges(pos, 0.1, box=math.inf)),
+        (TypeError, lambda: radius_edges(pos, 0.1, box="abc")),
+        (ValueError, lambda: radius_edges(pos, 0.51, box=1.0)),
+        (ValueError, lambda: radius_edges(pos, 0.6, box=[2.0, 1.0, 2.0])),
+        (TypeError, lambda: radius_edges(pos, 0.1, batch=torch.zeros(10))),
+        (TypeError, lambda: radius_edges(pos, 0.1, batch=[0] * 10)),
+        (ValueError, lambda: radius_edges(pos, 0.1, batch=torch.zeros(9, dtype=torch.long))),
+        (ValueError, lambda: knn_edges(pos, 1, batch=torch.zeros(10, 1, dtype=torch.long))),
+        (ValueError, lambda: knn_edges(pos, 1, batch=torch.tensor([1] * 5 + [0] * 5))),
+        (ValueError, lambda: radius_edges(pos, 0.1, batch=torch.full((10,), -1))),
+        (ValueError, lambda: radius_edges(pos, 0.1, max_num_neighbors=0)),
+        (TypeError, lambda: radius_edges(pos, 0.1, max_num_neighbors=2.0)),
+    ]
+    for error, call in cases:
+        with pytest.raises(error):
+            call()
+
+
+def test_error_messages_name_the_argument():
+    pos = torch.rand(10, 3)
+    with pytest.raises(ValueError, match="r="):
+        radius_edges(pos, 0.6, box=1.0)
+    with pytest.raises(ValueError, match="sorted"):
+        radius_edges(pos, 0.1, batch=torch.tensor([0, 1] * 5))
+    for name, call in [
+        ("pos", lambda: radius_edges(torch.ones(3), 0.1)),
+        ("r", lambda: radius_edges(pos, -0.1)),
+        ("k", lambda: knn_edges(pos, 0)),
+        ("box", lambda: knn_edges(pos, 1, box=[1.0])),
+        ("batch", lambda: knn_edges(pos, 1, batch=torch.zeros(3, dtype=torch.long))),
+        ("max_num_neighbors", lambda: radius_edges(pos, 0.1, max_num_neighbors=0)),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            call()
+
+
+def test_accepted_argument_forms():
+    rng = np.random.default_rng(17)
+    pos = uniform(rng, 50, 2, scale=2.0)
+    reference = radius_edges(pos, 0.5, box=2.0)
+    for box in ([2.0, 2.0], (2, 2), torch.tensor([2.0, 2.0]), torch.tensor(2.0), 2):
+        for r in (0.5, torch.tensor(0.5)):
+            edge_index, displacement = radius_edges(pos, r, box=box)
+            assert torch.equal(edge_index, reference[0])
+            assert torch.equal(displacement, reference[1])
+    batch = torch.zeros(50, dtype=torch.int32)
+    assert torch.equal(knn_edges(pos, torch.tensor(3), batch=batch)[0], knn_edges(pos, 3)[0])
