@@ -108,7 +108,9 @@ def build_layer(method: str, num_nodes: int, edge_index):
     if mode == "sparse":
         pattern.transpose_csr()
         pattern.sparse_matrix(torch.zeros(pattern.num_edges))
-        pattern.sparse_matrix(torch.zeros(pattern.num_edges), transpose=True)
+        pattern.sparse_matrix(torch.zeros(pattern.num_edges), "transpose")
+        if not pattern.unique_edges:
+            pattern.sparse_matrix(torch.zeros(pattern.deduplicated()[1].numel()), "unique")
     setup = time.perf_counter() - start
     if score == "dot":  # TransformerConv's layer: query/key/value/skip projections
         lin_q = torch.nn.Linear(IN_CHANNELS, HEADS * CHANNELS)

@@ -56,8 +56,8 @@ def radius_edges(
             ``None`` for open boundaries. Positions are wrapped into ``[0, L)``.
         batch: ``[N]`` integer graph id of each point, sorted ascending; points only connect
             within their graph. ``None`` puts all points in one graph.
-        max_num_neighbors: keep only the this many nearest senders of each receiver (the
-            self-loop counts among them when ``loop=True``). ``None`` keeps all.
+        max_num_neighbors: keep only the ``max_num_neighbors`` nearest senders of each receiver
+            (the self-loop counts among them when ``loop=True``). ``None`` keeps all.
         loop: include the self edge ``(i, i)`` (zero displacement) for every point.
 
     Returns:
@@ -94,15 +94,19 @@ def radius_edges(
 
     senders_out, receivers_out, displacement_out = [], [], []
     for chunk_receivers, local, sender_slot in _candidate_chunks(receivers, ranges):
-        local, senders, displacement, _ = _sorted_pairs_within(
+        local, senders, displacement = _sorted_pairs_within(
             space, grid, chunk_receivers, local, sender_slot, radius, loop
         )
         if max_num_neighbors is not None:
             rank = _rank_within_receiver(local, chunk_receivers.numel())
             keep = torch.nonzero(rank < max_num_neighbors).squeeze(1)
-            local, senders, displacement = local[keep], senders[keep], displacement[keep]
+            local = local.index_select(0, keep)
+            senders, displacement = (
+                senders.index_select(0, keep),
+                displacement.index_select(0, keep),
+            )
         senders_out.append(senders)
-        receivers_out.append(chunk_receivers[local])
+        receivers_out.append(chunk_receivers.index_select(0, local))
         displacement_out.append(displacement)
 
     return _assemble(pos, space, senders_out, receivers_out, displacement_out)
@@ -117,12 +121,13 @@ def knn_edges(
 ) -> tuple[Tensor, Tensor]:
     """The ``k`` nearest senders of every point, found with cell lists.
 
-    A radius giving about ``2k`` expected neighbours is estimated from the density; receivers
-    whose cell neighbourhood is far denser than that (clusters) first retry with halved radii,
-    and receivers that find fewer than ``k`` points within the radius retry with a doubled
-    radius. Once the radius reaches the extent of the point cloud (or half the box when
-    periodic) all points of the receiver's graph are compared, so the result is exact for any
-    distribution of points.
+    A radius giving about ``2k`` expected neighbours at the mean density is the starting point.
+    Each receiver then moves to a radius suited to its local density (the number of points in
+    its neighbouring cells), in steps of a factor ``2 ** (1/3)``: smaller in clusters, larger
+    in sparse regions. A receiver that finds fewer than ``k`` points within its radius retries
+    with a larger one. Once the radius reaches the extent of the point cloud (or half the box
+    when periodic) all points of the receiver's graph are compared, so the result is exact for
+    any distribution of points. Only the pairs within the radius are ever sorted.
 
     Args:
         pos: ``[N, d]`` floating-point positions.
@@ -132,7 +137,8 @@ def knn_edges(
             ``None`` for open boundaries. Distances use the minimum image.
         batch: ``[N]`` integer graph id of each point, sorted ascending; points only connect
             within their graph. ``None`` puts all points in one graph.
-        loop: let a point be its own neighbour (it then counts as one of the ``k``).
+        loop: let a point be its own neighbour (it then counts as one of the ``k``; like any
+            tie, a coincident point with a smaller index comes before it).
 
     Returns:
         ``(edge_index, displacement)``: ``edge_index`` is int64 ``[2, E]`` with row 0 the sender
@@ -156,80 +162,37 @@ def knn_edges(
 
     space = _Space.create(pos, box_lengths)
     graph_sizes = torch.bincount(graph, minlength=num_graphs)
-    wanted = (graph_sizes[graph] - (0 if loop else 1)).clamp(max=k)
-    plan = _KnnRadii.create(space, graph_sizes, k)
-
-    device = pos.device
-    level = torch.zeros(num_points, dtype=torch.long, device=device)
-    # Receivers not yet looked at may move to the level their local density suggests, in either
-    # direction; afterwards only downwards until they are searched once, then only upwards.
-    # Levels therefore settle and the loop ends at the exhaustive level at the latest.
-    unseen = torch.ones(num_points, dtype=torch.bool, device=device)
-    may_shrink = torch.ones(num_points, dtype=torch.bool, device=device)
-    pending = torch.nonzero(wanted > 0).flatten()
+    wanted = (graph_sizes.index_select(0, graph) - (0 if loop else 1)).clamp(max=k)
+    search = _KnnSearch(_KnnRadii.create(space, graph_sizes, k), wanted, loop)
+    pending = torch.nonzero(wanted > 0).squeeze(1)
 
     senders_out, receivers_out, displacement_out = [], [], []
     while pending.numel() > 0:
-        retry = []
-        pending_levels = level[pending]
+        retry = [pending[:0]]
+        pending_levels = search.level.index_select(0, pending)
         for current_level in torch.unique(pending_levels).tolist():
             group = pending[pending_levels == current_level]
-            radius = plan.radius(current_level)
+            radius = search.plan.radius(current_level)
             grid = _build_cell_lists(space, graph, num_graphs, _cell_side(radius, space))
             ranges = _neighbour_ranges(grid, group)
-
             if math.isfinite(radius):
-                num_candidates = ranges.candidates
-                suggested = plan.suggested_level(num_candidates, current_level)
-                move = (may_shrink[group] & (suggested < current_level)) | (
-                    unseen[group] & (suggested > current_level)
-                )
-                unseen[group] = False
-                # Fewer candidates than wanted: no need to look, grow the radius right away.
-                available = num_candidates - (0 if loop else 1)
-                grow = ~move & (available < wanted[group])
-                if bool(move.any()):
-                    moving = group[move]
-                    level[moving] = suggested[move]
-                    may_shrink[moving[suggested[move] > current_level]] = False
-                    retry.append(moving)
-                if bool(grow.any()):
-                    retry.append(
-                        _grow(group[grow], available[grow], wanted, level, may_shrink, plan)
-                    )
-                search = ~(move | grow)
-                group = group[search]
-                ranges = ranges.select(search)
+                look, moved = search.triage(group, ranges.candidates, current_level)
+                retry.append(moved)
+                group, ranges = group[look], ranges.select(look)
 
             for chunk_receivers, local, sender_slot in _candidate_chunks(group, ranges):
-                local, senders, displacement, _ = _sorted_pairs_within(
+                local, senders, displacement = _sorted_pairs_within(
                     space, grid, chunk_receivers, local, sender_slot, radius, loop
                 )
-                chunk_wanted = wanted.index_select(0, chunk_receivers)
-                found = torch.bincount(local, minlength=chunk_receivers.numel())
-                complete = found >= chunk_wanted
-                # Receivers that found enough keep their first `wanted` pairs.
-                quota = torch.where(complete, chunk_wanted, 0).index_select(0, local)
-                rank = _rank_within_receiver(local, chunk_receivers.numel())
-                keep = torch.nonzero(rank < quota).squeeze(1)
+                keep, incomplete, found = search.nearest(chunk_receivers, local)
                 senders_out.append(senders.index_select(0, keep))
                 receivers_out.append(chunk_receivers.index_select(0, local.index_select(0, keep)))
                 displacement_out.append(displacement.index_select(0, keep))
-                if not bool(complete.all()):
+                if incomplete.numel() > 0:
                     if not math.isfinite(radius):
                         raise RuntimeError("knn_edges: exhaustive search found too few neighbours")
-                    incomplete = ~complete
-                    retry.append(
-                        _grow(
-                            chunk_receivers[incomplete],
-                            found[incomplete],
-                            wanted,
-                            level,
-                            may_shrink,
-                            plan,
-                        )
-                    )
-        pending = torch.cat(retry) if retry else pending[:0]
+                    retry.append(search.grow(chunk_receivers[incomplete], found[incomplete]))
+        pending = torch.cat(retry)
 
     if len(receivers_out) > 1:
         receivers_all = torch.cat(receivers_out)
@@ -444,15 +407,15 @@ def _sorted_pairs_within(
     sender_slot: Tensor,
     radius: float,
     loop: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Candidate pairs within ``radius`` (self pairs only if ``loop``), sorted.
 
     A cheap squared-distance pass over all candidates (axis by axis, in place) discards the far
     ones; displacements and distances are then computed for the survivors only.
 
     Returns:
-        ``(local, senders, displacement, distance)`` of the kept pairs, sorted by receiver
-        (``local`` indexes ``chunk_receivers``), then distance, then sender.
+        ``(local, senders, displacement)`` of the kept pairs, sorted by receiver (``local``
+        indexes ``chunk_receivers``), then distance, then sender.
     """
     if math.isfinite(radius):
         receiver_coords = space.positions_by_axis.index_select(1, chunk_receivers)
@@ -487,7 +450,6 @@ def _sorted_pairs_within(
         kept_local.index_select(0, order),
         kept_senders.index_select(0, order),
         displacement.index_select(0, keep.index_select(0, order)),
-        kept_distance.index_select(0, order),
     )
 
 
@@ -591,18 +553,68 @@ class _KnnRadii(NamedTuple):
         return torch.where(level < self.cap_level, grown, self.exhaustive_level)
 
 
-def _grow(
-    receivers: Tensor,
-    found: Tensor,
-    wanted: Tensor,
-    level: Tensor,
-    may_shrink: Tensor,
-    plan: _KnnRadii,
-) -> Tensor:
-    """Moves ``receivers`` (which found too few neighbours) to a larger radius for good."""
-    level[receivers] = plan.grown_level(level[receivers], found, wanted[receivers])
-    may_shrink[receivers] = False
-    return receivers
+class _KnnSearch:
+    """The search level of every receiver in :func:`knn_edges` and the rules that move it.
+
+    A receiver not yet looked at may move to the level its local density suggests, up or down;
+    afterwards only down until it is searched, and after a search that found too few neighbours
+    only up. Levels therefore settle, and the exhaustive level always succeeds, so the search
+    ends.
+    """
+
+    def __init__(self, plan: _KnnRadii, wanted: Tensor, loop: bool) -> None:
+        self.plan = plan
+        self.wanted = wanted  # [N] neighbours each receiver must get
+        self.loop = loop
+        self.level = torch.zeros_like(wanted)
+        self.unseen = torch.ones_like(wanted, dtype=torch.bool)
+        self.may_shrink = torch.ones_like(wanted, dtype=torch.bool)
+
+    def triage(
+        self, group: Tensor, num_candidates: Tensor, current_level: int
+    ) -> tuple[Tensor, Tensor]:
+        """Decides, from their candidate counts, which receivers of ``group`` to search now.
+
+        Returns:
+            ``(search_mask, moved)``: a mask over ``group`` and the receivers sent to another
+            level instead.
+        """
+        suggested = self.plan.suggested_level(num_candidates, current_level)
+        move = (self.may_shrink[group] & (suggested < current_level)) | (
+            self.unseen[group] & (suggested > current_level)
+        )
+        self.unseen[group] = False
+        moving = group[move]
+        self.level[moving] = suggested[move]
+        self.may_shrink[moving[suggested[move] > current_level]] = False
+        # Fewer candidates than wanted: no need to look, grow the radius right away.
+        available = num_candidates - (0 if self.loop else 1)
+        hopeless = ~move & (available < self.wanted[group])
+        grown = self.grow(group[hopeless], available[hopeless])
+        return ~(move | hopeless), torch.cat([moving, grown])
+
+    def grow(self, receivers: Tensor, found: Tensor) -> Tensor:
+        """Moves ``receivers``, which found only ``found`` neighbours, to a larger radius."""
+        current = self.level[receivers]
+        self.level[receivers] = self.plan.grown_level(current, found, self.wanted[receivers])
+        self.may_shrink[receivers] = False
+        return receivers
+
+    def nearest(self, chunk_receivers: Tensor, local: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Selects neighbours among a chunk's pairs (sorted by receiver, then distance).
+
+        Returns:
+            ``(keep, incomplete, found)``: the pairs to keep (the first ``wanted`` of every
+            receiver that found enough), the positions in ``chunk_receivers`` of the receivers
+            that did not, and the number of pairs each receiver found.
+        """
+        num_receivers = chunk_receivers.numel()
+        chunk_wanted = self.wanted.index_select(0, chunk_receivers)
+        found = torch.bincount(local, minlength=num_receivers)
+        complete = found >= chunk_wanted
+        quota = torch.where(complete, chunk_wanted, 0).index_select(0, local)
+        keep = torch.nonzero(_rank_within_receiver(local, num_receivers) < quota).squeeze(1)
+        return keep, torch.nonzero(~complete).squeeze(1), found
 
 
 def _assemble(
@@ -696,7 +708,7 @@ def _check_box(box: BoxLike | None, pos: Tensor) -> Tensor | None:
 
 
 def _check_batch(batch: Tensor | None, pos: Tensor) -> tuple[Tensor, int]:
-    """Graph id per point (int64) and the number of graphs (largest id + 1)."""
+    """Graph index per point, renumbered ``0..G-1`` (int64), and the number of graphs ``G``."""
     num_points = pos.shape[0]
     if batch is None:
         return torch.zeros(num_points, dtype=torch.long, device=pos.device), min(num_points, 1)
@@ -715,4 +727,6 @@ def _check_batch(batch: Tensor | None, pos: Tensor) -> tuple[Tensor, int]:
         raise ValueError("batch must not contain negative graph ids")
     if bool((batch[1:] < batch[:-1]).any()):
         raise ValueError("batch must be sorted in ascending order")
-    return batch, int(batch[-1]) + 1
+    # Renumber so that gaps between graph ids cost nothing.
+    graph_ids, graph = torch.unique_consecutive(batch, return_inverse=True)
+    return graph, graph_ids.numel()

@@ -59,7 +59,8 @@ class Pattern:
         self.blocks = blocks
         self._max_degree: int | None = None
         self._transpose: tuple[Tensor, Tensor, Tensor] | None = None
-        self._csr_indices: dict[bool, tuple[Tensor, Tensor]] = {}
+        self._csr_indices: dict[str, tuple[Tensor, Tensor]] = {}
+        self._deduplicated: tuple[Tensor, Tensor, Tensor] | None = None
         self._unique_edges: bool | None = None
 
     # ------------------------------------------------------------------ construction
@@ -307,15 +308,44 @@ class Pattern:
             self._transpose = (ptr_t, self.row.index_select(0, order), order)
         return self._transpose
 
-    def sparse_matrix(self, values: Tensor, transpose: bool = False) -> Tensor:
-        """A ``torch.sparse_csr`` matrix ``[num_dst, num_src]`` (``[num_src, num_dst]`` when
-        ``transpose``) holding receiver-sorted ``values [E]`` (sender-sorted when ``transpose``)."""
-        if transpose not in self._csr_indices:
-            ptr, index = self.transpose_csr()[:2] if transpose else (self.ptr, self.col)
+    def deduplicated(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The distinct (sender, receiver) pairs: ``(ptr [num_dst + 1], senders [U], inverse [E])``
+        with ``inverse[t]`` the pair of the ``t``-th receiver-sorted edge. Cached."""
+        if self._deduplicated is None:
+            key = self.row * max(self.num_src, 1) + self.col
+            if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
+                unique_key, inverse = torch.unique(key, return_inverse=True)
+            else:
+                is_new = torch.ones_like(key, dtype=torch.bool)
+                is_new[1:] = key[1:] != key[:-1]
+                inverse = torch.cumsum(is_new, 0) - 1
+                unique_key = key[is_new]
+            receivers = unique_key // max(self.num_src, 1)
+            ptr = _index_to_ptr(receivers, self.num_dst)
+            self._deduplicated = (ptr, unique_key - receivers * max(self.num_src, 1), inverse)
+        return self._deduplicated
+
+    def sparse_matrix(self, values: Tensor, layout: str = "csr") -> Tensor:
+        """A ``torch.sparse_csr`` matrix holding ``values``.
+
+        ``layout`` is ``"csr"`` (``[num_dst, num_src]``, receiver-sorted edges), ``"transpose"``
+        (``[num_src, num_dst]``, sender-sorted edges, see :meth:`transpose_csr`) or ``"unique"``
+        (``[num_dst, num_src]``, the distinct pairs of :meth:`deduplicated`).
+        """
+        if layout not in self._csr_indices:
+            if layout == "csr":
+                ptr, index = self.ptr, self.col
+            elif layout == "transpose":
+                ptr, index = self.transpose_csr()[:2]
+            elif layout == "unique":
+                ptr, index = self.deduplicated()[:2]
+            else:
+                raise ValueError(f"layout must be 'csr', 'transpose' or 'unique', got {layout!r}")
             if max(self.num_src, self.num_dst, self.num_edges) < 2**31 - 1:
                 ptr, index = ptr.int(), index.int()  # what MKL/cuSPARSE take without a copy
-            self._csr_indices[transpose] = (ptr, index)
-        ptr, index = self._csr_indices[transpose]
+            self._csr_indices[layout] = (ptr, index)
+        ptr, index = self._csr_indices[layout]
+        transpose = layout == "transpose"
         size = (self.num_src, self.num_dst) if transpose else (self.num_dst, self.num_src)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"

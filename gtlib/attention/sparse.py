@@ -37,9 +37,6 @@ def sparse_attention_csr(
     return out, weights_h.t()
 
 
-GATHER_CHUNK = 1 << 15
-
-
 def _heads_first(x: Tensor) -> Tensor:
     return x.permute(1, 0, 2).contiguous()
 
@@ -48,26 +45,27 @@ def _sddmm(pattern, left: Tensor, right: Tensor, out: Tensor, alpha: float = 1.0
     """Writes ``alpha * left[i] . right[j]`` for the receiver-sorted edges into ``out [E]``.
 
     ``torch.sparse.sampled_addmm`` corrupts memory on repeated (sender, receiver) pairs, so
-    patterns with duplicate edges take a chunked gather instead.
+    patterns with duplicate edges compute on their distinct pairs and copy back.
     """
-    if not pattern.unique_edges:
-        for start in range(0, pattern.num_edges, GATHER_CHUNK):
-            end = min(start + GATHER_CHUNK, pattern.num_edges)
-            rows = left.index_select(0, pattern.row[start:end])
-            torch.sum(rows.mul_(right.index_select(0, pattern.col[start:end])), -1, out=out[start:end])
-        out.mul_(alpha)
+    if pattern.unique_edges:
+        matrix = pattern.sparse_matrix(out.zero_())  # beta=0 would still propagate NaN garbage
+        torch.sparse.sampled_addmm(matrix, left, right.t(), beta=0.0, alpha=alpha, out=matrix)
         return
-    matrix = pattern.sparse_matrix(out.zero_())  # beta=0 would still propagate NaN garbage
+    _, senders, inverse = pattern.deduplicated()
+    distinct = out.new_zeros(senders.numel())
+    matrix = pattern.sparse_matrix(distinct, "unique")
     torch.sparse.sampled_addmm(matrix, left, right.t(), beta=0.0, alpha=alpha, out=matrix)
+    torch.index_select(distinct, 0, inverse, out=out)
 
 
 def _spmm_heads(pattern, values_h: Tensor, dense_h: Tensor, transpose: bool = False) -> Tensor:
     """Per head ``A_h @ dense_h`` with ``A_h`` holding ``values_h[h]``; returns ``[N, H, C]``."""
     heads = values_h.size(0)
     rows = pattern.num_src if transpose else pattern.num_dst
+    layout = "transpose" if transpose else "csr"
     out = dense_h.new_empty(rows, heads, dense_h.size(-1))
     for h in range(heads):
-        out[:, h] = pattern.sparse_matrix(values_h[h], transpose) @ dense_h[h]
+        out[:, h] = pattern.sparse_matrix(values_h[h], layout) @ dense_h[h]
     return out
 
 

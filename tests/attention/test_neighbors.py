@@ -215,6 +215,12 @@ def test_radius_batch_and_max_num_neighbors():
             check_radius(
                 pos, 0.8, box=2.0, batch=batch, loop=loop, max_num_neighbors=max_num_neighbors
             )
+    # Only the grouping matters, not the id values.
+    sparse_ids = batch * 10**12 + 7
+    for function, argument in ((radius_edges, 0.8), (knn_edges, 4)):
+        expected = function(pos, argument, batch=batch)
+        got = function(pos, argument, batch=sparse_ids)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 def test_radius_clustered_points():
