@@ -1,1 +1,1 @@
-"""gtlib.datasets: dataset loaders and generators (installed from the top-level datasets/ folder)."""
+"""gtlib.datasets: dataset loaders and generators (from the top-level datasets/ folder)."""

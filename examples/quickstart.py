@@ -65,21 +65,24 @@ def main() -> None:
         got_grads = torch.autograd.grad(out.square().sum(), (q, k, v))
         value_error = (out - expected).abs().max().item()
         grad_error = max((g - e).abs().max().item() for g, e in zip(got_grads, expected_grads))
-        print(f"  {mode:8s} max |out - ref| = {value_error:.1e}   max |grad - ref| = {grad_error:.1e}")
+        print(
+            f"  {mode:8s} max |out - ref| = {value_error:.1e}   max |grad - ref| = {grad_error:.1e}"
+        )
 
     batch = torch.repeat_interleave(torch.arange(4), torch.tensor([7, 50, 120, 300]))
     blocks = Pattern.full(batch)
-    xq, xk, xv = (torch.randn(batch.numel(), heads, channels, dtype=torch.float64) for _ in range(3))
+    xq, xk, xv = (
+        torch.randn(batch.numel(), heads, channels, dtype=torch.float64) for _ in range(3)
+    )
     dense_error = (
-        (
-            sparse_attention(xq, xk, xv, blocks, mode="dense")
-            - dense_reference(xq, xk, xv, blocks)
-        )
+        (sparse_attention(xq, xk, xv, blocks, mode="dense") - dense_reference(xq, xk, xv, blocks))
         .abs()
         .max()
         .item()
     )
-    print(f"  dense    (per-graph all-to-all, graphs of 7..300 nodes) max error = {dense_error:.1e}")
+    print(
+        f"  dense    (per-graph all-to-all, graphs of 7..300 nodes) max error = {dense_error:.1e}"
+    )
 
     num_nodes, num_edges = (10_000, 200_000) if args.small else (50_000, 1_000_000)
     print(f"\n== forward + backward, {num_nodes} nodes, {num_edges} edges, 4 heads x 32 ==")
@@ -101,7 +104,9 @@ def main() -> None:
     reference_time = time_call(pyg_math)
     print(f"  PyG softmax + scatter: {reference_time:.3f} s")
     for mode in ("sparse", "stream", "scatter"):
-        seconds = time_call(lambda mode=mode: sparse_attention(q, k, v, pattern, mode=mode).sum().backward())
+        seconds = time_call(
+            lambda mode=mode: sparse_attention(q, k, v, pattern, mode=mode).sum().backward()
+        )
         print(f"  gtlib {mode:8s}: {seconds:.3f} s  ({seconds / reference_time:.2f}x PyG)")
 
 

@@ -97,6 +97,8 @@ def sparse_attention(
     head_dim = query.size(-1)
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim) if score == "dot" else 1.0
+    if not float(negative_slope) >= 0.0:
+        raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
@@ -264,7 +266,9 @@ def _validate(query, key, value, pattern, score, att, key_edge, value_edge, bias
         _check_tensor("bias", bias, (num_edges, heads), query.dtype)
     devices = {x.device for x in (query, key, value) if x is not None}
     if len(devices) > 1 or pattern.device not in devices:
-        raise ValueError(f"inputs and pattern must be on one device, got {devices | {pattern.device}}")
+        raise ValueError(
+            f"inputs and pattern must be on one device, got {devices | {pattern.device}}"
+        )
 
 
 def _check_tensor(name: str, x, shape: tuple[int, ...], dtype: torch.dtype) -> None:

@@ -30,8 +30,8 @@ BoxLike = Tensor | Sequence[float] | float
 MAX_CANDIDATES_PER_CHUNK = 1 << 20
 # Graph id times cell count plus linear cell index must fit in int64.
 _MAX_CELL_KEYS = 1 << 62
-# Cells are made this much (relative) wider than the radius so rounding in the binning or in the
-# distance can never hide a pair that lies just inside the radius.
+# Cells are made at least this much (relative) wider than the radius, so that rounding in the
+# binning or in the distance cannot hide a pair that lies just inside the radius.
 _CELL_SIDE_MARGIN = 1e-5
 # k-NN: the smallest radius tried, relative to the point cloud's extent.
 _KNN_MIN_RELATIVE_RADIUS = 2.0**-40
@@ -45,7 +45,11 @@ def radius_edges(
     max_num_neighbors: int | None = None,
     loop: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """All pairs of points closer than ``r`` (inclusive), found with cell lists.
+    """All pairs of points at distance ``<= r``, in both directions, found with cell lists.
+
+    Points are binned into cells of side ``>= r``; each receiver compares only the points of its
+    own and the adjacent cells, so the cost grows with ``N`` times the local density. With a
+    ``box`` every pair appears once per direction, with its minimum image.
 
     Args:
         pos: ``[N, d]`` floating-point positions.
@@ -94,8 +98,11 @@ def radius_edges(
 
     senders_out, receivers_out, displacement_out = [], [], []
     for chunk_receivers, local, sender_slot in _candidate_chunks(receivers, ranges):
+        quota = None
+        if max_num_neighbors is not None:
+            quota = torch.full_like(chunk_receivers, max_num_neighbors)
         local, senders, displacement = _sorted_pairs_within(
-            space, grid, chunk_receivers, local, sender_slot, radius, loop
+            space, grid, chunk_receivers, local, sender_slot, radius, loop, quota
         )
         if max_num_neighbors is not None:
             rank = _rank_within_receiver(local, chunk_receivers.numel())
@@ -182,7 +189,14 @@ def knn_edges(
 
             for chunk_receivers, local, sender_slot in _candidate_chunks(group, ranges):
                 local, senders, displacement = _sorted_pairs_within(
-                    space, grid, chunk_receivers, local, sender_slot, radius, loop
+                    space,
+                    grid,
+                    chunk_receivers,
+                    local,
+                    sender_slot,
+                    radius,
+                    loop,
+                    quota=wanted.index_select(0, chunk_receivers),
                 )
                 keep, incomplete, found = search.nearest(chunk_receivers, local)
                 senders_out.append(senders.index_select(0, keep))
@@ -253,14 +267,20 @@ def _cell_side(radius: float, space: _Space) -> float:
     """Smallest admissible cell side for ``radius`` (``inf``: one cell spanning everything)."""
     if not math.isfinite(radius):
         return math.inf
-    eps = torch.finfo(space.positions.dtype).eps
-    return radius * (1 + _CELL_SIDE_MARGIN) + 8 * eps * float(space.extent.max())
+    relative_margin = max(_CELL_SIDE_MARGIN, 8 * torch.finfo(space.positions.dtype).eps)
+    binning_error = 4 * torch.finfo(torch.float64).eps * float(space.extent.max())
+    return radius * (1 + relative_margin) + binning_error
 
 
 def _build_cell_lists(
     space: _Space, graph: Tensor, num_graphs: int, min_cell_side: float
 ) -> _CellLists:
-    """Bins points into cells of side ``>= min_cell_side`` and tabulates neighbouring cells."""
+    """Bins points (in float64) into cells of side ``>= min_cell_side``, sorted by cell.
+
+    Without a box the grid spans the bounding box; with one, the box (one cell wraps onto the
+    other end). The cell count is capped so that keys fit in int64, which only makes cells
+    larger.
+    """
     coords = space.positions.double() - space.lower
     extent = space.extent.tolist()
     dim = len(extent)
@@ -323,13 +343,16 @@ class _NeighbourRanges(NamedTuple):
 
 def _neighbour_ranges(grid: _CellLists, receivers: Tensor) -> _NeighbourRanges:
     """The sorted-slot ranges of the cells around each receiver's cell."""
-    cells, receiver_cell = torch.unique(grid.point_cell[receivers], return_inverse=True)
+    distinct_cells, receiver_cell = torch.unique(
+        grid.point_cell.index_select(0, receivers), return_inverse=True
+    )
     dim = len(grid.cells)
     total_cells = math.prod(grid.cells)
     strides = [math.prod(grid.cells[axis + 1 :]) for axis in range(dim)]
     offsets = _neighbour_offsets(grid.cells, grid.periodic).to(receivers.device)
-    cell_coords = grid.cell_coords[cells]
-    graph_base = torch.div(grid.cell_keys[cells], total_cells, rounding_mode="floor") * total_cells
+    cell_coords = grid.cell_coords[distinct_cells]
+    graph_index = torch.div(grid.cell_keys[distinct_cells], total_cells, rounding_mode="floor")
+    graph_base = graph_index * total_cells
     keys = graph_base.unsqueeze(1).expand(-1, len(offsets))
     valid = torch.ones(keys.shape, dtype=torch.bool, device=receivers.device)
     for axis in range(dim):
@@ -407,11 +430,14 @@ def _sorted_pairs_within(
     sender_slot: Tensor,
     radius: float,
     loop: bool,
+    quota: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Candidate pairs within ``radius`` (self pairs only if ``loop``), sorted.
 
     A cheap squared-distance pass over all candidates (axis by axis, in place) discards the far
-    ones; displacements and distances are then computed for the survivors only.
+    ones; displacements and distances are then computed for the survivors only. With a
+    ``quota`` (per chunk receiver) only pairs that surely include the ``quota`` nearest of each
+    receiver are kept, which spares sorting far pairs.
 
     Returns:
         ``(local, senders, displacement)`` of the kept pairs, sorted by receiver (``local``
@@ -444,6 +470,12 @@ def _sorted_pairs_within(
         keep &= senders != receivers
     keep = torch.nonzero(keep).squeeze(1)
     kept_local, kept_distance = local.index_select(0, keep), distance.index_select(0, keep)
+    if quota is not None:
+        nearest = _superset_of_nearest(kept_local, kept_distance, quota, space.positions.shape[1])
+        if nearest is not None:
+            keep = keep.index_select(0, nearest)
+            kept_local = kept_local.index_select(0, nearest)
+            kept_distance = kept_distance.index_select(0, nearest)
     kept_senders = senders.index_select(0, keep)
     order = _receiver_distance_sender_order(kept_local, kept_distance, kept_senders)
     return (
@@ -451,6 +483,27 @@ def _sorted_pairs_within(
         kept_senders.index_select(0, order),
         displacement.index_select(0, keep.index_select(0, order)),
     )
+
+
+def _superset_of_nearest(local: Tensor, distance: Tensor, quota: Tensor, dim: int) -> Tensor | None:
+    """Indices of pairs that include the ``quota`` nearest of every receiver, or ``None`` (all).
+
+    A receiver with many more pairs than its quota keeps those within a radius expected (at
+    uniform density) to hold about twice the quota, provided that radius holds at least the
+    quota; otherwise, and for the other receivers, all pairs are kept.
+    """
+    num_receivers = quota.numel()
+    found = torch.bincount(local, minlength=num_receivers)
+    crowded = found > 3 * quota
+    if not bool(crowded.any()):
+        return None
+    farthest = torch.zeros(num_receivers, dtype=distance.dtype, device=distance.device)
+    farthest.scatter_reduce_(0, local, distance, "amax")
+    shrink = (2 * quota / found.clamp(min=1)).to(distance.dtype) ** (1 / dim)
+    cutoff = torch.where(crowded, farthest * shrink, farthest)
+    inside = distance <= cutoff.index_select(0, local)
+    enough = torch.bincount(local[inside], minlength=num_receivers) >= quota
+    return torch.nonzero(inside | ~enough.index_select(0, local)).squeeze(1)
 
 
 def _receiver_distance_sender_order(local: Tensor, distance: Tensor, senders: Tensor) -> Tensor:
@@ -480,7 +533,7 @@ def _rank_within_receiver(local: Tensor, num_receivers: int) -> Tensor:
     """Position of each pair among its receiver's pairs (pairs grouped by receiver)."""
     counts = torch.bincount(local, minlength=num_receivers)
     first = torch.cumsum(counts, 0) - counts
-    return torch.arange(local.numel(), device=local.device) - first[local]
+    return torch.arange(local.numel(), device=local.device) - first.index_select(0, local)
 
 
 class _KnnRadii(NamedTuple):

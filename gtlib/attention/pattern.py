@@ -10,7 +10,6 @@ from itertools import product
 import torch
 from torch import Tensor
 
-
 NumNodes = int | tuple[int, int] | None
 
 

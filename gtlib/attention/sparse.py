@@ -14,12 +14,12 @@ import torch
 from torch import Tensor
 
 from gtlib.attention.stream import (
-    _chunk_scores,
     _Config,
-    _edge_slice,
-    _leaky_relu_derivative,
-    _store,
-    default_chunk_size,
+    chunk_scores,
+    edge_slice,
+    gather,
+    gatv2_hidden_gradient,
+    store,
 )
 
 
@@ -28,9 +28,7 @@ def sparse_attention_csr(
     dropout, chunk_size,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Returns the output ``[N_dst, H, C_v]`` and the detached weights ``[E, H]`` (sorted)."""
-    if chunk_size is None:
-        chunk_size = default_chunk_size(query.size(1), max(query.size(2), value.size(2)))
-    config = _Config(pattern, score, negative_slope, scale, dropout, chunk_size)
+    config = _Config(pattern, score, negative_slope, scale, dropout, chunk_size, query, value)
     out, weights_h = _SparseAttention.apply(
         config, query, key, value, att, key_edge, value_edge, bias
     )
@@ -89,15 +87,17 @@ def _edge_scores(config, query, key, att, key_edge, bias, query_h, key_h) -> Ten
         for h in range(heads):
             _sddmm(pattern, query_h[h], key_h[h], scores_h[h], config.scale)
         if key_edge is not None:
+            work = config.workspace(query, 1)
             for chunk in config.chunks():
-                query_i = query.index_select(0, chunk.dst)
-                extra = (query_i * _edge_slice(key_edge, chunk)).sum(-1).mul_(config.scale)
+                query_i = gather(query, chunk.dst, work.take(0, chunk.size, config.channels))
+                extra = query_i.mul_(edge_slice(key_edge, chunk)).sum(-1).mul_(config.scale)
                 scores_h[:, chunk.start : chunk.end] += extra.t()
         if bias is not None:
             scores_h += pattern.to_sorted(bias).t()
         return scores_h
+    work = config.workspace(query, 3)
     for chunk in config.chunks():
-        scores, _ = _chunk_scores(config, chunk, query, key, att, key_edge, bias)
+        scores, _ = chunk_scores(config, chunk, work, query, key, att, key_edge, bias)
         scores_h[:, chunk.start : chunk.end] = scores.t()
     return scores_h
 
@@ -118,7 +118,7 @@ class _SparseAttention(torch.autograd.Function):
         if value_edge is not None:
             for chunk in config.chunks():
                 piece = dropped_h[:, chunk.start : chunk.end].t().unsqueeze(-1)
-                messages = _edge_slice(value_edge, chunk) * piece
+                messages = edge_slice(value_edge, chunk) * piece
                 out[chunk.first : chunk.stop].index_add_(0, chunk.local, messages)
         ctx.mark_non_differentiable(weights_h)
         ctx.config = config
@@ -149,7 +149,7 @@ class _SparseAttention(torch.autograd.Function):
             grad_value_edge = torch.empty_like(value_edge)
             for chunk in config.chunks():
                 piece = dropped_h[:, chunk.start : chunk.end].t().unsqueeze(-1)
-                _store(grad_value_edge, chunk, grad_out.index_select(0, chunk.dst).mul_(piece))
+                store(grad_value_edge, chunk, grad_out.index_select(0, chunk.dst).mul_(piece))
 
         grad_query = grad_key = grad_att = grad_key_edge = grad_bias = None
         if any(needs[i] for i in (0, 1, 3, 4, 6)):
@@ -159,7 +159,7 @@ class _SparseAttention(torch.autograd.Function):
             if value_edge is not None:
                 for chunk in config.chunks():
                     grad_out_i = grad_out.index_select(0, chunk.dst)
-                    extra = (grad_out_i * _edge_slice(value_edge, chunk)).sum(-1)
+                    extra = grad_out_i.mul_(edge_slice(value_edge, chunk)).sum(-1)
                     grad_scores_h[:, chunk.start : chunk.end] += extra.t()
             if keep is not None:
                 grad_scores_h.mul_(keep).mul_(keep_scale)
@@ -200,10 +200,10 @@ def _dot_score_backward(config, needs, grad_scores_h, query, key_edge, query_h, 
         for chunk in config.chunks():
             grad_chunk = grad_scores_h[:, chunk.start : chunk.end].t().unsqueeze(-1)
             if needs[0]:
-                piece = _edge_slice(key_edge, chunk) * grad_chunk
+                piece = edge_slice(key_edge, chunk) * grad_chunk
                 grad_query[chunk.first : chunk.stop].index_add_(0, chunk.local, piece)
             if needs[4]:
-                _store(grad_key_edge, chunk, query.index_select(0, chunk.dst).mul_(grad_chunk))
+                store(grad_key_edge, chunk, query.index_select(0, chunk.dst).mul_(grad_chunk))
     return grad_query, grad_key, grad_key_edge
 
 
@@ -212,17 +212,19 @@ def _gatv2_score_backward(config, needs, grad_scores_h, query, key, att, key_edg
     grad_key = torch.zeros_like(key) if needs[1] else None
     grad_att = torch.zeros_like(att) if needs[3] else None
     grad_key_edge = torch.empty_like(key_edge) if needs[4] else None
+    work = config.workspace(query, 3)
+    grad_chunks = grad_scores_h.t()
     for chunk in config.chunks():
-        _, (hidden, activated) = _chunk_scores(config, chunk, query, key, att, key_edge, None)
-        grad_chunk = grad_scores_h[:, chunk.start : chunk.end].t().unsqueeze(-1)
+        _, (activated,) = chunk_scores(config, chunk, work, query, key, att, key_edge, None)
+        grad_chunk = grad_chunks[chunk.start : chunk.end].unsqueeze(-1)
+        scratch = work.take(1, chunk.size, config.channels)
         if needs[3]:
-            grad_att += activated.mul_(grad_chunk).sum(0)
-        slope = _leaky_relu_derivative(hidden, config.negative_slope)
-        grad_hidden = slope.mul_(att).mul_(grad_chunk)
+            grad_att += torch.mul(activated, grad_chunk, out=scratch).sum(0)
+        grad_hidden = gatv2_hidden_gradient(config, activated, att, grad_chunk, scratch)
         if needs[0]:
             grad_query[chunk.first : chunk.stop].index_add_(0, chunk.local, grad_hidden)
         if needs[1]:
             grad_key.index_add_(0, chunk.src, grad_hidden)
         if needs[4]:
-            _store(grad_key_edge, chunk, grad_hidden)
+            store(grad_key_edge, chunk, grad_hidden)
     return grad_query, grad_key, grad_att, grad_key_edge

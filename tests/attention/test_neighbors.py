@@ -24,9 +24,12 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-# Relative slack around r when comparing float32 results with float64 brute force: pairs that
-# close to the cutoff may go either way.
-FLOAT32_SLACK = 1e-5
+def rounding_error(pos: torch.Tensor, box=None) -> float:
+    """Generous bound on the error of a computed distance (wrapping included) in ``pos.dtype``."""
+    scale = max(1.0, float(pos.abs().max()) if pos.numel() else 0.0)
+    if box is not None:
+        scale = max(scale, float(np.max(box)))
+    return 8 * torch.finfo(pos.dtype).eps * scale
 
 
 # ----------------------------------------------------------------------------- references
@@ -110,7 +113,7 @@ def check_displacement(edge_index, displacement, pos, box):
     box = as_box(box, dim)
     if box is not None:
         expected = expected - box * np.round(expected / box)
-    atol = 1e-10 if pos.dtype == torch.float64 else 1e-5 * max(1.0, float(np.abs(pos64).max()))
+    atol = rounding_error(pos, box)
     np.testing.assert_allclose(displacement.double().numpy(), expected, atol=atol, rtol=0)
 
 
@@ -124,15 +127,17 @@ def check_radius(pos, r, box=None, batch=None, loop=False, max_num_neighbors=Non
     distance = brute_distances(pos.numpy(), as_box(box, pos.shape[1]), batch_np, loop)
     got = edge_codes(edge_index, len(pos))
     assert len(np.unique(got)) == len(got)
+    # Pairs this close to the cutoff may go either way in float32.
+    slack = max(1e-5 * r, rounding_error(pos, as_box(box, pos.shape[1])))
     if pos.dtype == torch.float64:
         assert np.array_equal(got, brute_radius_pairs(distance, r, max_num_neighbors))
     else:
         assert max_num_neighbors is None, "near-ties make the float32 cut ambiguous"
-        certain = brute_radius_pairs(distance, r * (1 - FLOAT32_SLACK))
-        possible = brute_radius_pairs(distance, r * (1 + FLOAT32_SLACK))
+        certain = brute_radius_pairs(distance, r - slack)
+        possible = brute_radius_pairs(distance, r + slack)
         assert np.isin(certain, got).all() and np.isin(got, possible).all()
     norms = torch.linalg.vector_norm(displacement.double(), dim=1)
-    assert bool((norms <= r * (1 + FLOAT32_SLACK)).all())
+    assert bool((norms <= r + slack).all())
     return edge_index, displacement
 
 
@@ -151,8 +156,8 @@ def check_knn(pos, k, box=None, batch=None, loop=False):
     nearest = np.sort(distance, axis=1)[:, :k]
     expected = nearest[np.arange(nearest.shape[1]) < wanted[:, None]]
     got_distance = torch.linalg.vector_norm(displacement.double(), dim=1).numpy()
-    atol = 1e-12 if pos.dtype == torch.float64 else 1e-5
-    np.testing.assert_allclose(got_distance, expected, atol=atol, rtol=1e-6)
+    atol = rounding_error(pos, as_box(box, pos.shape[1]))
+    np.testing.assert_allclose(got_distance, expected, atol=atol, rtol=0)
     return edge_index, displacement
 
 
@@ -244,7 +249,7 @@ def test_radius_lattice_ties_sorted_by_sender():
     check_radius(duplicates, 1.0, loop=True, max_num_neighbors=4)
 
 
-def test_radius_many_chunks(monkeypatch):
+def test_many_small_chunks(monkeypatch):
     monkeypatch.setattr(neighbors, "MAX_CANDIDATES_PER_CHUNK", 1000)
     rng = np.random.default_rng(2)
     pos = uniform(rng, 500, 3, scale=3.0)
@@ -256,6 +261,9 @@ def test_radius_float32_large_coordinates():
     rng = np.random.default_rng(8)
     pos = torch.tensor(1000.0 + rng.random((300, 3)) * 5, dtype=torch.float32)
     check_radius(pos, 0.9)
+    wide = torch.tensor(rng.random((400, 1)) * 1000 - 500, dtype=torch.float32)
+    check_radius(wide, 2.0, box=1000.0)
+    check_knn(wide, 3, box=1000.0)
 
 
 def test_radius_empty_and_single_point():
@@ -267,6 +275,9 @@ def test_radius_empty_and_single_point():
                 assert displacement.shape == (0, dim) and displacement.dtype == pos.dtype
                 edge_index, displacement = knn_edges(pos, 3, box=box, loop=True)
                 assert edge_index.shape == (2, 0) and displacement.shape == (0, dim)
+            no_graphs = torch.zeros(0, dtype=torch.long)
+            assert radius_edges(pos, 0.3, batch=no_graphs)[0].shape == (2, 0)
+            assert knn_edges(pos, 3, batch=no_graphs)[0].shape == (2, 0)
         one = torch.full((1, dim), 0.25)
         for box in (None, 1.0):
             assert radius_edges(one, 0.3, box=box)[0].shape == (2, 0)

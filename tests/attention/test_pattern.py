@@ -74,11 +74,7 @@ def test_from_edge_index_rejects_bad_input(edge_index, num_nodes, error, message
 def test_full_batch_is_all_to_all_without_padding():
     batch = torch.tensor([0, 0, 0, 2, 2, 3, 3, 3, 3, 3])
     pattern = Pattern.full(batch)
-    expected = [
-        (j, i)
-        for i, j in itertools.product(range(10), range(10))
-        if batch[i] == batch[j]
-    ]
+    expected = [(j, i) for i, j in itertools.product(range(10), range(10)) if batch[i] == batch[j]]
     assert edge_set(pattern.edge_index) == sorted(expected)
     assert pattern.num_edges == 9 + 4 + 25  # no padding to the largest graph
     assert sorted(b.shape[1] for b in pattern.blocks) == [2, 3, 5]
