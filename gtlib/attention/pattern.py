@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Sequence
 from itertools import product
@@ -390,12 +391,15 @@ def _index_to_ptr(sorted_index: Tensor, size: int) -> Tensor:
     return ptr
 
 
+def _edge_index_class() -> type | None:
+    """PyG's ``EdgeIndex`` if PyG is loaded (an ``EdgeIndex`` argument implies it is)."""
+    module = sys.modules.get("torch_geometric")
+    return getattr(module, "EdgeIndex", None)
+
+
 def _plain_tensor(edge_index: Tensor) -> Tensor:
-    try:
-        from torch_geometric import EdgeIndex
-    except ImportError:  # pragma: no cover - torch_geometric is a core dependency
-        return edge_index
-    if isinstance(edge_index, EdgeIndex):
+    edge_index_class = _edge_index_class()
+    if edge_index_class is not None and isinstance(edge_index, edge_index_class):
         return edge_index.as_tensor()
     return edge_index
 
@@ -431,11 +435,10 @@ def _cached_csc(
     edge_index: Tensor, num_src: int, num_dst: int
 ) -> tuple[Tensor, Tensor, Tensor | None] | None:
     """Reuses a sorted PyG ``EdgeIndex``'s CSC (colptr, row, perm) when its sizes agree."""
-    try:
-        from torch_geometric import EdgeIndex
-    except ImportError:  # pragma: no cover
+    edge_index_class = _edge_index_class()
+    if edge_index_class is None or not isinstance(edge_index, edge_index_class):
         return None
-    if not isinstance(edge_index, EdgeIndex) or edge_index.sort_order is None:
+    if edge_index.sort_order is None:
         return None
     if tuple(edge_index.sparse_size()) != (num_src, num_dst):
         return None
