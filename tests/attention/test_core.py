@@ -353,3 +353,19 @@ def test_scatter_path_compiles_without_graph_breaks():
     torch.testing.assert_close(compiled(q, k, v, att, bias), layer(q, k, v, att, bias))
     explanation = torch._dynamo.explain(layer)(q, k, v, att, bias)
     assert explanation.graph_break_count == 0
+
+
+@pytest.mark.slow
+def test_scatter_path_compiles_with_inductor():
+    edge_index, t = random_problem(12, 30, 30, 200, heads=2, channels=8, value_channels=8,
+                                   dtype=torch.float32)  # fmt: skip
+    pattern = Pattern.from_edge_index(edge_index, 30)
+    q, k, v, att = (t[n].detach().requires_grad_() for n in ("query", "key", "value", "att"))
+
+    def layer(q, k, v, att):
+        return sparse_attention(q, k, v, pattern, score="gatv2", att=att).square().sum()
+
+    compiled = torch.compile(layer, fullgraph=True)
+    got = torch.autograd.grad(compiled(q, k, v, att), (q, k, v, att))
+    want = torch.autograd.grad(layer(q, k, v, att), (q, k, v, att))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch_geometric import EdgeIndex
 
-from gtlib.attention import Pattern
+from gtlib.attention import Pattern, sparse_attention
 
 
 def edge_set(edge_index) -> list[tuple[int, int]]:
@@ -160,3 +160,32 @@ def test_transpose_csr_and_sparse_matrix():
     distinct = torch.zeros(senders.numel()).index_add_(0, inverse, values)
     torch.testing.assert_close(pattern.sparse_matrix(distinct, "unique").to_dense(), dense)
     assert senders.numel() == 5  # (0, 1) appears twice
+
+
+@pytest.mark.parametrize("box", [None, 1.0])
+def test_radius_and_knn_patterns_keep_displacements_in_edge_order(box):
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.rand(200, 3, generator=gen, dtype=torch.float64)
+    for pattern, displacement in (
+        Pattern.radius(pos, 0.2, box=box),
+        Pattern.knn(pos, 6, box=box),
+    ):
+        senders, receivers = pattern.edge_index
+        expected = pos[senders] - pos[receivers]
+        if box is not None:
+            expected = expected - torch.round(expected / box) * box
+        torch.testing.assert_close(displacement, expected)
+        distance = displacement.norm(dim=-1)
+        brute = torch.cdist(pos, pos) if box is None else None
+        if brute is not None and pattern.num_edges == 200 * 6:  # knn: the 6 nearest others
+            brute.fill_diagonal_(float("inf"))
+            kth = brute.topk(6, largest=False).values[:, -1]
+            assert bool((distance <= kth[receivers] + 1e-12).all())
+        if pattern.num_edges != 200 * 6:  # radius
+            assert bool((distance <= 0.2 + 1e-12).all())
+            q = torch.randn(200, 2, 4, generator=gen, dtype=torch.float64)
+            key_edge = displacement.new_zeros(pattern.num_edges, 2, 4)
+            key_edge[:, :, :3] = displacement.unsqueeze(1)  # edge features in caller order
+            out = sparse_attention(q, q, q, pattern, key_edge=key_edge, mode="sparse")
+            ref = sparse_attention(q, q, q, pattern, key_edge=key_edge, mode="scatter")
+            torch.testing.assert_close(out, ref)
