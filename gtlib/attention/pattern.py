@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+import weakref
 from collections.abc import Sequence
 from itertools import product
 
@@ -12,6 +13,8 @@ import torch
 from torch import Tensor
 
 NumNodes = int | tuple[int, int] | None
+# id(edge_index) -> (weak reference, version counter, num_nodes, pattern); see Pattern.cached
+_PATTERN_CACHE: dict = {}
 
 
 class Pattern:
@@ -100,6 +103,30 @@ class Pattern:
             ptr, col, perm = csc
             return cls(ptr, col, num_src, num_dst, perm=perm)
         return cls._from_sorted_or_unsorted(src, dst, num_src, num_dst)
+
+    @classmethod
+    def cached(cls, edge_index: Tensor, num_nodes: NumNodes = None) -> Pattern:
+        """:meth:`from_edge_index`, remembered for as long as ``edge_index`` lives.
+
+        Passing the same, unmodified tensor object again (same identity and version counter)
+        returns the same :class:`Pattern` without re-sorting; an in-place change of
+        ``edge_index`` or other ``num_nodes`` builds a new one. Layers call this in ``forward``.
+        """
+        sizes = tuple(num_nodes) if isinstance(num_nodes, list) else num_nodes
+        key = id(edge_index)
+        entry = _PATTERN_CACHE.get(key)
+        if entry is not None:
+            ref, version, cached_sizes, pattern = entry
+            if ref() is edge_index and version == edge_index._version and cached_sizes == sizes:
+                return pattern
+        pattern = cls.from_edge_index(edge_index, num_nodes)
+
+        def forget(dead_ref, key=key) -> None:
+            if key in _PATTERN_CACHE and _PATTERN_CACHE[key][0] is dead_ref:
+                del _PATTERN_CACHE[key]
+
+        _PATTERN_CACHE[key] = (weakref.ref(edge_index, forget), edge_index._version, sizes, pattern)
+        return pattern
 
     @classmethod
     def _from_sorted_or_unsorted(

@@ -189,3 +189,15 @@ def test_radius_and_knn_patterns_keep_displacements_in_edge_order(box):
             out = sparse_attention(q, q, q, pattern, key_edge=key_edge, mode="sparse")
             ref = sparse_attention(q, q, q, pattern, key_edge=key_edge, mode="scatter")
             torch.testing.assert_close(out, ref)
+
+
+def test_cached_pattern_follows_the_tensor_object_and_its_version():
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    first = Pattern.cached(edge_index, 3)
+    assert Pattern.cached(edge_index, 3) is first
+    assert Pattern.cached(edge_index.clone(), 3) is not first  # another tensor object
+    assert Pattern.cached(edge_index, (3, 4)).num_dst == 4  # other sizes
+    edge_index[1, 0] = 2  # in-place change: a new pattern
+    changed = Pattern.cached(edge_index, 3)
+    assert changed is not first
+    assert edge_set(changed.edge_index) == [(0, 2), (1, 2), (2, 0)]
