@@ -14,15 +14,13 @@ Writes JSON (``--out``) and prints a table with times, memory and ratios to PyG.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import machine_summary, run_child, time_steps, write_json  # noqa: E402
 
 IN_CHANNELS, HEADS, CHANNELS = 128, 4, 32
 SIZES = [(10_000, 200_000), (50_000, 1_000_000), (100_000, 4_000_000)]
@@ -41,15 +39,6 @@ METHODS = [
 ]
 # Memory-hungry methods skipped at the largest size unless --all.
 SKIP_LARGE = {"pyg_softmax_dot", "pyg_softmax_gatv2", "gtlib_dot_scatter", "gtlib_gatv2_scatter"}
-
-
-def current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def build_layer(method: str, num_nodes: int, edge_index):
@@ -147,29 +136,15 @@ def run_one(method: str, num_nodes: int, num_edges: int, repeat: int) -> dict:
     x = torch.randn(num_nodes, IN_CHANNELS, requires_grad=True)
     edge_index = torch.randint(0, num_nodes, (2, num_edges))
     forward, setup = build_layer(method, num_nodes, edge_index)
-    baseline = current_rss()
-    times = []
-    for i in range(repeat + 1):
+
+    def step() -> None:
         x.grad = None
-        start = time.perf_counter()
-        out = forward(x)
-        out.sum().backward()
-        elapsed = time.perf_counter() - start
-        if i > 0:  # the first call warms up
-            times.append(elapsed)
-        del out
-    times.sort()
-    return {
-        "method": method,
-        "num_nodes": num_nodes,
-        "num_edges": num_edges,
-        "time_min_s": times[0],
-        "time_median_s": times[len(times) // 2],
-        "times_s": times,
-        "peak_extra_bytes": peak_rss() - baseline,
-        "setup_s": setup,
-        "threads": torch.get_num_threads(),
-    }
+        forward(x).sum().backward()
+
+    record = {"method": method, "num_nodes": num_nodes, "num_edges": num_edges}
+    record.update(time_steps(step, repeat))
+    record.update({"setup_s": setup, "threads": torch.get_num_threads()})
+    return record
 
 
 def copy_bandwidth() -> float:
@@ -200,11 +175,6 @@ def sparse_dot_bytes_per_edge() -> int:
     return HEADS * per_head
 
 
-def load_average() -> float:
-    with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="*", help="N:E pairs (default: the three standard)")
@@ -222,48 +192,30 @@ def main() -> None:
         return
 
     sizes = [tuple(map(int, s.split(":"))) for s in args.sizes] if args.sizes else SIZES
-    env = dict(os.environ)
-    if args.tuned:
-        env["MALLOC_MMAP_MAX_"] = "0"
     results = []
     for num_nodes, num_edges in sizes:
         for method in args.methods:
             if num_edges >= 4_000_000 and method in SKIP_LARGE and not args.all:
                 continue
-            load = load_average()
-            cmd = [sys.executable, __file__, "--child", f"{method}:{num_nodes}:{num_edges}"]
-            cmd += ["--repeat", str(args.repeat)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-                print(f"{method:22s} N={num_nodes:>7d} E={num_edges:>8d}  skipped: {reason}")
+            spec = f"{method}:{num_nodes}:{num_edges}"
+            record, error = run_child(__file__, spec, args.repeat, args.tuned)
+            if record is None:
+                print(f"{method:22s} N={num_nodes:>7d} E={num_edges:>8d}  skipped: {error}")
                 continue
-            record = json.loads(proc.stdout.strip().splitlines()[-1])
-            record["load_before"] = load
             results.append(record)
             print(
                 f"{method:22s} N={num_nodes:>7d} E={num_edges:>8d}  "
                 f"{record['time_min_s']:7.3f} s  {record['peak_extra_bytes'] / 1e9:6.2f} GB  "
-                f"(setup {record['setup_s']:.2f} s, load {load:.1f})",
+                f"(setup {record['setup_s']:.2f} s, load {record['load_before']:.1f})",
                 flush=True,
             )
 
-    bandwidth = copy_bandwidth()
-    summary = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}",
-        "allocator": "MALLOC_MMAP_MAX_=0" if args.tuned else "default glibc",
-        "copy_bandwidth_GBps": bandwidth,
-        "sparse_dot_bytes_per_edge": sparse_dot_bytes_per_edge(),
-        "results": results,
-    }
+    summary = machine_summary(args.tuned)
+    summary["copy_bandwidth_GBps"] = copy_bandwidth()
+    summary["sparse_dot_bytes_per_edge"] = sparse_dot_bytes_per_edge()
+    summary["results"] = results
     print_table(summary)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_json(args.out, summary)
 
 
 def print_table(summary: dict) -> None:

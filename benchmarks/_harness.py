@@ -1,0 +1,78 @@
+"""Shared benchmark plumbing: one subprocess per configuration, peak RSS, JSON output."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def load_average() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def time_steps(step: Callable[[], None], repeat: int) -> dict:
+    """Runs ``step`` once to warm up, then ``repeat`` times; peak RSS above the RSS before."""
+    baseline = current_rss()
+    times = []
+    for i in range(repeat + 1):
+        start = time.perf_counter()
+        step()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    times.sort()
+    return {
+        "time_min_s": times[0],
+        "time_median_s": times[len(times) // 2],
+        "times_s": times,
+        "peak_extra_bytes": peak_rss() - baseline,
+    }
+
+
+def run_child(script: str, spec: str, repeat: int, tuned: bool) -> tuple[dict | None, str]:
+    """Runs ``script --child spec`` in a fresh process; returns (record, error line)."""
+    env = dict(os.environ)
+    if tuned:
+        env["MALLOC_MMAP_MAX_"] = "0"
+    load = load_average()
+    cmd = [sys.executable, script, "--child", spec, "--repeat", str(repeat)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return None, (proc.stderr.strip().splitlines() or ["failed"])[-1]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    record["load_before"] = load
+    return record, ""
+
+
+def machine_summary(tuned: bool) -> dict:
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "allocator": "MALLOC_MMAP_MAX_=0" if tuned else "default glibc",
+    }
+
+
+def write_json(path: str, summary: dict) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(out)
+    print(f"wrote {out}")
