@@ -208,6 +208,8 @@ def _dense_attention(query, key, value, pattern, scale, dropout):
         )
         outputs.append(out.transpose(1, 2).reshape(num_blocks * size, heads, -1))
         nodes.append(flat)
+    if not outputs:  # no receivers
+        return value.new_zeros(pattern.num_dst, heads, value.size(-1))
     order = torch.cat(nodes)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)

@@ -162,22 +162,24 @@ class Pattern:
             _check_batch(batch)
             sizes = torch.bincount(batch) if batch.numel() else batch.new_zeros(0)
             sizes = sizes[sizes > 0]
+        device = sizes.device
         starts = torch.cumsum(sizes, 0) - sizes
         n = int(sizes.sum())
         node_size = torch.repeat_interleave(sizes, sizes)
         node_start = torch.repeat_interleave(starts, sizes)
-        ptr = torch.zeros(n + 1, dtype=torch.long)
+        ptr = torch.zeros(n + 1, dtype=torch.long, device=device)
         ptr[1:] = torch.cumsum(node_size, 0)
         num_edges = int(ptr[-1])
-        row = torch.repeat_interleave(torch.arange(n), node_size, output_size=num_edges)
-        offset_in_row = torch.arange(num_edges) - ptr[:-1][row]
+        nodes = torch.arange(n, device=device)
+        row = torch.repeat_interleave(nodes, node_size, output_size=num_edges)
+        offset_in_row = torch.arange(num_edges, device=device) - ptr[:-1][row]
         col = node_start[row] + offset_in_row
         blocks = []
         for size in torch.unique(sizes).tolist():
             if size == 0:
                 continue
             block_starts = starts[sizes == size]
-            blocks.append(block_starts[:, None] + torch.arange(size))
+            blocks.append(block_starts[:, None] + torch.arange(size, device=device))
         return cls(ptr, col, n, n, row=row, blocks=blocks)
 
     @classmethod

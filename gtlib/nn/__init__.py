@@ -1,1 +1,5 @@
-"""gtlib.nn"""
+"""Layers built on the sparse-attention core."""
+
+from gtlib.nn.gps_conv import GPSConv
+
+__all__ = ["GPSConv"]

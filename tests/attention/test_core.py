@@ -369,3 +369,10 @@ def test_scatter_path_compiles_with_inductor():
     got = torch.autograd.grad(compiled(q, k, v, att), (q, k, v, att))
     want = torch.autograd.grad(layer(q, k, v, att), (q, k, v, att))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_empty_block_pattern():
+    pattern = Pattern.full(num_nodes=0)
+    x = torch.zeros(0, 2, 3)
+    for mode in ("dense", "scatter", "sparse", "stream"):
+        assert sparse_attention(x, x, x, pattern, mode=mode).shape == (0, 2, 3)
