@@ -1,0 +1,175 @@
+"""``TransformerConv``: graph transformer attention on the sparse-attention core (PyG drop-in)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torch_geometric.nn.dense.linear import Linear
+
+from gtlib.attention import Pattern, sparse_attention
+from gtlib.nn._conv_common import (
+    attention_graph,
+    attention_mode,
+    check_conv_arguments,
+    check_edge_attr,
+    split_node_features,
+)
+
+
+class TransformerConv(Module):
+    r"""The graph transformer operator from `"Masked Label Prediction: Unified Message Passing
+    Model for Semi-Supervised Classification" <https://arxiv.org/abs/2009.03509>`_ (Shi et al.,
+    IJCAI 2021), computed by :func:`gtlib.attention.sparse_attention`.
+
+    A drop-in replacement for :class:`torch_geometric.nn.TransformerConv`: same constructor
+    arguments and defaults, same parameter names (PyG state dicts load with ``strict=True`` both
+    ways), same forward signature and outputs. ``edge_index`` may also be a
+    :class:`gtlib.attention.Pattern`, which lets ``torch.compile(fullgraph=True)`` trace the layer.
+
+    .. math::
+        \mathbf{x}'_i = \mathbf{W}_1 \mathbf{x}_i + \sum_{j \in \mathcal{N}(i)} \alpha_{ij}
+        \left(\mathbf{W}_2 \mathbf{x}_j + \mathbf{W}_6 \mathbf{e}_{ij}\right),
+        \qquad
+        \alpha_{ij} = \operatorname{softmax}_j\left(
+        \frac{(\mathbf{W}_3 \mathbf{x}_i)^\top (\mathbf{W}_4 \mathbf{x}_j + \mathbf{W}_6
+        \mathbf{e}_{ij})}{\sqrt{C}}\right)
+
+    per head (``lin_skip`` :math:`W_1`, ``lin_value`` :math:`W_2`, ``lin_query`` :math:`W_3`,
+    ``lin_key`` :math:`W_4`, ``lin_edge`` :math:`W_6`). Heads are concatenated or averaged into
+    :math:`\mathbf{m}_i`. With ``beta`` the skip connection is gated,
+    :math:`\mathbf{x}'_i = \beta_i \mathbf{W}_1 \mathbf{x}_i + (1 - \beta_i) \mathbf{m}_i` with
+    :math:`\beta_i = \sigma(\mathbf{w}_5^\top [\mathbf{m}_i, \mathbf{W}_1 \mathbf{x}_i,
+    \mathbf{m}_i - \mathbf{W}_1 \mathbf{x}_i])` (``lin_beta``).
+
+    Args:
+        in_channels: input features, or ``(source, target)`` features for bipartite graphs
+            (``-1`` for lazy initialisation).
+        out_channels: features per head.
+        heads: number of attention heads.
+        concat: concatenate the heads (else average them).
+        beta: gate the skip connection (only with ``root_weight``).
+        dropout: dropout probability of the attention weights (training only).
+        edge_dim: edge feature dimension (``None``: no edge features).
+        bias: biases in the linear layers.
+        root_weight: add the skip connection ``lin_skip(x_i)``.
+        **kwargs: accepted for PyG compatibility: ``aggr="add"`` and
+            ``flow="source_to_target"`` only.
+
+    ``return_attention_weights`` set to ``True`` or ``False`` (as in PyG, any bool) returns
+    ``(out, (edge_index, alpha))``, ``alpha [E, H]`` before dropout, in the edge order.
+
+    Shapes:
+        - **input:** ``x`` ``[N, F]`` or ``([N_src, F_s], [N_dst, F_t])``, ``edge_index``
+          ``[2, E]``, a PyG ``EdgeIndex`` or a ``Pattern``, ``edge_attr`` ``[E, D]`` (or ``[E]``
+          when ``D = 1``).
+        - **output:** ``[N_dst, H * C]`` (``[N_dst, C]`` without ``concat``), and with
+          ``return_attention_weights`` also ``([2, E], [E, H])``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int | tuple[int, int],
+        out_channels: int,
+        heads: int = 1,
+        concat: bool = True,
+        beta: bool = False,
+        dropout: float = 0.0,
+        edge_dim: int | None = None,
+        bias: bool = True,
+        root_weight: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        check_conv_arguments(in_channels, out_channels, heads, dropout, edge_dim, kwargs)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.heads = heads
+        self.beta = beta and root_weight
+        self.root_weight = root_weight
+        self.concat = concat
+        self.dropout = dropout
+        self.edge_dim = edge_dim
+
+        src_channels, dst_channels = (
+            (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
+        )
+        self.lin_key = Linear(src_channels, heads * out_channels, bias=bias)
+        self.lin_query = Linear(dst_channels, heads * out_channels, bias=bias)
+        self.lin_value = Linear(src_channels, heads * out_channels, bias=bias)
+        if edge_dim is not None:
+            self.lin_edge = Linear(edge_dim, heads * out_channels, bias=False)
+        else:
+            self.register_parameter("lin_edge", None)
+        total_out_channels = heads * out_channels if concat else out_channels
+        self.lin_skip = Linear(dst_channels, total_out_channels, bias=bias)
+        if self.beta:
+            self.lin_beta = Linear(3 * total_out_channels, 1, bias=False)
+        else:
+            self.register_parameter("lin_beta", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in (self.lin_key, self.lin_query, self.lin_value, self.lin_edge, self.lin_skip):
+            if layer is not None:
+                layer.reset_parameters()
+        if self.lin_beta is not None:
+            self.lin_beta.reset_parameters()
+
+    def forward(
+        self,
+        x: Tensor | tuple[Tensor, Tensor],
+        edge_index: Tensor | Pattern,
+        edge_attr: Tensor | None = None,
+        return_attention_weights: bool | None = None,
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Runs the layer; see the class docstring for the arguments and shapes."""
+        heads, channels = self.heads, self.out_channels
+        skip = self.lin_skip if self.root_weight else None
+        x_src, x_dst = split_node_features(
+            x, [self.lin_key, self.lin_value], [self.lin_query, skip]
+        )
+        edge_attr = check_edge_attr(edge_attr, self.edge_dim, edge_index, required=True)
+        pattern, _, used_edge_index = attention_graph(
+            edge_index, None, x_src.size(0), x_dst.size(0), loop_nodes=None
+        )
+
+        query = self.lin_query(x_dst).view(-1, heads, channels)
+        key = self.lin_key(x_src).view(-1, heads, channels)
+        value = self.lin_value(x_src).view(-1, heads, channels)
+        edge = None
+        if edge_attr is not None and self.lin_edge is not None:
+            edge = self.lin_edge(edge_attr.view(-1, 1) if edge_attr.dim() == 1 else edge_attr)
+            edge = edge.view(-1, heads, channels)
+
+        returns_weights = isinstance(return_attention_weights, bool)
+        result = sparse_attention(
+            query,
+            key,
+            value,
+            pattern,
+            key_edge=edge,
+            value_edge=edge,
+            dropout=self.dropout if self.training else 0.0,
+            mode=attention_mode(returns_weights),
+            return_attention=returns_weights,
+        )
+        out, alpha = result if returns_weights else (result, None)
+
+        out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)
+        if self.root_weight:
+            x_skip = self.lin_skip(x_dst)
+            if self.lin_beta is not None:
+                gate = self.lin_beta(torch.cat([out, x_skip, out - x_skip], dim=-1)).sigmoid()
+                out = gate * x_skip + (1 - gate) * out
+            else:
+                out = out + x_skip
+        if returns_weights:
+            return out, (pattern.edge_index if used_edge_index is None else used_edge_index, alpha)
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+            f"heads={self.heads})"
+        )
