@@ -6,7 +6,7 @@ import math
 import sys
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import product
 
 import torch
@@ -45,26 +45,55 @@ class Pattern:
 
     def __init__(
         self,
-        ptr: Tensor,
-        col: Tensor,
+        ptr: Tensor | None,
+        col: Tensor | None,
         num_src: int,
         num_dst: int,
         perm: Tensor | None = None,
         row: Tensor | None = None,
         blocks: list[Tensor] | None = None,
+        build: Callable[[], tuple[Tensor, Tensor, Tensor]] | None = None,
+        num_edges: int | None = None,
     ) -> None:
-        self.ptr = ptr
-        self.col = col
+        self._ptr, self._col, self._row = ptr, col, row
+        # Block patterns make their (ptr, col, row) only when an edge-wise mode asks for them.
+        self._build = build
+        self._num_edges = int(num_edges) if num_edges is not None else col.numel()
+        if col is not None:
+            self._device = col.device
+        else:
+            self._device = blocks[0].device if blocks else torch.device("cpu")
         self.num_src = int(num_src)
         self.num_dst = int(num_dst)
         self.perm = perm
-        self.row = row if row is not None else _ptr_to_row(ptr, col.numel())
         self.blocks = blocks
         self._max_degree: int | None = None
         self._transpose: tuple[Tensor, Tensor, Tensor] | None = None
         self._csr_indices: dict[str, tuple[Tensor, Tensor]] = {}
         self._deduplicated: tuple[Tensor, Tensor, Tensor] | None = None
         self._unique_edges: bool | None = None
+
+    def _materialize(self) -> None:
+        if self._build is not None:
+            self._ptr, self._col, self._row = self._build()
+            self._build = None
+        if self._row is None:
+            self._row = _ptr_to_row(self._ptr, self._col.numel())
+
+    @property
+    def ptr(self) -> Tensor:
+        self._materialize()
+        return self._ptr
+
+    @property
+    def col(self) -> Tensor:
+        self._materialize()
+        return self._col
+
+    @property
+    def row(self) -> Tensor:
+        self._materialize()
+        return self._row
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -165,22 +194,27 @@ class Pattern:
         device = sizes.device
         starts = torch.cumsum(sizes, 0) - sizes
         n = int(sizes.sum())
-        node_size = torch.repeat_interleave(sizes, sizes)
-        node_start = torch.repeat_interleave(starts, sizes)
-        ptr = torch.zeros(n + 1, dtype=torch.long, device=device)
-        ptr[1:] = torch.cumsum(node_size, 0)
-        num_edges = int(ptr[-1])
-        nodes = torch.arange(n, device=device)
-        row = torch.repeat_interleave(nodes, node_size, output_size=num_edges)
-        offset_in_row = torch.arange(num_edges, device=device) - ptr[:-1][row]
-        col = node_start[row] + offset_in_row
+        num_edges = int((sizes * sizes).sum())
+
+        def build() -> tuple[Tensor, Tensor, Tensor]:
+            node_size = torch.repeat_interleave(sizes, sizes)
+            node_start = torch.repeat_interleave(starts, sizes)
+            ptr = torch.zeros(n + 1, dtype=torch.long, device=device)
+            ptr[1:] = torch.cumsum(node_size, 0)
+            nodes = torch.arange(n, device=device)
+            row = torch.repeat_interleave(nodes, node_size, output_size=num_edges)
+            offset_in_row = torch.arange(num_edges, device=device) - ptr[:-1][row]
+            return ptr, node_start[row] + offset_in_row, row
+
         blocks = []
         for size in torch.unique(sizes).tolist():
             if size == 0:
                 continue
             block_starts = starts[sizes == size]
             blocks.append(block_starts[:, None] + torch.arange(size, device=device))
-        return cls(ptr, col, n, n, row=row, blocks=blocks)
+        pattern = cls(None, None, n, n, blocks=blocks, build=build, num_edges=num_edges)
+        pattern._unique_edges = True
+        return pattern
 
     @classmethod
     def windows(
@@ -233,9 +267,17 @@ class Pattern:
             groups.setdefault(flat.size(1), []).append(flat)
         blocks = [torch.cat(groups[size]) for size in sorted(groups)]
         num_nodes = math.prod(grid_shape)
-        src, dst = _block_edges(blocks)
-        pattern = cls._from_sorted_or_unsorted(src, dst, num_nodes, num_nodes, canonical=True)
-        pattern.blocks = blocks
+
+        def build() -> tuple[Tensor, Tensor, Tensor]:
+            src, dst = _block_edges(blocks)
+            edges = cls._from_sorted_or_unsorted(src, dst, num_nodes, num_nodes, canonical=True)
+            return edges.ptr, edges.col, edges.row
+
+        num_edges = sum(block.size(0) * block.size(1) ** 2 for block in blocks)
+        pattern = cls(
+            None, None, num_nodes, num_nodes, blocks=blocks, build=build, num_edges=num_edges
+        )
+        pattern._unique_edges = True
         return pattern
 
     @classmethod
@@ -284,7 +326,7 @@ class Pattern:
     # ------------------------------------------------------------------ views
     @property
     def num_edges(self) -> int:
-        return self.col.numel()
+        return self._num_edges
 
     @property
     def edge_index(self) -> Tensor:
@@ -381,6 +423,7 @@ class Pattern:
             return torch.sparse_csr_tensor(ptr, index, values, size, check_invariants=False)
 
     def to(self, device: torch.device | str) -> Pattern:
+        self._materialize()
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         blocks = None if self.blocks is None else [b.to(device) for b in self.blocks]
         return Pattern(
@@ -395,7 +438,7 @@ class Pattern:
 
     @property
     def device(self) -> torch.device:
-        return self.col.device
+        return self._device
 
     def __repr__(self) -> str:
         kind = "" if self.blocks is None else f", blocks={len(self.blocks)} sizes"
