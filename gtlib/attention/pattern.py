@@ -423,6 +423,8 @@ class Pattern:
             return torch.sparse_csr_tensor(ptr, index, values, size, check_invariants=False)
 
     def to(self, device: torch.device | str) -> Pattern:
+        if torch.device(device) == self.device:
+            return self
         self._materialize()
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         blocks = None if self.blocks is None else [b.to(device) for b in self.blocks]
