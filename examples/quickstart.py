@@ -1,7 +1,8 @@
-"""gtlib quickstart: the sparse-attention core on a generated graph.
+"""gtlib quickstart: the sparse-attention core on a generated graph, then a graph layer.
 
-Checks every mode against a dense masked-softmax reference (values and gradients), then times
-forward + backward on a larger random graph and compares with PyG's TransformerConv math.
+Checks every mode against a dense masked-softmax reference (values and gradients), times
+forward + backward on a larger random graph against PyG's softmax + scatter math, and swaps
+PyG's GATv2Conv for gtlib's (same weights, same numbers).
 
     python examples/quickstart.py            # ~1 minute on 2 cores
     python examples/quickstart.py --small    # seconds
@@ -108,6 +109,26 @@ def main() -> None:
             lambda mode=mode: sparse_attention(q, k, v, pattern, mode=mode).sum().backward()
         )
         print(f"  gtlib {mode:8s}: {seconds:.3f} s  ({seconds / reference_time:.2f}x PyG)")
+
+    graph_section(edge_index, num_nodes)
+
+
+def graph_section(edge_index: torch.Tensor, num_nodes: int) -> None:
+    """gtlib.nn.GATv2Conv is PyG's GATv2Conv on the core: load PyG's weights, compare."""
+    import torch_geometric.nn as pyg_nn
+
+    from gtlib.nn import GATv2Conv
+
+    print(f"\n== GATv2Conv(128, 32, heads=4) with PyG's weights, {num_nodes} nodes ==")
+    x = torch.randn(num_nodes, 128, requires_grad=True)
+    theirs = pyg_nn.GATv2Conv(128, 32, heads=4)
+    ours = GATv2Conv(128, 32, heads=4)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    difference = (ours(x, edge_index) - theirs(x, edge_index)).abs().max().item()
+    print(f"  max |gtlib - PyG| = {difference:.1e}")
+    for name, layer in (("PyG", theirs), ("gtlib", ours)):
+        seconds = time_call(lambda layer=layer: layer(x, edge_index).sum().backward(), repeat=2)
+        print(f"  {name:6s} forward + backward: {seconds:.3f} s")
 
 
 if __name__ == "__main__":
