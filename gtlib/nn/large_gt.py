@@ -90,8 +90,8 @@ class LargeGT(nn.Module):
         dropout: feed-forward dropout.
         attn_dropout: attention-weight dropout.
         decay: codebook EMA decay :math:`\gamma`.
-        local_chunk_size: sequences per call of the token self-attention (bounds the cached
-            all-to-all pattern to ``local_chunk_size * (3K)^2`` edges).
+        local_chunk_size: sequences per call of the token self-attention (the all-to-all
+            pattern keeps only its ``[sequences, 3K]`` blocks, so this only bounds temporaries).
 
     Shapes:
         batch (a :class:`~torch_geometric.data.Data` from the loader): ``tokens [B, 3K, F]``
@@ -114,7 +114,7 @@ class LargeGT(nn.Module):
         dropout: float = 0.5,
         attn_dropout: float = 0.0,
         decay: float = 0.99,
-        local_chunk_size: int = 32,
+        local_chunk_size: int = 1024,
     ) -> None:
         super().__init__()
         for name, value in (
