@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from dictionary_lookup import bipartite_edges, make_dictionary_lookup, train  # noqa: E402
+# Loaded from its file: putting examples/ on sys.path would make examples/ogb shadow `ogb`.
+_path = Path(__file__).resolve().parents[1] / "examples" / "dictionary_lookup.py"
+_spec = importlib.util.spec_from_file_location("dictionary_lookup", _path)
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+bipartite_edges, make_dictionary_lookup, train = (
+    _module.bipartite_edges,
+    _module.make_dictionary_lookup,
+    _module.train,
+)
 
 
 def test_dataset_layout():
