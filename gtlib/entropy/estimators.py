@@ -1,0 +1,294 @@
+r"""Monte Carlo estimators of the probability current and the entropy production rate.
+
+Convention: :math:`k_B = 1`, every variable is even under time reversal (Seifert's convention), and
+entropy production rates (EPR) are per unit time, in nats.
+
+Setting: :math:`dX = b(X)\,dt + \sqrt{2D}\,dW` with constant diagonal :math:`D =
+\operatorname{diag}(D_1, \dots, D_d) \succeq 0`; coordinates with :math:`D_k = 0` are noiseless.
+With stationary density :math:`\rho` and score :math:`s = \nabla\log\rho`, the probability-flow
+velocity is :math:`v = b - D s` (on noiseless coordinates :math:`v_k = b_k`, no score needed) and
+
+.. math::  \sigma = E_\rho\Big[\sum_{k:\,D_k > 0} v_k^2 / D_k\Big].
+
+Every estimator takes stationary samples ``x [n, d]`` and callables mapping ``[n, d] -> [n, d]``
+(``drift``, ``score``); samples are treated as independent, so a standard error is
+``std / sqrt(n)`` (correlated samples, e.g. from one trajectory, make it optimistic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "EntropyProductionEstimate",
+    "entropy_production",
+    "probability_current",
+    "probability_current_divergence",
+    "score_free_entropy_production",
+]
+
+VectorField = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class EntropyProductionEstimate:
+    """An EPR estimate from samples.
+
+    Attributes:
+        total: the global EPR estimate (sample mean).
+        stderr: its standard error, ``std / sqrt(n)`` over per-sample totals.
+        per_coordinate: ``[d]`` estimates per coordinate (zero on noiseless coordinates); they
+            sum to ``total``.
+        per_coordinate_stderr: ``[d]`` standard errors of ``per_coordinate``.
+        per_group: ``[G]`` sums of ``per_coordinate`` over each group when ``groups`` was given.
+        per_group_stderr: ``[G]`` their standard errors (from per-sample group sums).
+        form: ``"quadratic"`` or ``"divergence"``, the local density that was averaged.
+        num_samples: ``n``.
+    """
+
+    total: float
+    stderr: float
+    per_coordinate: Tensor
+    per_coordinate_stderr: Tensor
+    per_group: Tensor | None
+    per_group_stderr: Tensor | None
+    form: str
+    num_samples: int
+
+
+def _check_samples(x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+        raise ValueError(f"`x` must have shape [n, d] with n >= 2, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"`x` must be a floating-point tensor, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError("`x` contains NaN or infinite values")
+    return x
+
+
+def _check_diffusion(diffusion: Tensor | float, x: Tensor) -> Tensor:
+    d = x.shape[1]
+    diffusion = torch.as_tensor(diffusion, dtype=x.dtype, device=x.device)
+    if diffusion.dim() == 0:
+        diffusion = diffusion.expand(d)
+    if diffusion.shape != (d,):
+        raise ValueError(
+            f"`diffusion` must be the diagonal of D, shape [{d}] to match `x`, "
+            f"got {tuple(diffusion.shape)}"
+        )
+    if not torch.isfinite(diffusion).all() or (diffusion < 0).any():
+        raise ValueError("`diffusion` must be finite and non-negative")
+    if not (diffusion > 0).any():
+        raise ValueError("`diffusion` is zero everywhere: there is no noisy coordinate")
+    return diffusion
+
+
+def _evaluate(field: VectorField, x: Tensor, name: str) -> Tensor:
+    out = field(x)
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"`{name}` must map [n, d] to [n, d] = {tuple(x.shape)}, got {shape}")
+    return out
+
+
+def _velocity(x: Tensor, drift: VectorField, score: VectorField, diffusion: Tensor) -> Tensor:
+    b = _evaluate(drift, x, "drift")
+    s = _evaluate(score, x, "score")
+    noisy = diffusion > 0
+    # Noiseless coordinates: v = b exactly, whatever the score returns there (even NaN).
+    return torch.where(noisy, b - diffusion * torch.where(noisy, s, torch.zeros_like(s)), b)
+
+
+def probability_current(
+    x: Tensor, drift: VectorField, score: VectorField, diffusion: Tensor | float
+) -> Tensor:
+    r"""Probability-flow velocity :math:`v(x) = b(x) - D s(x)` (the current is :math:`j = v\rho`).
+
+    Args:
+        x: samples ``[n, d]``.
+        drift: :math:`b`, a callable ``[n, d] -> [n, d]``.
+        score: :math:`s = \nabla\log\rho`, a callable ``[n, d] -> [n, d]``; its values on noiseless
+            coordinates are ignored.
+        diffusion: diagonal of :math:`D`, ``[d]`` (or a scalar); zero entries are noiseless.
+
+    Returns:
+        ``v [n, d]``.
+    """
+    x = _check_samples(x)
+    diffusion = _check_diffusion(diffusion, x)
+    return _velocity(x, drift, score, diffusion)
+
+
+def _jacobian_diagonal(x: Tensor, field: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """``field(x)`` and the exact diagonal ``d field_k / d x_k`` (``d`` backward passes)."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        out = field(xg)
+        diag = torch.empty_like(x)
+        for k in range(x.shape[1]):
+            (grad,) = torch.autograd.grad(
+                out[:, k].sum(), xg, retain_graph=k + 1 < x.shape[1], allow_unused=True
+            )
+            diag[:, k] = 0.0 if grad is None else grad[:, k]
+    return out.detach(), diag
+
+
+def probability_current_divergence(
+    x: Tensor, drift: VectorField, score: VectorField, diffusion: Tensor | float
+) -> tuple[Tensor, Tensor]:
+    r"""Exact per-coordinate divergence :math:`\partial_k v_k` of :math:`v = b - D s`, by autograd.
+
+    ``drift`` and ``score`` must be differentiable torch functions acting row-wise. Costs ``d``
+    backward passes. At stationarity :math:`E[\nabla\cdot v] = 0` and, pointwise with the exact
+    score, :math:`\nabla\cdot v + v\cdot s = 0` (the Fokker–Planck equation).
+
+    Returns:
+        ``(v, div)``: ``v [n, d]`` and ``div [n, d]`` with ``div[:, k]`` :math:`= \partial_k v_k`
+        (sum over ``k`` for :math:`\nabla\cdot v`).
+    """
+    x = _check_samples(x)
+    diffusion = _check_diffusion(diffusion, x)
+    return _jacobian_diagonal(x, lambda y: _velocity(y, drift, score, diffusion))
+
+
+def _summarise(local: Tensor, groups: Tensor | None, form: str) -> EntropyProductionEstimate:
+    """Means and standard errors of per-sample, per-coordinate contributions ``local [n, d]``."""
+    n, d = local.shape
+    local = local.to(torch.float64)
+    root_n = n**0.5
+    per_sample = local.sum(dim=1)
+    per_group = per_group_stderr = None
+    if groups is not None:
+        groups = torch.as_tensor(groups, device=local.device)
+        if groups.shape != (d,) or groups.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"`groups` must be an integer tensor of shape [{d}]")
+        if (groups < 0).any():
+            raise ValueError("`groups` must be non-negative")
+        count = int(groups.max()) + 1
+        grouped = local.new_zeros(n, count).index_add_(1, groups.long(), local)
+        per_group = grouped.mean(dim=0)
+        per_group_stderr = grouped.std(dim=0) / root_n
+    return EntropyProductionEstimate(
+        total=float(per_sample.mean()),
+        stderr=float(per_sample.std() / root_n),
+        per_coordinate=local.mean(dim=0),
+        per_coordinate_stderr=local.std(dim=0) / root_n,
+        per_group=per_group,
+        per_group_stderr=per_group_stderr,
+        form=form,
+        num_samples=n,
+    )
+
+
+def entropy_production(
+    x: Tensor,
+    drift: VectorField,
+    score: VectorField,
+    diffusion: Tensor | float,
+    *,
+    groups: Tensor | None = None,
+    form: Literal["quadratic", "divergence"] = "quadratic",
+) -> EntropyProductionEstimate:
+    r"""Entropy production rate from stationary samples, globally, per coordinate and per group.
+
+    ``form="quadratic"`` averages the non-negative local density
+
+    .. math::  \sigma_k(x) = v_k(x)^2 / D_k \quad (D_k > 0), \qquad \sigma_k(x) = 0 \quad (D_k = 0).
+
+    ``form="divergence"`` averages, on noisy coordinates,
+
+    .. math::  \tilde\sigma_k(x) = b_k(x) v_k(x) / D_k + \partial_k v_k(x).
+
+    Derivation: on a noisy coordinate :math:`s_k = (b_k - v_k)/D_k`, so
+    :math:`v_k^2/D_k = b_k v_k/D_k - v_k s_k`; and integrating by parts in :math:`x_k` alone (for
+    densities decaying at infinity or periodic), :math:`E[-v_k s_k] = -\int v_k\,\partial_k\rho =
+    \int \rho\,\partial_k v_k = E[\partial_k v_k]`. Hence :math:`E[\tilde\sigma_k] = E[v_k^2/D_k]`
+    coordinate by coordinate (not pointwise). The divergence is exact (autograd, ``d`` backward
+    passes), so ``drift`` and ``score`` must be differentiable torch functions. For a linear
+    system this is the identity
+    :math:`(\Omega C\Omega^\top)_{kk} = (\Omega C A^\top)_{kk} + D_k\Omega_{kk}`.
+    The identity needs the *true* stationary score; with an approximate score the two forms differ,
+    and the quadratic one is what the variational bound controls.
+
+    Args:
+        x: stationary samples ``[n, d]``, treated as independent.
+        drift: :math:`b`, callable ``[n, d] -> [n, d]``.
+        score: :math:`s`, callable ``[n, d] -> [n, d]`` (values on noiseless coordinates ignored).
+        diffusion: diagonal of :math:`D`, ``[d]`` or a scalar; zero entries are noiseless.
+        groups: optional integer tensor ``[d]`` mapping each coordinate to a group (a particle, or
+            position vs self-propulsion); ``per_group`` then sums ``per_coordinate`` over groups.
+        form: ``"quadratic"`` or ``"divergence"``.
+
+    Returns:
+        :class:`EntropyProductionEstimate`; ``per_coordinate`` sums to ``total``.
+    """
+    x = _check_samples(x)
+    diffusion = _check_diffusion(diffusion, x)
+    noisy = diffusion > 0
+    safe = torch.where(noisy, diffusion, torch.ones_like(diffusion))
+    if form == "quadratic":
+        with torch.no_grad():
+            v = _velocity(x, drift, score, diffusion)
+        local = torch.where(noisy, v * v / safe, torch.zeros_like(v))
+    elif form == "divergence":
+        v, div = _jacobian_diagonal(x, lambda y: _velocity(y, drift, score, diffusion))
+        with torch.no_grad():
+            b = _evaluate(drift, x, "drift")
+        local = torch.where(noisy, b * v / safe + div, torch.zeros_like(v))
+    else:
+        raise ValueError(f"`form` must be 'quadratic' or 'divergence', got {form!r}")
+    if not torch.isfinite(local).all():
+        raise ValueError("non-finite local entropy production: check `drift` and `score`")
+    return _summarise(local.detach(), groups, form)
+
+
+def score_free_entropy_production(
+    x: Tensor,
+    drift: VectorField,
+    drift_divergence: Callable[[Tensor], Tensor],
+    diffusion: Tensor | float,
+) -> tuple[float, float]:
+    r"""Score-free EPR :math:`\sigma = E[b\cdot D^{-1} b + \nabla\cdot b]` (noise everywhere).
+
+    Derivation: :math:`v\cdot D^{-1}v = b\cdot D^{-1}b - 2 b\cdot s + s\cdot D s`; integrating
+    by parts, :math:`E[b\cdot s] = -E[\nabla\cdot b]`; and stationarity
+    :math:`\nabla\cdot(b\rho - D\nabla\rho) = 0` tested against :math:`\log\rho` gives
+    :math:`E[s\cdot D s] = E[b\cdot s]`. So :math:`\sigma = E[b\cdot D^{-1}b] - E[b\cdot s] =
+    E[b\cdot D^{-1}b + \nabla\cdot b]`. Needs constant :math:`D` with every :math:`D_k > 0`.
+
+    Its variance can be far larger than that of the score-based estimate: the two terms nearly
+    cancel when :math:`\sigma` is small next to :math:`E[b\cdot D^{-1}b]` (for a Brownian gyrator or
+    a 5-bead chain the relative standard error is ~5% at 1e5 samples, against ~0.4% for
+    :func:`entropy_production` with the exact score).
+
+    Args:
+        x: stationary samples ``[n, d]``, treated as independent.
+        drift: :math:`b`, callable ``[n, d] -> [n, d]``.
+        drift_divergence: :math:`\nabla\cdot b`, callable ``[n, d] -> [n]``.
+        diffusion: diagonal of :math:`D`, ``[d]`` or a scalar, all entries positive.
+
+    Returns:
+        ``(sigma, stderr)``.
+    """
+    x = _check_samples(x)
+    diffusion = _check_diffusion(diffusion, x)
+    if not (diffusion > 0).all():
+        raise ValueError(
+            "score_free_entropy_production needs noise on every coordinate (all `diffusion` > 0)"
+        )
+    with torch.no_grad():
+        b = _evaluate(drift, x, "drift")
+        div_b = drift_divergence(x)
+    if not isinstance(div_b, Tensor) or div_b.shape != (x.shape[0],):
+        raise ValueError(f"`drift_divergence` must map [n, d] to [n] = [{x.shape[0]}]")
+    local = ((b * b / diffusion).sum(dim=1) + div_b).to(torch.float64)
+    if not torch.isfinite(local).all():
+        raise ValueError("non-finite values: check `drift` and `drift_divergence`")
+    return float(local.mean()), float(local.std() / x.shape[0] ** 0.5)
