@@ -76,10 +76,12 @@ def csr_softmax_forward(scores: Tensor, ptr: Tensor, row: Tensor) -> Tensor:
         return scores.clone()
     accumulate = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else None
     work = scores if accumulate is None else scores.to(accumulate)
-    segment_max = torch.segment_reduce(work, "max", offsets=ptr, axis=0)
+    lowest, tiny = torch.finfo(work.dtype).min, torch.finfo(work.dtype).tiny
+    # clamps: a receiver whose scores are all -inf (masked) gets weights 0, not NaN
+    segment_max = torch.segment_reduce(work, "max", offsets=ptr, axis=0).clamp_(min=lowest)
     shifted = work - segment_max.index_select(0, row)
     exp = shifted.exp_()
-    segment_sum = torch.segment_reduce(exp, "sum", offsets=ptr, axis=0)
+    segment_sum = torch.segment_reduce(exp, "sum", offsets=ptr, axis=0).clamp_(min=tiny)
     alpha = exp.div_(segment_sum.index_select(0, row))
     return alpha if accumulate is None else alpha.to(scores.dtype)
 

@@ -72,7 +72,8 @@ def _softmax_heads_first(scores_h: Tensor, pattern) -> Tensor:
     if scores_h.numel() == 0:
         return scores_h
     offsets = pattern.ptr.expand(scores_h.size(0), -1).contiguous()
-    segment_max = torch.segment_reduce(scores_h, "max", offsets=offsets, axis=1)
+    lowest = torch.finfo(scores_h.dtype).min  # all -inf (masked) scores give weights 0
+    segment_max = torch.segment_reduce(scores_h, "max", offsets=offsets, axis=1).clamp_(min=lowest)
     weights = scores_h.sub_(segment_max.index_select(1, pattern.row)).exp_()
     segment_sum = torch.segment_reduce(weights, "sum", offsets=offsets, axis=1)
     tiny = torch.finfo(scores_h.dtype).tiny

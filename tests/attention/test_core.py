@@ -376,3 +376,18 @@ def test_empty_block_pattern():
     x = torch.zeros(0, 2, 3)
     for mode in ("dense", "scatter", "sparse", "stream"):
         assert sparse_attention(x, x, x, pattern, mode=mode).shape == (0, 2, 3)
+
+
+@pytest.mark.parametrize("mode", EDGE_MODES)
+def test_fully_masked_receiver_gets_zeros_not_nan(mode):
+    edge_index = torch.tensor([[0, 1, 2, 0], [0, 0, 1, 1]])
+    pattern = Pattern.from_edge_index(edge_index, 3)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor([[float("-inf")] * 2, [float("-inf")] * 2, [0.0, 0.0], [1.0, -1.0]])
+    bias = bias.to(torch.float64)
+    out = sparse_attention(x, x, x, pattern, bias=bias, mode=mode)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))  # every sender masked
+    ref, _ = reference_attention(x, x, x, edge_index[:, 2:], bias=bias[2:])
+    torch.testing.assert_close(out[1:], ref[1:])
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
