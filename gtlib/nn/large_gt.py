@@ -305,11 +305,7 @@ class LargeGT(nn.Module):
         key = self.lin_key_g(centroids).view(-1, heads, head_dim)
         value = self.lin_value_g(centroids[:, : self.global_dim]).view(-1, heads, head_dim)
         num_seeds, num_used = query.size(0), used.numel()
-        senders = torch.arange(num_used, device=x.device).repeat(num_seeds)
-        receivers = torch.arange(num_seeds, device=x.device).repeat_interleave(num_used)
-        pattern = Pattern.from_edge_index(
-            torch.stack([senders, receivers]), num_nodes=(num_used, num_seeds)
-        )
+        pattern = self._bipartite_pattern(num_used, num_seeds, x.device)
         log_count = torch.log(counts.index_select(0, used).to(query.dtype))
         bias = log_count.repeat(num_seeds)[:, None].expand(-1, heads).contiguous()
         attn_p = self.attn_dropout if self.training else 0.0
@@ -348,6 +344,18 @@ class LargeGT(nn.Module):
         if key not in self._patterns:
             batch = torch.arange(num_seqs, device=device).repeat_interleave(seq_len)
             self._remember(key, Pattern.full(batch.cpu()).to(device))
+        return self._patterns[key]
+
+    def _bipartite_pattern(self, num_src: int, num_dst: int, device: torch.device) -> Pattern:
+        """Every seed attends to every used centroid; cached by the two counts."""
+        key = ("bipartite", num_src, num_dst, str(device))
+        if key not in self._patterns:
+            senders = torch.arange(num_src, device=device).repeat(num_dst)
+            receivers = torch.arange(num_dst, device=device).repeat_interleave(num_src)
+            pattern = Pattern.from_edge_index(
+                torch.stack([senders, receivers]), num_nodes=(num_src, num_dst)
+            )
+            self._remember(key, pattern)
         return self._patterns[key]
 
     def _readout_pattern(self, num_seqs: int, length: int, device: torch.device) -> Pattern:
