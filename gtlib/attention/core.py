@@ -62,7 +62,9 @@ def sparse_attention(
           softmax and recomputes them in a custom backward, so memory does not grow with
           ``E x H x C``.
         - ``"dense"``: block patterns (:meth:`Pattern.full`, :meth:`Pattern.windows`) go to
-          :func:`torch.nn.functional.scaled_dot_product_attention`, block by block size.
+          :func:`torch.nn.functional.scaled_dot_product_attention`, block by block size; a
+          per-edge ``bias`` is gathered into each block's ``[H, size, size]`` additive mask
+          (e.g. Swin's relative position bias).
         - ``"auto"``: dense for block patterns when the options allow, sparse (stream off the
           CPU) for large patterns, scatter for small ones (and under ``torch.compile``).
 
@@ -102,12 +104,12 @@ def sparse_attention(
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
-    extras = key_edge is not None or value_edge is not None or bias is not None
+    extras = key_edge is not None or value_edge is not None
     dense_ok = pattern.blocks is not None and score == "dot" and not extras
     if mode == "dense" and not dense_ok:
         raise ValueError(
             "mode='dense' needs a block pattern (Pattern.full or Pattern.windows), score='dot' "
-            "and no key_edge, value_edge or bias"
+            "and no key_edge or value_edge"
         )
     if mode == "dense" and return_attention:
         raise ValueError("mode='dense' cannot return attention weights; use mode='scatter'")
@@ -133,7 +135,7 @@ def sparse_attention(
 
     weights = None
     if mode == "dense":
-        out = _dense_attention(query, key, value, pattern, scale, dropout)
+        out = _dense_attention(query, key, value, pattern, scale, dropout, bias)
     elif mode == "scatter":
         out, weights = _scatter_attention(
             query, key, value, pattern, score, att, negative_slope, key_edge, value_edge, bias,
@@ -193,19 +195,25 @@ def _scatter_attention(
     return out.index_add(0, row, messages), weights
 
 
-def _dense_attention(query, key, value, pattern, scale, dropout):
+def _dense_attention(query, key, value, pattern, scale, dropout, bias=None):
     outputs, nodes = [], []
     heads = query.size(1)
-    for block in pattern.blocks:
+    positions = pattern.block_edge_positions() if bias is not None else None
+    for index, block in enumerate(pattern.blocks):
         num_blocks, size = block.shape
         flat = block.reshape(-1)
 
         def gather(x: Tensor, flat=flat, num_blocks=num_blocks, size=size) -> Tensor:
             return x.index_select(0, flat).view(num_blocks, size, heads, -1).transpose(1, 2)
 
+        mask = None
+        if bias is not None:
+            edge_bias = bias.to(query.dtype).index_select(0, positions[index].reshape(-1))
+            mask = edge_bias.view(num_blocks, size, size, heads).permute(0, 3, 1, 2)
         out = F.scaled_dot_product_attention(
-            gather(query), gather(key), gather(value), dropout_p=dropout, scale=scale
-        )
+            gather(query), gather(key), gather(value), attn_mask=mask, dropout_p=dropout,
+            scale=scale,
+        )  # fmt: skip
         outputs.append(out.transpose(1, 2).reshape(num_blocks * size, heads, -1))
         nodes.append(flat)
     if not outputs:  # no receivers

@@ -72,6 +72,7 @@ class Pattern:
         self._csr_indices: dict[str, tuple[Tensor, Tensor]] = {}
         self._deduplicated: tuple[Tensor, Tensor, Tensor] | None = None
         self._unique_edges: bool | None = None
+        self._block_positions: list[Tensor] | None = None
 
     def _materialize(self) -> None:
         if self._build is not None:
@@ -356,6 +357,22 @@ class Pattern:
     def degree(self) -> Tensor:
         """Number of senders of every receiver, ``[num_dst]``."""
         return self.ptr[1:] - self.ptr[:-1]
+
+    def block_edge_positions(self) -> list[Tensor]:
+        """For a block pattern, the caller-order edge index of every (receiver, sender) pair of
+        every block: one ``[num_blocks, size, size]`` tensor per entry of :attr:`blocks`, entry
+        ``[b, i, j]`` being the edge from ``blocks[k][b, j]`` to ``blocks[k][b, i]``. Cached."""
+        if self.blocks is None:
+            raise ValueError("block_edge_positions needs a block pattern (full or windows)")
+        if self._block_positions is None:
+            keys = self.row * self.num_src + self.col  # increasing: sorted by (receiver, sender)
+            positions = []
+            for block in self.blocks:
+                pairs = block[:, :, None] * self.num_src + block[:, None, :]
+                sorted_pos = torch.searchsorted(keys, pairs)
+                positions.append(sorted_pos if self.perm is None else self.perm[sorted_pos])
+            self._block_positions = positions
+        return self._block_positions
 
     def to_sorted(self, edge_values: Tensor) -> Tensor:
         """Reorders a per-edge tensor from the caller's order to receiver-sorted order."""

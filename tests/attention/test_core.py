@@ -260,6 +260,31 @@ def test_dense_mode_matches_reference(pattern):
     )
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        Pattern.full(torch.tensor([0, 0, 1, 1, 1, 1, 1, 3, 3, 3])),
+        Pattern.windows((6, 4), (3, 2), shift=(1, 1), periodic=False),
+        Pattern.windows((6, 4), (3, 2), shift=1, periodic=True),
+    ],
+    ids=["full-batch", "windows-shifted", "windows-periodic"],
+)
+def test_dense_mode_with_edge_bias_matches_reference(pattern):
+    q, k, v = block_problem(pattern)
+    gen = torch.Generator().manual_seed(3)
+    bias = torch.randn(pattern.num_edges, 2, generator=gen, dtype=torch.float64)
+    bias.requires_grad_()
+    out = sparse_attention(q, k, v, pattern, bias=bias, mode="dense")
+    ref, _ = reference_attention(q, k, v, pattern.edge_index, bias=bias)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(grads(out, [q, bias]), grads(ref, [q, bias]))
+    torch.testing.assert_close(sparse_attention(q, k, v, pattern, bias=bias), ref)  # auto: dense
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, b: sparse_attention(q, k, v, pattern, bias=b, mode="dense"),
+        (q, k, v, bias),
+    )
+
+
 def test_segment_softmax_with_pattern_and_index():
     edge_index, _ = random_problem(9, 6, 7, 40)
     pattern = Pattern.from_edge_index(edge_index, (6, 7))
