@@ -8,12 +8,33 @@ from gtlib.datasets.ogb import (
     OGBMissingFileError,
     OGBNodeDataset,
 )
+from gtlib.datasets.particles import (
+    ActiveBrownianParticles,
+    ActiveOUParticles,
+    LinearSDE,
+    ParticleDataset,
+    from_state,
+    load_trajectory,
+    simulate,
+    to_state,
+)
+from gtlib.datasets.pde import PDEDataset, PDEFormatError
 
 __all__ = [
+    "ActiveBrownianParticles",
+    "ActiveOUParticles",
     "Evaluator",
     "EvaluatorInputError",
+    "LinearSDE",
     "OGBFormatError",
     "OGBGraphDataset",
     "OGBMissingFileError",
     "OGBNodeDataset",
+    "PDEDataset",
+    "PDEFormatError",
+    "ParticleDataset",
+    "from_state",
+    "load_trajectory",
+    "simulate",
+    "to_state",
 ]

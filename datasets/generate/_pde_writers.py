@@ -1,0 +1,275 @@
+"""Writers for generated PDE data: The Well layout, PDEBench layout and The Well's ``stats.yaml``.
+
+Every file is written to a temporary name in its final directory and moved into place with
+``os.replace``, so a failure part-way leaves nothing under the final name.
+
+The Well layout (one HDF5 file per split)::
+
+    <base>/<name>/data/{train,valid,test}/<name>.hdf5
+    <base>/<name>/stats.yaml
+
+Each file holds the root attributes ``dataset_name``, ``grid_type`` (``'cartesian'``),
+``n_spatial_dims``, ``n_trajectories``, ``simulation_parameters`` and one attribute per parameter;
+the groups ``dimensions/`` (``time``, one coordinate per spatial dimension),
+``boundary_conditions/`` (one group per boundary, with ``mask`` and ``values``), ``scalars/``
+(the simulation parameters as constant scalars) and ``t0_fields/``, ``t1_fields/``,
+``t2_fields/``. A field stored with ``sample_varying``/``time_varying`` False has that leading
+axis dropped from its shape.
+
+``stats.yaml`` holds ``mean``, ``std``, ``rms`` for every field and ``mean_delta``, ``std_delta``,
+``rms_delta`` (of the one-step differences ``x[t+1] - x[t]``) for the time-varying fields, computed
+on the train split over samples, time and space; scalar fields get a float, vector fields a list
+of one float per component, as the_well's normalisation classes expect.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+__all__ = [
+    "WellBoundary",
+    "WellField",
+    "atomic_write",
+    "split_counts",
+    "well_stats",
+    "write_pdebench",
+    "write_well_dataset",
+]
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+@dataclass
+class WellField:
+    """One field of a Well file.
+
+    ``data`` layout: ``[N]`` if ``sample_varying``, then ``[T]`` if ``time_varying``, then the
+    spatial axes, then ``order`` component axes of size ``n_spatial_dims``.
+    """
+
+    name: str
+    data: np.ndarray
+    order: int = 0
+    sample_varying: bool = True
+    time_varying: bool = True
+
+
+@dataclass
+class WellBoundary:
+    """An axis-aligned boundary condition: ``mask`` is a bool array over the coordinate."""
+
+    name: str
+    dims: list[str]
+    bc_type: str
+    fields: list[str]
+    mask: np.ndarray
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    If ``write`` raises, the temporary file is removed and the error propagates; nothing is left
+    under ``path`` (an older file there is kept untouched).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def split_counts(n: int, splits: Sequence[float]) -> tuple[int, int, int]:
+    """Sizes of the train/valid/test splits of ``n`` samples (cumulative fractions, half up)."""
+    edges = np.floor(np.cumsum(splits) * n + 0.5).astype(int)
+    edges[-1] = n
+    n_train, n_valid = int(edges[0]), int(edges[1] - edges[0])
+    return n_train, n_valid, n - n_train - n_valid
+
+
+def _moments(x: np.ndarray, order: int) -> tuple[object, object, object]:
+    """Mean, std, rms over all axes except the ``order`` trailing component axes."""
+    x = x.astype(np.float64)
+    axes = tuple(range(x.ndim - order))
+    mean, std = x.mean(axis=axes), x.std(axis=axes)
+    rms = np.sqrt((x * x).mean(axis=axes))
+    return tuple(v.tolist() for v in (mean, std, rms))  # float for order 0, nested lists else
+
+
+def well_stats(fields: Sequence[WellField]) -> dict[str, dict[str, object]]:
+    """the_well-style normalisation statistics of ``fields`` (pass the train split)."""
+    stats: dict[str, dict[str, object]] = {
+        k: {} for k in ("mean", "std", "rms", "mean_delta", "std_delta", "rms_delta")
+    }
+    for f in fields:
+        mean, std, rms = _moments(f.data, f.order)
+        stats["mean"][f.name], stats["std"][f.name], stats["rms"][f.name] = mean, std, rms
+        if f.time_varying:
+            t_axis = 1 if f.sample_varying else 0
+            if f.data.shape[t_axis] > 1:
+                delta = np.diff(f.data.astype(np.float64), axis=t_axis)
+                mean_d, std_d, rms_d = _moments(delta, f.order)
+            else:
+                # One time step: there are no differences; zeros keep the loader's keys present.
+                zero = np.zeros(f.data.shape[f.data.ndim - f.order :]).tolist()
+                mean_d = std_d = rms_d = zero
+            stats["mean_delta"][f.name] = mean_d
+            stats["std_delta"][f.name] = std_d
+            stats["rms_delta"][f.name] = rms_d
+    return stats
+
+
+def _write_well_file(
+    path: Path,
+    *,
+    name: str,
+    fields: Sequence[WellField],
+    time: np.ndarray,
+    coords: dict[str, np.ndarray],
+    boundaries: Sequence[WellBoundary],
+    parameters: dict[str, float],
+    n_trajectories: int,
+) -> None:
+    with h5py.File(path, "w") as f:
+        f.attrs["dataset_name"] = name
+        f.attrs["grid_type"] = "cartesian"
+        f.attrs["n_spatial_dims"] = len(coords)
+        f.attrs["n_trajectories"] = n_trajectories
+        f.attrs["simulation_parameters"] = list(parameters)
+        for key, value in parameters.items():
+            f.attrs[key] = value
+
+        dims = f.create_group("dimensions")
+        dims.attrs["spatial_dims"] = list(coords)
+        d = dims.create_dataset("time", data=np.asarray(time, dtype=np.float32))
+        d.attrs["sample_varying"] = False
+        d.attrs["time_varying"] = True
+        for dim, values in coords.items():
+            d = dims.create_dataset(dim, data=np.asarray(values, dtype=np.float32))
+            d.attrs["sample_varying"] = False
+            d.attrs["time_varying"] = False
+
+        bcs = f.create_group("boundary_conditions")
+        for bc in boundaries:
+            g = bcs.create_group(bc.name)
+            g.attrs["associated_dims"] = list(bc.dims)
+            g.attrs["associated_fields"] = list(bc.fields)
+            g.attrs["bc_type"] = bc.bc_type
+            g.attrs["sample_varying"] = False
+            g.attrs["time_varying"] = False
+            g.create_dataset("mask", data=np.asarray(bc.mask, dtype=bool))
+            g.create_dataset("values", data=np.asarray(bc.values, dtype=np.float32))
+
+        scalars = f.create_group("scalars")
+        scalars.attrs["field_names"] = list(parameters)
+        for key, value in parameters.items():
+            d = scalars.create_dataset(key, data=np.asarray(value, dtype=np.float32))
+            d.attrs["sample_varying"] = False
+            d.attrs["time_varying"] = False
+
+        n_dims = len(coords)
+        for order in range(3):
+            group = f.create_group(f"t{order}_fields")
+            names = [fl.name for fl in fields if fl.order == order]
+            group.attrs["field_names"] = names
+            for fl in fields:
+                if fl.order != order:
+                    continue
+                d = group.create_dataset(fl.name, data=np.asarray(fl.data, dtype=np.float32))
+                d.attrs["dim_varying"] = [True] * n_dims
+                d.attrs["sample_varying"] = fl.sample_varying
+                d.attrs["time_varying"] = fl.time_varying
+                d.attrs["symmetric"] = False
+                d.attrs["antisymmetric"] = False
+
+
+def write_well_dataset(
+    base: str | Path,
+    name: str,
+    *,
+    fields: Sequence[WellField],
+    time: np.ndarray,
+    coords: dict[str, np.ndarray],
+    boundaries: Sequence[WellBoundary],
+    parameters: dict[str, float],
+    n: int,
+    splits: Sequence[float],
+) -> dict[str, Path]:
+    """Write ``n`` trajectories in The Well layout under ``<base>/<name>/``.
+
+    The first ``n_train`` samples go to ``train``, the next ``n_valid`` to ``valid``, the rest to
+    ``test`` (see :func:`split_counts`); empty splits are skipped. ``stats.yaml`` is computed on the
+    train split. Returns the written paths keyed by split name and ``"stats"``.
+    """
+    root = Path(base) / name
+    counts = split_counts(n, splits)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    written: dict[str, Path] = {}
+    split_fields: dict[str, list[WellField]] = {}
+    for split, lo, hi in zip(SPLIT_NAMES, starts[:-1], starts[1:]):
+        if hi == lo:
+            continue
+        part = [
+            WellField(
+                fl.name,
+                fl.data[lo:hi] if fl.sample_varying else fl.data,
+                fl.order,
+                fl.sample_varying,
+                fl.time_varying,
+            )
+            for fl in fields
+        ]
+        split_fields[split] = part
+        target = root / "data" / split / f"{name}.hdf5"
+
+        def write(tmp: Path, part: list[WellField] = part, count: int = int(hi - lo)) -> None:
+            _write_well_file(
+                tmp,
+                name=name,
+                fields=part,
+                time=time,
+                coords=coords,
+                boundaries=boundaries,
+                parameters=parameters,
+                n_trajectories=count,
+            )
+
+        written[split] = atomic_write(target, write)
+
+    stats = well_stats(split_fields["train"])
+
+    def write_stats(tmp: Path) -> None:
+        tmp.write_text(yaml.safe_dump(stats, sort_keys=True))
+
+    written["stats"] = atomic_write(root / "stats.yaml", write_stats)
+    return written
+
+
+def write_pdebench(
+    path: str | Path,
+    datasets: dict[str, np.ndarray],
+    attrs: dict[str, float] | None = None,
+) -> Path:
+    """Write ``datasets`` (name -> array) and root ``attrs`` to one PDEBench-style file."""
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+            for key, value in datasets.items():
+                f.create_dataset(key, data=np.asarray(value, dtype=np.float32))
+
+    return atomic_write(path, write)
