@@ -17,6 +17,7 @@ Every estimator takes stationary samples ``x [n, d]`` and callables mapping ``[n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -29,7 +30,12 @@ __all__ = [
     "entropy_production",
     "probability_current",
     "probability_current_divergence",
+    "group_sum",
+    "local_entropy_production",
+    "particle_groups",
     "score_free_entropy_production",
+    "score_free_entropy_production_hypoelliptic",
+    "spatial_decomposition",
 ]
 
 VectorField = Callable[[Tensor], Tensor]
@@ -187,6 +193,43 @@ def _summarise(local: Tensor, groups: Tensor | None, form: str) -> EntropyProduc
     )
 
 
+def local_entropy_production(
+    x: Tensor,
+    drift: VectorField,
+    score: VectorField,
+    diffusion: Tensor | float,
+    *,
+    form: Literal["quadratic", "divergence"] = "quadratic",
+) -> Tensor:
+    r"""Per-sample, per-coordinate local entropy production ``[n, d]``.
+
+    ``form="quadratic"``: :math:`\sigma_k(x) = v_k(x)^2/D_k` (non-negative pointwise);
+    ``form="divergence"``: :math:`\tilde\sigma_k(x) = b_k v_k / D_k + \partial_k v_k`; both are 0
+    on noiseless coordinates and agree in expectation, coordinate by coordinate, with the true
+    score, but not pointwise (see :func:`entropy_production`). Sum over a particle's coordinates
+    (:func:`group_sum` with :func:`particle_groups`) for a local EPR per particle, e.g. for
+    :func:`spatial_decomposition`.
+    """
+    x = _check_samples(x)
+    diffusion = _check_diffusion(diffusion, x)
+    noisy = diffusion > 0
+    safe = torch.where(noisy, diffusion, torch.ones_like(diffusion))
+    if form == "quadratic":
+        with torch.no_grad():
+            v = _velocity(x, drift, score, diffusion)
+        local = torch.where(noisy, v * v / safe, torch.zeros_like(v))
+    elif form == "divergence":
+        v, div = _jacobian_diagonal(x, lambda y: _velocity(y, drift, score, diffusion))
+        with torch.no_grad():
+            b = _evaluate(drift, x, "drift")
+        local = torch.where(noisy, b * v / safe + div, torch.zeros_like(v))
+    else:
+        raise ValueError(f"`form` must be 'quadratic' or 'divergence', got {form!r}")
+    if not torch.isfinite(local).all():
+        raise ValueError("non-finite local entropy production: check `drift` and `score`")
+    return local.detach()
+
+
 def entropy_production(
     x: Tensor,
     drift: VectorField,
@@ -229,23 +272,7 @@ def entropy_production(
     Returns:
         :class:`EntropyProductionEstimate`; ``per_coordinate`` sums to ``total``.
     """
-    x = _check_samples(x)
-    diffusion = _check_diffusion(diffusion, x)
-    noisy = diffusion > 0
-    safe = torch.where(noisy, diffusion, torch.ones_like(diffusion))
-    if form == "quadratic":
-        with torch.no_grad():
-            v = _velocity(x, drift, score, diffusion)
-        local = torch.where(noisy, v * v / safe, torch.zeros_like(v))
-    elif form == "divergence":
-        v, div = _jacobian_diagonal(x, lambda y: _velocity(y, drift, score, diffusion))
-        with torch.no_grad():
-            b = _evaluate(drift, x, "drift")
-        local = torch.where(noisy, b * v / safe + div, torch.zeros_like(v))
-    else:
-        raise ValueError(f"`form` must be 'quadratic' or 'divergence', got {form!r}")
-    if not torch.isfinite(local).all():
-        raise ValueError("non-finite local entropy production: check `drift` and `score`")
+    local = local_entropy_production(x, drift, score, diffusion, form=form)
     return _summarise(local.detach(), groups, form)
 
 
@@ -292,3 +319,185 @@ def score_free_entropy_production(
     if not torch.isfinite(local).all():
         raise ValueError("non-finite values: check `drift` and `drift_divergence`")
     return float(local.mean()), float(local.std() / x.shape[0] ** 0.5)
+
+
+def particle_groups(
+    num_particles: int,
+    dim: int,
+    *,
+    by: Literal["particle", "dof", "particle_dof"] = "particle",
+) -> Tensor:
+    r"""``groups`` for a per-particle state layout ``[..., N, 2d]``, flattened to ``[N * 2d]``.
+
+    Particle :math:`i` owns coordinates ``i * 2d + (0..2d-1)``: its position :math:`x_i` (``d``
+    coordinates) then its self-propulsion :math:`g_i` (``d``). This is the layout of a particle
+    state ``[N, 2d]`` flattened row-major; it differs from :func:`gtlib.entropy.reference.
+    aoup_harmonic_trap`, which stores all positions first (use its ``groups`` there).
+
+    Args:
+        num_particles: :math:`N`.
+        dim: spatial dimension :math:`d`.
+        by: ``"particle"`` (group :math:`i`, so :math:`\sigma_i = \sigma_{x_i} + \sigma_{g_i}`),
+            ``"dof"`` (0 for every :math:`x`, 1 for every :math:`g`), or ``"particle_dof"``
+            (:math:`2i` for :math:`x_i`, :math:`2i+1` for :math:`g_i`).
+
+    Returns:
+        An int64 tensor ``[N * 2d]`` for :func:`entropy_production`'s ``groups`` or
+        :func:`group_sum`.
+    """
+    for name, value in (("num_particles", num_particles), ("dim", dim)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    particle = torch.arange(num_particles).repeat_interleave(2 * dim)
+    dof = torch.arange(2).repeat_interleave(dim).repeat(num_particles)
+    if by == "particle":
+        return particle
+    if by == "dof":
+        return dof
+    if by == "particle_dof":
+        return 2 * particle + dof
+    raise ValueError(f"`by` must be 'particle', 'dof' or 'particle_dof', got {by!r}")
+
+
+def group_sum(local: Tensor, groups: Tensor) -> Tensor:
+    """Sum per-sample values ``local [n, D]`` over coordinate groups ``groups [D]`` -> ``[n, G]``.
+
+    ``G = groups.max() + 1``; e.g. the local EPR per particle from
+    :func:`local_entropy_production` and :func:`particle_groups`.
+    """
+    if not isinstance(local, Tensor) or local.dim() != 2:
+        raise ValueError("`local` must be a tensor of shape [n, D]")
+    groups = torch.as_tensor(groups, device=local.device)
+    if groups.shape != (local.shape[1],) or groups.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"`groups` must be an integer tensor of shape [{local.shape[1]}]")
+    if (groups < 0).any():
+        raise ValueError("`groups` must be non-negative")
+    count = int(groups.max()) + 1
+    return local.new_zeros(local.shape[0], count).index_add_(1, groups.long(), local)
+
+
+def spatial_decomposition(
+    local_per_particle: Tensor,
+    pos: Tensor,
+    box: float | Tensor,
+    bins: int | tuple[int, ...],
+    *,
+    origin: float | Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Local EPR per spatial cell, from per-particle values in a periodic box.
+
+    Positions are wrapped into the box :math:`[o, o + L)^d` (periodic, origin :math:`o`, default
+    :math:`-L/2`, i.e. the box :math:`[-w, w)^d` with :math:`L = 2w`) and binned on a regular grid
+    of ``bins`` cells. With :math:`\sigma_i^{(s)}` the value of particle :math:`i` in snapshot
+    :math:`s` and :math:`n_c` the number of (snapshot, particle) pairs in cell :math:`c`:
+
+    - ``mean_per_particle[c]`` :math:`= n_c^{-1}\sum_{(s,i)\in c}\sigma_i^{(s)}` (NaN where
+      :math:`n_c = 0`), the average EPR of a particle found in the cell;
+    - ``sum_per_area[c]`` :math:`= (S\,|c|)^{-1}\sum_{(s,i)\in c}\sigma_i^{(s)}`, the mean EPR
+      density (per unit area/volume, :math:`|c|` the cell's area); integrated over the box it
+      gives the mean total EPR per snapshot.
+
+    Args:
+        local_per_particle: ``[S, N]`` per-particle local EPR (e.g. :func:`group_sum` of
+            :func:`local_entropy_production` over :func:`particle_groups`).
+        pos: positions ``[S, N, d]``.
+        box: side length :math:`L`, a positive scalar or ``[d]``.
+        bins: cells per dimension, an int or ``d`` ints.
+        origin: lower corner :math:`o`, scalar or ``[d]`` (default ``-box / 2``).
+
+    Returns:
+        ``(mean_per_particle, sum_per_area, counts)``, each of shape ``bins`` (``counts`` int64).
+    """
+    if not isinstance(local_per_particle, Tensor) or local_per_particle.dim() != 2:
+        raise ValueError("`local_per_particle` must be a tensor of shape [S, N]")
+    if not isinstance(pos, Tensor) or pos.dim() != 3 or pos.shape[:2] != local_per_particle.shape:
+        raise ValueError(
+            f"`pos` must have shape [S, N, d] = [{local_per_particle.shape[0]}, "
+            f"{local_per_particle.shape[1]}, d], got "
+            f"{tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__}"
+        )
+    if not pos.is_floating_point() or not torch.isfinite(pos).all():
+        raise ValueError("`pos` must be a finite floating-point tensor")
+    num_snapshots, _, d = pos.shape
+    dtype, device = pos.dtype, pos.device
+    box_t = torch.as_tensor(box, dtype=dtype, device=device)
+    box_t = box_t.expand(d) if box_t.dim() == 0 else box_t
+    if box_t.shape != (d,) or not torch.isfinite(box_t).all() or (box_t <= 0).any():
+        raise ValueError(f"`box` must be positive, a scalar or of shape [{d}]")
+    if isinstance(bins, int) and not isinstance(bins, bool):
+        bins = (bins,) * d
+    bins = tuple(bins)
+    if len(bins) != d or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins):
+        raise ValueError(f"`bins` must be a positive int or {d} positive ints, got {bins!r}")
+    if origin is None:
+        origin_t = -box_t / 2
+    else:
+        origin_t = torch.as_tensor(origin, dtype=dtype, device=device).expand(d)
+    bins_t = torch.tensor(bins, device=device)
+    frac = torch.remainder(pos - origin_t, box_t) / box_t
+    cell = (frac * bins_t).long().clamp_(min=0).minimum(bins_t - 1)
+    strides = torch.tensor(
+        [math.prod(bins[k + 1 :]) for k in range(d)], device=device, dtype=torch.long
+    )
+    flat = (cell * strides).sum(dim=-1).reshape(-1)
+    values = local_per_particle.reshape(-1).to(torch.float64)
+    total_cells = math.prod(bins)
+    sums = values.new_zeros(total_cells).index_add_(0, flat, values)
+    counts = torch.bincount(flat, minlength=total_cells)
+    mean = sums / counts.to(sums.dtype)  # NaN where empty
+    cell_volume = float(torch.prod(box_t.to(torch.float64) / bins_t.to(torch.float64)))
+    per_area = sums / (num_snapshots * cell_volume)
+    return mean.reshape(bins), per_area.reshape(bins), counts.reshape(bins)
+
+
+def score_free_entropy_production_hypoelliptic(
+    force_divergence: Tensor | Callable[[Tensor], Tensor],
+    x: Tensor | None = None,
+) -> tuple[float, float]:
+    r"""Score-free EPR of hypoelliptic AOUPs (:math:`\varepsilon = 0`), from the force divergence.
+
+    Model: :math:`dx_i = [v_0 g_i + F_i(x)]\,dt`, :math:`dg_i = -\gamma g_i\,dt +
+    \sqrt{2\gamma}\,dB_i` (noise on :math:`g` only; :math:`F` the interaction plus trap forces).
+    Identity:
+
+    .. math::  \sigma = -E\Big[\sum_i \nabla_{x_i}\cdot F_i(x)\Big].
+
+    Derivation (noisy block :math:`g`, :math:`D_g = \gamma I`): :math:`\sigma =
+    E[b_g^\top D_g^{-1} b_g] - 2E[b_g\cdot s_g] + E[s_g^\top D_g s_g]`. Here
+    :math:`E[b_g^\top D_g^{-1}b_g] = \gamma E|g|^2 = \gamma M` (:math:`g` is an autonomous OU
+    process with stationary law :math:`\mathcal N(0, I)`, :math:`M = Nd`); by parts
+    :math:`E[b_g\cdot s_g] = -E[\nabla_g\cdot b_g] = \gamma M`; and stationarity tested against
+    :math:`\log\rho` gives :math:`E[s_g^\top D_g s_g] = E[b\cdot s] = -E[\nabla\cdot b] =
+    -E[\nabla_x\cdot F] + \gamma M`. Summing, :math:`\sigma = -E[\nabla_x\cdot F]`. For a harmonic
+    trap :math:`F = -\kappa x` this gives :math:`\sigma = \kappa N d`.
+
+    Args:
+        force_divergence: per-sample values ``[n]`` of :math:`\sum_i \nabla_{x_i}\cdot F_i` at
+            stationary samples, or a callable mapping ``x`` to them.
+        x: the samples ``[n, ...]`` when ``force_divergence`` is a callable.
+
+    Returns:
+        ``(sigma, stderr)`` with ``stderr = std / sqrt(n)`` (independent samples).
+    """
+    if callable(force_divergence):
+        if not isinstance(x, Tensor):
+            raise ValueError("`x` is required when `force_divergence` is a callable")
+        values = force_divergence(x)
+    else:
+        values = force_divergence
+    if not isinstance(values, Tensor):
+        raise TypeError(
+            f"`force_divergence` must be a Tensor or return one, got {type(values).__name__}"
+        )
+    if values.dim() != 1 or values.shape[0] < 2:
+        raise ValueError(
+            f"`force_divergence` values must have shape [n], n >= 2, got {tuple(values.shape)}"
+        )
+    if isinstance(x, Tensor) and values.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"`force_divergence` gives {values.shape[0]} values for {x.shape[0]} samples"
+        )
+    local = -values.detach().to(torch.float64)
+    if not torch.isfinite(local).all():
+        raise ValueError("`force_divergence` has non-finite values")
+    return float(local.mean()), float(local.std() / local.shape[0] ** 0.5)

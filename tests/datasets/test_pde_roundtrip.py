@@ -1,4 +1,4 @@
-"""Generators -> PDEDataset: files written by gtlib.datasets.generate load back with the same arrays."""
+"""Generators -> PDEDataset: files from gtlib.datasets.generate load back with the same arrays."""
 
 import numpy as np
 import torch
