@@ -8,9 +8,14 @@ from gtlib.entropy import reference
 from gtlib.entropy.estimators import (
     EntropyProductionEstimate,
     entropy_production,
+    group_sum,
+    local_entropy_production,
+    particle_groups,
     probability_current,
     probability_current_divergence,
     score_free_entropy_production,
+    score_free_entropy_production_hypoelliptic,
+    spatial_decomposition,
 )
 from gtlib.entropy.reference import (
     LinearSystem,
@@ -24,10 +29,26 @@ from gtlib.entropy.reference import (
     rotating_particle,
     stationary_sample_linear,
 )
+from gtlib.entropy.score_matching import (
+    denoising_score_matching,
+    implicit_score_matching,
+    sliced_score_matching,
+)
+from gtlib.entropy.training import TrainResult, train_score
 
 __all__ = [
     "EntropyProductionEstimate",
     "LinearSystem",
+    "TrainResult",
+    "denoising_score_matching",
+    "group_sum",
+    "implicit_score_matching",
+    "local_entropy_production",
+    "particle_groups",
+    "score_free_entropy_production_hypoelliptic",
+    "sliced_score_matching",
+    "spatial_decomposition",
+    "train_score",
     "aoup_harmonic_trap",
     "bead_chain",
     "brownian_gyrator",

@@ -1,0 +1,309 @@
+r"""A training loop for score models: AdamW, EMA weights, clipping, cosine schedule, checkpoints.
+
+:func:`train_score` fits a score model with one of the losses of
+:mod:`gtlib.entropy.score_matching` and is deterministic given ``seed``: every random draw
+(minibatch indices, denoising noise, probes) comes from one :class:`torch.Generator`, whose state
+is checkpointed with the model, its EMA copy, the optimizer and the scheduler, so an interrupted
+run resumed from a checkpoint ends with the same weights, bit for bit, as an uninterrupted one
+(same device, same threads).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from tqdm.auto import tqdm
+
+from gtlib.entropy.score_matching import (
+    denoising_score_matching,
+    implicit_score_matching,
+    sliced_score_matching,
+)
+
+__all__ = ["TrainResult", "train_score"]
+
+DataSource = Tensor | Callable[[int, torch.Generator], Tensor]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_score` returns.
+
+    Attributes:
+        model: the trained model, the same object that was passed in, holding the EMA weights
+            (``ema_decay=None``: the last weights).
+        losses: the training loss at every step ``1..steps`` (including steps run before a
+            resume, read back from the checkpoint).
+        raw_state_dict: the last (non-averaged) weights, detached copies.
+        steps: the number of optimisation steps done in total.
+        resumed_from: the step a checkpoint was resumed from (``0``: a fresh start).
+    """
+
+    model: Module
+    losses: list[float]
+    raw_state_dict: dict[str, Tensor] = field(repr=False)
+    steps: int
+    resumed_from: int = 0
+
+
+def _ema_decay(base: float, step: int) -> float:
+    # Warm-up (as in common EMA implementations) so the average forgets the initial weights.
+    return min(base, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def _ema_update(ema: Module, model: Module, decay: float) -> None:
+    ema_params = list(ema.parameters())
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def train_score(
+    model: Module,
+    data: DataSource,
+    *,
+    loss: Literal["dsm", "implicit", "sliced"] = "dsm",
+    sigma: float | None = None,
+    noisy: Tensor | None = None,
+    steps: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    ema_decay: float | None = 0.999,
+    clip_grad_norm: float | None = 1.0,
+    lr_schedule: Literal["cosine"] | None = "cosine",
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1000,
+    resume: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+    callback: Callable[[int, float, Module], None] | None = None,
+    model_kwargs_fn: Callable[[Tensor], dict[str, Any]] | None = None,
+    loss_kwargs: dict[str, Any] | None = None,
+) -> TrainResult:
+    r"""Fit a score model :math:`s_\theta \approx \nabla\log\rho` to samples of :math:`\rho`.
+
+    Each step draws a batch, evaluates the loss (``"dsm"``:
+    :func:`~gtlib.entropy.score_matching.denoising_score_matching`, antithetic, noise level
+    ``sigma``; ``"implicit"``: :func:`~gtlib.entropy.score_matching.implicit_score_matching`;
+    ``"sliced"``: :func:`~gtlib.entropy.score_matching.sliced_score_matching`), clips the
+    gradient norm to ``clip_grad_norm``, takes an AdamW step, updates the learning rate (cosine
+    decay from ``lr`` to ``lr / 100`` over ``steps``, or constant) and the exponential moving
+    average of the weights, with decay :math:`\min(\text{ema\_decay}, (1+t)/(10+t))` at step
+    :math:`t` (the warm-up lets the average forget the initial weights in short runs).
+
+    At the end the EMA weights are copied into ``model`` (in place), which is returned in the
+    result; the last raw weights are in ``TrainResult.raw_state_dict``.
+
+    Checkpoints (``checkpoint`` a file path) hold the model, the EMA weights, the optimizer, the
+    scheduler, the step, the loss history and the generator state; they are written atomically
+    (a temporary file in the same folder, then :func:`os.replace`) every ``checkpoint_every``
+    steps, at the end, and when ``callback`` raises (a clean interruption point). With
+    ``resume=True`` an existing checkpoint is loaded and training continues from its step; the
+    result is bit-for-bit that of an uninterrupted run.
+
+    Args:
+        model: the score model, ``[B, *event] -> [B, *event]`` (``model_kwargs_fn`` supplies
+            extra keyword arguments).
+        data: samples ``[n, *event]``, from which each batch is drawn uniformly with
+            replacement, or a callable ``(batch_size, generator) -> [batch_size, *event]`` that
+            must draw its randomness from the given generator for resumes to be exact. Batches
+            are moved to the dtype and device of the model's parameters.
+        loss: ``"dsm"``, ``"implicit"`` or ``"sliced"``.
+        sigma: the DSM noise level (required for ``"dsm"``).
+        noisy: boolean mask of the noisy coordinates (broadcastable to the event shape, e.g.
+            ``diffusion > 0``); the score is learned on those only.
+        steps: total number of optimisation steps.
+        batch_size: samples per step.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        ema_decay: EMA decay in ``[0, 1)``, or ``None`` for no averaging.
+        clip_grad_norm: maximum gradient norm, or ``None``.
+        lr_schedule: ``"cosine"`` or ``None``.
+        checkpoint: checkpoint file path, or ``None``.
+        checkpoint_every: steps between checkpoints.
+        resume: continue from ``checkpoint`` when it exists.
+        progress: show a tqdm bar with the (running-mean) loss.
+        seed: seeds the generator of every random draw (the model's initialisation is the
+            caller's).
+        callback: called as ``callback(step, loss, model)`` after every step (``model`` holds
+            the raw weights); raising from it stops training after checkpointing.
+        model_kwargs_fn: maps a batch to keyword arguments for ``model``.
+        loss_kwargs: further keyword arguments for the loss (e.g. ``{"divergence":
+            "hutchinson"}`` or ``{"n_projections": 4}``).
+
+    Returns:
+        :class:`TrainResult`.
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    steps = _check_int(steps, "steps", 1)
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
+    if loss not in ("dsm", "implicit", "sliced"):
+        raise ValueError(f"`loss` must be 'dsm', 'implicit' or 'sliced', got {loss!r}")
+    if loss == "dsm" and sigma is None:
+        raise ValueError("`sigma` is required for loss='dsm'")
+    if lr_schedule not in ("cosine", None):
+        raise ValueError(f"`lr_schedule` must be 'cosine' or None, got {lr_schedule!r}")
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"`ema_decay` must be in [0, 1) or None, got {ema_decay}")
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"`lr` must be positive, got {lr}")
+    if clip_grad_norm is not None and not clip_grad_norm > 0:
+        raise ValueError(f"`clip_grad_norm` must be positive or None, got {clip_grad_norm}")
+    param = next(model.parameters(), None)
+    if param is None:
+        raise ValueError("`model` has no parameters")
+    dtype, device = param.dtype, param.device
+    if isinstance(data, Tensor):
+        if data.dim() < 2 or data.shape[0] < 1:
+            raise ValueError(f"`data` must have shape [n, *event], got {tuple(data.shape)}")
+        if not data.is_floating_point():
+            raise TypeError(f"`data` must be a floating-point tensor, got {data.dtype}")
+        samples = data.to(device=device, dtype=dtype)
+
+        def draw(generator: torch.Generator) -> Tensor:
+            index = torch.randint(samples.shape[0], (batch_size,), generator=generator)
+            return samples[index.to(device)]
+
+    elif callable(data):
+
+        def draw(generator: torch.Generator) -> Tensor:
+            batch = data(batch_size, generator)
+            if not isinstance(batch, Tensor):
+                raise TypeError(f"`data` must return a Tensor, got {type(batch).__name__}")
+            return batch.to(device=device, dtype=dtype)
+
+    else:
+        raise TypeError(f"`data` must be a Tensor or a callable, got {type(data).__name__}")
+
+    loss_kwargs = dict(loss_kwargs or {})
+    if noisy is not None:
+        loss_kwargs["noisy"] = noisy.to(device)
+    if loss == "dsm":
+        loss_fn = partial(denoising_score_matching, sigma=float(sigma), **loss_kwargs)
+    elif loss == "implicit":
+        loss_fn = partial(implicit_score_matching, **loss_kwargs)
+    else:
+        loss_fn = partial(sliced_score_matching, **loss_kwargs)
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise_generator = generator if device.type == "cpu" else torch.Generator(device=device)
+    if noise_generator is not generator:
+        noise_generator.manual_seed(seed + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=lr / 100)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    ema = copy.deepcopy(model) if ema_decay is not None else None
+    if ema is not None:
+        ema.requires_grad_(False)
+    losses: list[float] = []
+    start = 0
+    path = Path(checkpoint) if checkpoint is not None else None
+
+    def state(step: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "noise_generator": noise_generator.get_state(),
+            "losses": list(losses),
+            "config": {"loss": loss, "steps": steps, "batch_size": batch_size, "seed": seed},
+        }
+
+    if path is not None and resume and path.exists():
+        saved = torch.load(path, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        if ema is not None:
+            if saved["ema"] is None:
+                raise ValueError(f"checkpoint {path} has no EMA weights but `ema_decay` is set")
+            ema.load_state_dict(saved["ema"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"].cpu())
+        if noise_generator is not generator:
+            noise_generator.set_state(saved["noise_generator"].cpu())
+        losses = list(saved["losses"])
+        start = int(saved["step"])
+        if start > steps:
+            raise ValueError(f"checkpoint {path} is at step {start}, past `steps` = {steps}")
+
+    model.train()
+    bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"score ({loss})")
+    running = None
+    try:
+        for step in range(start + 1, steps + 1):
+            batch = draw(generator)
+            score_fn = model
+            if model_kwargs_fn is not None:
+                score_fn = partial(model, **model_kwargs_fn(batch))
+            value = loss_fn(score_fn, batch, generator=noise_generator)
+            if not torch.isfinite(value):
+                raise FloatingPointError(f"non-finite loss at step {step}: {float(value.detach())}")
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            if clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                _ema_update(ema, model, _ema_decay(ema_decay, step))
+            losses.append(float(value.detach()))
+            running = losses[-1] if running is None else 0.98 * running + 0.02 * losses[-1]
+            bar.update(1)
+            if progress and (step % 10 == 0 or step == steps):
+                bar.set_postfix(loss=f"{running:.4g}")
+            if path is not None and (step % checkpoint_every == 0 or step == steps):
+                _atomic_save(state(step), path)
+            if callback is not None:
+                try:
+                    callback(step, losses[-1], model)
+                except BaseException:
+                    if path is not None:
+                        _atomic_save(state(step), path)
+                    raise
+    finally:
+        bar.close()
+
+    raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if ema is not None:
+        model.load_state_dict(ema.state_dict())
+    model.eval()
+    return TrainResult(
+        model=model, losses=losses, raw_state_dict=raw, steps=steps, resumed_from=start
+    )
