@@ -2,6 +2,8 @@
 
 from .fno import FNO
 from .losses import H1Loss, LpLoss
+from .mgno import MgNO
+from .scot import ScOT
 from .spectral_conv import SpectralConv
 
-__all__ = ["SpectralConv", "FNO", "LpLoss", "H1Loss"]
+__all__ = ["SpectralConv", "FNO", "MgNO", "ScOT", "LpLoss", "H1Loss"]
