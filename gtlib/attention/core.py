@@ -199,12 +199,15 @@ def _dense_attention(query, key, value, pattern, scale, dropout, bias=None):
     outputs, nodes = [], []
     heads = query.size(1)
     positions = pattern.block_edge_positions() if bias is not None else None
+    starts = pattern.block_starts()
     for index, block in enumerate(pattern.blocks):
         num_blocks, size = block.shape
         flat = block.reshape(-1)
+        start = starts[index]
 
-        def gather(x: Tensor, flat=flat, num_blocks=num_blocks, size=size) -> Tensor:
-            return x.index_select(0, flat).view(num_blocks, size, heads, -1).transpose(1, 2)
+        def gather(x: Tensor, flat=flat, num_blocks=num_blocks, size=size, start=start) -> Tensor:
+            rows = x.index_select(0, flat) if start is None else x[start : start + flat.numel()]
+            return rows.view(num_blocks, size, heads, -1).transpose(1, 2)
 
         mask = None
         if bias is not None:
@@ -218,6 +221,8 @@ def _dense_attention(query, key, value, pattern, scale, dropout, bias=None):
         nodes.append(flat)
     if not outputs:  # no receivers
         return value.new_zeros(pattern.num_dst, heads, value.size(-1))
+    if len(outputs) == 1 and starts[0] == 0 and nodes[0].numel() == pattern.num_dst:
+        return outputs[0]  # the blocks tile the nodes in order
     order = torch.cat(nodes)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)

@@ -73,6 +73,7 @@ class Pattern:
         self._deduplicated: tuple[Tensor, Tensor, Tensor] | None = None
         self._unique_edges: bool | None = None
         self._block_positions: list[Tensor] | None = None
+        self._block_starts: list[int | None] | None = None
 
     def _materialize(self) -> None:
         if self._build is not None:
@@ -357,6 +358,21 @@ class Pattern:
     def degree(self) -> Tensor:
         """Number of senders of every receiver, ``[num_dst]``."""
         return self.ptr[1:] - self.ptr[:-1]
+
+    def block_starts(self) -> list[int | None]:
+        """For each entry of :attr:`blocks`, the first node when its blocks are one contiguous
+        run of nodes in order (so gathering them is a slice), else ``None``. Cached."""
+        if self.blocks is None:
+            raise ValueError("block_starts needs a block pattern (full or windows)")
+        if self._block_starts is None:
+            starts: list[int | None] = []
+            for block in self.blocks:
+                flat = block.reshape(-1)
+                first = int(flat[0]) if flat.numel() else 0
+                run = torch.arange(first, first + flat.numel(), device=flat.device)
+                starts.append(first if torch.equal(flat, run) else None)
+            self._block_starts = starts
+        return self._block_starts
 
     def block_edge_positions(self) -> list[Tensor]:
         """For a block pattern, the caller-order edge index of every (receiver, sender) pair of

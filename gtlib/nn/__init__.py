@@ -5,6 +5,15 @@ from gtlib.nn.gatv2_conv import GATv2Conv
 from gtlib.nn.gps_conv import GPSConv
 from gtlib.nn.large_gt import LargeGT
 from gtlib.nn.mlp_score import MLPScore
+from gtlib.nn.particle_transformer import ParticleTransformer
 from gtlib.nn.transformer_conv import TransformerConv
 
-__all__ = ["GATConv", "GATv2Conv", "GPSConv", "LargeGT", "MLPScore", "TransformerConv"]
+__all__ = [
+    "GATConv",
+    "GATv2Conv",
+    "GPSConv",
+    "LargeGT",
+    "MLPScore",
+    "ParticleTransformer",
+    "TransformerConv",
+]

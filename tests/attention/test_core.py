@@ -360,8 +360,8 @@ def test_bad_inputs_raise_clear_errors():
     x = torch.randn(3, 1, 2)
     with pytest.raises(ValueError, match="attention weights"):
         sparse_attention(x, x, x, blocks, mode="dense", return_attention=True)
-    with pytest.raises(ValueError, match="bias"):
-        sparse_attention(x, x, x, blocks, mode="dense", bias=torch.zeros(9, 1))
+    with pytest.raises(ValueError, match="key_edge"):
+        sparse_attention(x, x, x, blocks, mode="dense", key_edge=torch.zeros(9, 1, 2))
 
 
 def test_scatter_path_compiles_without_graph_breaks():
