@@ -147,7 +147,9 @@ class MgNO(nn.Module):
     (stride 2, padding 1), so coarse points sit on the even fine points. With ``"circular"``
     each spatial size must be divisible by :math:`2^{K-1}` (then the model commutes with
     periodic shifts by multiples of :math:`2^{K-1}`). With ``"zeros"`` or ``"reflect"`` any size
-    whose coarsest level keeps at least 2 points works: cell-centred grids
+    whose coarsest level keeps at least 2 points works, i.e.
+    :math:`\lceil n / 2^{K-1} \rceil \ge 2` or :math:`n > 2^{K-1}` (17 or more for the default
+    :math:`K = 5`): cell-centred grids
     :math:`n = m 2^{K-1}` (e.g. 64) halve exactly, vertex-centred grids
     :math:`n = m 2^{K-1} + 1` (e.g. 65, 421 in the Darcy benchmark) keep the boundary nodes on
     every level (coarse nodes coincide with fine nodes), and other sizes such as 63 are halved
@@ -273,8 +275,10 @@ class MgNO(nn.Module):
             if coarsest < 2:
                 raise ValueError(
                     f"x's spatial size {n} (dimension {d}) is too small for n_levels="
-                    f"{self.n_levels}: the coarsest grid needs at least 2 points, i.e. "
-                    f"size > 2**(n_levels - 2) = {factor // 2}"
+                    f"{self.n_levels}: each level has ceil(n / 2) points of the level above, "
+                    f"so the coarsest grid has ceil({n} / 2**(n_levels - 1)) = {coarsest} "
+                    f"point(s) but needs at least 2; allowed sizes are > 2**(n_levels - 1) = "
+                    f"{factor}, i.e. >= {factor + 1} (or use fewer levels)"
                 )
 
     def forward(self, x: Tensor) -> Tensor:

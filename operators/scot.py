@@ -13,7 +13,6 @@ from gtlib.attention import Pattern, sparse_attention
 
 __all__ = ["ScOT"]
 
-BIAS_MODES = ("dense", "edge")
 _MAX_LOGIT_SCALE = math.log(100.0)
 
 
@@ -99,10 +98,8 @@ class _WindowAttention(nn.Module):
     from :meth:`Pattern.windows` over the grid ``(B, H, W)`` with window ``(1, w_h, w_w)``, so the
     tokens of all samples go through one call.
 
-    ``bias_mode="dense"`` folds the bias into the scores exactly by appending the one-hot local
-    position of the receiver to the query and the matching bias row to the key
-    (:math:`[\tau q, e_{p_i}] \cdot [k, B_{\cdot, p_j}] = \tau q \cdot k + B_{p_i p_j}`), so the
-    core runs its dense SDPA path; ``"edge"`` passes the bias as a per-edge ``[E, H]`` term.
+    The bias goes to the core as a per-edge ``[E, H]`` term (``bias=``), which its dense path
+    gathers into every window's ``[H, w, w]`` SDPA mask.
     """
 
     def __init__(self, dim: int, num_heads: int, cpb_hidden: int = 512) -> None:
@@ -146,13 +143,12 @@ class _WindowAttention(nn.Module):
         window: tuple[int, int],
         shift: tuple[int, int],
         periodic: bool,
-        bias_mode: str,
         cache: dict,
     ) -> Tensor:
         B, Hg, Wg, C = x.shape
         heads, head_dim = self.num_heads, C // self.num_heads
-        pattern, local, edge_offset = _window_pattern(
-            B, (Hg, Wg), window, shift, periodic, bias_mode, x.device, cache
+        pattern, edge_offset = _window_pattern(
+            B, (Hg, Wg), window, shift, periodic, x.device, cache
         )
         qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x.reshape(-1, C), self.qkv.weight, qkv_bias).view(-1, 3, heads, head_dim)
@@ -161,19 +157,8 @@ class _WindowAttention(nn.Module):
         q = F.normalize(q, dim=-1) * tau.view(1, heads, 1)
         k = F.normalize(k, dim=-1)
         table = self.bias_table(window, x.dtype, x.device)  # [offsets, H]
-        if bias_mode == "edge":
-            bias = table.index_select(0, edge_offset)
-            out = sparse_attention(q, k, v, pattern, scale=1.0, bias=bias)
-        else:
-            size = window[0] * window[1]
-            pos = torch.arange(size, device=x.device)
-            dy = pos[:, None] // window[1] - pos[None, :] // window[1] + window[0] - 1
-            dx = pos[:, None] % window[1] - pos[None, :] % window[1] + window[1] - 1
-            matrix = table[dy * (2 * window[1] - 1) + dx]  # [receiver pos, sender pos, H]
-            onehot = F.one_hot(local, size).to(x.dtype)[:, None, :].expand(-1, heads, -1)
-            q = torch.cat([q, onehot], dim=-1)
-            k = torch.cat([k, matrix.permute(1, 2, 0).index_select(0, local)], dim=-1)
-            out = sparse_attention(q, k, v, pattern, scale=1.0, mode="dense")
+        bias = table.index_select(0, edge_offset)  # [E, H]
+        out = sparse_attention(q, k, v, pattern, scale=1.0, bias=bias)
         return self.proj(out.reshape(B, Hg, Wg, C))
 
 
@@ -183,13 +168,12 @@ def _window_pattern(
     window: tuple[int, int],
     shift: tuple[int, int],
     periodic: bool,
-    bias_mode: str,
     device,
     cache: dict,
-) -> tuple[Pattern, Tensor, Tensor | None]:
-    """The window pattern of ``batch`` grids, every token's local window position (row-major in
-    the window) and, for ``bias_mode="edge"``, every edge's relative-offset index; cached."""
-    key = (batch, grid, window, shift, periodic, bias_mode, str(device))
+) -> tuple[Pattern, Tensor]:
+    """The window pattern of ``batch`` grids and every edge's relative-offset index (a row of
+    :meth:`_WindowAttention.bias_table`), in the pattern's edge order; cached."""
+    key = (batch, grid, window, shift, periodic, str(device))
     if key not in cache:
         pattern = Pattern.windows(
             (batch, *grid), (1, *window), (0, *shift), periodic=(False, periodic, periodic)
@@ -200,16 +184,27 @@ def _window_pattern(
         # window, also for windows cut at a non-periodic boundary; differences are all we need.
         ys = (torch.arange(grid[0], device=device) - shift[0]) % window[0]
         xs = (torch.arange(grid[1], device=device) - shift[1]) % window[1]
-        local2 = torch.stack(torch.broadcast_tensors(ys[:, None], xs[None, :]), -1)
-        local2 = local2.reshape(1, -1, 2).expand(batch, -1, -1).reshape(-1, 2)
-        local = local2[:, 0] * window[1] + local2[:, 1]
-        offset = None
-        if bias_mode == "edge":
-            src, dst = pattern.edge_index
-            rel = local2[dst] - local2[src] + torch.tensor(window, device=device) - 1
-            offset = rel[:, 0] * (2 * window[1] - 1) + rel[:, 1]
-        cache[key] = (pattern, local, offset)
+        local = torch.stack(torch.broadcast_tensors(ys[:, None], xs[None, :]), -1)
+        local = local.reshape(1, -1, 2).expand(batch, -1, -1).reshape(-1, 2)
+        src, dst = pattern.edge_index
+        rel = local[dst] - local[src] + torch.tensor(window, device=device) - 1
+        cache[key] = (pattern, rel[:, 0] * (2 * window[1] - 1) + rel[:, 1])
     return cache[key]
+
+
+class _Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose ``padding_mode="circular"`` also wraps around a grid smaller than the
+    padding (``F.pad`` refuses to wrap more than once): the padded input is gathered with
+    indices modulo the grid, i.e. the exact convolution of the periodic function."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.padding_mode != "circular":
+            return super().forward(x)
+        for dim, pad in ((-2, self.padding[0]), (-1, self.padding[1])):
+            n = x.size(dim)
+            index = torch.arange(-pad, n + pad, device=x.device) % n
+            x = x.index_select(dim, index)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class _SwinBlock(nn.Module):
@@ -239,11 +234,10 @@ class _SwinBlock(nn.Module):
         window: tuple[int, int],
         shift: tuple[int, int],
         periodic: bool,
-        bias_mode: str = "dense",
         cache: dict | None = None,
     ) -> Tensor:
         cache = {} if cache is None else cache
-        x = x + self.norm1(self.attn(x, window, shift, periodic, bias_mode, cache), t)
+        x = x + self.norm1(self.attn(x, window, shift, periodic, cache), t)
         return x + self.norm2(self.mlp(x), t)
 
 
@@ -282,7 +276,7 @@ class _ConvNeXtBlock(nn.Module):
 
     def __init__(self, dim: int, time_conditioning: bool, periodic: bool) -> None:
         super().__init__()
-        self.dwconv = nn.Conv2d(
+        self.dwconv = _Conv2d(
             dim, dim, 7, padding=3, groups=dim, padding_mode="circular" if periodic else "zeros"
         )
         self.norm = _TimeLayerNorm(dim, time_conditioning)
@@ -334,6 +328,8 @@ class ScOT(nn.Module):
     and is not shifted, as in Swin. With ``periodic=True`` windows wrap around the boundary
     (Swin's cyclic shift without mask) and the depthwise/mixing convolutions pad circularly;
     with ``periodic=False`` shifted windows are cut at the boundary (Swin's attention mask).
+    Circular padding wraps as often as needed, so periodic token grids smaller than the
+    convolutions' reach (e.g. 2x2 or 1x1 on a skip stage) are convolved exactly.
 
     ``image_size`` is the nominal resolution (checked at construction); any resolution whose
     sides are multiples of ``patch_size * 2**(len(depths) - 1)`` (and, when periodic, whose
@@ -354,8 +350,6 @@ class ScOT(nn.Module):
         mlp_ratio (float, optional): MLP hidden width over block width. (default: :obj:`4.0`)
         time_conditioning (bool, optional): Time-conditioned LayerNorms. (default: :obj:`True`)
         periodic (bool, optional): Periodic domain. (default: :obj:`True`)
-        bias_mode (str, optional): ``"dense"`` (bias folded into augmented queries and keys,
-            dense SDPA) or ``"edge"`` (per-edge bias, sparse kernels). (default: ``"dense"``)
 
     Shapes:
         - **input:** ``x`` :math:`(B, C_{in}, H, W)`, ``lead_time`` :math:`(B)` or a scalar
@@ -376,7 +370,6 @@ class ScOT(nn.Module):
         mlp_ratio: float = 4.0,
         time_conditioning: bool = True,
         periodic: bool = True,
-        bias_mode: str = "dense",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -413,8 +406,6 @@ class ScOT(nn.Module):
                     f"num_heads[{s}]={heads} must divide the stage width embed_dim * 2**{s} = "
                     f"{embed_dim * 2**s}"
                 )
-        if bias_mode not in BIAS_MODES:
-            raise ValueError(f"bias_mode must be one of {BIAS_MODES}, got {bias_mode!r}")
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
 
@@ -430,7 +421,6 @@ class ScOT(nn.Module):
         self.mlp_ratio = float(mlp_ratio)
         self.time_conditioning = bool(time_conditioning)
         self.periodic = bool(periodic)
-        self.bias_mode = bias_mode
         self._patterns: dict = {}
         self.check_shape(self.image_size, name="image_size")
 
@@ -461,7 +451,7 @@ class ScOT(nn.Module):
         self.patch_recovery = nn.ConvTranspose2d(
             embed_dim, out_channels, patch_size, stride=patch_size
         )
-        self.mixup = nn.Conv2d(
+        self.mixup = _Conv2d(
             out_channels,
             out_channels,
             5,
@@ -518,7 +508,7 @@ class ScOT(nn.Module):
         window, shift = self.stage_windows((x.size(1), x.size(2)))
         for i, block in enumerate(blocks):
             block_shift = shift if i % 2 == 1 else (0, 0)
-            x = block(x, t, window, block_shift, self.periodic, self.bias_mode, self._patterns)
+            x = block(x, t, window, block_shift, self.periodic, self._patterns)
         return x
 
     def forward(self, x: Tensor, lead_time: Tensor | float | None = None) -> Tensor:

@@ -9,7 +9,9 @@ The Well layout (one HDF5 file per split)::
     <base>/<name>/stats.yaml
 
 Each file holds the root attributes ``dataset_name``, ``grid_type`` (``'cartesian'``),
-``n_spatial_dims``, ``n_trajectories``, ``simulation_parameters`` and one attribute per parameter;
+``n_spatial_dims``, ``n_trajectories``, ``simulation_parameters`` and one attribute per parameter
+(plus, when given, ``input_fields``/``target_fields``: string arrays naming the default model
+inputs and targets of steady data, read by :class:`gtlib.datasets.PDEDataset`);
 the groups ``dimensions/`` (``time``, one coordinate per spatial dimension),
 ``boundary_conditions/`` (one group per boundary, with ``mask`` and ``values``), ``scalars/``
 (the simulation parameters as constant scalars) and ``t0_fields/``, ``t1_fields/``,
@@ -19,13 +21,16 @@ axis dropped from its shape.
 ``stats.yaml`` holds ``mean``, ``std``, ``rms`` for every field and ``mean_delta``, ``std_delta``,
 ``rms_delta`` (of the one-step differences ``x[t+1] - x[t]``) for the time-varying fields, computed
 on the train split over samples, time and space; scalar fields get a float, vector fields a list
-of one float per component, as the_well's normalisation classes expect.
+of one float per component, as the_well's normalisation classes expect. Without a train split
+(e.g. a test-only set) no ``stats.yaml`` is written and a warning says so: statistics of test
+data must not stand in for training statistics, so normalise with the training set's.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +147,7 @@ def _write_well_file(
     boundaries: Sequence[WellBoundary],
     parameters: dict[str, float],
     n_trajectories: int,
+    io_fields: dict[str, list[str]],
 ) -> None:
     with h5py.File(path, "w") as f:
         f.attrs["dataset_name"] = name
@@ -151,6 +157,8 @@ def _write_well_file(
         f.attrs["simulation_parameters"] = list(parameters)
         for key, value in parameters.items():
             f.attrs[key] = value
+        for key, names in io_fields.items():
+            f.attrs[key] = np.array(names, dtype=h5py.string_dtype())
 
         dims = f.create_group("dimensions")
         dims.attrs["spatial_dims"] = list(coords)
@@ -207,13 +215,29 @@ def write_well_dataset(
     parameters: dict[str, float],
     n: int,
     splits: Sequence[float],
+    input_fields: Sequence[str] | None = None,
+    target_fields: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Write ``n`` trajectories in The Well layout under ``<base>/<name>/``.
 
     The first ``n_train`` samples go to ``train``, the next ``n_valid`` to ``valid``, the rest to
     ``test`` (see :func:`split_counts`); empty splits are skipped. ``stats.yaml`` is computed on the
-    train split. Returns the written paths keyed by split name and ``"stats"``.
+    train split; with an empty train split it is not written (a ``UserWarning`` says so, and
+    mentions an older ``stats.yaml`` left in place). ``input_fields``/``target_fields`` (both or
+    neither) become root attributes of every file. Returns the written paths keyed by split name
+    and ``"stats"`` (when written).
     """
+    if (input_fields is None) != (target_fields is None):
+        raise ValueError("pass both input_fields and target_fields, or neither")
+    io_fields: dict[str, list[str]] = {}
+    if input_fields is not None and target_fields is not None:
+        known = {fl.name for fl in fields}
+        for key, names in (("input_fields", input_fields), ("target_fields", target_fields)):
+            names = [names] if isinstance(names, str) else list(names)
+            unknown = [x for x in names if x not in known]
+            if not names or unknown:
+                raise ValueError(f"{key} must name fields of {sorted(known)}, got {names}")
+            io_fields[key] = names
     root = Path(base) / name
     counts = split_counts(n, splits)
     starts = np.concatenate([[0], np.cumsum(counts)])
@@ -245,10 +269,21 @@ def write_well_dataset(
                 boundaries=boundaries,
                 parameters=parameters,
                 n_trajectories=count,
+                io_fields=io_fields,
             )
 
         written[split] = atomic_write(target, write)
 
+    if "train" not in split_fields:
+        stale = root / "stats.yaml"
+        note = f"; the older {stale} is left as it was" if stale.exists() else ""
+        warnings.warn(
+            f"{root}: no train split, so no stats.yaml is written (statistics come from the "
+            f"training data; normalise with the training set's){note}",
+            UserWarning,
+            stacklevel=2,
+        )
+        return written
     stats = well_stats(split_fields["train"])
 
     def write_stats(tmp: Path) -> None:

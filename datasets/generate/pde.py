@@ -50,7 +50,13 @@ Where the files put things
       boundaries (``bc_type='wall'``, homogeneous Dirichlet, ``values`` = 0). the_well's
       ``WellDataset(path=<out>/darcy, well_split_name=..., n_steps_input=0, n_steps_output=1)``
       yields ``constant_fields [R, R, 1]`` = coefficient and ``output_fields [1, R, R, 1]`` =
-      solution. Delta statistics of ``solution`` are zeros (no time differences exist).
+      solution. Delta statistics of ``solution`` are zeros (no time differences exist). Root
+      attrs ``input_fields = ["coefficient"]``, ``target_fields = ["solution"]`` let
+      ``gtlib.datasets.PDEDataset(<out>/darcy, split=...)`` pick inputs and targets by itself.
+
+    Any split may be empty (``splits=(0, 0, 1)`` writes a test-only set); without a train split
+    no ``stats.yaml`` is written (a warning says so): normalise such data with the statistics of
+    its training set.
 
     PDEBench (one ``.hdf5`` with all samples):
 
@@ -123,8 +129,6 @@ def _check_splits(splits: Sequence[float], n: int) -> tuple[float, float, float]
     values = tuple(float(s) for s in splits)
     if any(not math.isfinite(s) or s < 0 for s in values) or abs(sum(values) - 1) > 1e-6:
         raise ValueError(f"splits must be non-negative and sum to 1, got {splits!r}")
-    if writers.split_counts(n, values)[0] < 1:
-        raise ValueError(f"splits={splits!r} leaves no training sample out of n={n}")
     return values  # type: ignore[return-value]
 
 
@@ -418,6 +422,8 @@ def darcy(
                 parameters=params,
                 n=n,
                 splits=splits,
+                input_fields=["coefficient"],
+                target_fields=["solution"],
             )
     return result
 

@@ -365,6 +365,79 @@ def test_well_layout_burgers_and_darcy_load_in_the_well(tmp_path):
     assert stats["std_delta"]["solution"] == 0.0
 
 
+def test_darcy_loads_in_pde_dataset_without_field_arguments(tmp_path):
+    from gtlib.datasets import PDEDataset
+
+    dout = pde.darcy(4, 9, seed=2, out=tmp_path, splits=(0.5, 0.25, 0.25), progress=False)
+    for split in ("train", "valid", "test"):
+        with h5py.File(tmp_path / f"darcy/data/{split}/darcy.hdf5") as f:
+            for key, names in (("input_fields", ["coefficient"]), ("target_fields", ["solution"])):
+                attr = f.attrs[key]
+                assert isinstance(attr, np.ndarray) and attr.dtype.kind == "O"  # string array
+                assert [v.decode() if isinstance(v, bytes) else v for v in attr] == names
+    for split, first in (("train", 0), ("valid", 2), ("test", 3)):
+        ds = PDEDataset(tmp_path / "darcy", split=split)
+        assert ds.input_fields == ["coefficient"] and ds.target_fields == ["solution"]
+        assert ds.steady and len(ds) == {"train": 2, "valid": 1, "test": 1}[split]
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item["x"].shape == item["y"].shape == (1, 9, 9)
+            np.testing.assert_array_equal(item["x"][0].numpy(), dout["coefficient"][first + i])
+            np.testing.assert_array_equal(item["y"][0].numpy(), dout["solution"][first + i])
+            assert float(item["lead_time"]) == 0.0
+
+
+def test_test_only_set_generates_without_stats(tmp_path):
+    first = pde.darcy(3, 9, seed=3, out=tmp_path, progress=False)
+    with pytest.warns(UserWarning, match="no train split, so no stats.yaml") as record:
+        dout = pde.darcy(2, 9, seed=5, out=tmp_path / "only", splits=(0, 0, 1), progress=False)
+    assert "older" not in str(record[0].message)
+    root = tmp_path / "only" / "darcy"
+    assert [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()] == [
+        "data/test/darcy.hdf5"
+    ]
+    with h5py.File(root / "data/test/darcy.hdf5") as f:
+        assert f.attrs["n_trajectories"] == 2
+        np.testing.assert_array_equal(f["t0_fields/coefficient"][...], dout["coefficient"])
+        np.testing.assert_array_equal(f["t0_fields/solution"][:, 0], dout["solution"])
+    from gtlib.datasets import PDEDataset
+
+    test = PDEDataset(root, split="test")
+    np.testing.assert_array_equal(test[1]["y"][0].numpy(), dout["solution"][1])
+    # normalise a test-only set with its training set's statistics
+    normed = PDEDataset(root, split="test", normalize=True, stats=tmp_path / "darcy/stats.yaml")
+    stats = yaml.safe_load((tmp_path / "darcy/stats.yaml").read_text())
+    mean, std = stats["mean"]["solution"], stats["std"]["solution"]
+    np.testing.assert_allclose(
+        normed[0]["y"][0].numpy(), (dout["solution"][0] - mean) / std, rtol=1e-5, atol=1e-6
+    )
+    assert first["solution"].shape == (3, 9, 9)
+    # regenerating a test-only set over an existing one: the older stats.yaml is named
+    with pytest.warns(UserWarning, match="older .*stats.yaml is left as it was"):
+        pde.darcy(1, 9, seed=6, out=tmp_path, splits=(0.0, 0.0, 1.0), progress=False)
+    # the writer alone: no train split never reaches well_stats (the KeyError of before)
+    data = np.ones((2, 1, 4), dtype=np.float32)
+    with pytest.warns(UserWarning, match="no train split"):
+        written = writers.write_well_dataset(
+            tmp_path / "w", "u1", fields=[writers.WellField("u", data)], time=np.zeros(1),
+            coords={"x": np.arange(4.0)}, boundaries=[], parameters={}, n=2, splits=(0, 0.5, 0.5),
+        )  # fmt: skip
+    assert sorted(written) == ["test", "valid"]
+    assert not (tmp_path / "w/u1/stats.yaml").exists()
+    with pytest.raises(ValueError, match="both input_fields and target_fields"):
+        writers.write_well_dataset(
+            tmp_path / "w", "u2", fields=[writers.WellField("u", data)], time=np.zeros(1),
+            coords={"x": np.arange(4.0)}, boundaries=[], parameters={}, n=2, splits=(1, 0, 0),
+            input_fields=["u"],
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="target_fields must name fields of"):
+        writers.write_well_dataset(
+            tmp_path / "w", "u3", fields=[writers.WellField("u", data)], time=np.zeros(1),
+            coords={"x": np.arange(4.0)}, boundaries=[], parameters={}, n=2, splits=(1, 0, 0),
+            input_fields=["u"], target_fields=["v"],
+        )  # fmt: skip
+
+
 def test_pdebench_layout_round_trip(tmp_path):
     d = pde.darcy(3, 9, seed=0, out=tmp_path / "darcy.hdf5", layout="pdebench", progress=False)
     with h5py.File(tmp_path / "darcy.hdf5") as f:
@@ -479,7 +552,8 @@ def test_cli_module_entry_point(tmp_path, monkeypatch):
         (pde.darcy, {"n": 2, "resolution": 2}, ValueError, "resolution"),
         (pde.darcy, {"n": 2, "resolution": 9, "solve_resolution": 20}, ValueError, "solve_res"),
         (pde.darcy, {"n": 2, "splits": (0.5, 0.5, 0.5)}, ValueError, "splits"),
-        (pde.darcy, {"n": 2, "splits": (0.0, 0.5, 0.5)}, ValueError, "splits"),
+        (pde.darcy, {"n": 2, "splits": (0.5, 0.5)}, ValueError, "splits"),
+        (pde.darcy, {"n": 2, "splits": (-0.5, 0.5, 1.0)}, ValueError, "splits"),
         (pde.darcy, {"n": 2, "layout": "zarr"}, ValueError, "layout"),
         (pde.navier_stokes_2d, {"n": -1}, ValueError, "n"),
         (pde.navier_stokes_2d, {"n": 2, "nu": -1.0}, ValueError, "nu"),

@@ -164,8 +164,17 @@ def test_grid_sizes_and_errors():
     model = MgNO(1, 1, hidden_channels=3, n_layers=1, n_levels=4)
     for size in [(64, 64), (63, 63), (65, 65), (16, 9)]:
         assert model(torch.randn(1, 1, *size)).shape == (1, 1, *size)
-    with pytest.raises(ValueError, match="at least 2 points"):
+    with pytest.raises(ValueError, match="at least 2"):
         model(torch.randn(1, 1, 8, 64))
+    # the rule is ceil-halving to >= 2 coarsest points: n > 2**(n_levels - 1) = 8
+    assert model(torch.randn(1, 1, 9, 9)).shape == (1, 1, 9, 9)
+    with pytest.raises(ValueError, match=r"ceil\(8 / 2\*\*\(n_levels - 1\)\) = 1 point") as err:
+        model(torch.randn(1, 1, 9, 8))
+    assert "dimension 1" in str(err.value) and "i.e. >= 9" in str(err.value)
+    five = MgNO(1, 1, hidden_channels=2, n_layers=1, n_levels=5)
+    assert five(torch.randn(1, 1, 17, 17)).shape == (1, 1, 17, 17)
+    with pytest.raises(ValueError, match="> 2\\*\\*\\(n_levels - 1\\) = 16, i.e. >= 17"):
+        five(torch.randn(1, 1, 16, 16))
     circular = MgNO(1, 1, hidden_channels=3, n_layers=1, n_levels=4, padding_mode="circular")
     assert circular(torch.randn(1, 1, 8, 24)).shape == (1, 1, 8, 24)
     with pytest.raises(ValueError, match="divisible by 2\\*\\*\\(n_levels - 1\\) = 8"):

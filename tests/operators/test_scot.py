@@ -125,10 +125,9 @@ def _randomise(module, std=0.3):
             p.add_(std * torch.randn_like(p))
 
 
-@pytest.mark.parametrize("bias_mode", ["dense", "edge"])
 @pytest.mark.parametrize("periodic", [True, False])
 @pytest.mark.parametrize("shift", [0, 2])
-def test_block_matches_swin_reference(shift, periodic, bias_mode):
+def test_block_matches_swin_reference(shift, periodic):
     torch.manual_seed(0)
     heads, window, grid = 2, 4, (8, 12)
     block = _SwinBlock(8, heads, 2.0, time_conditioning=True).double()
@@ -139,7 +138,7 @@ def test_block_matches_swin_reference(shift, periodic, bias_mode):
     x = torch.randn(3, *grid, 8, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
     t = torch.rand(3, 1, dtype=torch.float64)
-    out = block(x, t, (window, window), (shift, shift), periodic, bias_mode, {})
+    out = block(x, t, (window, window), (shift, shift), periodic, {})
     ref = _swin_reference(x_ref, t, W, heads, window, shift, periodic)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
@@ -168,7 +167,7 @@ def test_attention_goes_through_the_core_with_cached_window_patterns(monkeypatch
     monkeypatch.setattr(scot_module, "sparse_attention", spy)
     torch.manual_seed(1)
     model = ScOT(1, 1, 16, patch_size=2, embed_dim=8, depths=(2, 1), num_heads=(1, 2),
-                 window_size=4, skip_connection_blocks=(1, 0), bias_mode="edge")  # fmt: skip
+                 window_size=4, skip_connection_blocks=(1, 0))  # fmt: skip
     x = torch.randn(2, 1, 16, 16)
     model(x, 0.5)
     assert len(calls) == 2 * (2 + 1)
@@ -176,6 +175,7 @@ def test_attention_goes_through_the_core_with_cached_window_patterns(monkeypatch
     assert len(patterns) == 3  # (8x8, no shift), (8x8, shift 2), (4x4, no shift)
     assert all(isinstance(p, Pattern) and p.blocks is not None for p, _ in calls)
     assert all(kw["bias"].shape == (p.num_edges, kw["bias"].shape[1]) for p, kw in calls)
+    assert all("mode" not in kw for _, kw in calls)  # "auto": the dense SDPA block path
     reference = Pattern.windows((2, 8, 8), (1, 4, 4), (0, 2, 2), periodic=(False, True, True))
     shifted = calls[1][0]
     assert torch.equal(shifted.edge_index, reference.edge_index)
@@ -240,25 +240,6 @@ def test_model_is_smooth_in_lead_time():
     torch.testing.assert_close(plain(x.float(), 5.0), y)
 
 
-def test_dense_and_edge_bias_modes_agree():
-    torch.manual_seed(4)
-    for periodic in (True, False):
-        dense = _tiny(periodic=periodic).double()
-        _randomise(dense, std=0.05)
-        edge = _tiny(periodic=periodic, bias_mode="edge").double()
-        edge.load_state_dict(dense.state_dict())
-        # 32 x 32: 8192 edges x 2 heads x 4 channels in stage 0, so "edge" takes the core's
-        # sparse-matrix kernels there and scatter in stage 1
-        x = torch.randn(2, 2, 32, 32, dtype=torch.float64)
-        weight = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-        out_dense, out_edge = dense(x, 0.4), edge(x, 0.4)
-        torch.testing.assert_close(out_dense, out_edge, rtol=1e-10, atol=1e-10)
-        (out_dense * weight).sum().backward()
-        (out_edge * weight).sum().backward()
-        for (name, p), q in zip(dense.named_parameters(), edge.parameters()):
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10, msg=name)
-
-
 def test_resolutions_and_errors():
     torch.manual_seed(5)
     model = _tiny()
@@ -283,9 +264,56 @@ def test_resolutions_and_errors():
         ScOT(1, 1, 16, depths=(1, 1), num_heads=(3, 5), skip_connection_blocks=(0, 0))
     with pytest.raises(ValueError, match="skip_connection_blocks must have"):
         ScOT(1, 1, 64, skip_connection_blocks=(2, 2))
-    with pytest.raises(ValueError, match="bias_mode"):
-        ScOT(1, 1, 64, bias_mode="flex")
+    with pytest.raises(TypeError, match="bias_mode"):
+        ScOT(1, 1, 64, bias_mode="edge")  # removed: one path, the core's per-edge bias
     assert "window_size=4" in repr(model)
+
+
+def _periodic_conv_reference(x, weight, bias, groups):
+    """out[i, j] = sum_ab w[a, b] x[(i + a - p) mod n, (j + b - p) mod m], written out."""
+    k = weight.size(-1)
+    p = k // 2
+    n, m = x.shape[-2:]
+    out = torch.zeros(x.size(0), weight.size(0), n, m, dtype=x.dtype)
+    per_group = weight.size(0) // groups
+    for o in range(weight.size(0)):
+        cin = (o // per_group) * weight.size(1)
+        for i in range(n):
+            for j in range(m):
+                rows = [(i + a - p) % n for a in range(k)]
+                cols = [(j + b - p) % m for b in range(k)]
+                patch = x[:, cin : cin + weight.size(1)][:, :, rows][:, :, :, cols]
+                out[:, o, i, j] = (patch * weight[o]).flatten(1).sum(1) + bias[o]
+    return out
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 1), (2, 2), (1, 3), (5, 4)])
+def test_circular_convolution_wraps_small_grids(size):
+    torch.manual_seed(7)
+    conv = scot_module._Conv2d(3, 3, 7, padding=3, groups=3, padding_mode="circular").double()
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    expected = _periodic_conv_reference(x, conv.weight.detach(), conv.bias.detach(), groups=3)
+    torch.testing.assert_close(conv(x), expected)
+    if min(size) >= 3:  # where F.pad can wrap, it is nn.Conv2d's circular padding
+        plain = torch.nn.Conv2d(3, 3, 7, padding=3, groups=3, padding_mode="circular").double()
+        plain.load_state_dict(conv.state_dict())
+        torch.testing.assert_close(conv(x), plain(x))
+
+
+def test_periodic_model_runs_on_token_grids_smaller_than_the_convolutions():
+    # 8 / patch 2: token grids 4, 2, 1 with ConvNeXt skips (7x7 circular) on every stage; used to
+    # crash in F.pad ("wrapping around more than once")
+    torch.manual_seed(8)
+    model = ScOT(1, 2, 8, patch_size=2, embed_dim=4, depths=(1, 1, 1), num_heads=(1, 1, 1),
+                 window_size=4, skip_connection_blocks=(1, 1, 1))  # fmt: skip
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    out = model(x, 0.5)
+    assert out.shape == (2, 2, 8, 8) and torch.isfinite(out).all()
+    out.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    tiny = ScOT(1, 1, 1, patch_size=1, embed_dim=2, depths=(1,), num_heads=(1,),
+                window_size=2, skip_connection_blocks=(1,))  # fmt: skip
+    assert tiny(torch.randn(3, 1, 1, 1), 0.0).shape == (3, 1, 1, 1)
 
 
 def test_overfits_a_few_samples():
