@@ -1,0 +1,258 @@
+"""The geometry-informed neural operator (GINO): GNO -> FNO on a latent grid -> GNO."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .fno import FNO
+from .gno import GNO, _check_points
+
+__all__ = ["GINO"]
+
+Box = tuple[Sequence[float], Sequence[float]] | Tensor
+
+
+class GINO(nn.Module):
+    r"""The geometry-informed neural operator from the `"Geometry-Informed Neural Operator for
+    Large-Scale 3D PDEs" <https://arxiv.org/abs/2309.00583>`_ paper (Li et al., NeurIPS 2023),
+    with the layout of neuraloperator's ``GINO``.
+
+    .. math::
+        v = \mathrm{GNO}_{in}(f)\big|_{\text{grid}}, \qquad
+        w = \mathrm{FNO}(v), \qquad
+        u(y) = Q\big(\mathrm{GNO}_{out}(w)(y)\big),
+
+    * :math:`\mathrm{GNO}_{in}` (:class:`~gtlib.operators.gno.GNO`, mean over neighbours)
+      integrates the input function :math:`f`, given at scattered points, onto a regular latent
+      grid of ``latent_resolution`` points spanning ``latent_box`` (both ends included;
+      default :math:`[0, 1]^d`), producing ``gno_in_channels`` channels;
+    * an FNO (:class:`~gtlib.operators.FNO`) maps them to ``fno_hidden_channels`` channels on
+      the grid;
+    * :math:`\mathrm{GNO}_{out}` (sum over neighbours, as in neuraloperator) integrates the
+      latent function from the grid points to the output points, and a pointwise MLP
+      :math:`Q` projects to ``out_channels``.
+
+    The neighbourhoods of both GNOs are cached per geometry: calling again with the same,
+    unmodified ``input_pos`` / ``output_pos`` tensors (and the same latent box) reuses them.
+
+    Args:
+        in_channels (int): Channels of the input function.
+        out_channels (int): Channels of the output function.
+        latent_resolution (int or tuple of int): Latent grid points per dimension; its length
+            sets the dimension :math:`d` (an ``int`` needs ``coord_dim``).
+        radius (float): Radius of the input GNO.
+        out_radius (float, optional): Radius of the output GNO. (default: ``radius``)
+        coord_dim (int, optional): Dimension when ``latent_resolution`` is an ``int``.
+            (default: :obj:`None`)
+        gno_in_channels (int, optional): Channels produced by the input GNO (for nonlinear
+            input transforms, ``in_channels``). (default: :obj:`3`)
+        in_gno_transform_type (str, optional): Input GNO transform. (default: ``"linear"``)
+        out_gno_transform_type (str, optional): Output GNO transform. (default: ``"linear"``)
+        in_gno_channel_mlp_layers (sequence of int, optional): Input kernel MLP hidden widths.
+            (default: ``(80, 80, 80)``)
+        out_gno_channel_mlp_layers (sequence of int, optional): Output kernel MLP hidden widths.
+            (default: ``(512, 256)``)
+        gno_pos_embedding_type (str, optional): Coordinate embedding of both GNOs.
+            (default: ``"transformer"``)
+        gno_pos_embedding_channels (int, optional): Embedding frequencies per coordinate.
+            (default: :obj:`32`)
+        in_gno_reduction / out_gno_reduction (str, optional): ``"mean"`` / ``"sum"``.
+        gno_chunk_size (int, optional): Edge chunk size of both GNOs (see
+            :class:`~gtlib.operators.gno.GNO`). (default: :obj:`8192`)
+        fno_n_modes (int or tuple of int, optional): Kept Fourier modes per dimension.
+            (default: :obj:`8` per dimension)
+        fno_hidden_channels (int, optional): FNO width and latent channels. (default: :obj:`32`)
+        fno_n_layers (int, optional): Fourier layers. (default: :obj:`4`)
+        fno_kwargs (dict, optional): Further :class:`~gtlib.operators.FNO` arguments (e.g.
+            ``domain_padding``, ``factorization``). (default: :obj:`None`)
+        projection_channels (int, optional): Hidden width of :math:`Q`. (default: :obj:`128`)
+        activation (callable, optional): Nonlinearity of the kernel MLPs and of :math:`Q`.
+            (default: :func:`torch.nn.functional.gelu`)
+
+    Shapes:
+        - **input:** ``input_pos`` :math:`(N, d)`, ``f`` :math:`(N, C_{in})` or
+          :math:`(B, N, C_{in})`, ``output_pos`` :math:`(M, d)`, optional ``latent_box``
+          ``(lower, upper)`` with :math:`d` values each.
+        - **output:** :math:`(M, C_{out})` or :math:`(B, M, C_{out})`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        latent_resolution: int | Sequence[int],
+        radius: float,
+        out_radius: float | None = None,
+        coord_dim: int | None = None,
+        gno_in_channels: int = 3,
+        in_gno_transform_type: str = "linear",
+        out_gno_transform_type: str = "linear",
+        in_gno_channel_mlp_layers: Sequence[int] = (80, 80, 80),
+        out_gno_channel_mlp_layers: Sequence[int] = (512, 256),
+        gno_pos_embedding_type: str | None = "transformer",
+        gno_pos_embedding_channels: int = 32,
+        in_gno_reduction: str = "mean",
+        out_gno_reduction: str = "sum",
+        gno_chunk_size: int | None = 8192,
+        fno_n_modes: int | Sequence[int] | None = None,
+        fno_hidden_channels: int = 32,
+        fno_n_layers: int = 4,
+        fno_kwargs: dict | None = None,
+        projection_channels: int = 128,
+        activation: Callable[[Tensor], Tensor] = F.gelu,
+    ) -> None:
+        super().__init__()
+        if isinstance(latent_resolution, int):
+            if coord_dim is None:
+                raise ValueError("coord_dim is required when latent_resolution is an int")
+            resolution = (latent_resolution,) * coord_dim
+        else:
+            resolution = tuple(int(n) for n in latent_resolution)
+        if not 1 <= len(resolution) <= 3 or any(n < 2 for n in resolution):
+            raise ValueError(
+                f"latent_resolution must be 1 to 3 sizes >= 2, got {latent_resolution!r}"
+            )
+        if coord_dim is not None and coord_dim != len(resolution):
+            raise ValueError(f"coord_dim={coord_dim} does not match latent_resolution {resolution}")
+        dim = len(resolution)
+        if fno_n_modes is None:
+            fno_n_modes = tuple(min(8, n) for n in resolution)
+        elif isinstance(fno_n_modes, int):
+            fno_n_modes = (fno_n_modes,) * dim
+        if len(fno_n_modes) != dim:
+            raise ValueError(f"fno_n_modes must have {dim} entries, got {fno_n_modes!r}")
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.latent_resolution = resolution
+        self.coord_dim = dim
+        if in_gno_transform_type.startswith("nonlinear"):
+            gno_in_channels = in_channels
+        elif in_gno_transform_type == "linear" and in_channels not in (1, gno_in_channels):
+            raise ValueError(
+                f"the linear input GNO multiplies its kernel by f, so in_channels={in_channels} "
+                f"must be 1 or gno_in_channels={gno_in_channels}"
+            )
+        self.gno_in_channels = gno_in_channels
+        self.fno_hidden_channels = fno_hidden_channels
+        self.activation = activation
+        common = dict(
+            coord_dim=dim,
+            channel_mlp_non_linearity=activation,
+            pos_embedding_type=gno_pos_embedding_type,
+            pos_embedding_channels=gno_pos_embedding_channels,
+            chunk_size=gno_chunk_size,
+        )
+        self.gno_in = GNO(
+            in_channels,
+            gno_in_channels,
+            radius=radius,
+            transform_type=in_gno_transform_type,
+            channel_mlp_layers=in_gno_channel_mlp_layers,
+            reduction=in_gno_reduction,
+            **common,
+        )
+        self.fno = FNO(
+            gno_in_channels,
+            fno_hidden_channels,
+            fno_n_modes,
+            hidden_channels=fno_hidden_channels,
+            n_layers=fno_n_layers,
+            activation=activation,
+            **(fno_kwargs or {}),
+        )
+        self.gno_out = GNO(
+            fno_hidden_channels,
+            fno_hidden_channels,
+            radius=radius if out_radius is None else out_radius,
+            transform_type=out_gno_transform_type,
+            channel_mlp_layers=out_gno_channel_mlp_layers,
+            reduction=out_gno_reduction,
+            **common,
+        )
+        self.projection = nn.Sequential(
+            nn.Linear(fno_hidden_channels, projection_channels),
+            _Activation(activation),
+            nn.Linear(projection_channels, out_channels),
+        )
+        self._grid_cache: tuple | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.gno_in.reset_parameters()
+        self.fno.reset_parameters()
+        self.gno_out.reset_parameters()
+        for layer in self.projection:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+
+    def latent_grid(
+        self, latent_box: Box | None = None, dtype=torch.float32, device=None
+    ) -> Tensor:
+        """The latent grid points ``[prod(latent_resolution), d]`` in C order (the same tensor
+        is returned while the box, dtype and device stay the same)."""
+        if latent_box is None:
+            lower, upper = [0.0] * self.coord_dim, [1.0] * self.coord_dim
+        else:
+            lower, upper = latent_box
+            lower = torch.as_tensor(lower, dtype=torch.float64).reshape(-1).tolist()
+            upper = torch.as_tensor(upper, dtype=torch.float64).reshape(-1).tolist()
+            if len(lower) != self.coord_dim or len(upper) != self.coord_dim:
+                raise ValueError(
+                    f"latent_box must be (lower, upper) with {self.coord_dim} values each"
+                )
+            if not all(hi > lo for lo, hi in zip(lower, upper)):
+                raise ValueError(f"latent_box needs upper > lower, got {lower} and {upper}")
+        key = (tuple(lower), tuple(upper), dtype, torch.device(device or "cpu"))
+        if self._grid_cache is not None and self._grid_cache[0] == key:
+            return self._grid_cache[1]
+        axes = [
+            torch.linspace(lo, hi, n, dtype=dtype, device=device)
+            for lo, hi, n in zip(lower, upper, self.latent_resolution)
+        ]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.coord_dim)
+        self._grid_cache = (key, grid)
+        return grid
+
+    def forward(
+        self,
+        input_pos: Tensor,
+        f: Tensor,
+        output_pos: Tensor,
+        latent_box: Box | None = None,
+    ) -> Tensor:
+        _check_points(input_pos, "input_pos", self.coord_dim)
+        _check_points(output_pos, "output_pos", self.coord_dim)
+        if not isinstance(f, Tensor) or f.dim() not in (2, 3):
+            raise ValueError("f must be a tensor of shape [N, C] or [B, N, C]")
+        if f.shape[-1] != self.in_channels:
+            raise ValueError(f"f has {f.shape[-1]} channels but in_channels={self.in_channels}")
+        batched = f.dim() == 3
+        grid = self.latent_grid(latent_box, input_pos.dtype, input_pos.device)
+        latent = self.gno_in(grid, input_pos, f if batched else f.unsqueeze(0))  # [B, G, C]
+        batch = latent.shape[0]
+        latent = latent.transpose(1, 2).reshape(batch, -1, *self.latent_resolution)
+        latent = self.fno(latent)  # [B, hidden, *resolution]
+        latent = latent.reshape(batch, self.fno_hidden_channels, -1).transpose(1, 2)
+        out = self.projection(self.gno_out(output_pos, grid, latent))
+        return out if batched else out.squeeze(0)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+            f"latent_resolution={self.latent_resolution}, radius={self.gno_in.radius}, "
+            f"out_radius={self.gno_out.radius})"
+        )
+
+
+class _Activation(nn.Module):
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)

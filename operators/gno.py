@@ -1,0 +1,626 @@
+"""The graph neural operator (GNO): a learned kernel integral over radius neighbourhoods."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import numbers
+import weakref
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gtlib.attention.pattern import Pattern
+
+__all__ = ["GNO", "kernel_integral", "radius_pattern"]
+
+TRANSFORM_TYPES = ("linear", "linear_kernelonly", "nonlinear", "nonlinear_kernelonly")
+# Candidate (receiver, sender) pairs materialised at once by the bipartite search.
+_MAX_CANDIDATES = 1 << 21
+# Cells are made this much (relative) wider than the radius so rounding cannot hide a pair.
+_CELL_MARGIN = 1e-5
+
+Activation = Callable[[Tensor], Tensor]
+LayerParams = Sequence[tuple[Tensor, Tensor | None]]
+
+
+# ---------------------------------------------------------------------------- neighbourhoods
+def radius_pattern(x: Tensor, y: Tensor, radius: float) -> Pattern:
+    """Neighbourhoods ``{j : ||x_j - y_i|| <= radius}`` of every query ``y_i``, by cell lists.
+
+    The sender set ``x`` and the receiver set ``y`` may differ (a bipartite search); when they
+    are the same tensor the search is :meth:`gtlib.attention.Pattern.radius` with self loops.
+    A point at distance exactly ``radius`` is a neighbour, and a point coinciding with the
+    query is one too (as in neuraloperator's ``NeighborSearch``).
+
+    Args:
+        x: ``[N, d]`` sender (input) points.
+        y: ``[M, d]`` receiver (query) points.
+        radius: the cutoff, finite and ``> 0``.
+
+    Returns:
+        A :class:`~gtlib.attention.Pattern` with ``num_src = N`` and ``num_dst = M``, CSR by
+        receiver (``pattern.ptr``, ``pattern.col``).
+    """
+    _check_points(x, "x")
+    _check_points(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"x and y must have the same coordinate dimension, got {x.shape[1]} and {y.shape[1]}"
+        )
+    radius = _check_radius(radius)
+    if x is y:
+        return Pattern.radius(x.detach(), radius, loop=True)[0]
+    return _bipartite_radius(x.detach(), y.detach(), radius)
+
+
+def _bipartite_radius(x: Tensor, y: Tensor, radius: float) -> Pattern:
+    num_src, num_dst, dim = x.shape[0], y.shape[0], x.shape[1]
+    device = x.device
+    if num_src == 0 or num_dst == 0:
+        return _empty_pattern(num_src, num_dst, device)
+
+    # Bin the senders into cells of side >= radius over the joint bounding box (in float64).
+    xd, yd = x.double(), y.double()
+    lower = torch.minimum(xd.min(0).values, yd.min(0).values)
+    extent = torch.maximum(xd.max(0).values, yd.max(0).values) - lower
+    side = radius * (1 + _CELL_MARGIN) + 4 * torch.finfo(torch.float64).eps * float(extent.max())
+    cells = [max(1, int(min(e / side, 2.0**40))) for e in extent.tolist()]
+    while math.prod(cells) > 1 << 62:
+        widest = max(range(dim), key=cells.__getitem__)
+        cells[widest] = max(1, cells[widest] // 2)
+    cells_t = torch.tensor(cells, dtype=torch.long, device=device)
+    cell_side = torch.clamp(extent / cells_t, min=side)
+    strides = torch.tensor(
+        [math.prod(cells[a + 1 :]) for a in range(dim)], dtype=torch.long, device=device
+    )
+
+    def cell_of(points: Tensor) -> Tensor:
+        coords = torch.floor((points - lower) / cell_side).long()
+        return torch.minimum(coords.clamp(min=0), cells_t - 1)
+
+    sender_keys = (cell_of(xd) * strides).sum(1)
+    sorted_keys, sorted_senders = torch.sort(sender_keys, stable=True)
+    keys, sizes = torch.unique_consecutive(sorted_keys, return_counts=True)
+    starts = torch.cumsum(sizes, 0) - sizes
+
+    # Start and size of every neighbouring cell of every receiver: [M, K].
+    per_axis = [[0] if c == 1 else [-1, 0, 1] for c in cells]
+    offsets = torch.tensor(list(itertools.product(*per_axis)), dtype=torch.long, device=device)
+    receiver_cells = cell_of(yd).unsqueeze(1) + offsets  # [M, K, d]
+    valid = ((receiver_cells >= 0) & (receiver_cells < cells_t)).all(-1)
+    wanted = (receiver_cells * strides).sum(-1)
+    found = torch.searchsorted(keys, wanted).clamp(max=keys.numel() - 1)
+    valid &= keys[found] == wanted
+    cand_starts = torch.where(valid, starts[found], 0)
+    cand_sizes = torch.where(valid, sizes[found], 0)
+    del receiver_cells, wanted, found, valid
+
+    per_receiver = cand_sizes.sum(1).tolist()
+    rows, cols = [], []
+    first = 0
+    while first < num_dst:
+        # Whole receivers up to about _MAX_CANDIDATES candidate pairs.
+        last, total = first, 0
+        while last < num_dst and (last == first or total + per_receiver[last] <= _MAX_CANDIDATES):
+            total += per_receiver[last]
+            last += 1
+        seg_sizes = cand_sizes[first:last].reshape(-1)
+        seg_starts = cand_starts[first:last].reshape(-1)
+        segment = torch.repeat_interleave(
+            torch.arange(seg_sizes.numel(), device=device), seg_sizes, output_size=total
+        )
+        seg_first = torch.cumsum(seg_sizes, 0) - seg_sizes
+        slot = seg_starts[segment] + torch.arange(total, device=device) - seg_first[segment]
+        senders = sorted_senders[slot]
+        receivers = torch.div(segment, offsets.shape[0], rounding_mode="floor") + first
+        distance = torch.linalg.vector_norm(x[senders] - y[receivers], dim=1)
+        keep = torch.nonzero(distance <= radius).squeeze(1)
+        senders, receivers = senders[keep], receivers[keep]
+        order = torch.argsort(receivers * num_src + senders)
+        rows.append(receivers[order])
+        cols.append(senders[order])
+        first = last
+
+    row, col = torch.cat(rows), torch.cat(cols)
+    ptr = torch.zeros(num_dst + 1, dtype=torch.long, device=device)
+    ptr[1:] = torch.cumsum(torch.bincount(row, minlength=num_dst), 0)
+    return Pattern(ptr, col, num_src, num_dst, row=row)
+
+
+def _empty_pattern(num_src: int, num_dst: int, device: torch.device) -> Pattern:
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    ptr = torch.zeros(num_dst + 1, dtype=torch.long, device=device)
+    return Pattern(ptr, empty, num_src, num_dst, row=empty.clone())
+
+
+# ---------------------------------------------------------------------------- kernel integral
+def _edge_kernel(z1: Tensor, layers: LayerParams, activation: Activation) -> Tensor:
+    """The kernel MLP after its first layer: ``L_n(act(... L_1(act(z1))))``."""
+    h = z1
+    for weight, bias in layers:
+        h = F.linear(activation(h), weight, bias)
+    return h
+
+
+def _first_layer(
+    src_term: Tensor, dst_term: Tensor, feature_term: Tensor | None, col: Tensor, row: Tensor
+) -> Tensor:
+    z1 = src_term.index_select(0, col) + dst_term.index_select(0, row)
+    if feature_term is not None:
+        z1 = z1.unsqueeze(1) + feature_term.index_select(0, col)  # [E, B, h]
+    return z1
+
+
+def _messages(k: Tensor, f: Tensor | None, col: Tensor, multiply: bool) -> Tensor:
+    """Per-edge messages ``[E, B, C]``: ``k * f[col]`` or ``k``."""
+    k = k if k.dim() == 3 else k.unsqueeze(1)
+    return k * f.index_select(0, col) if multiply else k
+
+
+def _chunk_bounds(ptr: Tensor, chunk_size: int) -> list[tuple[int, int, int, int]]:
+    """``(first receiver, end receiver, first edge, end edge)`` chunks of whole receivers with
+    at most ``chunk_size`` edges (or one receiver that alone has more)."""
+    offsets = ptr.tolist()
+    num_dst = len(offsets) - 1
+    bounds, first = [], 0
+    while first < num_dst:
+        end = bisect.bisect_right(offsets, offsets[first] + chunk_size, lo=first + 1) - 1
+        end = min(max(end, first + 1), num_dst)
+        bounds.append((first, end, offsets[first], offsets[end]))
+        first = end
+    return bounds
+
+
+class _ChunkedKernelIntegral(torch.autograd.Function):
+    """Chunked kernel integral that keeps no per-edge activations: the backward pass
+    recomputes every chunk's kernel MLP and accumulates the gradients."""
+
+    @staticmethod
+    def forward(ctx, spec, src_term, dst_term, feature_term, f, *params):
+        pattern, bounds, activation, multiply, inv_deg, out_shape = spec
+        layers = list(zip(params[0::2], params[1::2]))
+        row, col = pattern.row, pattern.col
+        out = src_term.new_zeros(out_shape)
+        for _, _, e0, e1 in bounds:
+            col_c, row_c = col[e0:e1], row[e0:e1]
+            z1 = _first_layer(src_term, dst_term, feature_term, col_c, row_c)
+            msg = _messages(_edge_kernel(z1, layers, activation), f, col_c, multiply)
+            out.index_add_(0, row_c, msg)
+        if inv_deg is not None:
+            out.mul_(inv_deg[:, None, None])
+        ctx.spec = spec
+        ctx.save_for_backward(src_term, dst_term, feature_term, f, *params)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        pattern, bounds, activation, multiply, inv_deg, _ = ctx.spec
+        src_term, dst_term, feature_term, f, *params = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        row, col = pattern.row, pattern.col
+        grad_out = grad_out.contiguous()
+        if inv_deg is not None:
+            grad_out = grad_out * inv_deg[:, None, None]
+        want_z1 = needs[1] or needs[2] or needs[3]
+        g_src = torch.zeros_like(src_term) if needs[1] else None
+        g_dst = torch.zeros_like(dst_term) if needs[2] else None
+        g_feat = torch.zeros_like(feature_term) if needs[3] else None
+        g_f = torch.zeros_like(f) if needs[4] else None
+        param_needs = [needs[5 + i] and p is not None for i, p in enumerate(params)]
+        g_params = [torch.zeros_like(p) if w else None for p, w in zip(params, param_needs)]
+
+        for _, _, e0, e1 in bounds:
+            col_c, row_c = col[e0:e1], row[e0:e1]
+            g_msg = grad_out.index_select(0, row_c)  # [E, B, C]
+            with torch.no_grad():
+                z1 = _first_layer(src_term, dst_term, feature_term, col_c, row_c)
+            with torch.enable_grad():
+                z1.requires_grad_(want_z1)
+                leaves = [
+                    p.detach().requires_grad_(w) if p is not None else None
+                    for p, w in zip(params, param_needs)
+                ]
+                k = _edge_kernel(z1, list(zip(leaves[0::2], leaves[1::2])), activation)
+                if multiply:
+                    f_c = f.index_select(0, col_c)
+                    g_k = g_msg * f_c
+                    if g_f is not None:
+                        g_fc = g_msg * (k.detach() if k.dim() == 3 else k.detach().unsqueeze(1))
+                        if f_c.shape[-1] != g_fc.shape[-1]:
+                            g_fc = g_fc.sum(-1, keepdim=True)
+                        g_f.index_add_(0, col_c, g_fc)
+                else:
+                    g_k = g_msg
+                if k.dim() == 2:
+                    g_k = g_k.sum(1)
+                if g_k.shape[-1] != k.shape[-1]:
+                    g_k = g_k.sum(-1, keepdim=True)
+                inputs = [z1] if want_z1 else []
+                inputs += [leaf for leaf, w in zip(leaves, param_needs) if w]
+                grads = list(torch.autograd.grad(k, inputs, g_k)) if inputs else []
+            if want_z1:
+                g_z1 = grads.pop(0)
+                g_z1_sum = g_z1.sum(1) if g_z1.dim() == 3 else g_z1
+                if g_src is not None:
+                    g_src.index_add_(0, col_c, g_z1_sum)
+                if g_dst is not None:
+                    g_dst.index_add_(0, row_c, g_z1_sum)
+                if g_feat is not None:
+                    g_feat.index_add_(0, col_c, g_z1)
+            for i, w in enumerate(param_needs):
+                if w:
+                    g_params[i] += grads.pop(0)
+        return (None, g_src, g_dst, g_feat, g_f, *g_params)
+
+
+def kernel_integral(
+    pattern: Pattern,
+    src_term: Tensor,
+    dst_term: Tensor,
+    layers: LayerParams,
+    activation: Activation = F.gelu,
+    f: Tensor | None = None,
+    feature_term: Tensor | None = None,
+    multiply: bool = True,
+    reduction: str = "sum",
+    chunk_size: int | None = 8192,
+) -> Tensor:
+    r"""The kernel integral of a GNO with its kernel MLP's first layer split per point.
+
+    For every edge :math:`(j \to i)` of ``pattern`` the kernel is
+    :math:`k_{ij} = L_n(\sigma(\cdots L_1(\sigma(z_{ij}))))` with the first-layer
+    pre-activation :math:`z_{ij} = a_j + b_i\,[+\, c_j]` (``src_term``, ``dst_term`` and, for
+    nonlinear kernels, ``feature_term``), and the output is
+
+    .. math::
+        \mathrm{out}_i = \operatorname*{reduce}_{j \in N(i)} k_{ij} \odot f_j
+        \quad\text{(or } k_{ij} \text{ when not } \texttt{multiply}\text{)},
+
+    with ``reduce`` a sum or a mean (receivers without neighbours get zeros). With a
+    ``chunk_size`` the edges are processed in chunks of whole receivers and the backward pass
+    recomputes each chunk, so memory stays proportional to ``chunk_size`` times the MLP width
+    rather than to the number of edges (no double backward then); ``None`` runs one pass with
+    ordinary autograd.
+
+    Args:
+        pattern: neighbourhoods, CSR by receiver (``num_src = N``, ``num_dst = M``).
+        src_term: ``[N, h]``; dst_term: ``[M, h]`` (includes the first layer's bias).
+        layers: ``(weight, bias)`` of the kernel MLP's layers after the first.
+        activation: the MLP's nonlinearity (applied before each layer of ``layers``).
+        f: ``[B, N, C_f]`` features, needed when ``multiply``; ``C_f`` is 1 or the kernel's width.
+        feature_term: ``[B, N, h]`` first-layer contribution of the features, or ``None``.
+        multiply: multiply the kernel by ``f[j]``.
+        reduction: ``"sum"`` or ``"mean"``.
+        chunk_size: edges per chunk, or ``None``.
+
+    Returns:
+        ``[B, M, C]`` (``B = 1`` when neither ``f`` nor ``feature_term`` is used).
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    if multiply and f is None:
+        raise ValueError("f is required when multiply=True")
+    width = layers[-1][0].shape[0] if len(layers) else src_term.shape[-1]
+    channels = max(width, f.shape[-1]) if multiply else width
+    batch = 1
+    for t in (f if multiply else None, feature_term):
+        if t is not None:
+            batch = max(batch, t.shape[0])
+    num_dst = pattern.num_dst
+    inv_deg = None
+    if reduction == "mean":
+        deg = (pattern.ptr[1:] - pattern.ptr[:-1]).to(src_term.dtype)
+        inv_deg = 1.0 / deg.clamp(min=1)
+    f_used = f if multiply else None
+
+    # Nodes first inside: gathers and scatters then move whole contiguous rows.
+    f_used = f_used.transpose(0, 1).contiguous() if f_used is not None else None
+    if feature_term is not None:
+        feature_term = feature_term.transpose(0, 1).contiguous()
+    if chunk_size is None:
+        row, col = pattern.row, pattern.col
+        z1 = _first_layer(src_term, dst_term, feature_term, col, row)
+        msg = _messages(_edge_kernel(z1, layers, activation), f_used, col, multiply)
+        out = src_term.new_zeros(num_dst, batch, channels).index_add(0, row, msg)
+        if inv_deg is not None:
+            out = out * inv_deg[:, None, None]
+        return out.transpose(0, 1)
+
+    bounds = _chunk_bounds(pattern.ptr, int(chunk_size))
+    spec = (pattern, bounds, activation, multiply, inv_deg, (num_dst, batch, channels))
+    params = [t for weight, bias in layers for t in (weight, bias)]
+    out = _ChunkedKernelIntegral.apply(spec, src_term, dst_term, feature_term, f_used, *params)
+    return out.transpose(0, 1)
+
+
+# ---------------------------------------------------------------------------- the layer
+def sinusoidal_embedding(
+    pos: Tensor, num_frequencies: int, embedding_type: str = "transformer", max_positions=10000
+) -> Tensor:
+    """neuraloperator's ``SinusoidalEmbedding``: ``[..., d] -> [..., d * 2L]``, ordered by
+    coordinate, then frequency, then (sin, cos); frequencies ``max_positions ** (-2k/L)``
+    (transformer) or ``2**k * pi`` (NeRF)."""
+    k = torch.arange(num_frequencies, device=pos.device, dtype=pos.dtype)
+    if embedding_type == "nerf":
+        freqs = 2.0**k * math.pi
+    else:
+        freqs = (1.0 / max_positions) ** (k / num_frequencies * 2)
+    angles = pos.unsqueeze(-1) * freqs  # [..., d, L]
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-3)
+
+
+class GNO(nn.Module):
+    r"""The graph neural operator layer (kernel integral over radius neighbourhoods) from the
+    `"Neural Operator: Graph Kernel Network for Partial Differential Equations"
+    <https://arxiv.org/abs/2003.03485>`_ paper (Li et al., 2020), as used by GINO (`"Geometry-
+    Informed Neural Operator for Large-Scale 3D PDEs" <https://arxiv.org/abs/2309.00583>`_,
+    Li et al., NeurIPS 2023); the same computation as neuraloperator's ``GNOBlock``.
+
+    For query points :math:`y_i` and input points :math:`x_j` carrying features :math:`f_j`,
+
+    .. math::
+        \mathrm{out}(y_i) = \operatorname*{reduce}_{x_j \in B_r(y_i)}
+        \begin{cases}
+        k(x_j, y_i) \odot f_j & \text{linear} \\
+        k(x_j, y_i) & \text{linear\_kernelonly (or } f \text{ is None)} \\
+        k(x_j, y_i, f_j) \odot f_j & \text{nonlinear} \\
+        k(x_j, y_i, f_j) & \text{nonlinear\_kernelonly}
+        \end{cases}
+
+    with :math:`B_r(y) = \{x : \|x - y\| \le r\}` (a point coinciding with the query counts),
+    ``reduce`` a sum or a mean over the neighbours (zeros for queries without neighbours), and
+    :math:`k` an MLP (``kernel``) on the concatenation :math:`[e(x_j), e(y_i)\,[, f_j]]` of the
+    optionally embedded coordinates :math:`e` — in neuraloperator's order, so its weights copy
+    over (:meth:`load_neuralop_state_dict`). The MLP's first layer is applied per point rather
+    than per edge (it is linear, so :math:`W[e(x_j), e(y_i), f_j] = W_x e(x_j) + W_y e(y_i) +
+    W_f f_j`), and with ``chunk_size`` the edges are processed in chunks that the backward pass
+    recomputes, so no ``[E, hidden]`` activation is ever stored for all edges at once.
+
+    Neighbourhoods come from cell lists (:func:`radius_pattern`) and are cached for the last
+    geometry: passing the same, unmodified ``y`` and ``x`` tensors again reuses them.
+
+    .. note::
+        The call is ``gno(y, x, f)`` with ``y`` the **queries** and ``x`` the **input points**
+        (the paper's :math:`\int k(x, y) f(x)\,dx` evaluated at :math:`y`). neuraloperator's
+        ``GNOBlock.forward(y, x, f_y)`` names them the other way round (``y`` the input points,
+        ``x`` the queries): ``GNOBlock(...)(y=a, x=b, f_y=f)`` is ``GNO(...)(b, a, f)``.
+
+    Args:
+        in_channels (int): Feature channels :math:`C` of :math:`f` (used by the nonlinear
+            kernels' input).
+        out_channels (int): Output channels (the kernel's width); for ``"linear"`` and
+            ``"nonlinear"``, :math:`f` must have ``out_channels`` or 1 channels.
+        coord_dim (int): Dimension :math:`d` of the points.
+        radius (float): Neighbourhood radius :math:`r > 0`.
+        transform_type (str, optional): ``"linear"``, ``"linear_kernelonly"``, ``"nonlinear"``
+            or ``"nonlinear_kernelonly"`` (see above); ``"linear_kernelonly"`` ignores ``f``
+            (neuraloperator's multiplies by ``f`` when one is given). (default: ``"linear"``)
+        channel_mlp_layers (sequence of int, optional): Hidden widths of the kernel MLP; the
+            input and output widths are added. (Unlike neuraloperator, a first width equal to the
+            input width is not taken as the input width.) (default: ``(128, 256, 128)``)
+        channel_mlp_non_linearity (callable, optional): The MLP's activation.
+            (default: :func:`torch.nn.functional.gelu`)
+        pos_embedding_type (str, optional): ``"transformer"``, ``"nerf"`` or :obj:`None` (raw
+            coordinates). (default: ``"transformer"``)
+        pos_embedding_channels (int, optional): Frequencies :math:`L` per coordinate of the
+            embedding (``2 L d`` embedded channels). (default: :obj:`32`)
+        pos_embedding_max_positions (int, optional): ``max_positions`` of the transformer
+            embedding. (default: :obj:`10000`)
+        reduction (str, optional): ``"sum"`` or ``"mean"``. (default: ``"sum"``)
+        chunk_size (int, optional): Edges per chunk (memory-lean, recomputed in backward), or
+            :obj:`None` for one pass with ordinary autograd. (default: :obj:`8192`)
+
+    Shapes:
+        - **input:** query points ``y`` :math:`(M, d)`, input points ``x`` :math:`(N, d)`,
+          features ``f`` :math:`(N, C)`, :math:`(B, N, C)` or :obj:`None`, optional
+          ``pattern`` (``num_src = N``, ``num_dst = M``).
+        - **output:** :math:`(M, C_{out})`, or :math:`(B, M, C_{out})` for batched ``f``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        coord_dim: int,
+        radius: float,
+        transform_type: str = "linear",
+        channel_mlp_layers: Sequence[int] = (128, 256, 128),
+        channel_mlp_non_linearity: Activation = F.gelu,
+        pos_embedding_type: str | None = "transformer",
+        pos_embedding_channels: int = 32,
+        pos_embedding_max_positions: int = 10000,
+        reduction: str = "sum",
+        chunk_size: int | None = 8192,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("coord_dim", coord_dim),
+            ("pos_embedding_channels", pos_embedding_channels),
+        ):
+            _check_positive_int(value, name)
+        if transform_type not in TRANSFORM_TYPES:
+            raise ValueError(
+                f"transform_type must be one of {TRANSFORM_TYPES}, got {transform_type!r}"
+            )
+        if pos_embedding_type not in ("transformer", "nerf", None):
+            raise ValueError(
+                f"pos_embedding_type must be 'transformer', 'nerf' or None, "
+                f"got {pos_embedding_type!r}"
+            )
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        if chunk_size is not None:
+            _check_positive_int(chunk_size, "chunk_size")
+        hidden = [_check_positive_int(w, "channel_mlp_layers") for w in channel_mlp_layers]
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.coord_dim = coord_dim
+        self.radius = _check_radius(radius)
+        self.transform_type = transform_type
+        self.activation = channel_mlp_non_linearity
+        self.pos_embedding_type = pos_embedding_type
+        self.pos_embedding_channels = pos_embedding_channels
+        self.pos_embedding_max_positions = pos_embedding_max_positions
+        self.reduction = reduction
+        self.chunk_size = chunk_size
+
+        self.embed_dim = coord_dim * (2 * pos_embedding_channels if pos_embedding_type else 1)
+        kernel_in = 2 * self.embed_dim
+        if transform_type.startswith("nonlinear"):
+            kernel_in += in_channels
+        widths = [kernel_in, *hidden, out_channels]
+        self.kernel = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self._geometry: tuple | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in self.kernel:
+            layer.reset_parameters()
+
+    def load_neuralop_state_dict(self, state_dict: dict, strict: bool = True):
+        """Loads the weights of a neuraloperator ``GNOBlock`` with the same configuration
+        (its ``integral_transform.channel_mlp.fcs.*`` become ``kernel.*``)."""
+        prefix = "integral_transform.channel_mlp.fcs."
+        mapped = {
+            "kernel." + key[len(prefix) :]: value
+            for key, value in state_dict.items()
+            if key.startswith(prefix)
+        }
+        return self.load_state_dict(mapped, strict=strict)
+
+    def embed(self, pos: Tensor) -> Tensor:
+        """The coordinate embedding :math:`e` (the identity without ``pos_embedding_type``)."""
+        if self.pos_embedding_type is None:
+            return pos
+        return sinusoidal_embedding(
+            pos,
+            self.pos_embedding_channels,
+            self.pos_embedding_type,
+            self.pos_embedding_max_positions,
+        )
+
+    def neighbors(self, y: Tensor, x: Tensor) -> Pattern:
+        """The neighbourhoods of the queries ``y`` among ``x`` (cached for the last geometry)."""
+        cached = self._geometry
+        if cached is not None:
+            y_ref, y_version, x_ref, x_version, pattern = cached
+            if (
+                y_ref() is y
+                and x_ref() is x
+                and y._version == y_version
+                and x._version == x_version
+            ):
+                return pattern
+        pattern = radius_pattern(x, y, self.radius)
+        self._geometry = (weakref.ref(y), y._version, weakref.ref(x), x._version, pattern)
+        return pattern
+
+    def forward(
+        self, y: Tensor, x: Tensor, f: Tensor | None = None, pattern: Pattern | None = None
+    ) -> Tensor:
+        _check_points(y, "y", self.coord_dim)
+        _check_points(x, "x", self.coord_dim)
+        if y.dtype != x.dtype or y.device != x.device:
+            raise TypeError(
+                f"y and x must share dtype and device, got {y.dtype}/{y.device} and "
+                f"{x.dtype}/{x.device}"
+            )
+        nonlinear = self.transform_type.startswith("nonlinear")
+        multiply = self.transform_type in ("linear", "nonlinear") and f is not None
+        batched = False
+        if f is not None:
+            if not isinstance(f, Tensor) or not f.is_floating_point():
+                raise TypeError("f must be a floating-point tensor [N, C] or [B, N, C]")
+            if f.dim() not in (2, 3) or f.shape[-2] != x.shape[0]:
+                raise ValueError(
+                    f"f must have shape [N, C] or [B, N, C] with N = x.shape[0] = {x.shape[0]}, "
+                    f"got {tuple(f.shape)}"
+                )
+            if nonlinear and f.shape[-1] != self.in_channels:
+                raise ValueError(f"f has {f.shape[-1]} channels but in_channels={self.in_channels}")
+            if multiply and f.shape[-1] not in (1, self.out_channels):
+                raise ValueError(
+                    f"transform_type={self.transform_type!r} multiplies the kernel by f, so f "
+                    f"must have 1 or out_channels={self.out_channels} channels, got {f.shape[-1]}"
+                )
+            batched = f.dim() == 3
+            f = f if batched else f.unsqueeze(0)
+        elif nonlinear:
+            raise ValueError(f"transform_type={self.transform_type!r} needs features f")
+        if pattern is None:
+            pattern = self.neighbors(y, x)
+        elif not isinstance(pattern, Pattern):
+            raise TypeError(f"pattern must be a gtlib Pattern, got {type(pattern).__name__}")
+        elif pattern.num_src != x.shape[0] or pattern.num_dst != y.shape[0]:
+            raise ValueError(
+                f"pattern has (num_src, num_dst) = ({pattern.num_src}, {pattern.num_dst}) but "
+                f"x and y have {x.shape[0]} and {y.shape[0]} points"
+            )
+
+        first = self.kernel[0]
+        e = self.embed_dim
+        weight = first.weight
+        src_term = F.linear(self.embed(x), weight[:, :e])
+        dst_term = F.linear(self.embed(y), weight[:, e : 2 * e], first.bias)
+        feature_term = F.linear(f, weight[:, 2 * e :]) if nonlinear else None
+        layers = [(layer.weight, layer.bias) for layer in self.kernel[1:]]
+        out = kernel_integral(
+            pattern,
+            src_term,
+            dst_term,
+            layers,
+            self.activation,
+            f=f if multiply else None,
+            feature_term=feature_term,
+            multiply=multiply,
+            reduction=self.reduction,
+            chunk_size=self.chunk_size,
+        )
+        if not batched:
+            return out.squeeze(0)
+        return out.expand(f.shape[0], -1, -1) if out.shape[0] != f.shape[0] else out
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+            f"coord_dim={self.coord_dim}, radius={self.radius}, "
+            f"transform_type={self.transform_type!r}, reduction={self.reduction!r})"
+        )
+
+
+# ---------------------------------------------------------------------------- validation
+def _check_points(pos: Tensor, name: str, dim: int | None = None) -> None:
+    if not isinstance(pos, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [n, d], got {type(pos).__name__}")
+    if not pos.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {pos.dtype}")
+    if pos.dim() != 2 or (dim is not None and pos.shape[1] != dim):
+        want = f"[n, {dim}]" if dim is not None else "[n, d]"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(pos.shape)}")
+    if pos.numel() and not bool(torch.isfinite(pos).all()):
+        raise ValueError(f"{name} contains non-finite coordinates")
+
+
+def _check_radius(radius: float) -> float:
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
+        raise TypeError(f"radius must be a real number, got {type(radius).__name__}")
+    radius = float(radius)
+    if not math.isfinite(radius) or radius <= 0:
+        raise ValueError(f"radius must be finite and > 0, got {radius}")
+    return radius
+
+
+def _check_positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
