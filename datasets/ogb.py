@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data, InMemoryDataset
 
+from gtlib.io import atomic_write
+
 __all__ = [
     "META_FILE_NAME",
     "Evaluator",
@@ -570,15 +572,9 @@ class _OGBBase(InMemoryDataset):
         return raw
 
     def _save_atomic(self, data_list: list[Data]) -> None:
-        target = Path(self.processed_paths[0])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            self.save(data_list, str(temporary))
-            os.replace(temporary, target)
-        finally:
-            if temporary.exists():
-                temporary.unlink()
+        target = atomic_write(
+            self.processed_paths[0], lambda temporary: self.save(data_list, str(temporary))
+        )
         for stale in target.parent.glob(f"gtlib_{self._level}_*.pt"):
             if stale != target:
                 stale.unlink(missing_ok=True)

@@ -52,7 +52,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +63,8 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
+
+from gtlib.io import atomic_write_text
 
 __all__ = ["PDEDataset", "PDEFormatError"]
 
@@ -398,15 +399,7 @@ def _cache_dir_for(data_dir: str) -> str:
 
 
 def _atomic_yaml(path: str, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(obj, fh, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
 class _Welford:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -193,6 +193,86 @@ class SpectralConv(nn.Module):
             torch.view_as_complex(self.core),
             *(torch.view_as_complex(f) for f in self.factors),
         )
+
+    def load_neuralop_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Copy the weights of a dense neuraloperator (2.0) ``SpectralConv`` into this layer.
+
+        neuralop's layer stores the same complex weight as ours (``[in_channels, out_channels,
+        m_1, ..., m_{d-1}, m_d // 2 + 1]`` with the signed leading modes in centred order), as a
+        tensorly-torch ``DenseTensor`` (state-dict key ``weight.tensor``, or ``weight._tensor`` in
+        older tensorly-torch), and its bias with shape ``[out_channels, 1, ..., 1]``. Build the
+        layer with matching ``in_channels``, ``out_channels``, ``n_modes``, ``bias`` and
+        ``fft_norm``, then::
+
+            ours = SpectralConv(3, 4, (16, 16))
+            ours.load_neuralop_state_dict(theirs.state_dict())  # theirs: neuralop SpectralConv
+
+        Values are cast to this layer's dtype and device. Nothing is copied unless every check
+        passes.
+
+        Args:
+            state_dict: the ``state_dict()`` of a neuralop ``SpectralConv`` (keys ``weight.*``
+                and optionally ``bias``, without any parent-module prefix).
+
+        Raises:
+            ValueError: this layer is Tucker-factorised; the neuralop weight is factorised (e.g.
+                ``factorization="tucker"``, keys ``weight.core``/``weight.factors.*``) or not
+                complex; the weight shape differs from :attr:`weight_shape` (different channels
+                or modes, ``separable=True`` or ``max_n_modes != n_modes``); exactly one of the
+                two layers has a bias, or the bias has the wrong size; or unexpected keys.
+        """
+        if self.factorization is not None:
+            raise ValueError(
+                "load_neuralop_state_dict needs a dense SpectralConv (factorization=None), but "
+                f"this layer is {self.factorization}-factorised"
+            )
+        weight_keys = [k for k in state_dict if k == "weight" or k.startswith("weight.")]
+        dense_keys = [k for k in ("weight.tensor", "weight._tensor") if k in state_dict]
+        if len(dense_keys) != 1 or len(weight_keys) != 1:
+            if weight_keys:
+                raise ValueError(
+                    "only dense neuralop spectral weights (state-dict key 'weight.tensor') can be "
+                    f"loaded, got the weight keys {sorted(weight_keys)} (a factorised weight, "
+                    "e.g. factorization='tucker'?)"
+                )
+            raise ValueError(
+                "the state dict has no neuralop spectral weight ('weight.tensor'); got keys "
+                f"{sorted(state_dict)}"
+            )
+        unexpected = sorted(set(state_dict) - {dense_keys[0], "bias"})
+        if unexpected:
+            raise ValueError(
+                f"unexpected keys {unexpected} (pass the state dict of the neuralop SpectralConv "
+                "itself, without a parent-module prefix)"
+            )
+        weight = state_dict[dense_keys[0]]
+        if not isinstance(weight, Tensor) or not weight.is_complex():
+            raise ValueError(
+                f"the neuralop weight {dense_keys[0]!r} must be a complex tensor, got "
+                f"{getattr(weight, 'dtype', type(weight).__name__)}"
+            )
+        if tuple(weight.shape) != self.weight_shape:
+            raise ValueError(
+                f"neuralop weight shape {tuple(weight.shape)} does not match this layer's "
+                f"{self.weight_shape} ([in_channels, out_channels, *weight_modes] for "
+                f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+                f"n_modes={self.n_modes}); a separable layer or max_n_modes != n_modes cannot "
+                "be loaded"
+            )
+        bias = state_dict.get("bias")
+        if bias is None and self.bias is not None:
+            raise ValueError("the neuralop layer has no bias but this layer has bias=True")
+        if bias is not None and self.bias is None:
+            raise ValueError("the neuralop layer has a bias but this layer has bias=False")
+        if bias is not None and bias.numel() != self.out_channels:
+            raise ValueError(
+                f"neuralop bias shape {tuple(bias.shape)} does not hold out_channels="
+                f"{self.out_channels} values"
+            )
+        with torch.no_grad():
+            self.weight.copy_(torch.view_as_real(weight.detach().resolve_conj()))
+            if bias is not None:
+                self.bias.copy_(bias.detach().reshape(-1))
 
     def _mode_index(self, sizes: Sequence[int], device: torch.device) -> tuple[Tensor, ...]:
         """Broadcastable index tensors into the ``rfftn`` output selecting the kept modes, in the

@@ -28,16 +28,16 @@ data must not stand in for training statistics, so normalise with the training s
 
 from __future__ import annotations
 
-import os
-import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 import yaml
+
+from gtlib.io import atomic_write
 
 __all__ = [
     "WellBoundary",
@@ -77,24 +77,6 @@ class WellBoundary:
     fields: list[str]
     mask: np.ndarray
     values: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    If ``write`` raises, the temporary file is removed and the error propagates; nothing is left
-    under ``path`` (an older file there is kept untouched).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def split_counts(n: int, splits: Sequence[float]) -> tuple[int, int, int]:

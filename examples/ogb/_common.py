@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from gtlib.io import atomic_torch_save, atomic_write_text
 
 CHECKPOINT_FORMAT = 1
 # arguments that may differ between an interrupted run and its resumption
@@ -186,24 +186,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------ atomic writing
-def _atomic_replace(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file beside ``path`` with ``write``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as indented JSON, atomically."""
     text = json.dumps(_finite_or_none(payload), indent=2, allow_nan=False) + "\n"
-    _atomic_replace(path, lambda temporary: temporary.write_text(text))
+    atomic_write_text(path, text)
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -219,7 +205,7 @@ def _finite_or_none(value: Any) -> Any:
 
 def save_checkpoint_atomic(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` ``state`` atomically (a crash leaves the previous checkpoint intact)."""
-    _atomic_replace(path, lambda temporary: torch.save(state, temporary))
+    atomic_torch_save(state, path)
 
 
 def load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:

@@ -56,10 +56,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -70,6 +68,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
+
+from gtlib.io import atomic_torch_save, atomic_write, atomic_write_text
 
 MODELS = ("fno", "tfno", "mgno", "scot", "gino")
 CHECKPOINT_FORMAT = 1
@@ -274,19 +274,6 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------- atomic files and RNG
-def _atomic_replace(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -301,7 +288,7 @@ def _json_safe(value: Any) -> Any:
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     text = json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n"
-    _atomic_replace(path, lambda temporary: temporary.write_text(text))
+    atomic_write_text(path, text)
 
 
 def rng_states(shuffle: torch.Generator) -> dict[str, Any]:
@@ -832,20 +819,17 @@ def train(
             f"lr {lr:.2e}  ({record['epoch_time_s']:.1f} s)",
             file=sys.stderr,
         )
-        _atomic_replace(
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": config,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "state": state,
+                "rng": rng_states(shuffle),
+            },
             checkpoint,
-            lambda temporary: torch.save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "config": config,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "state": state,
-                    "rng": rng_states(shuffle),
-                },
-                temporary,
-            ),
         )
     bar.close()
     return state
@@ -914,7 +898,7 @@ def plot_prediction(path: Path, data: Split, pred: Tensor, index: int = 0) -> bo
         ax.set_axis_off()
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    _atomic_replace(path, lambda temporary: fig.savefig(temporary, format="png", dpi=80))
+    atomic_write(path, lambda temporary: fig.savefig(temporary, format="png", dpi=80))
     plt.close(fig)
     return True
 

@@ -29,6 +29,7 @@ from gtlib.entropy.score_matching import (
     implicit_score_matching,
     sliced_score_matching,
 )
+from gtlib.io import atomic_torch_save
 
 __all__ = ["TrainResult", "train_score"]
 
@@ -68,17 +69,6 @@ def _ema_update(ema: Module, model: Module, decay: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)
-
-
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -289,13 +279,13 @@ def train_score(
             if progress and (step % 10 == 0 or step == steps):
                 bar.set_postfix(loss=f"{running:.4g}")
             if path is not None and (step % checkpoint_every == 0 or step == steps):
-                _atomic_save(state(step), path)
+                atomic_torch_save(state(step), path)
             if callback is not None:
                 try:
                     callback(step, losses[-1], model)
                 except BaseException:
                     if path is not None:
-                        _atomic_save(state(step), path)
+                        atomic_torch_save(state(step), path)
                     raise
     finally:
         bar.close()

@@ -12,14 +12,6 @@ from gtlib.operators import SpectralConv  # noqa: E402
 from gtlib.operators.gno import GNO, radius_pattern  # noqa: E402
 
 
-def load_neuralop_spectral_weights(ours: SpectralConv, theirs: NeuralopSpectralConv) -> None:
-    """Both store ``[in, out, m_1, ..., m_{d-1}, m_d // 2 + 1]`` complex weights with the signed
-    modes of the leading dimensions in centred order; ours as real pairs, a flat bias."""
-    with torch.no_grad():
-        ours.weight.copy_(torch.view_as_real(theirs.weight.to_tensor().detach()))
-        ours.bias.copy_(theirs.bias.detach().reshape(-1))
-
-
 @pytest.mark.parametrize(
     "n_modes,sizes",
     [
@@ -51,7 +43,7 @@ def test_spectral_conv_matches_neuralop(n_modes, sizes, monkeypatch):
     torch.manual_seed(0)
     theirs = NeuralopSpectralConv(3, 4, n_modes, bias=True, fft_norm="forward")
     ours = SpectralConv(3, 4, n_modes, bias=True, fft_norm="forward")
-    load_neuralop_spectral_weights(ours, theirs)
+    ours.load_neuralop_state_dict(theirs.state_dict())
     x = torch.randn(2, 3, *sizes)
     expected = theirs(x)
     out = ours(x)
@@ -141,3 +133,55 @@ def test_gno_matches_neuralop_gnoblock(transform, reduction, embedding, batched)
     scale = float(expected.detach().abs().max())
     assert scale > 0
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=2e-6 * scale)
+
+
+def test_load_neuralop_state_dict_copies_weight_and_bias():
+    torch.manual_seed(1)
+    theirs = NeuralopSpectralConv(3, 4, (6, 5), bias=True)
+    with torch.no_grad():
+        theirs.bias.normal_()
+    ours = SpectralConv(3, 4, (6, 5), bias=True).double()
+    ours.load_neuralop_state_dict(theirs.state_dict())
+    assert ours.weight.dtype == torch.float64  # cast to our dtype
+    torch.testing.assert_close(ours.get_weight(), theirs.weight.to_tensor().detach().cdouble())
+    torch.testing.assert_close(ours.bias, theirs.bias.detach().reshape(-1).double())
+    # The older tensorly-torch key and a bias-free layer load too.
+    state = {"weight._tensor": theirs.state_dict()["weight.tensor"]}
+    plain = SpectralConv(3, 4, (6, 5), bias=False)
+    plain.load_neuralop_state_dict(state)
+    torch.testing.assert_close(plain.get_weight(), theirs.weight.to_tensor().detach())
+
+
+@pytest.mark.parametrize(
+    "theirs_kwargs,ours_kwargs,match",
+    [
+        (dict(factorization="tucker", rank=0.5), {}, "only dense"),
+        ({}, dict(factorization="tucker"), "needs a dense"),
+        ({}, dict(n_modes=(6, 7)), "does not match"),
+        (dict(max_n_modes=(8, 5)), {}, "does not match"),
+        ({}, dict(out_channels=5), "does not match"),
+        (dict(bias=False), {}, "no bias"),
+        ({}, dict(bias=False), "bias=False"),
+    ],
+)
+def test_load_neuralop_state_dict_rejects_mismatch(theirs_kwargs, ours_kwargs, match):
+    theirs_args = dict(in_channels=3, out_channels=4, n_modes=(6, 5), bias=True)
+    ours_args = dict(theirs_args)
+    ours_args.update(ours_kwargs)
+    theirs = NeuralopSpectralConv(**{**theirs_args, **theirs_kwargs})
+    ours = SpectralConv(**ours_args)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        ours.load_neuralop_state_dict(theirs.state_dict())
+    for key, value in ours.state_dict().items():  # nothing copied on failure
+        assert torch.equal(value, before[key])
+
+
+def test_load_neuralop_state_dict_rejects_prefixed_keys():
+    theirs = NeuralopSpectralConv(3, 4, (6, 5))
+    prefixed = {f"conv.{k}": v for k, v in theirs.state_dict().items()}
+    with pytest.raises(ValueError, match="no neuralop spectral weight"):
+        SpectralConv(3, 4, (6, 5)).load_neuralop_state_dict(prefixed)
+    extra = {**theirs.state_dict(), "other": torch.zeros(1)}
+    with pytest.raises(ValueError, match="unexpected keys"):
+        SpectralConv(3, 4, (6, 5)).load_neuralop_state_dict(extra)
