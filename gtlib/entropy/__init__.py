@@ -17,6 +17,11 @@ from gtlib.entropy.estimators import (
     score_free_entropy_production_hypoelliptic,
     spatial_decomposition,
 )
+from gtlib.entropy.particle_score import (
+    ParticleEntropyProduction,
+    ParticleScore,
+    particle_entropy_production,
+)
 from gtlib.entropy.reference import (
     LinearSystem,
     aoup_harmonic_trap,
@@ -39,11 +44,14 @@ from gtlib.entropy.training import TrainResult, train_score
 __all__ = [
     "EntropyProductionEstimate",
     "LinearSystem",
+    "ParticleEntropyProduction",
+    "ParticleScore",
     "TrainResult",
     "denoising_score_matching",
     "group_sum",
     "implicit_score_matching",
     "local_entropy_production",
+    "particle_entropy_production",
     "particle_groups",
     "score_free_entropy_production_hypoelliptic",
     "sliced_score_matching",

@@ -1,0 +1,494 @@
+r"""Score models and entropy production for interacting active particles (per-particle layout).
+
+A snapshot of :math:`N` active Ornstein–Uhlenbeck particles in :math:`d` dimensions is the state
+``[N, 2d]`` with per particle :math:`[x_i, g_i]` (:func:`gtlib.datasets.particles.to_state`), and
+the SDE (:class:`gtlib.datasets.particles.ActiveOUParticles`)
+
+.. math::
+    dx_i = b_{x_i}\,dt + \sqrt{2\varepsilon}\,dW_i, \qquad
+    dg_i = -\gamma g_i\,dt + \sqrt{2\gamma}\,dB_i,
+
+so :math:`D = \mathrm{diag}(\varepsilon I_d, \gamma I_d)` per particle. :class:`ParticleScore`
+turns a per-particle network (e.g. :class:`gtlib.nn.particle_transformer.ParticleTransformer`)
+into a score model on ``[B, N, 2d]`` for :func:`gtlib.entropy.training.train_score`, and
+:func:`particle_entropy_production` evaluates the entropy production rate (EPR) of a trained
+model on snapshots: globally, per particle, per degree of freedom and per region of space, with
+the score-free identities for comparison.
+
+Convention: :math:`k_B = 1`, every variable even under time reversal, EPR per unit time in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from torch.nn import Linear, Module
+
+from gtlib.entropy.estimators import (
+    score_free_entropy_production,
+    score_free_entropy_production_hypoelliptic,
+    spatial_decomposition,
+)
+
+__all__ = ["ParticleEntropyProduction", "ParticleScore", "particle_entropy_production"]
+
+
+class ParticleSystem(Protocol):
+    """What the functions here need from a system (e.g. ``ActiveOUParticles``)."""
+
+    dim: int
+    num_particles: int
+    gamma: float
+    eps: float
+
+    @property
+    def box(self) -> Tensor | None: ...
+
+    @property
+    def diffusion(self) -> Tensor: ...
+
+    def drift(self, pos: Tensor, g: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def force_divergence(self, pos: Tensor) -> Tensor: ...
+
+
+def _check_system(system: Any) -> None:
+    for name in ("dim", "gamma", "eps", "diffusion", "drift", "force_divergence", "box"):
+        if not hasattr(system, name):
+            raise TypeError(
+                f"`system` must be an active OU particle system (e.g. ActiveOUParticles); "
+                f"it has no attribute {name!r}"
+            )
+
+
+class ParticleScore(Module):
+    r"""A score model on particle states ``[B, N, 2d]`` built from a per-particle network.
+
+    The network is called as ``net(pos, h, box) -> [B, N, C_out]`` (the signature of
+    :class:`~gtlib.nn.particle_transformer.ParticleTransformer`) with ``pos`` :math:`= x`,
+    ``h`` :math:`= g` (or :math:`[g, x]` with ``position_features=True``) and the system's
+    periodic box (``None`` in free space). Its output is the score of particle :math:`i`'s
+    self-propulsion (``C_out = d``: :math:`\mathrm{net}_{g_i}`, and 0 on :math:`x_i`) or of both
+    blocks (``C_out = 2d``: :math:`[\mathrm{net}_{x_i}, \mathrm{net}_{g_i}]`).
+
+    With ``parametrise=True`` (the default) the score on the noisy coordinates is
+
+    .. math::  s = \mathrm{net} + D^{-1} b, \qquad\text{so}\qquad v = b - D s = -D\,\mathrm{net}:
+
+    on the :math:`g` block :math:`D_g = \gamma`, :math:`b_g = -\gamma g`, hence
+    :math:`s_g = \mathrm{net}_g - g` and :math:`v_g = -\gamma\,\mathrm{net}_g`; on the :math:`x`
+    block (only when :math:`\varepsilon > 0`) :math:`s_x = \mathrm{net}_x + b_x/\varepsilon`.
+    Noiseless coordinates (:math:`x` when :math:`\varepsilon = 0`, the hypoelliptic case) return
+    :math:`\mathrm{net}_x` (or 0) unchanged; no estimator uses them (:math:`v_x = b_x` there).
+    With ``zero_init=True`` the network's last :class:`~torch.nn.Linear` layer (the last one in
+    ``net.modules()``, the output layer of ``ParticleTransformer``) starts at zero, so
+    :math:`\mathrm{net} = 0`, :math:`v = 0` and the EPR estimate is 0 at initialisation.
+
+    Train on the noisy block only: ``train_score(model, states, sigma=..., noisy=model.noisy)``
+    (``model.noisy`` is the ``[2d]`` mask :math:`D > 0`, broadcast over particles).
+
+    Args:
+        net: the per-particle network, ``net(pos [B, N, d], h [B, N, C_in], box)``.
+        system: the particle system: ``dim``, ``gamma``, ``eps``, ``box``, ``drift(pos, g)``
+            (e.g. :class:`gtlib.datasets.particles.ActiveOUParticles`).
+        parametrise: use :math:`s = \mathrm{net} + D^{-1} b` on the noisy block.
+        position_features: pass :math:`[g_i, x_i]` as the network's ``h`` (``C_in = 2d``), for
+            systems that are not translation invariant (a trap); leave ``False`` in a periodic box.
+        zero_init: zero the network's last ``Linear`` layer.
+
+    Shapes:
+        - **input:** ``state`` ``[B, N, 2d]`` (or ``[N, 2d]``), per particle :math:`[x_i, g_i]`.
+        - **output:** the score, same shape.
+    """
+
+    def __init__(
+        self,
+        net: Module,
+        system: ParticleSystem,
+        *,
+        parametrise: bool = True,
+        position_features: bool = False,
+        zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, Module):
+            raise TypeError(f"`net` must be a torch.nn.Module, got {type(net).__name__}")
+        _check_system(system)
+        self.net = net
+        self.system = system
+        self.dim = int(system.dim)
+        self.parametrise = bool(parametrise)
+        self.position_features = bool(position_features)
+        out_channels = getattr(net, "out_channels", None)
+        if out_channels is not None and out_channels not in (self.dim, 2 * self.dim):
+            raise ValueError(
+                f"`net` must output d = {self.dim} (g-score) or 2d = {2 * self.dim} channels "
+                f"(x- and g-score), got out_channels = {out_channels}"
+            )
+        in_channels = getattr(net, "in_channels", None)
+        expected_in = 2 * self.dim if self.position_features else self.dim
+        if in_channels is not None and in_channels != expected_in:
+            raise ValueError(
+                f"`net` must take in_channels = {expected_in} "
+                f"({'[g, x]' if self.position_features else 'g'}), got {in_channels}"
+            )
+        if float(system.eps) > 0 and out_channels == self.dim:
+            raise ValueError(
+                "`system` has eps > 0 (noise on x): `net` must output 2d channels to score x too"
+            )
+        diffusion = torch.as_tensor(system.diffusion, dtype=torch.float64)
+        noisy = diffusion > 0
+        # float64 here, cast per call, so that .float()/.double() keep 1/D exact to the dtype.
+        self._inverse_diffusion = torch.where(noisy, 1.0 / torch.where(noisy, diffusion, 1.0), 0.0)
+        self.register_buffer("noisy", noisy, persistent=False)
+        if zero_init:
+            last = None
+            for module in net.modules():
+                if isinstance(module, Linear):
+                    last = module
+            if last is None:
+                raise ValueError("`zero_init=True` but `net` has no torch.nn.Linear layer")
+            with torch.no_grad():
+                last.weight.zero_()
+                if last.bias is not None:
+                    last.bias.zero_()
+
+    def _split(self, state: Tensor) -> tuple[Tensor, Tensor, bool]:
+        if not isinstance(state, Tensor) or not state.is_floating_point():
+            raise TypeError("`state` must be a floating-point tensor [B, N, 2d]")
+        if state.dim() not in (2, 3) or state.shape[-1] != 2 * self.dim:
+            raise ValueError(
+                f"`state` must have shape [B, N, {2 * self.dim}] or [N, {2 * self.dim}], "
+                f"got {tuple(state.shape)}"
+            )
+        batched = state.dim() == 3
+        if not batched:
+            state = state.unsqueeze(0)
+        return state[..., : self.dim], state[..., self.dim :], batched
+
+    def net_output(self, state: Tensor) -> Tensor:
+        r"""The raw network :math:`\mathrm{net}` in the state layout ``[B, N, 2d]`` (0 on
+        :math:`x` when the network scores :math:`g` only); :math:`v = -D\,\mathrm{net}` on the
+        noisy block when ``parametrise=True``."""
+        pos, g, batched = self._split(state)
+        h = torch.cat([g, pos], dim=-1) if self.position_features else g
+        box = self.system.box
+        out = self.net(pos, h, box)
+        if out.shape[-1] == self.dim:
+            out = torch.cat([torch.zeros_like(out), out], dim=-1)
+        if out.shape != (*pos.shape[:-1], 2 * self.dim):
+            raise ValueError(
+                f"`net` must return [B, N, d] or [B, N, 2d] = {tuple(pos.shape[:-1])} + "
+                f"[{self.dim} or {2 * self.dim}], got {tuple(out.shape)}"
+            )
+        return out if batched else out.squeeze(0)
+
+    def forward(self, state: Tensor) -> Tensor:
+        out = self.net_output(state)
+        if not self.parametrise:
+            return out
+        pos, g, _ = self._split(state)
+        inverse = self._inverse_diffusion.to(device=state.device, dtype=state.dtype)
+        if bool(self.noisy[: self.dim].any()):
+            b_x, b_g = self.system.drift(pos, g)
+            b = torch.cat([b_x, b_g], dim=-1)
+        else:  # hypoelliptic: only b_g = -gamma g is needed
+            b = torch.cat([torch.zeros_like(pos), -float(self.system.gamma) * g], dim=-1)
+        return out + (inverse * b).reshape(out.shape)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.net!r}, parametrise={self.parametrise}, "
+            f"position_features={self.position_features})"
+        )
+
+
+@dataclass(frozen=True)
+class ParticleEntropyProduction:
+    r"""Entropy production of a particle system estimated with a score model.
+
+    Local values are the *quadratic* form (non-negative pointwise),
+    :math:`\sigma_i = |v_{x_i}|^2/\varepsilon + |v_{g_i}|^2/\gamma` (the :math:`x` term only when
+    :math:`\varepsilon > 0`), with :math:`v = b - Ds`. Standard errors treat snapshots as
+    independent (``std / sqrt(S)`` over per-snapshot totals); snapshots from one trajectory are
+    correlated, which makes them optimistic.
+
+    Attributes:
+        total: :math:`\sigma`, the mean over snapshots of :math:`\sum_i \sigma_i`.
+        stderr: its standard error.
+        per_particle_mean: ``total / N``; ``per_particle_stderr`` its standard error.
+        per_dof: ``[2]`` the :math:`x` and :math:`g` parts (they sum to ``total``);
+            ``per_dof_stderr`` their standard errors.
+        per_particle: ``[S, N]`` local EPR of every particle in every snapshot.
+        local: ``[S, N, 2]`` the same split into :math:`x` and :math:`g` parts.
+        per_snapshot: ``[S]`` total per snapshot.
+        spatial_mean_per_particle, spatial_sum_per_area, spatial_counts: the maps of
+            :func:`~gtlib.entropy.estimators.spatial_decomposition` (``None`` without ``bins``).
+        spatial_box: the box ``[d]`` the maps cover (origin ``-box / 2``), or ``None``.
+        score_free, score_free_stderr: the score-free estimate, ``score_free_method`` which
+            identity (``"hypoelliptic"``: :math:`-E[\sum_i\nabla_{x_i}\cdot F_i]`;
+            ``"full_noise"``: :math:`E[b\cdot D^{-1}b + \nabla\cdot b]`).
+        divergence, divergence_stderr: Hutchinson estimate of :math:`E[\nabla\cdot v]` (0 at
+            stationarity) or ``None``.
+        num_snapshots, num_particles: :math:`S`, :math:`N`.
+        form: ``"quadratic"``.
+    """
+
+    total: float
+    stderr: float
+    per_particle_mean: float
+    per_particle_stderr: float
+    per_dof: Tensor
+    per_dof_stderr: Tensor
+    per_particle: Tensor
+    local: Tensor
+    per_snapshot: Tensor
+    spatial_mean_per_particle: Tensor | None
+    spatial_sum_per_area: Tensor | None
+    spatial_counts: Tensor | None
+    spatial_box: Tensor | None
+    score_free: float
+    score_free_stderr: float
+    score_free_method: str
+    divergence: float | None
+    divergence_stderr: float | None
+    num_snapshots: int
+    num_particles: int
+    form: str = "quadratic"
+
+    def summary(self) -> dict[str, Any]:
+        """The scalar results as a JSON-serialisable dict."""
+        return {
+            "total": self.total,
+            "stderr": self.stderr,
+            "per_particle_mean": self.per_particle_mean,
+            "per_particle_stderr": self.per_particle_stderr,
+            "sigma_x": float(self.per_dof[0]),
+            "sigma_g": float(self.per_dof[1]),
+            "sigma_x_stderr": float(self.per_dof_stderr[0]),
+            "sigma_g_stderr": float(self.per_dof_stderr[1]),
+            "score_free": self.score_free,
+            "score_free_stderr": self.score_free_stderr,
+            "score_free_method": self.score_free_method,
+            "divergence": self.divergence,
+            "divergence_stderr": self.divergence_stderr,
+            "num_snapshots": self.num_snapshots,
+            "num_particles": self.num_particles,
+            "form": self.form,
+        }
+
+
+def _check_snapshots(pos: Any, g: Any, dim: int) -> tuple[Tensor, Tensor]:
+    for name, value in (("pos", pos), ("g", g)):
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            raise TypeError(f"`{name}` must be a floating-point tensor [..., N, d]")
+    if pos.shape != g.shape or pos.dim() < 3 or pos.shape[-1] != dim:
+        raise ValueError(
+            f"`pos` and `g` must have the same shape [S, N, {dim}] (or [S, B, N, {dim}]), got "
+            f"{tuple(pos.shape)} and {tuple(g.shape)}"
+        )
+    num_particles = pos.shape[-2]
+    pos = pos.reshape(-1, num_particles, dim)
+    g = g.reshape(-1, num_particles, dim)
+    if pos.shape[0] < 2:
+        raise ValueError(f"need at least 2 snapshots, got {pos.shape[0]}")
+    if not (torch.isfinite(pos).all() and torch.isfinite(g).all()):
+        raise ValueError("`pos` and `g` must be finite")
+    return pos, g
+
+
+def _hutchinson_divergence(
+    field: Callable[[Tensor], Tensor], state: Tensor, weight: Tensor, generator: torch.Generator
+) -> Tensor:
+    r"""Per-snapshot :math:`\sum_k w_k\,\partial_k f_k` by one Rademacher probe, ``[b]``."""
+    with torch.enable_grad():
+        x = state.detach().requires_grad_(True)
+        out = field(x)
+        bits = torch.randint(0, 2, x.shape, generator=generator).to(x.device)
+        u = (2 * bits - 1).to(x.dtype) * (weight != 0)
+        (vjp,) = torch.autograd.grad((out * (weight * u)).sum(), x)
+    return (vjp * u).reshape(x.shape[0], -1).sum(dim=1).detach()
+
+
+def _stats(values: Tensor) -> tuple[float, float]:
+    values = values.to(torch.float64)
+    return float(values.mean()), float(values.std() / math.sqrt(values.shape[0]))
+
+
+def particle_entropy_production(
+    score_model: Callable[[Tensor], Tensor],
+    system: ParticleSystem,
+    pos: Tensor,
+    g: Tensor,
+    *,
+    batch_size: int = 16,
+    bins: int | tuple[int, ...] | None = None,
+    divergence_probes: int = 0,
+    seed: int = 0,
+) -> ParticleEntropyProduction:
+    r"""Entropy production of an active particle system from snapshots and a score model.
+
+    With :math:`v = b - Ds` (:math:`v_x = b_x` when :math:`\varepsilon = 0`), the local EPR of
+    particle :math:`i` is the quadratic form
+
+    .. math::  \sigma_i = |v_{x_i}|^2/\varepsilon + |v_{g_i}|^2/\gamma
+               \qquad(\text{the } x \text{ term only for } \varepsilon > 0),
+
+    and :math:`\sigma = E[\sum_i\sigma_i]`. For comparison the score-free identity: hypoelliptic
+    (:math:`\varepsilon = 0`) :math:`\sigma = -E[\sum_i\nabla_{x_i}\cdot F_i]`
+    (:func:`~gtlib.entropy.estimators.score_free_entropy_production_hypoelliptic` with
+    ``system.force_divergence``); otherwise :math:`\sigma = E[b\cdot D^{-1}b + \nabla\cdot b]`
+    with :math:`\nabla\cdot b = \sum_i\nabla_{x_i}\cdot F_i - \gamma N d`
+    (:func:`~gtlib.entropy.estimators.score_free_entropy_production`).
+
+    ``divergence_probes > 0`` adds a Hutchinson estimate of :math:`E[\nabla\cdot v]`, which is 0
+    at stationarity for the exact score (a check of the learned score): on the noisy block
+    :math:`\partial_k v_k = \partial_k b_k - D_k\partial_k s_k`; for a parametrised
+    :class:`ParticleScore` this is :math:`-D_k\partial_k\mathrm{net}_k`, plus
+    :math:`\sum_i\nabla_{x_i}\cdot F_i` from the noiseless :math:`x` block when
+    :math:`\varepsilon = 0`. One vector-Jacobian product per probe and chunk.
+
+    Args:
+        score_model: maps states ``[b, N, 2d]`` to scores ``[b, N, 2d]`` (e.g.
+            :class:`ParticleScore`; values on noiseless coordinates are ignored).
+        system: the particle system (``ActiveOUParticles``): ``drift``, ``diffusion``,
+            ``force_divergence``, ``gamma``, ``eps``, ``box``.
+        pos, g: snapshots ``[S, N, d]`` (or ``[S, B, N, d]``, flattened to ``S * B``
+            snapshots), moved to the model's dtype and device.
+        batch_size: snapshots per evaluation chunk (evaluation runs under ``torch.no_grad``).
+        bins: cells per dimension for the spatial map, or ``None`` for none. In free space the
+            map covers the smallest centred cube holding every particle.
+        divergence_probes: Rademacher probes per snapshot for :math:`E[\nabla\cdot v]` (0: skip).
+        seed: seeds the probes.
+
+    Returns:
+        :class:`ParticleEntropyProduction`.
+    """
+    _check_system(system)
+    dim = int(system.dim)
+    pos, g = _check_snapshots(pos, g, dim)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+    if isinstance(divergence_probes, bool) or not isinstance(divergence_probes, int):
+        raise TypeError(f"`divergence_probes` must be an int, got {divergence_probes!r}")
+    if divergence_probes < 0:
+        raise ValueError(f"`divergence_probes` must be >= 0, got {divergence_probes}")
+    param = next(iter(score_model.parameters()), None) if isinstance(score_model, Module) else None
+    dtype = param.dtype if param is not None else pos.dtype
+    device = param.device if param is not None else pos.device
+    num_snapshots, num_particles, _ = pos.shape
+    diffusion = torch.as_tensor(system.diffusion, dtype=dtype, device=device)
+    noisy = diffusion > 0
+    safe = torch.where(noisy, diffusion, torch.ones_like(diffusion))
+    gamma, hypoelliptic = float(system.gamma), float(system.eps) == 0.0
+    parametrised = isinstance(score_model, ParticleScore) and score_model.parametrise
+    generator = torch.Generator().manual_seed(seed)
+
+    local_chunks, divergence_chunks = [], []
+    for start in range(0, num_snapshots, batch_size):
+        p = pos[start : start + batch_size].to(device=device, dtype=dtype)
+        q = g[start : start + batch_size].to(device=device, dtype=dtype)
+        state = torch.cat([p, q], dim=-1)
+        with torch.no_grad():
+            s = score_model(state)
+            if not isinstance(s, Tensor) or s.shape != state.shape:
+                raise ValueError(f"`score_model` must map {tuple(state.shape)} to the same shape")
+            b = torch.cat(system.drift(p, q), dim=-1)
+            v = torch.where(noisy, b - diffusion * torch.where(noisy, s, 0.0), b)
+            local = torch.where(noisy, v * v / safe, 0.0)
+        local_chunks.append(local.reshape(*local.shape[:-1], 2, dim).sum(-1).to(torch.float64))
+        if divergence_probes:
+            if parametrised:
+                field, constant = score_model.net_output, 0.0
+            else:
+                field, constant = score_model, -gamma * num_particles * dim
+            div = torch.zeros(state.shape[0], dtype=torch.float64, device=device)
+            weight = torch.where(noisy, diffusion, 0.0)
+            for _ in range(divergence_probes):
+                div -= _hutchinson_divergence(field, state, weight, generator).to(torch.float64)
+            div /= divergence_probes
+            with torch.no_grad():
+                force_div = system.force_divergence(p).to(torch.float64)
+            if hypoelliptic or not parametrised:
+                div += force_div + constant
+            divergence_chunks.append(div)
+    local = torch.cat(local_chunks)
+    if not torch.isfinite(local).all():
+        raise ValueError("non-finite local entropy production: check `score_model`")
+    per_particle = local.sum(-1)
+    per_snapshot = per_particle.sum(-1)
+    total, stderr = _stats(per_snapshot)
+    per_dof_samples = local.sum(1)
+    per_dof = per_dof_samples.mean(0)
+    per_dof_stderr = per_dof_samples.std(0) / math.sqrt(num_snapshots)
+
+    spatial = (None, None, None)
+    spatial_box = None
+    if bins is not None:
+        box = system.box
+        if box is None:
+            extent = 2.0 * float(pos.abs().max()) * (1.0 + 1e-6)
+            spatial_box = torch.full((dim,), extent, dtype=torch.float64)
+        else:
+            spatial_box = torch.as_tensor(box, dtype=torch.float64).expand(dim).clone()
+        spatial = spatial_decomposition(per_particle, pos.to(torch.float64), spatial_box, bins)
+
+    if hypoelliptic:
+        with torch.no_grad():
+            values = torch.cat(
+                [
+                    system.force_divergence(pos[i : i + batch_size])
+                    for i in range(0, len(pos), batch_size)
+                ]
+            )
+        score_free, score_free_stderr = score_free_entropy_production_hypoelliptic(values)
+        method = "hypoelliptic"
+    else:
+
+        def flat_drift(x: Tensor) -> Tensor:
+            state = x.reshape(-1, num_particles, 2 * dim)
+            return torch.cat(system.drift(state[..., :dim], state[..., dim:]), -1).reshape(x.shape)
+
+        def flat_divergence(x: Tensor) -> Tensor:
+            p = x.reshape(-1, num_particles, 2 * dim)[..., :dim]
+            return system.force_divergence(p) - gamma * num_particles * dim
+
+        flat = torch.cat([pos, g], dim=-1).reshape(num_snapshots, -1)
+        flat_diffusion = torch.as_tensor(system.diffusion, dtype=flat.dtype).repeat(num_particles)
+        score_free, score_free_stderr = score_free_entropy_production(
+            flat, flat_drift, flat_divergence, flat_diffusion
+        )
+        method = "full_noise"
+
+    divergence = divergence_stderr = None
+    if divergence_chunks:
+        divergence, divergence_stderr = _stats(torch.cat(divergence_chunks))
+
+    root = math.sqrt(num_snapshots)
+    return ParticleEntropyProduction(
+        total=total,
+        stderr=stderr,
+        per_particle_mean=total / num_particles,
+        per_particle_stderr=float(per_particle.mean(1).std() / root),
+        per_dof=per_dof,
+        per_dof_stderr=per_dof_stderr,
+        per_particle=per_particle,
+        local=local,
+        per_snapshot=per_snapshot,
+        spatial_mean_per_particle=spatial[0],
+        spatial_sum_per_area=spatial[1],
+        spatial_counts=spatial[2],
+        spatial_box=spatial_box,
+        score_free=score_free,
+        score_free_stderr=score_free_stderr,
+        score_free_method=method,
+        divergence=divergence,
+        divergence_stderr=divergence_stderr,
+        num_snapshots=num_snapshots,
+        num_particles=num_particles,
+    )
