@@ -319,6 +319,34 @@ class _SoftDiscs:
         edges = self._edges(flat, batch, self.cutoff)
         return self._forces_from_edges(flat, edges).reshape(pos.shape)
 
+    def interaction_jacobian(self, pos: Tensor) -> Tensor:
+        r"""Diagonal blocks :math:`\partial F_i / \partial x_i` of the pair forces'
+        Jacobian, :math:`F_i = \sum_{j \neq i} F(x_i - x_j)` (without the factor ``k``).
+
+        With :math:`F = f(r)\hat r`: :math:`\partial F/\partial r = f'(r)\,\hat r\hat r^\top
+        + f(r)/r\,(I - \hat r\hat r^\top)`, summed over the neighbours; the trace is the
+        particle's share of :meth:`force_divergence`. Differentiable with respect to ``pos``.
+
+        Shapes:
+            pos: ``[..., N, d]`` -> ``[..., N, d, d]``.
+        """
+        pos = self._check_pos(pos)
+        flat, batch, _ = self._flatten(pos)
+        edges = self._edges(flat, batch, self.cutoff)
+        delta, r, inside = self._edge_geometry(flat, edges)
+        safe_r = torch.where(inside, r, torch.ones_like(r))
+        unit = delta / safe_r[:, None]
+        df = -torch.sigmoid(self.beta * (2.0 * self.r0 - safe_r))
+        f_over_r = self._magnitude(safe_r) / safe_r
+        outer = unit[:, :, None] * unit[:, None, :]
+        eye = torch.eye(self.dim, dtype=pos.dtype, device=pos.device)
+        pair = df[:, None, None] * outer + f_over_r[:, None, None] * (eye - outer)
+        pair = torch.where(inside[:, None, None], pair, torch.zeros_like(pair))
+        # F(x_i - x_j) and F(x_j - x_i) = -F(x_i - x_j) have the same Jacobian block.
+        out = flat.new_zeros(flat.shape[0], self.dim, self.dim)
+        out = out.index_add(0, edges[1], pair).index_add(0, edges[0], pair)
+        return out.reshape(*pos.shape, self.dim)
+
     def _interaction_divergence(self, pos: Tensor) -> Tensor:
         r""":math:`\sum_i \nabla_{x_i}\cdot\sum_{j\neq i} F(x_i - x_j)`, ``[...]``."""
         flat, batch, _ = self._flatten(pos)
@@ -464,6 +492,21 @@ class ActiveOUParticles(_SoftDiscs):
         if self.trap != 0.0:
             b = b - self.trap * pos
         return b
+
+    def force_jacobian(self, pos: Tensor) -> Tensor:
+        r"""Diagonal blocks :math:`\partial f_i/\partial x_i` of the passive force
+        :math:`f_i = k F_i - A x_i` (the drift of :math:`x_i` at :math:`g = 0`), analytic; their
+        traces sum to :meth:`force_divergence`.
+
+        Shapes:
+            pos: ``[..., N, d]`` -> ``[..., N, d, d]``.
+        """
+        pos = self._check_pos(pos)
+        eye = torch.eye(self.dim, dtype=pos.dtype, device=pos.device)
+        out = -self.trap * eye.expand(*pos.shape, self.dim)
+        if self.k != 0.0:
+            out = out + self.k * self.interaction_jacobian(pos)
+        return out
 
     def force_divergence(self, pos: Tensor) -> Tensor:
         r""":math:`\sum_i \nabla_{x_i}\cdot(k F_i - A x_i)` (analytic).

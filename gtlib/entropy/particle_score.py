@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 from torch.nn import Linear, Module
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gtlib.entropy.estimators import (
     score_free_entropy_production,
@@ -71,7 +72,8 @@ class ParticleScore(Module):
 
     The network is called as ``net(pos, h, box) -> [B, N, C_out]`` (the signature of
     :class:`~gtlib.nn.particle_transformer.ParticleTransformer`) with ``pos`` :math:`= x`,
-    ``h`` :math:`= g` (or :math:`[g, x]` with ``position_features=True``) and the system's
+    ``h`` :math:`= g` (followed by the passive force :math:`f_i` with ``force_features=True``
+    and by :math:`x_i` with ``position_features=True``) and the system's
     periodic box (``None`` in free space). Its output is the score of particle :math:`i`'s
     self-propulsion (``C_out = d``: :math:`\mathrm{net}_{g_i}`, and 0 on :math:`x_i`) or of both
     blocks (``C_out = 2d``: :math:`[\mathrm{net}_{x_i}, \mathrm{net}_{g_i}]`).
@@ -97,7 +99,19 @@ class ParticleScore(Module):
         system: the particle system: ``dim``, ``gamma``, ``eps``, ``box``, ``drift(pos, g)``
             (e.g. :class:`gtlib.datasets.particles.ActiveOUParticles`).
         parametrise: use :math:`s = \mathrm{net} + D^{-1} b` on the noisy block.
-        position_features: pass :math:`[g_i, x_i]` as the network's ``h`` (``C_in = 2d``), for
+        force_features: append the passive force :math:`f_i(x) = b_{x_i}(x, g = 0)` (for AOUPs
+            :math:`k F_i - A x_i`) and the upper triangle of its Jacobian block
+            :math:`\partial f_i/\partial x_i` (``system.force_jacobian``) to the network's
+            ``h`` (:math:`C_{in}` grows by :math:`d + d(d+1)/2`). In the hypoelliptic case the
+            score is stiff: for one AOUP in a trap of stiffness :math:`\kappa`,
+            :math:`\mathrm{net}_g = -(\kappa v_0 g + (\gamma + \kappa) f)/(\gamma v_0)`, a
+            near-cancellation amplified by :math:`1/\gamma` whose :math:`g`-slope is the local
+            stiffness. Given :math:`f_i` and :math:`\partial f_i/\partial x_i` exactly, the
+            network need not rebuild them from its neighbours' displacements, and learns the
+            score far faster. The features are translation invariant and permutation
+            equivariant.
+        position_features: append :math:`x_i` to the network's ``h`` (:math:`C_{in}` grows by
+            :math:`d`), for
             systems that are not translation invariant (a trap); leave ``False`` in a periodic box.
         zero_init: zero the network's last ``Linear`` layer.
 
@@ -113,6 +127,7 @@ class ParticleScore(Module):
         *,
         parametrise: bool = True,
         position_features: bool = False,
+        force_features: bool = False,
         zero_init: bool = True,
     ) -> None:
         super().__init__()
@@ -124,6 +139,9 @@ class ParticleScore(Module):
         self.dim = int(system.dim)
         self.parametrise = bool(parametrise)
         self.position_features = bool(position_features)
+        self.force_features = bool(force_features)
+        if self.force_features and not hasattr(system, "force_jacobian"):
+            raise TypeError("`force_features=True` needs `system.force_jacobian(pos)`")
         out_channels = getattr(net, "out_channels", None)
         if out_channels is not None and out_channels not in (self.dim, 2 * self.dim):
             raise ValueError(
@@ -131,11 +149,12 @@ class ParticleScore(Module):
                 f"(x- and g-score), got out_channels = {out_channels}"
             )
         in_channels = getattr(net, "in_channels", None)
-        expected_in = 2 * self.dim if self.position_features else self.dim
+        layout = ["g"] + ["f", "df/dx"] * self.force_features + ["x"] * self.position_features
+        expected_in = self.dim * (1 + self.position_features) + self.num_force_features
         if in_channels is not None and in_channels != expected_in:
             raise ValueError(
-                f"`net` must take in_channels = {expected_in} "
-                f"({'[g, x]' if self.position_features else 'g'}), got {in_channels}"
+                f"`net` must take in_channels = {expected_in} ([{', '.join(layout)}]), "
+                f"got {in_channels}"
             )
         if float(system.eps) > 0 and out_channels == self.dim:
             raise ValueError(
@@ -158,6 +177,11 @@ class ParticleScore(Module):
                 if last.bias is not None:
                     last.bias.zero_()
 
+    @property
+    def num_force_features(self) -> int:
+        """Channels added to ``h`` by ``force_features``: :math:`d + d(d+1)/2` (else 0)."""
+        return (self.dim + self.dim * (self.dim + 1) // 2) if self.force_features else 0
+
     def _split(self, state: Tensor) -> tuple[Tensor, Tensor, bool]:
         if not isinstance(state, Tensor) or not state.is_floating_point():
             raise TypeError("`state` must be a floating-point tensor [B, N, 2d]")
@@ -171,14 +195,21 @@ class ParticleScore(Module):
             state = state.unsqueeze(0)
         return state[..., : self.dim], state[..., self.dim :], batched
 
-    def net_output(self, state: Tensor) -> Tensor:
-        r"""The raw network :math:`\mathrm{net}` in the state layout ``[B, N, 2d]`` (0 on
-        :math:`x` when the network scores :math:`g` only); :math:`v = -D\,\mathrm{net}` on the
-        noisy block when ``parametrise=True``."""
-        pos, g, batched = self._split(state)
-        h = torch.cat([g, pos], dim=-1) if self.position_features else g
+    def _features(self, pos: Tensor, g: Tensor) -> Tensor:
+        """The network's ``h``: ``g``, then the force features and ``x`` when enabled."""
+        features = [g]
+        if self.force_features:
+            features.append(self.system.drift(pos, torch.zeros_like(g))[0])
+            jacobian = self.system.force_jacobian(pos)
+            rows, cols = torch.triu_indices(self.dim, self.dim, device=pos.device)
+            features.append(jacobian[..., rows, cols])
+        if self.position_features:
+            features.append(pos)
+        return torch.cat(features, dim=-1) if len(features) > 1 else g
+
+    def _run_net(self, pos: Tensor, h: Tensor, h_self: Tensor | None = None) -> Tensor:
         box = self.system.box
-        out = self.net(pos, h, box)
+        out = self.net(pos, h, box) if h_self is None else self.net(pos, h, box, h_self=h_self)
         if out.shape[-1] == self.dim:
             out = torch.cat([torch.zeros_like(out), out], dim=-1)
         if out.shape != (*pos.shape[:-1], 2 * self.dim):
@@ -186,7 +217,61 @@ class ParticleScore(Module):
                 f"`net` must return [B, N, d] or [B, N, 2d] = {tuple(pos.shape[:-1])} + "
                 f"[{self.dim} or {2 * self.dim}], got {tuple(out.shape)}"
             )
+        return out
+
+    def net_output(self, state: Tensor) -> Tensor:
+        r"""The raw network :math:`\mathrm{net}` in the state layout ``[B, N, 2d]`` (0 on
+        :math:`x` when the network scores :math:`g` only); :math:`v = -D\,\mathrm{net}` on the
+        noisy block when ``parametrise=True``."""
+        pos, g, batched = self._split(state)
+        out = self._run_net(pos, self._features(pos, g))
         return out if batched else out.squeeze(0)
+
+    def score_and_divergence(self, state: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The score and its exact divergence over the :math:`g` block, per system.
+
+        .. math::  \nabla_g\cdot s_g = \sum_i \operatorname{tr}
+                   \frac{\partial s_{g_i}}{\partial g_i}
+
+        Only the diagonal blocks enter the trace, and a local network (e.g.
+        :class:`~gtlib.nn.particle_transformer.ParticleTransformer`) sees :math:`g_i` in
+        particle :math:`i`'s output only through its own token; passing the own-token states as
+        a separate tensor (``net(pos, h, box, h_self=...)``) gives every block
+        :math:`\partial s_{g_i}/\partial g_i` at once in :math:`d` backward passes, whatever
+        :math:`N`. The graph is kept (``create_graph=True``), so
+        :func:`~gtlib.entropy.score_matching.implicit_score_matching` with
+        ``divergence="model"`` trains on it: exact implicit score matching with no noise level
+        and no probes. Hypoelliptic systems only (:math:`\varepsilon = 0`; the :math:`x` block
+        enters every neighbour's tokens, so its divergence has no such shortcut).
+
+        Shapes:
+            - **input:** ``state`` ``[B, N, 2d]`` (or ``[N, 2d]``).
+            - **output:** the score (as :meth:`forward`) and the divergence ``[B]`` (or ``[]``).
+        """
+        if bool(self.noisy[: self.dim].any()):
+            raise ValueError(
+                "score_and_divergence covers the g block only, but the system has noise on x "
+                "(eps > 0); use a Hutchinson divergence instead"
+            )
+        pos, g, batched = self._split(state)
+        # The fused CPU/GPU attention kernels have no double backward; the math one does.
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            g_self = g.detach().requires_grad_(True)
+            h = self._features(pos, g)
+            h_self = torch.cat([g_self, h[..., self.dim :]], dim=-1)
+            out = self._run_net(pos, h, h_self)
+            net_g = out[..., self.dim :]
+            divergence = torch.zeros(pos.shape[0], dtype=out.dtype, device=out.device)
+            for a in range(self.dim):
+                (grad,) = torch.autograd.grad(net_g[..., a].sum(), g_self, create_graph=True)
+                divergence = divergence + grad[..., a].sum(-1)
+        score = out
+        if self.parametrise:  # s_g = net_g - g: each particle's block adds -d to the trace
+            score = out - torch.cat([torch.zeros_like(g), g], dim=-1)
+            divergence = divergence - g.shape[-2] * self.dim
+        if not batched:
+            return score.squeeze(0), divergence.squeeze(0)
+        return score, divergence
 
     def forward(self, state: Tensor) -> Tensor:
         out = self.net_output(state)
@@ -204,7 +289,8 @@ class ParticleScore(Module):
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.net!r}, parametrise={self.parametrise}, "
-            f"position_features={self.position_features})"
+            f"position_features={self.position_features}, "
+            f"force_features={self.force_features})"
         )
 
 

@@ -179,7 +179,7 @@ def implicit_score_matching(
     score_fn: ScoreFn,
     x: Tensor,
     *,
-    divergence: Literal["exact", "hutchinson"] = "exact",
+    divergence: Literal["exact", "hutchinson", "model"] = "exact",
     n_probes: int = 1,
     noisy: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -195,12 +195,16 @@ def implicit_score_matching(
     ``divergence="exact"`` differentiates each noisy output coordinate (one backward pass each;
     for low dimension). ``divergence="hutchinson"`` uses :math:`\partial_k s_k \approx
     E_u[u^\top J_s u]` with ``n_probes`` Rademacher probes :math:`u` on the noisy block, each one
-    vector-Jacobian product. Both build the graph (``create_graph=True``), so the loss trains.
+    vector-Jacobian product. ``divergence="model"`` asks the model:
+    ``score_fn.score_and_divergence(x) -> (s, div [B])`` (e.g.
+    :meth:`gtlib.entropy.particle_score.ParticleScore.score_and_divergence`, exact over the
+    :math:`g` block of every particle in :math:`d` passes); ``noisy`` must then be the block that
+    method differentiates. All build the graph (``create_graph=True``), so the loss trains.
 
     Args:
         score_fn: the model, ``[B, *event] -> [B, *event]``.
         x: samples ``[B, *event]``.
-        divergence: ``"exact"`` or ``"hutchinson"``.
+        divergence: ``"exact"``, ``"hutchinson"`` or ``"model"``.
         n_probes: probes per sample for ``"hutchinson"``.
         noisy: optional boolean mask broadcastable to the event shape.
         generator: source of the probes.
@@ -210,9 +214,24 @@ def implicit_score_matching(
     """
     x = _check_x(x)
     mask = _check_mask(noisy, x)
-    if divergence not in ("exact", "hutchinson"):
-        raise ValueError(f"`divergence` must be 'exact' or 'hutchinson', got {divergence!r}")
+    if divergence not in ("exact", "hutchinson", "model"):
+        raise ValueError(
+            f"`divergence` must be 'exact', 'hutchinson' or 'model', got {divergence!r}"
+        )
     n_probes = _check_positive_int(n_probes, "n_probes")
+    if divergence == "model":
+        method = getattr(score_fn, "score_and_divergence", None)
+        if not callable(method):
+            raise TypeError(
+                "divergence='model' needs `score_fn.score_and_divergence(x) -> (s, div)`"
+            )
+        s, div = method(x)
+        if s.shape != x.shape or div.shape != x.shape[:1]:
+            raise ValueError(
+                f"`score_and_divergence` must return s {tuple(x.shape)} and div "
+                f"{tuple(x.shape[:1])}, got {tuple(s.shape)} and {tuple(div.shape)}"
+            )
+        return (_per_sample(_masked(s * s, mask)) + 2.0 * div).mean()
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         s = _score(score_fn, xg)

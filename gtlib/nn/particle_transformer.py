@@ -163,7 +163,13 @@ class ParticleTransformer(Module):
     def tokens_per_particle(self) -> int:
         return self.num_neighbors + int(self.include_self)
 
-    def forward(self, pos: Tensor, h: Tensor | None = None, box: BoxLike | None = None) -> Tensor:
+    def forward(
+        self,
+        pos: Tensor,
+        h: Tensor | None = None,
+        box: BoxLike | None = None,
+        h_self: Tensor | None = None,
+    ) -> Tensor:
         r"""Evaluates the model on every particle.
 
         Args:
@@ -174,16 +180,30 @@ class ParticleTransformer(Module):
             box: periodic box lengths (a float for a cube, or ``d`` values); ``None`` for free
                 space. The neighbourhood must fit in the box: the :math:`K`-th neighbour must
                 lie closer than half the smallest box length.
+            h_self: optional states for the particles' own tokens (same shape and values as
+                ``h``; default ``h``). A separate tensor lets autograd tell the own-token path
+                apart: particle :math:`i`'s output depends on :math:`\mathbf{h}_i` only through
+                its own token, so the gradient of :math:`\sum_i \mathrm{out}_{i,a}` with
+                respect to ``h_self`` is :math:`\partial\,\mathrm{out}_{i,a} /
+                \partial\mathbf{h}_i` for every :math:`i` at once (exact per-particle
+                divergences in one backward pass per channel). Needs ``include_self``.
 
         Returns:
             ``[N, out_channels]`` or ``[B, N, out_channels]``.
         """
         batched, num_systems, num_particles = self._check_pos(pos)
         h = self._check_state(h, pos, num_systems, num_particles)
+        if h_self is None:
+            h_self = h
+        else:
+            if not self.include_self:
+                raise ValueError("h_self needs include_self=True (no own token otherwise)")
+            h_self = self._check_state(h_self, pos, num_systems, num_particles, name="h_self")
         box_lengths = self._check_box(box, pos)
 
         flat_pos = pos.reshape(num_systems * num_particles, self.dim)
         flat_h = h.reshape(num_systems * num_particles, self.in_channels)
+        flat_h_self = h_self.reshape(num_systems * num_particles, self.in_channels)
         neighbours = self._neighbours(flat_pos, box_lengths, num_systems, num_particles)
 
         total = flat_pos.size(0)
@@ -192,7 +212,14 @@ class ParticleTransformer(Module):
         outputs = []
         for start in range(0, total, chunk):
             centres = torch.arange(start, min(start + chunk, total), device=pos.device)
-            args = (flat_pos, flat_h, centres, neighbours[start : start + chunk], box_lengths)
+            args = (
+                flat_pos,
+                flat_h,
+                flat_h_self,
+                centres,
+                neighbours[start : start + chunk],
+                box_lengths,
+            )
             if use_checkpoint:
                 outputs.append(checkpoint(self._evaluate, *args, use_reentrant=False))
             else:
@@ -245,7 +272,13 @@ class ParticleTransformer(Module):
         return state
 
     def _evaluate(
-        self, pos: Tensor, h: Tensor, centres: Tensor, neighbours: Tensor, box: Tensor | None
+        self,
+        pos: Tensor,
+        h: Tensor,
+        h_self: Tensor,
+        centres: Tensor,
+        neighbours: Tensor,
+        box: Tensor | None,
     ) -> Tensor:
         """Outputs ``[n, out_channels]`` of the particles ``centres`` with neighbours ``[n, K]``."""
         num, size = centres.numel(), self.tokens_per_particle
@@ -255,7 +288,8 @@ class ParticleTransformer(Module):
             displacement = displacement - box * torch.round(displacement.detach() / box)
         features = torch.cat([displacement, h[neighbours]], dim=-1)
         if self.include_self:
-            own = torch.cat([torch.zeros_like(centre_pos), h.index_select(0, centres)[:, None]], -1)
+            own_state = h_self.index_select(0, centres)[:, None]
+            own = torch.cat([torch.zeros_like(centre_pos), own_state], -1)
             features = torch.cat([own, features], dim=1)
 
         tokens = self.embed(features).reshape(num * size, self.hidden_channels)
@@ -289,21 +323,23 @@ class ParticleTransformer(Module):
         return batched, num_systems, num_particles
 
     def _check_state(
-        self, h: Tensor | None, pos: Tensor, num_systems: int, num_particles: int
+        self, h: Tensor | None, pos: Tensor, num_systems: int, num_particles: int, name: str = "h"
     ) -> Tensor:
         if h is None:
             if self.in_channels != 0:
-                raise ValueError(f"h is required: the model has in_channels={self.in_channels}")
+                raise ValueError(
+                    f"{name} is required: the model has in_channels={self.in_channels}"
+                )
             return pos.new_zeros(num_systems * num_particles, 0)
         if not isinstance(h, Tensor) or not h.is_floating_point():
-            raise TypeError("h must be a floating-point tensor [N, in_channels]")
+            raise TypeError(f"{name} must be a floating-point tensor [N, in_channels]")
         if h.dtype != pos.dtype:
-            raise TypeError(f"h must have the dtype of pos ({pos.dtype}), got {h.dtype}")
+            raise TypeError(f"{name} must have the dtype of pos ({pos.dtype}), got {h.dtype}")
         expected = [*pos.shape[:-1], self.in_channels]
         if list(h.shape) != expected:
-            raise ValueError(f"h must have shape {expected}, got {list(h.shape)}")
+            raise ValueError(f"{name} must have shape {expected}, got {list(h.shape)}")
         if h.device != pos.device:
-            raise ValueError(f"h must be on the device of pos ({pos.device}), got {h.device}")
+            raise ValueError(f"{name} must be on the device of pos ({pos.device}), got {h.device}")
         return h
 
     def _check_box(self, box: BoxLike | None, pos: Tensor) -> Tensor | None:

@@ -134,6 +134,29 @@ def test_force_divergence_matches_autograd():
         assert float(analytic[b]) == pytest.approx(expected, rel=1e-10, abs=1e-10)
 
 
+def test_force_jacobian_matches_autograd_blocks():
+    gen = torch.Generator().manual_seed(4)
+    system = ActiveOUParticles(16, packing_fraction=0.55, k=1.5, trap=0.2, v0=0.7)
+    L = system.box_length
+    pos = (torch.rand(2, 16, 2, generator=gen, dtype=torch.float64) - 0.5) * L
+    pos[:, 0] = torch.tensor([-L / 2 + 0.2, 0.0])  # a pair across the periodic boundary
+    pos[:, 1] = torch.tensor([L / 2 - 0.9, 0.3])
+    jacobian = system.force_jacobian(pos)
+    assert jacobian.shape == (2, 16, 2, 2)
+    for b in range(2):
+
+        def passive(flat):
+            at = flat.reshape(16, 2)
+            return system.drift(at, torch.zeros_like(at))[0].reshape(-1)
+
+        full = torch.autograd.functional.jacobian(passive, pos[b].reshape(-1))
+        blocks = full.reshape(16, 2, 16, 2).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+        torch.testing.assert_close(jacobian[b], blocks, rtol=1e-10, atol=1e-12)
+    traces = jacobian.diagonal(dim1=-2, dim2=-1).sum((-1, -2))
+    torch.testing.assert_close(traces, system.force_divergence(pos), rtol=1e-12, atol=1e-12)
+    assert float(jacobian.abs().amax(dim=(-1, -2)).min()) > 0  # every particle has the trap
+
+
 def test_drift_diffusion_and_state_layout():
     system = ActiveOUParticles(5, trap=2.0, k=0.0, v0=0.5, gamma=3.0, eps=0.25, dim=2)
     pos = torch.randn(5, 2, dtype=torch.float64)

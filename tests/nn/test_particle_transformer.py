@@ -241,6 +241,28 @@ def test_chunked_equals_unchunked_values_and_gradients(chunk_size):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_h_self_gives_the_own_token_jacobian_blocks(chunk_size):
+    """d(sum_i out_{i,a}) / d h_self = the diagonal blocks d out_i / d h_i of the full Jacobian."""
+    model = make_model(chunk_size=chunk_size).double()
+    perturb_parameters(model)
+    pos, h, length = make_system(40, seed=13, dtype=torch.float64)
+    h_self = h.clone().requires_grad_(True)
+    out = model(pos, h, box=length, h_self=h_self)
+    torch.testing.assert_close(out, model(pos, h, box=length), rtol=0, atol=0)
+    full = torch.autograd.functional.jacobian(lambda hh: model(pos, hh, box=length), h)
+    n, channels = h.shape
+    blocks = full.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [N, out, in]
+    for a in range(out.shape[1]):
+        (grad,) = torch.autograd.grad(out[:, a].sum(), h_self, retain_graph=True)
+        torch.testing.assert_close(grad, blocks[:, a], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="h_self must have shape"):
+        model(pos, h, box=length, h_self=h[:-1])
+    no_self = ParticleTransformer(channels, 2, num_neighbors=4, include_self=False).double()
+    with pytest.raises(ValueError, match="include_self"):
+        no_self(pos, h, box=length, h_self=h)
+
+
 def test_chunked_training_uses_checkpoint(monkeypatch):
     calls = []
     original = pt_module.checkpoint
