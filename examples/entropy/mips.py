@@ -2,9 +2,13 @@ r"""Learn the entropy production of active particles (AOUP, MIPS) with a Particl
 
 Hypoelliptic active Ornstein–Uhlenbeck particles (noise on the self-propulsion only,
 :math:`\varepsilon = 0`, periodic box, soft repulsion; Boffi & Vanden-Eijnden, PNAS 2024). The
-score of the self-propulsions, :math:`s_{g_i} = \nabla_{g_i}\log\rho`, is learned by antithetic
-denoising score matching on stationary snapshots with a spatially local transformer, in the
-parametrisation :math:`s_g = \mathrm{net} - g` (:math:`v_g = -\gamma\,\mathrm{net}`). On held-out
+score of the self-propulsions, :math:`s_{g_i} = \nabla_{g_i}\log\rho`, is learned on stationary
+snapshots with a spatially local transformer, in the parametrisation :math:`s_g = \mathrm{net} - g`
+(:math:`v_g = -\gamma\,\mathrm{net}`), by exact implicit score matching (``--loss implicit``: the
+divergence over :math:`g` is exact per particle, see ``ParticleScore.score_and_divergence``; no
+noise level) or antithetic denoising score matching (``--loss dsm --sigma ...``). With
+``--force-features`` (default) the network also gets each particle's passive force and its
+Jacobian block, which speeds learning up. On held-out
 snapshots the script reports the entropy production rate
 
 .. math::  \sigma = \gamma^{-1}\sum_i E|v_{g_i}|^2 \quad\text{(learned)}, \qquad
@@ -79,9 +83,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--ff", type=int, default=256)
     model.add_argument("--neighbors", type=int, default=32)
     model.add_argument("--chunk-size", type=int, default=None, help="particles per chunk")
+    model.add_argument(
+        "--force-features",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give the network each particle's passive force and its Jacobian block",
+    )
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=2000)
     train.add_argument("--batch-size", type=int, default=4, help="snapshots per step")
+    train.add_argument(
+        "--loss",
+        choices=["implicit", "dsm"],
+        default="implicit",
+        help="exact implicit score matching (per-particle divergence) or denoising",
+    )
     train.add_argument("--sigma", type=float, default=0.01, help="DSM noise level")
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--ema", type=float, default=0.999)
@@ -225,8 +241,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     states = torch.cat([train_pos, train_g], dim=-1).to(dtype)
     dim = system.dim
 
+    extra = dim + dim * (dim + 1) // 2 if args.force_features else 0
     net = ParticleTransformer(
-        dim,
+        dim + extra,
         dim,
         dim=dim,
         num_neighbors=args.neighbors,
@@ -236,12 +253,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ff_channels=args.ff,
         chunk_size=args.chunk_size,
     )
-    model = ParticleScore(net, system).to(device=device, dtype=dtype)
+    model = ParticleScore(net, system, force_features=args.force_features)
+    model = model.to(device=device, dtype=dtype)
+    if args.loss == "implicit":
+        loss_options: dict[str, Any] = {"loss_kwargs": {"divergence": "model"}}
+    else:
+        loss_options = {"sigma": args.sigma}
     start = time.perf_counter()
     result = train_score(
         model,
         states,
-        sigma=args.sigma,
+        loss=args.loss,
+        **loss_options,
         noisy=model.noisy,
         steps=args.steps,
         batch_size=args.batch_size,
@@ -259,7 +282,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def evaluate(
         system_: ActiveOUParticles, pos: Tensor, g: Tensor, name: str
     ) -> tuple[dict[str, Any], ParticleEntropyProduction]:
-        scorer = ParticleScore(net, system_, zero_init=False).to(device=device, dtype=dtype)
+        scorer = ParticleScore(
+            net, system_, force_features=args.force_features, zero_init=False
+        ).to(device=device, dtype=dtype)
         scorer.eval()
         begin = time.perf_counter()
         estimate = particle_entropy_production(
