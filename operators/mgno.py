@@ -157,9 +157,10 @@ class MgNO(nn.Module):
     size.
 
     **Resolution.** The V-cycle's stencils are 3x3 on whatever grid they see, so the learned
-    operator is tied to the training grid spacing: unlike :class:`~gtlib.operators.FNO`, a model trained at one
-    resolution does not transfer zero-shot to another (on generated Darcy flow, trained at
-    64x64: relative L2 0.015 at 64x64, 0.42 at 127x127). Train at the resolution of use.
+    operator is tied to the training grid spacing: unlike :class:`~gtlib.operators.FNO`, a
+    model trained at one resolution does not transfer zero-shot to another (on generated Darcy
+    flow, trained at 64x64: relative L2 0.015 at 64x64, 0.42 at 127x127). Train at the
+    resolution of use.
 
     **Defaults** follow the published Darcy configuration (``num_layer=5``,
     ``num_channel_u=24``, five levels with one pre- and one post-smoothing step per level):
