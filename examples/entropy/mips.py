@@ -8,7 +8,7 @@ snapshots with a spatially local transformer, in the parametrisation :math:`s_g 
 divergence over :math:`g` is exact per particle, see ``ParticleScore.score_and_divergence``; no
 noise level) or antithetic denoising score matching (``--loss dsm --sigma ...``). With
 ``--force-features`` (default) the network also gets each particle's passive force and its
-Jacobian block, which speeds learning up. On held-out
+Jacobian block (it learned faster with them). On held-out
 snapshots the script reports the entropy production rate
 
 .. math::  \sigma = \gamma^{-1}\sum_i E|v_{g_i}|^2 \quad\text{(learned)}, \qquad
@@ -241,9 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     states = torch.cat([train_pos, train_g], dim=-1).to(dtype)
     dim = system.dim
 
-    extra = dim + dim * (dim + 1) // 2 if args.force_features else 0
     net = ParticleTransformer(
-        dim + extra,
+        ParticleScore.input_channels(dim, force_features=args.force_features),
         dim,
         dim=dim,
         num_neighbors=args.neighbors,

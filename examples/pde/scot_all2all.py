@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> dict:
     x, y, lead = load(args.data, "train")
     x_test, y_test, lead_test = load(args.data, "test")
     scale, lead_scale = x.std(), float(lead.max())
+    available = sorted(set(lead.tolist()) & set(lead_test.tolist()))
+    for name, value in (("--held-out-lead", args.held_out_lead), ("--fixed-lead", args.fixed_lead)):
+        if value not in available:
+            parser.error(f"{name} {value:g} is not a lead time of the data: {available}")
     if args.mode == "all2all":
         keep = (lead != args.held_out_lead) & (lead > 0)
     else:
@@ -80,10 +84,11 @@ def main(argv: list[str] | None = None) -> dict:
             pick = lead_test == target_lead
             direct = model(x_test[pick] / scale, lead_test[pick] / lead_scale) * scale
             errors[f"lead {target_lead:g} direct"] = relative_l2(direct, y_test[pick]).item()
-            if args.mode == "fixed":
+            rollout_steps = target_lead / args.fixed_lead
+            if args.mode == "fixed" and rollout_steps == round(rollout_steps):
                 state = x_test[pick]
                 step = torch.full((state.shape[0],), args.fixed_lead / lead_scale)
-                for _ in range(round(target_lead / args.fixed_lead)):
+                for _ in range(round(rollout_steps)):
                     state = model(state / scale, step) * scale
                 errors[f"lead {target_lead:g} rollout"] = relative_l2(state, y_test[pick]).item()
     results = {"mode": args.mode, "train_pairs": len(x), "train_seconds": seconds, **errors}

@@ -107,9 +107,9 @@ class ParticleScore(Module):
             :math:`\mathrm{net}_g = -(\kappa v_0 g + (\gamma + \kappa) f)/(\gamma v_0)`, a
             near-cancellation amplified by :math:`1/\gamma` whose :math:`g`-slope is the local
             stiffness. Given :math:`f_i` and :math:`\partial f_i/\partial x_i` exactly, the
-            network need not rebuild them from its neighbours' displacements, and learns the
-            score far faster. The features are translation invariant and permutation
-            equivariant.
+            network need not rebuild them from its neighbours' displacements (on N = 256 AOUPs
+            at packing fraction 0.6 it learned faster with them). The features are translation
+            invariant and permutation equivariant.
         position_features: append :math:`x_i` to the network's ``h`` (:math:`C_{in}` grows by
             :math:`d`), for
             systems that are not translation invariant (a trap); leave ``False`` in a periodic box.
@@ -150,7 +150,9 @@ class ParticleScore(Module):
             )
         in_channels = getattr(net, "in_channels", None)
         layout = ["g"] + ["f", "df/dx"] * self.force_features + ["x"] * self.position_features
-        expected_in = self.dim * (1 + self.position_features) + self.num_force_features
+        expected_in = self.input_channels(
+            self.dim, force_features=self.force_features, position_features=self.position_features
+        )
         if in_channels is not None and in_channels != expected_in:
             raise ValueError(
                 f"`net` must take in_channels = {expected_in} ([{', '.join(layout)}]), "
@@ -177,10 +179,14 @@ class ParticleScore(Module):
                 if last.bias is not None:
                     last.bias.zero_()
 
-    @property
-    def num_force_features(self) -> int:
-        """Channels added to ``h`` by ``force_features``: :math:`d + d(d+1)/2` (else 0)."""
-        return (self.dim + self.dim * (self.dim + 1) // 2) if self.force_features else 0
+    @staticmethod
+    def input_channels(
+        dim: int, *, force_features: bool = False, position_features: bool = False
+    ) -> int:
+        """The ``in_channels`` the network needs: :math:`d` for :math:`g`, plus
+        :math:`d + d(d+1)/2` with ``force_features`` and :math:`d` with ``position_features``."""
+        channels = dim + (dim if position_features else 0)
+        return channels + (dim + dim * (dim + 1) // 2 if force_features else 0)
 
     def _split(self, state: Tensor) -> tuple[Tensor, Tensor, bool]:
         if not isinstance(state, Tensor) or not state.is_floating_point():

@@ -199,7 +199,8 @@ def implicit_score_matching(
     ``score_fn.score_and_divergence(x) -> (s, div [B])`` (e.g.
     :meth:`gtlib.entropy.particle_score.ParticleScore.score_and_divergence`, exact over the
     :math:`g` block of every particle in :math:`d` passes); ``noisy`` must then be the block that
-    method differentiates. All build the graph (``create_graph=True``), so the loss trains.
+    method differentiates (by default the model's ``noisy`` attribute, when it has one). All
+    build the graph (``create_graph=True``), so the loss trains.
 
     Args:
         score_fn: the model, ``[B, *event] -> [B, *event]``.
@@ -225,6 +226,16 @@ def implicit_score_matching(
             raise TypeError(
                 "divergence='model' needs `score_fn.score_and_divergence(x) -> (s, div)`"
             )
+        own_mask = getattr(score_fn, "noisy", None)
+        if isinstance(own_mask, Tensor):
+            own_mask = _check_mask(own_mask, x)
+            if mask is None:
+                mask = own_mask
+            elif not torch.equal(mask, own_mask):
+                raise ValueError(
+                    "`noisy` must be the block that `score_fn.score_and_divergence` "
+                    "differentiates (`score_fn.noisy`)"
+                )
         s, div = method(x)
         if s.shape != x.shape or div.shape != x.shape[:1]:
             raise ValueError(

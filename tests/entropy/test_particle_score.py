@@ -193,7 +193,7 @@ def test_force_features_pass_force_and_jacobian() -> None:
     g = torch.randn(3, 24, 2, generator=gen, dtype=torch.float64)
     net = RecordingNet(9)
     model = ParticleScore(net, system, force_features=True, position_features=True)
-    assert model.num_force_features == 5
+    assert ParticleScore.input_channels(2, force_features=True, position_features=True) == 9
     model(torch.cat([pos, g], -1))
     force = system.k * system.interaction_forces(pos) - system.trap * pos
     jacobian = system.force_jacobian(pos)
@@ -220,6 +220,28 @@ class _NoJacobian:
         return getattr(self._system, name)
 
 
+def _train_on_trap(model: ParticleScore, steps: int, **loss_options) -> tuple:
+    """Train on 4000 exact stationary snapshots of the trap; evaluate on 2000 fresh ones."""
+    n = model.system.num_particles
+    pos, g = exact_snapshots(n, 0.0, 4000, seed=3)
+    start = time.perf_counter()
+    train_score(
+        model,
+        torch.cat([pos, g], -1).float(),
+        noisy=model.noisy,
+        steps=steps,
+        batch_size=32,
+        lr=1e-2,
+        progress=False,
+        seed=0,
+        **loss_options,
+    )
+    elapsed = time.perf_counter() - start
+    test_pos, test_g = exact_snapshots(n, 0.0, 2000, seed=4)
+    result = particle_entropy_production(model, model.system, test_pos.float(), test_g.float())
+    return result, elapsed
+
+
 def test_trained_particle_transformer_learns_trap_epr() -> None:
     """Hypoelliptic trapped AOUPs: sigma = kappa N d; a tiny transformer gets within 10%.
 
@@ -228,29 +250,13 @@ def test_trained_particle_transformer_learns_trap_epr() -> None:
     (sigma = 0.2 gives 12.5).
     """
     torch.manual_seed(0)
-    n, eps = 8, 0.0
-    system = trap_system(n, eps)
-    pos, g = exact_snapshots(n, eps, 4000, seed=3)
-    states = torch.cat([pos, g], -1).float()
+    n = 8
+    system = trap_system(n, 0.0)
     net = ParticleTransformer(
         4, 2, num_neighbors=3, hidden_channels=32, num_layers=1, heads=2, ff_channels=64
     )
     model = ParticleScore(net, system, position_features=True)
-    start = time.perf_counter()
-    train_score(
-        model,
-        states,
-        sigma=0.03,
-        noisy=model.noisy,
-        steps=400,
-        batch_size=32,
-        lr=1e-2,
-        progress=False,
-        seed=0,
-    )
-    elapsed = time.perf_counter() - start
-    test_pos, test_g = exact_snapshots(n, eps, 2000, seed=4)
-    result = particle_entropy_production(model, system, test_pos.float(), test_g.float())
+    result, elapsed = _train_on_trap(model, steps=400, sigma=0.03)
     exact = KAPPA * n * 2
     print(f"trained EPR {result.total:.3f} +- {result.stderr:.3f} vs {exact} ({elapsed:.1f} s)")
     assert abs(result.total - exact) < 0.1 * exact
@@ -286,6 +292,11 @@ def test_score_and_divergence_is_exact_on_the_g_block() -> None:
     by_model = implicit_score_matching(model, state, divergence="model", noisy=model.noisy)
     exact = implicit_score_matching(model, state, divergence="exact", noisy=mask)
     torch.testing.assert_close(by_model, exact, rtol=1e-10, atol=1e-10)
+    # Without `noisy` the model's own mask is used; a different one is refused.
+    by_default = implicit_score_matching(model, state, divergence="model")
+    torch.testing.assert_close(by_default, by_model, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="score_fn.noisy"):
+        implicit_score_matching(model, state, divergence="model", noisy=torch.ones(4, dtype=bool))
     # ... and it trains: every parameter gets a gradient.
     by_model.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
@@ -305,28 +316,13 @@ def test_exact_implicit_score_matching_learns_trap_epr() -> None:
     torch.manual_seed(0)
     n = 8
     system = trap_system(n, 0.0)
-    pos, g = exact_snapshots(n, 0.0, 4000, seed=3)
-    states = torch.cat([pos, g], -1).float()
     net = ParticleTransformer(
         7, 2, num_neighbors=3, hidden_channels=32, num_layers=1, heads=2, ff_channels=64
     )
     model = ParticleScore(net, system, force_features=True)
-    start = time.perf_counter()
-    train_score(
-        model,
-        states,
-        loss="implicit",
-        loss_kwargs={"divergence": "model"},
-        noisy=model.noisy,
-        steps=300,
-        batch_size=32,
-        lr=1e-2,
-        progress=False,
-        seed=0,
+    result, elapsed = _train_on_trap(
+        model, steps=300, loss="implicit", loss_kwargs={"divergence": "model"}
     )
-    elapsed = time.perf_counter() - start
-    test_pos, test_g = exact_snapshots(n, 0.0, 2000, seed=4)
-    result = particle_entropy_production(model, system, test_pos.float(), test_g.float())
     exact = KAPPA * n * 2
     print(f"trained EPR {result.total:.3f} +- {result.stderr:.3f} vs {exact} ({elapsed:.1f} s)")
     assert abs(result.total - exact) < 0.05 * exact
