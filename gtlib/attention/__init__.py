@@ -1,7 +1,9 @@
-"""The sparse-attention core: patterns, segment softmax and sparse attention."""
+"""The sparse-attention core: patterns (who attends to whom) and the engine (how scores are
+formed and reduced), with ``sparse_attention`` and ``segment_softmax`` as its common cases."""
 
 from gtlib.attention.core import sparse_attention
+from gtlib.attention.engine import Edges, attend
 from gtlib.attention.pattern import Pattern
 from gtlib.attention.softmax import segment_softmax
 
-__all__ = ["Pattern", "segment_softmax", "sparse_attention"]
+__all__ = ["Edges", "Pattern", "attend", "segment_softmax", "sparse_attention"]

@@ -8,7 +8,7 @@ from torch.nn import Module, Parameter
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import glorot, zeros
 
-from gtlib.attention import Pattern, sparse_attention
+from gtlib.attention import Pattern, attend
 from gtlib.nn._conv_common import (
     attention_graph,
     attention_mode,
@@ -22,7 +22,7 @@ from gtlib.nn._conv_common import (
 class GATConv(Module):
     r"""The graph attention operator from `"Graph Attention Networks"
     <https://arxiv.org/abs/1710.10903>`_ (Veličković et al., ICLR 2018), computed by
-    :func:`gtlib.attention.sparse_attention`.
+    :func:`gtlib.attention.attend` with its static score term.
 
     A drop-in replacement for :class:`torch_geometric.nn.GATConv`: same constructor arguments
     and defaults, same parameter names (PyG state dicts load with ``strict=True`` both ways),
@@ -181,27 +181,23 @@ class GATConv(Module):
             fill_value=self.fill_value,
         )  # fmt: skip
 
-        # per-node score terms a . (Theta x) as one-channel queries and keys
-        score_src = (h_src * self.att_src).sum(dim=-1, keepdim=True)
-        if h_dst is None:
-            score_dst = score_src.new_zeros(num_dst, heads, 1)
-        else:
-            score_dst = (h_dst * self.att_dst).sum(dim=-1, keepdim=True)
+        # the static score LeakyReLU(a_s . Theta x_j + a_d . Theta x_i + a_e . Theta_e e_ij)
+        score_src = (h_src * self.att_src).sum(dim=-1)
+        score_dst = None if h_dst is None else (h_dst * self.att_dst).sum(dim=-1)
         score_edge = None
         if edge_attr is not None and self.lin_edge is not None:
             edge = self.lin_edge(edge_attr.view(-1, 1) if edge_attr.dim() == 1 else edge_attr)
-            score_edge = (edge.view(-1, heads, channels) * self.att_edge).sum(-1, keepdim=True)
+            score_edge = (edge.view(-1, heads, channels) * self.att_edge).sum(-1)
 
         returns_weights = bool(return_attention_weights)
-        result = sparse_attention(
-            score_dst,
-            score_src,
-            h_src,
+        result = attend(
             pattern,
-            score="gatv2",
-            att=score_src.new_ones(heads, 1),
-            negative_slope=self.negative_slope,
+            h_src,
+            score="static",
+            src_score=score_src,
+            dst_score=score_dst,
             key_edge=score_edge,
+            negative_slope=self.negative_slope,
             dropout=self.dropout if self.training else 0.0,
             mode=attention_mode(returns_weights),
             return_attention=returns_weights,

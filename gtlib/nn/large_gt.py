@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from gtlib.attention import Pattern, sparse_attention
+from gtlib.attention import Pattern, attend, sparse_attention
 
 MODES = ("full", "local", "global")
 
@@ -280,14 +280,14 @@ class LargeGT(nn.Module):
         seed, others = out[:, 0], out[:, 1:]
         pair = torch.cat([seed.unsqueeze(1).expand_as(others), others], dim=-1)
         score = self.readout(pair)  # [B, T - 1, 1]
-        # softmax over each seed's tokens: the score is the key of a unit query (scale 1)
+        # softmax over each seed's tokens of a per-token (static) score
         pattern = self._readout_pattern(num_seqs, seq_len - 1, z.device)
-        pooled = sparse_attention(
-            score.new_ones(num_seqs, 1, 1),
-            score.reshape(-1, 1, 1),
-            others.reshape(-1, 1, hidden),
+        pooled = attend(
             pattern,
-            scale=1.0,
+            others.reshape(-1, 1, hidden),
+            score="static",
+            src_score=score.reshape(-1, 1),
+            negative_slope=None,
         )
         return seed + pooled[:, 0]
 

@@ -1,0 +1,376 @@
+"""The attention engine: how scores are formed and reduced over a :class:`Pattern`, once.
+
+:func:`attend` composes a score from the terms of :mod:`gtlib.attention.terms` (or a user
+``score_mod``), a message (``v_j + e_ij`` or a user ``message_fn``) and a reduction (softmax,
+sum, mean, max or given weights), and sends the call to a backend:
+
+============  ===========================================================================
+``scatter``   gather/scatter over all edges, autograd; anything; compiles with ``torch.compile``
+``chunked``   the same over chunks of whole receivers with recompute in the backward; anything
+``sparse``    softmax family on sparse-matrix kernels (SDDMM + SpMM), ``[E, H]`` state
+``stream``    softmax family, online softmax over edge chunks, recomputing backward
+``fused``     softmax family (dot/additive scores), compiled C++ kernel on the CPU
+``dense``     block patterns (per-graph all-to-all, windows) through SDPA
+============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from gtlib.attention.backends._chunks import ChunkPlan, default_chunk_size
+from gtlib.attention.backends.dense import dense_attention
+from gtlib.attention.backends.reference import Edges, Reduction, chunked_attend, reference_attend
+from gtlib.attention.backends.sparse import sparse_attention_csr
+from gtlib.attention.backends.stream import stream_attention, stream_attention_weights
+from gtlib.attention.pattern import Pattern
+from gtlib.attention.terms import ScoreInputs, ScoreSpec
+
+__all__ = ["Edges", "attend", "MODES", "REDUCTIONS", "SCORES"]
+
+SCORES = ("dot", "additive", "static", None)
+REDUCTIONS = ("softmax", "sum", "mean", "max", "weights")
+MODES = ("auto", "scatter", "chunked", "sparse", "stream", "fused", "dense")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+# From this many per-edge elements (E * H * C) on, "auto" leaves the all-edges scatter mode.
+SPARSE_THRESHOLD = 1 << 16
+# Edges per chunk of the chunked mode when no chunk_size is given and the width is unknown.
+CHUNKED_EDGES = 8192
+
+
+def attend(
+    pattern: Pattern,
+    value: Tensor | None = None,
+    *,
+    query: Tensor | None = None,
+    key: Tensor | None = None,
+    score: str | None = "dot",
+    att: Tensor | None = None,
+    negative_slope: float | None = 0.2,
+    src_score: Tensor | None = None,
+    dst_score: Tensor | None = None,
+    key_edge: Tensor | None = None,
+    value_edge: Tensor | None = None,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+    score_mod: Callable[[Tensor, Edges], Tensor] | None = None,
+    message_fn: Callable[[Edges], Tensor] | None = None,
+    reduce: str = "softmax",
+    weights: Tensor | None = None,
+    dropout: float = 0.0,
+    mode: str = "auto",
+    chunk_size: int | None = None,
+    return_attention: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    r"""Scores, weights and reduces messages over the edges of a pattern.
+
+    For every receiver :math:`i`, over its senders :math:`j \in N(i)`:
+
+    .. math::
+        s_{ij} &= \mathrm{score\_mod}\Big(\text{scale} \cdot t_{ij} + b_{ij}\Big), \qquad
+        t_{ij} = \begin{cases}
+            q_i \cdot (k_j + e^k_{ij}) & \texttt{score="dot"} \\
+            a \cdot \mathrm{act}(q_i + k_j + e^k_{ij}) & \texttt{score="additive"} \\
+            \mathrm{act}(s_j + d_i + e^k_{ij}) & \texttt{score="static"} \\
+            0 & \texttt{score=None}
+        \end{cases} \\
+        m_{ij} &= v_j + e^v_{ij} \quad\text{or}\quad \mathrm{message\_fn}(\text{edges}) \\
+        o_i &= \textstyle\sum_j \operatorname{softmax}_j(s_{ij})\, m_{ij}\ (\texttt{softmax}),\
+            \sum_j w_{ij} m_{ij}\ (\texttt{weights}),\ \sum_j m_{ij},\
+            \tfrac{1}{|N(i)|}\sum_j m_{ij},\ \max_j m_{ij}
+
+    ``act`` is a LeakyReLU with ``negative_slope`` (``None``: no activation). Receivers without
+    senders get zeros, never NaN. Scores are only formed for ``reduce="softmax"``.
+
+    Args:
+        pattern: who attends to whom (:class:`Pattern`).
+        value: ``[N_src, H, C_v]`` values, or ``None`` with a ``message_fn``.
+        query, key: ``[N_dst, H, C]`` and ``[N_src, H, C]`` for ``"dot"``/``"additive"``.
+        score: ``"dot"``, ``"additive"`` (GATv2), ``"static"`` (GAT) or ``None``.
+        att: ``[H, C]`` attention vector of ``"additive"``.
+        negative_slope: LeakyReLU slope of ``"additive"``/``"static"``; ``None``: identity.
+        src_score, dst_score: ``[N_src, H]`` and ``[N_dst, H]`` per-node terms of ``"static"``
+            (``dst_score`` optional).
+        key_edge: per-edge score term: ``[E, H, C]`` added to the key, or ``[E, H]`` added to
+            the static score.
+        value_edge: ``[E, H, C_v]`` per-edge term added to the value.
+        bias: ``[E, H]`` additive score term (after ``scale``).
+        scale: score multiplier; default ``1 / sqrt(C)`` for ``"dot"``, else 1.
+        score_mod: ``f(scores [Ec, H], edges: Edges) -> [Ec, H]`` applied last (e.g. a
+            Graphormer-style bias of the pair); differentiated by autograd.
+        message_fn: ``f(edges: Edges) -> [Ec, ...]`` messages in place of ``v_j + e_ij`` (e.g. a
+            kernel on edge geometry); ``[Ec, H, ...]`` when weighted.
+        reduce: ``"softmax"``, ``"sum"``, ``"mean"``, ``"max"`` or ``"weights"``.
+        weights: ``[E, H]`` given weights for ``reduce="weights"``.
+        dropout: probability of dropping a softmax weight (pass ``p if training else 0``).
+        mode: a backend (see the module docstring) or ``"auto"``.
+        chunk_size: edges per chunk of the chunked backends.
+        return_attention: also return the softmax weights ``[E, H]`` (before dropout) in the
+            caller's edge order (differentiable in the scatter and chunked modes).
+
+    Per-edge tensors are in the caller's edge order (``pattern.edge_index``); float16/bfloat16
+    inputs are computed in float32 and cast back (except through ``message_fn``).
+
+    Shapes:
+        -> ``[N_dst, H, C_v]`` (or ``[N_dst, ...]`` from ``message_fn``), and ``[E, H]``.
+    """
+    spec, heads = _validate(
+        pattern, value, query, key, score, att, negative_slope, src_score, dst_score, key_edge,
+        value_edge, bias, scale, score_mod, message_fn, reduce, weights, dropout, mode,
+        chunk_size, return_attention,
+    )  # fmt: skip
+    builtin = score_mod is None and message_fn is None and reduce == "softmax"
+    mode = _resolve_mode(mode, pattern, spec, value, key_edge, value_edge, dropout, builtin,
+                         return_attention, heads)  # fmt: skip
+
+    tensors = dict(query=query, key=key, value=value, att=att, src_score=src_score,
+                   dst_score=dst_score, key_edge=key_edge, value_edge=value_edge, bias=bias,
+                   weights=weights)  # fmt: skip
+    out_dtype = None if value is None else value.dtype  # message_fn outputs are left alone
+    if out_dtype in _LOW_PRECISION and mode != "dense":
+        tensors = {k: None if t is None else t.float() for k, t in tensors.items()}
+    if spec.kind is None and tensors["bias"] is None and reduce == "softmax":
+        like = tensors["value"] if tensors["value"] is not None else tensors["query"]
+        if like is None:
+            raise ValueError("score=None needs a bias [E, H] or a value to count the heads")
+        tensors["bias"] = like.new_zeros(pattern.num_edges, heads)
+
+    alpha = None
+    if mode == "dense":
+        out = dense_attention(query, key, value, pattern, spec.scale, dropout, bias)
+    elif mode in ("scatter", "chunked"):
+        inputs = ScoreInputs(**{k: tensors[k] for k in _SCORE_INPUTS})
+        reduction = Reduction(reduce, tensors["value"], tensors["value_edge"], tensors["weights"],
+                              message_fn, score_mod, float(dropout))  # fmt: skip
+        if mode == "scatter":
+            out, alpha = reference_attend(pattern, spec, inputs, reduction)
+        else:
+            width = heads * (value.size(-1) if value is not None else 64)
+            size = chunk_size or (default_chunk_size(1, width) if value is not None else
+                                  CHUNKED_EDGES)  # fmt: skip
+            out, alpha = chunked_attend(pattern, spec, inputs, reduction, size)
+    elif mode == "fused":
+        sorted_edge = {k: None if tensors[k] is None else pattern.to_sorted(tensors[k])
+                       for k in ("key_edge", "value_edge", "bias")}  # fmt: skip
+        args = (tensors["query"], tensors["key"], tensors["value"], pattern)
+        kwargs = dict(score=spec.kind, att=tensors["att"], negative_slope=spec.negative_slope,
+                      scale=spec.scale, **sorted_edge)  # fmt: skip
+        fused = _fused_backend()
+        out = fused.fused_attention(*args, **kwargs)
+        if return_attention:
+            alpha = fused.fused_attention_weights(*args, **kwargs)
+    else:
+        plan = ChunkPlan(pattern, spec, heads, _channels(tensors), tensors["value"].size(-1),
+                         dropout, chunk_size)  # fmt: skip
+        if mode == "sparse":
+            out, alpha = sparse_attention_csr(plan, tensors)
+        else:
+            out = stream_attention(plan, tensors)
+            if return_attention:
+                alpha = stream_attention_weights(plan, tensors)
+
+    if out_dtype is not None:
+        out = out.to(out_dtype)
+    if return_attention:
+        return out, pattern.to_caller(alpha).to(out.dtype)
+    return out
+
+
+_SCORE_INPUTS = ("query", "key", "att", "src_score", "dst_score", "key_edge", "bias")
+
+
+def _channels(tensors: dict) -> int:
+    query = tensors["query"]
+    return query.size(-1) if query is not None else 1
+
+
+def _resolve_mode(
+    mode, pattern, spec, value, key_edge, value_edge, dropout, builtin, return_attention, heads
+) -> str:
+    extras = key_edge is not None or value_edge is not None
+    dense_ok = pattern.blocks is not None and spec.kind == "dot" and not extras and builtin
+    if mode == "dense" and not dense_ok:
+        raise ValueError(
+            "mode='dense' needs a block pattern (Pattern.full or Pattern.windows), score='dot', "
+            "no key_edge or value_edge, no score_mod or message_fn and reduce='softmax'"
+        )
+    if mode == "dense" and return_attention:
+        raise ValueError("mode='dense' cannot return attention weights; use mode='scatter'")
+    if mode in ("sparse", "stream", "fused") and not builtin:
+        raise ValueError(
+            f"mode={mode!r} runs the softmax family with built-in scores and values; "
+            "score_mod, message_fn and other reductions need mode='scatter' or 'chunked'"
+        )
+    if mode in ("sparse", "stream") and spec.kind is None:
+        raise ValueError(f"mode={mode!r} needs a score term (score='dot', 'additive' or 'static')")
+    fusable = spec.kind == "dot" or (spec.kind == "additive" and spec.negative_slope is not None)
+    if mode == "fused":
+        if not fusable or dropout > 0 or pattern.device.type != "cpu":
+            raise ValueError(
+                "mode='fused' (the compiled CPU kernel) takes score='dot' or 'additive' with a "
+                "LeakyReLU, no dropout, on CPU tensors"
+            )
+        if not _fused_backend().available():
+            raise RuntimeError(
+                "mode='fused' needs the compiled CPU kernel, which is not available here (no "
+                "working compiler, or GTLIB_FUSED_CPU=0); use mode='auto' to fall back"
+            )
+    if mode != "auto":
+        return mode
+    width = heads * max(_width(value), 1)
+    large = pattern.num_edges * width >= SPARSE_THRESHOLD
+    if torch.compiler.is_compiling():
+        return "scatter"
+    if not builtin:
+        return "chunked" if large else "scatter"
+    if dense_ok and not return_attention:
+        return "dense"
+    if not large or spec.kind is None:
+        return "scatter"
+    if pattern.device.type != "cpu":
+        return "stream"
+    if fusable and dropout == 0 and _fused_backend().available():
+        return "fused"
+    return "sparse"
+
+
+def _fused_backend():
+    """The compiled CPU backend's module (imported on first use: it may build the kernel)."""
+    try:  # TEMPORARY until backends/cpu.py lands
+        from gtlib.attention.backends import cpu
+    except ImportError:
+        import types
+
+        return types.SimpleNamespace(available=lambda: False)
+    return cpu
+
+
+def _width(value: Tensor | None) -> int:
+    return 0 if value is None else value.size(-1)
+
+
+def _validate(
+    pattern, value, query, key, score, att, negative_slope, src_score, dst_score, key_edge,
+    value_edge, bias, scale, score_mod, message_fn, reduce, weights, dropout, mode, chunk_size,
+    return_attention,
+) -> tuple[ScoreSpec, int]:  # fmt: skip
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a gtlib.attention.Pattern, got {type(pattern).__name__}")
+    if score == "gatv2":
+        score = "additive"
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES} (or 'gatv2'), got {score!r}")
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    for name, fn in (("score_mod", score_mod), ("message_fn", message_fn)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+    if (value is None) == (message_fn is None):
+        raise ValueError("pass exactly one of value and message_fn")
+    if negative_slope is not None:
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+            raise TypeError(f"negative_slope must be a float or None, got {negative_slope!r}")
+        if not float(negative_slope) >= 0.0:
+            raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
+    num_edges = pattern.num_edges
+    dtype = device = heads = None
+
+    def check(name, x, shape, what="a floating-point tensor"):
+        nonlocal dtype, device
+        if x is None:
+            return
+        if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
+            raise TypeError(f"{name} must be {what} of shape {_shape_text(shape)}")
+        sizes = [s for s, _ in shape]
+        if x.dim() != len(shape) or any(s is not None and s != d for s, d in zip(sizes, x.shape)):
+            raise ValueError(f"{name} must have shape {_shape_text(shape)}, got {list(x.shape)}")
+        if dtype is None:
+            dtype, device = x.dtype, x.device
+        elif x.dtype != dtype:
+            raise TypeError(f"the inputs must share a dtype: {name} has {x.dtype}, others {dtype}")
+        if x.device != device:
+            raise ValueError(f"{name} is on {x.device} but the other inputs on {device}")
+
+    if score in ("dot", "additive") and reduce == "softmax":
+        if query is None or key is None:
+            raise ValueError(f"score={score!r} needs query [N_dst, H, C] and key [N_src, H, C]")
+        check("query", query, ((pattern.num_dst, "receivers"), (None, "heads"), (None, "channels")))
+        heads, channels = query.size(1), query.size(2)
+        check("key", key, ((pattern.num_src, "senders"), (heads, "heads"), (channels, "channels")))
+        if score == "additive":
+            if att is None:
+                raise ValueError("score='additive' needs the attention vector att [H, C]")
+            check("att", att, ((heads, "heads"), (channels, "channels")))
+        elif att is not None:
+            raise ValueError("att is only used with score='additive'")
+        check(
+            "key_edge", key_edge, ((num_edges, "edges"), (heads, "heads"), (channels, "channels"))
+        )
+    elif score == "static" and reduce == "softmax":
+        if src_score is None:
+            raise ValueError("score='static' needs src_score [N_src, H]")
+        check("src_score", src_score, ((pattern.num_src, "senders"), (None, "heads")))
+        heads = src_score.size(1)
+        check("dst_score", dst_score, ((pattern.num_dst, "receivers"), (heads, "heads")))
+        check("key_edge", key_edge, ((num_edges, "edges"), (heads, "heads")))
+    elif reduce == "softmax" and score is None and score_mod is None:
+        raise ValueError("score=None needs a score_mod to form the scores")
+    unused = {"query": query, "key": key, "att": att, "src_score": src_score,
+              "dst_score": dst_score, "key_edge": key_edge}  # fmt: skip
+    if reduce != "softmax" or score is None:
+        for name, x in unused.items():
+            if x is not None:
+                raise ValueError(f"{name} is only used by a softmax with a score term")
+    if value is not None:
+        check("value", value, ((pattern.num_src, "senders"), (heads, "heads"), (None, "channels")))
+        heads = value.size(1) if heads is None else heads
+        edge_shape = ((num_edges, "edges"), (heads, "heads"), (value.size(2), "channels"))
+        check("value_edge", value_edge, edge_shape)
+    elif value_edge is not None:
+        raise ValueError("value_edge needs value (a message_fn forms its own messages)")
+    if bias is not None or weights is not None:
+        given = bias if bias is not None else weights
+        if heads is None and isinstance(given, Tensor) and given.dim() == 2:
+            heads = given.size(1)
+        check("bias", bias, ((num_edges, "edges"), (heads, "heads")))
+        check("weights", weights, ((num_edges, "edges"), (heads, "heads")))
+    if reduce == "weights" and weights is None:
+        raise ValueError("reduce='weights' needs weights [E, H]")
+    if reduce != "weights" and weights is not None:
+        raise ValueError("weights are only used with reduce='weights'")
+    if bias is not None and reduce != "softmax":
+        raise ValueError("bias is only used with reduce='softmax'")
+    if dropout > 0 and reduce != "softmax":
+        raise ValueError("dropout applies to softmax weights; use reduce='softmax'")
+    if return_attention and reduce != "softmax":
+        raise ValueError("return_attention needs reduce='softmax'")
+    if device is not None and device != pattern.device:
+        raise ValueError(f"the inputs are on {device} but the pattern on {pattern.device}")
+    if score in ("dot",) and scale is None and query is not None:
+        scale = 1.0 / math.sqrt(query.size(-1))
+    if scale is None:
+        scale = 1.0
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float, got {scale!r}")
+    if not math.isfinite(float(scale)):
+        raise ValueError(f"scale must be finite, got {scale}")
+    slope = None if negative_slope is None else float(negative_slope)
+    return ScoreSpec(score, float(scale), slope), (heads or 1)
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join(f"{'*' if s is None else s} {what}" for s, what in shape) + "]"
