@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 import numbers
@@ -13,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gtlib.attention.pattern import Pattern
+from gtlib.attention import Edges, Pattern, attend
 
 __all__ = ["GNO", "kernel_integral", "radius_pattern"]
 
@@ -53,7 +52,7 @@ def radius_pattern(x: Tensor, y: Tensor, radius: float) -> Pattern:
         )
     radius = _check_radius(radius)
     if x is y:
-        return Pattern.radius(x.detach(), radius, loop=True)[0]
+        return Pattern.radius(x.detach(), radius, loop=True)
     return _bipartite_radius(x.detach(), y.detach(), radius)
 
 
@@ -146,118 +145,6 @@ def _edge_kernel(z1: Tensor, layers: LayerParams, activation: Activation) -> Ten
     return h
 
 
-def _first_layer(
-    src_term: Tensor, dst_term: Tensor, feature_term: Tensor | None, col: Tensor, row: Tensor
-) -> Tensor:
-    z1 = src_term.index_select(0, col) + dst_term.index_select(0, row)
-    if feature_term is not None:
-        z1 = z1.unsqueeze(1) + feature_term.index_select(0, col)  # [E, B, h]
-    return z1
-
-
-def _messages(k: Tensor, f: Tensor | None, col: Tensor, multiply: bool) -> Tensor:
-    """Per-edge messages ``[E, B, C]``: ``k * f[col]`` or ``k``."""
-    k = k if k.dim() == 3 else k.unsqueeze(1)
-    return k * f.index_select(0, col) if multiply else k
-
-
-def _chunk_bounds(ptr: Tensor, chunk_size: int) -> list[tuple[int, int, int, int]]:
-    """``(first receiver, end receiver, first edge, end edge)`` chunks of whole receivers with
-    at most ``chunk_size`` edges (or one receiver that alone has more)."""
-    offsets = ptr.tolist()
-    num_dst = len(offsets) - 1
-    bounds, first = [], 0
-    while first < num_dst:
-        end = bisect.bisect_right(offsets, offsets[first] + chunk_size, lo=first + 1) - 1
-        end = min(max(end, first + 1), num_dst)
-        bounds.append((first, end, offsets[first], offsets[end]))
-        first = end
-    return bounds
-
-
-class _ChunkedKernelIntegral(torch.autograd.Function):
-    """Chunked kernel integral that keeps no per-edge activations: the backward pass
-    recomputes every chunk's kernel MLP and accumulates the gradients."""
-
-    @staticmethod
-    def forward(ctx, spec, src_term, dst_term, feature_term, f, *params):
-        pattern, bounds, activation, multiply, inv_deg, out_shape = spec
-        layers = list(zip(params[0::2], params[1::2]))
-        row, col = pattern.row, pattern.col
-        out = src_term.new_zeros(out_shape)
-        for _, _, e0, e1 in bounds:
-            col_c, row_c = col[e0:e1], row[e0:e1]
-            z1 = _first_layer(src_term, dst_term, feature_term, col_c, row_c)
-            msg = _messages(_edge_kernel(z1, layers, activation), f, col_c, multiply)
-            out.index_add_(0, row_c, msg)
-        if inv_deg is not None:
-            out.mul_(inv_deg[:, None, None])
-        ctx.spec = spec
-        ctx.save_for_backward(src_term, dst_term, feature_term, f, *params)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        pattern, bounds, activation, multiply, inv_deg, _ = ctx.spec
-        src_term, dst_term, feature_term, f, *params = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        row, col = pattern.row, pattern.col
-        grad_out = grad_out.contiguous()
-        if inv_deg is not None:
-            grad_out = grad_out * inv_deg[:, None, None]
-        want_z1 = needs[1] or needs[2] or needs[3]
-        g_src = torch.zeros_like(src_term) if needs[1] else None
-        g_dst = torch.zeros_like(dst_term) if needs[2] else None
-        g_feat = torch.zeros_like(feature_term) if needs[3] else None
-        g_f = torch.zeros_like(f) if needs[4] else None
-        param_needs = [needs[5 + i] and p is not None for i, p in enumerate(params)]
-        g_params = [torch.zeros_like(p) if w else None for p, w in zip(params, param_needs)]
-
-        for _, _, e0, e1 in bounds:
-            col_c, row_c = col[e0:e1], row[e0:e1]
-            g_msg = grad_out.index_select(0, row_c)  # [E, B, C]
-            with torch.no_grad():
-                z1 = _first_layer(src_term, dst_term, feature_term, col_c, row_c)
-            with torch.enable_grad():
-                z1.requires_grad_(want_z1)
-                leaves = [
-                    p.detach().requires_grad_(w) if p is not None else None
-                    for p, w in zip(params, param_needs)
-                ]
-                k = _edge_kernel(z1, list(zip(leaves[0::2], leaves[1::2])), activation)
-                if multiply:
-                    f_c = f.index_select(0, col_c)
-                    g_k = g_msg * f_c
-                    if g_f is not None:
-                        g_fc = g_msg * (k.detach() if k.dim() == 3 else k.detach().unsqueeze(1))
-                        if f_c.shape[-1] != g_fc.shape[-1]:
-                            g_fc = g_fc.sum(-1, keepdim=True)
-                        g_f.index_add_(0, col_c, g_fc)
-                else:
-                    g_k = g_msg
-                if k.dim() == 2:
-                    g_k = g_k.sum(1)
-                if g_k.shape[-1] != k.shape[-1]:
-                    g_k = g_k.sum(-1, keepdim=True)
-                inputs = [z1] if want_z1 else []
-                inputs += [leaf for leaf, w in zip(leaves, param_needs) if w]
-                grads = list(torch.autograd.grad(k, inputs, g_k)) if inputs else []
-            if want_z1:
-                g_z1 = grads.pop(0)
-                g_z1_sum = g_z1.sum(1) if g_z1.dim() == 3 else g_z1
-                if g_src is not None:
-                    g_src.index_add_(0, col_c, g_z1_sum)
-                if g_dst is not None:
-                    g_dst.index_add_(0, row_c, g_z1_sum)
-                if g_feat is not None:
-                    g_feat.index_add_(0, col_c, g_z1)
-            for i, w in enumerate(param_needs):
-                if w:
-                    g_params[i] += grads.pop(0)
-        return (None, g_src, g_dst, g_feat, g_f, *g_params)
-
-
 def kernel_integral(
     pattern: Pattern,
     src_term: Tensor,
@@ -284,8 +171,9 @@ def kernel_integral(
     with ``reduce`` a sum or a mean (receivers without neighbours get zeros). With a
     ``chunk_size`` the edges are processed in chunks of whole receivers and the backward pass
     recomputes each chunk, so memory stays proportional to ``chunk_size`` times the MLP width
-    rather than to the number of edges (no double backward then); ``None`` runs one pass with
-    ordinary autograd.
+    rather than to the number of edges; ``None`` runs one pass with ordinary autograd. Both are
+    the sum/mean case of :func:`gtlib.attention.attend` with the kernel as its ``message_fn``
+    (modes ``"chunked"`` and ``"scatter"``): no autograd code of their own.
 
     Args:
         pattern: neighbourhoods, CSR by receiver (``num_src = N``, ``num_dst = M``).
@@ -311,30 +199,34 @@ def kernel_integral(
     for t in (f if multiply else None, feature_term):
         if t is not None:
             batch = max(batch, t.shape[0])
-    num_dst = pattern.num_dst
-    inv_deg = None
-    if reduction == "mean":
-        deg = (pattern.ptr[1:] - pattern.ptr[:-1]).to(src_term.dtype)
-        inv_deg = 1.0 / deg.clamp(min=1)
     f_used = f if multiply else None
-
     # Nodes first inside: gathers and scatters then move whole contiguous rows.
     f_used = f_used.transpose(0, 1).contiguous() if f_used is not None else None
     if feature_term is not None:
         feature_term = feature_term.transpose(0, 1).contiguous()
-    if chunk_size is None:
-        row, col = pattern.row, pattern.col
-        z1 = _first_layer(src_term, dst_term, feature_term, col, row)
-        msg = _messages(_edge_kernel(z1, layers, activation), f_used, col, multiply)
-        out = src_term.new_zeros(num_dst, batch, channels).index_add(0, row, msg)
-        if inv_deg is not None:
-            out = out * inv_deg[:, None, None]
-        return out.transpose(0, 1)
 
-    bounds = _chunk_bounds(pattern.ptr, int(chunk_size))
-    spec = (pattern, bounds, activation, multiply, inv_deg, (num_dst, batch, channels))
-    params = [t for weight, bias in layers for t in (weight, bias)]
-    out = _ChunkedKernelIntegral.apply(spec, src_term, dst_term, feature_term, f_used, *params)
+    src_inputs = [src_term] + [t for t in (feature_term, f_used) if t is not None]
+
+    def message(edges: Edges) -> Tensor:
+        src, *rest = edges.x_src
+        z1 = src + edges.x_dst[0]
+        if feature_term is not None:
+            z1 = z1.unsqueeze(1) + rest.pop(0)  # [E, B, h]
+        k = _edge_kernel(z1, layers, activation)
+        k = k if k.dim() == 3 else k.unsqueeze(1)
+        return k * rest[0] if multiply else k  # [E, B, C]
+
+    out = attend(
+        pattern,
+        message_fn=message,
+        src_inputs=tuple(src_inputs),
+        dst_inputs=(dst_term,),
+        reduce=reduction,
+        mode="scatter" if chunk_size is None else "chunked",
+        chunk_size=chunk_size,
+    )
+    if out.shape[1:] != (batch, channels):
+        out = out.expand(-1, batch, channels)
     return out.transpose(0, 1)
 
 

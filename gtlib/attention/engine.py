@@ -24,11 +24,17 @@ from torch import Tensor
 
 from gtlib.attention.backends._chunks import ChunkPlan, default_chunk_size
 from gtlib.attention.backends.dense import dense_attention
-from gtlib.attention.backends.reference import Edges, Reduction, chunked_attend, reference_attend
+from gtlib.attention.backends.reference import (
+    Edges,
+    Reduction,
+    chunked_attend,
+    input_layout,
+    reference_attend,
+)
 from gtlib.attention.backends.sparse import sparse_attention_csr
 from gtlib.attention.backends.stream import stream_attention, stream_attention_weights
 from gtlib.attention.pattern import Pattern
-from gtlib.attention.terms import ScoreInputs, ScoreSpec
+from gtlib.attention.terms import ScoreSpec
 
 __all__ = ["Edges", "attend", "MODES", "REDUCTIONS", "SCORES"]
 
@@ -59,6 +65,9 @@ def attend(
     scale: float | None = None,
     score_mod: Callable[[Tensor, Edges], Tensor] | None = None,
     message_fn: Callable[[Edges], Tensor] | None = None,
+    src_inputs: tuple[Tensor, ...] = (),
+    dst_inputs: tuple[Tensor, ...] = (),
+    edge_inputs: tuple[Tensor, ...] = (),
     reduce: str = "softmax",
     weights: Tensor | None = None,
     dropout: float = 0.0,
@@ -104,6 +113,12 @@ def attend(
             Graphormer-style bias of the pair); differentiated by autograd.
         message_fn: ``f(edges: Edges) -> [Ec, ...]`` messages in place of ``v_j + e_ij`` (e.g. a
             kernel on edge geometry); ``[Ec, H, ...]`` when weighted.
+        src_inputs, dst_inputs, edge_inputs: node tensors ``[N_src, ...]``, ``[N_dst, ...]`` and
+            per-edge tensors ``[E, ...]`` that ``message_fn``/``score_mod`` read, handed to them
+            gathered at the chunk's edges as ``edges.x_src``, ``edges.x_dst``, ``edges.x_edge``.
+            ``message_fn`` and ``score_mod`` may close over parameters (leaf tensors); tensors
+            computed from parameters must come in through these arguments, so that the chunked
+            backend gathers and scatters their gradients edge by edge.
         reduce: ``"softmax"``, ``"sum"``, ``"mean"``, ``"max"`` or ``"weights"``.
         weights: ``[E, H]`` given weights for ``reduce="weights"``.
         dropout: probability of dropping a softmax weight (pass ``p if training else 0``).
@@ -118,6 +133,9 @@ def attend(
     Shapes:
         -> ``[N_dst, H, C_v]`` (or ``[N_dst, ...]`` from ``message_fn``), and ``[E, H]``.
     """
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a gtlib.attention.Pattern, got {type(pattern).__name__}")
+    _check_user_inputs(pattern, src_inputs, dst_inputs, edge_inputs, score_mod, message_fn)
     spec, heads = _validate(
         pattern, value, query, key, score, att, negative_slope, src_score, dst_score, key_edge,
         value_edge, bias, scale, score_mod, message_fn, reduce, weights, dropout, mode,
@@ -130,9 +148,12 @@ def attend(
     tensors = dict(query=query, key=key, value=value, att=att, src_score=src_score,
                    dst_score=dst_score, key_edge=key_edge, value_edge=value_edge, bias=bias,
                    weights=weights)  # fmt: skip
+    for prefix, given in (("src_input", src_inputs), ("dst_input", dst_inputs),
+                          ("edge_input", edge_inputs)):  # fmt: skip
+        tensors.update({f"{prefix}{i}": x for i, x in enumerate(given)})
     out_dtype = None if value is None else value.dtype  # message_fn outputs are left alone
     if out_dtype in _LOW_PRECISION and mode != "dense":
-        tensors = {k: None if t is None else t.float() for k, t in tensors.items()}
+        tensors = {k: t if t is None or "_input" in k else t.float() for k, t in tensors.items()}
     if spec.kind is None and tensors["bias"] is None and reduce == "softmax":
         like = tensors["value"] if tensors["value"] is not None else tensors["query"]
         if like is None:
@@ -143,16 +164,16 @@ def attend(
     if mode == "dense":
         out = dense_attention(query, key, value, pattern, spec.scale, dropout, bias)
     elif mode in ("scatter", "chunked"):
-        inputs = ScoreInputs(**{k: tensors[k] for k in _SCORE_INPUTS})
-        reduction = Reduction(reduce, tensors["value"], tensors["value_edge"], tensors["weights"],
-                              message_fn, score_mod, float(dropout))  # fmt: skip
+        reduction = Reduction(reduce, message_fn, score_mod, float(dropout), len(src_inputs),
+                              len(dst_inputs), len(edge_inputs))  # fmt: skip
+        ordered = [tensors.get(name) for name, _ in input_layout(reduction)]
         if mode == "scatter":
-            out, alpha = reference_attend(pattern, spec, inputs, reduction)
+            out, alpha = reference_attend(pattern, spec, reduction, ordered)
         else:
             width = heads * (value.size(-1) if value is not None else 64)
             size = chunk_size or (default_chunk_size(1, width) if value is not None else
                                   CHUNKED_EDGES)  # fmt: skip
-            out, alpha = chunked_attend(pattern, spec, inputs, reduction, size)
+            out, alpha = chunked_attend(pattern, spec, reduction, ordered, size)
     elif mode == "fused":
         sorted_edge = {k: None if tensors[k] is None else pattern.to_sorted(tensors[k])
                        for k in ("key_edge", "value_edge", "bias")}  # fmt: skip
@@ -178,9 +199,6 @@ def attend(
     if return_attention:
         return out, pattern.to_caller(alpha).to(out.dtype)
     return out
-
-
-_SCORE_INPUTS = ("query", "key", "att", "src_score", "dst_score", "key_edge", "bias")
 
 
 def _channels(tensors: dict) -> int:
@@ -236,6 +254,29 @@ def _resolve_mode(
     if fusable and dropout == 0 and _fused_backend().available():
         return "fused"
     return "sparse"
+
+
+def _check_user_inputs(pattern, src_inputs, dst_inputs, edge_inputs, score_mod, message_fn):
+    sizes = (("src_inputs", src_inputs, pattern.num_src, "senders"),
+             ("dst_inputs", dst_inputs, pattern.num_dst, "receivers"),
+             ("edge_inputs", edge_inputs, pattern.num_edges, "edges"))  # fmt: skip
+    for name, given, size, what in sizes:
+        if not isinstance(given, (tuple, list)):
+            raise TypeError(f"{name} must be a tuple of tensors, got {type(given).__name__}")
+        if given and score_mod is None and message_fn is None:
+            raise ValueError(f"{name} are read by a message_fn or score_mod; neither was given")
+        for i, x in enumerate(given):
+            if not isinstance(x, Tensor):
+                raise TypeError(f"{name}[{i}] must be a tensor, got {type(x).__name__}")
+            if x.dim() == 0 or x.size(0) != size:
+                raise ValueError(
+                    f"{name}[{i}] must have {size} rows (the pattern's {what}), got shape "
+                    f"{list(x.shape)}"
+                )
+            if x.device != pattern.device:
+                raise ValueError(
+                    f"{name}[{i}] is on {x.device} but the pattern on {pattern.device}"
+                )
 
 
 def _fused_backend():

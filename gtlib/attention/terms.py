@@ -67,43 +67,31 @@ class ScoreInputs:
     bias: Tensor | None = None  # [E, H]
 
 
-def edge_scores(spec: ScoreSpec, inputs: ScoreInputs, src: Tensor, dst: Tensor, edges) -> Tensor:
-    """Differentiable scores ``[Ec, H]`` of the edges ``(src, dst)``; ``edges`` indexes the
-    caller-order per-edge tensors (a slice or an index tensor)."""
-    key_edge = _take(inputs.key_edge, edges)
+def edge_scores(spec: ScoreSpec, pieces: dict[str, Tensor | None]) -> Tensor:
+    """Differentiable scores ``[Ec, H]`` from the inputs gathered at the edges: ``query`` at the
+    receivers, ``key``/``src_score`` at the senders, ``dst_score`` at the receivers,
+    ``key_edge``/``bias`` at the edges (``att`` whole)."""
+    key_edge = pieces.get("key_edge")
     if spec.kind == "static":
-        pre = _gather(inputs.src_score, src)
-        if inputs.dst_score is not None:
-            pre = pre + _gather(inputs.dst_score, dst)
+        pre = pieces["src_score"]
+        if pieces.get("dst_score") is not None:
+            pre = pre + pieces["dst_score"]
         if key_edge is not None:
             pre = pre + key_edge
         scores = spec.activate(pre)
     elif spec.kind is None:  # the engine always passes a bias (zeros) with no score term
-        return _take(inputs.bias, edges)
+        return pieces["bias"]
     else:
-        query_i = _gather(inputs.query, dst)
-        key_j = _gather(inputs.key, src)
-        if key_edge is not None:
-            key_j = key_j + key_edge
+        key_j = pieces["key"] if key_edge is None else pieces["key"] + key_edge
         if spec.kind == "dot":
-            scores = (query_i * key_j).sum(-1)
+            scores = (pieces["query"] * key_j).sum(-1)
         else:
-            scores = (spec.activate(query_i + key_j) * inputs.att).sum(-1)
+            scores = (spec.activate(pieces["query"] + key_j) * pieces["att"]).sum(-1)
     if spec.scale != 1.0:
         scores = scores * spec.scale
-    if inputs.bias is not None:
-        scores = scores + _take(inputs.bias, edges)
+    if pieces.get("bias") is not None:
+        scores = scores + pieces["bias"]
     return scores
-
-
-def _gather(x: Tensor, index: Tensor) -> Tensor:
-    return x.index_select(0, index)
-
-
-def _take(x: Tensor | None, edges) -> Tensor | None:
-    if x is None:
-        return None
-    return x[edges] if isinstance(edges, slice) else x.index_select(0, edges)
 
 
 # ------------------------------------------------------------------ in-place chunk forms

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from gtlib.attention import Pattern, segment_softmax, sparse_attention
 from tests.attention.reference import reference_attention
 
-EDGE_MODES = ["scatter", "sparse", "stream"]
+EDGE_MODES = ["scatter", "chunked", "sparse", "stream"]
 
 
 def random_problem(seed, num_src, num_dst, num_edges, heads=2, channels=3, value_channels=4,
@@ -123,7 +123,7 @@ def test_gradcheck_float64(mode, score):
     assert torch.autograd.gradcheck(function, [tensors[n] for n in names])
 
 
-@pytest.mark.parametrize("mode", ["sparse", "stream", "scatter"])
+@pytest.mark.parametrize("mode", ["sparse", "stream", "scatter", "chunked"])
 def test_gradcheck_with_dropout_uses_the_forward_mask(mode):
     edge_index, tensors = random_problem(1, 5, 5, 16)
     pattern = Pattern.from_edge_index(edge_index, 5)
