@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from gtlib.attention import Pattern, attend, sparse_attention
+from gtlib.attention.cache import pattern_cache
 
 MODES = ("full", "local", "global")
 
@@ -159,7 +160,6 @@ class LargeGT(nn.Module):
         self.attn_dropout = float(attn_dropout)
         self.decay = float(decay)
         self.local_chunk_size = local_chunk_size
-        self._patterns: dict = {}
         hidden = hidden_channels
         self.uses_local = mode in ("local", "full")
         self.uses_global = mode in ("global", "full")
@@ -340,39 +340,36 @@ class LargeGT(nn.Module):
 
     # ------------------------------------------------------------------ patterns
     def _sequence_pattern(self, num_seqs: int, seq_len: int, device: torch.device) -> Pattern:
-        key = ("seq", num_seqs, seq_len, str(device))
-        if key not in self._patterns:
+        """All-to-all within each token sequence (dense blocks)."""
+
+        def build() -> Pattern:
             batch = torch.arange(num_seqs, device=device).repeat_interleave(seq_len)
-            self._remember(key, Pattern.full(batch.cpu()).to(device))
-        return self._patterns[key]
+            return Pattern.full(batch)
+
+        return pattern_cache.get((), ("large_gt.seq", num_seqs, seq_len, str(device)), build)
 
     def _bipartite_pattern(self, num_src: int, num_dst: int, device: torch.device) -> Pattern:
         """Every seed attends to every used centroid; cached by the two counts."""
-        key = ("bipartite", num_src, num_dst, str(device))
-        if key not in self._patterns:
+
+        def build() -> Pattern:
             senders = torch.arange(num_src, device=device).repeat(num_dst)
             receivers = torch.arange(num_dst, device=device).repeat_interleave(num_src)
-            pattern = Pattern.from_edge_index(
-                torch.stack([senders, receivers]), num_nodes=(num_src, num_dst)
-            )
-            self._remember(key, pattern)
-        return self._patterns[key]
+            edge_index = torch.stack([senders, receivers])
+            return Pattern.from_edge_index(edge_index, num_nodes=(num_src, num_dst))
+
+        key = ("large_gt.bipartite", num_src, num_dst, str(device))
+        return pattern_cache.get((), key, build)
 
     def _readout_pattern(self, num_seqs: int, length: int, device: torch.device) -> Pattern:
-        key = ("readout", num_seqs, length, str(device))
-        if key not in self._patterns:
+        """Each seed pools its own ``length`` tokens."""
+
+        def build() -> Pattern:
             senders = torch.arange(num_seqs * length, device=device)
             receivers = torch.div(senders, length, rounding_mode="floor")
-            pattern = Pattern.from_edge_index(
-                torch.stack([senders, receivers]), num_nodes=(num_seqs * length, num_seqs)
-            )
-            self._remember(key, pattern)
-        return self._patterns[key]
+            edge_index = torch.stack([senders, receivers])
+            return Pattern.from_edge_index(edge_index, num_nodes=(num_seqs * length, num_seqs))
 
-    def _remember(self, key: tuple, pattern: Pattern) -> None:
-        if len(self._patterns) >= 8:  # full batches, a last partial batch, eval batch sizes
-            self._patterns.pop(next(iter(self._patterns)))
-        self._patterns[key] = pattern
+        return pattern_cache.get((), ("large_gt.readout", num_seqs, length, str(device)), build)
 
     def __repr__(self) -> str:
         return (
