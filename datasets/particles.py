@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, Dataset
 
+from gtlib.attention.neighbors import minimum_image
 from gtlib.attention.pattern import Pattern
 from gtlib.entropy.reference import linear_stationary_covariance, stationary_sample_linear
 
@@ -237,10 +238,9 @@ class _SoftDiscs:
         return pos - L * torch.floor((pos + 0.5 * L) / L)
 
     def minimum_image(self, delta: Tensor) -> Tensor:
-        r""":math:`\Delta - L\,\mathrm{rint}(\Delta / L)` (identity in free space)."""
-        if self.box_length is None:
-            return delta
-        return delta - self.box_length * torch.round(delta / self.box_length)
+        r""":math:`\Delta - L\,\mathrm{rint}(\Delta / L)` (identity in free space): the
+        library's convention, :func:`gtlib.attention.neighbors.minimum_image`."""
+        return minimum_image(delta, self.box_length)
 
     # -------------------------------------------------------------- validation
     def _check_pos(self, pos: Any, name: str = "pos") -> Tensor:
@@ -276,7 +276,7 @@ class _SoftDiscs:
     def _edges(self, flat_pos: Tensor, batch: Tensor | None, radius: float) -> Tensor:
         """``[2, E]`` pairs ``(j, i)`` with ``j < i`` within ``radius`` (cell lists, minimum
         image), each unordered pair once, sorted by ``i`` then ``j``."""
-        pattern, _ = Pattern.radius(flat_pos.detach(), radius, box=self.box_length, batch=batch)
+        pattern = Pattern.radius(flat_pos.detach(), radius, box=self.box_length, batch=batch)
         edges = torch.stack([pattern.col, pattern.row])
         return edges[:, edges[0] < edges[1]].contiguous()
 

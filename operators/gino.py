@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gtlib.attention.cache import pattern_cache
+
 from .fno import FNO
 from .gno import GNO, _check_points
 
@@ -179,7 +181,6 @@ class GINO(nn.Module):
             _Activation(activation),
             nn.Linear(projection_channels, out_channels),
         )
-        self._grid_cache: tuple | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -193,8 +194,9 @@ class GINO(nn.Module):
     def latent_grid(
         self, latent_box: Box | None = None, dtype=torch.float32, device=None
     ) -> Tensor:
-        """The latent grid points ``[prod(latent_resolution), d]`` in C order (the same tensor
-        is returned while the box, dtype and device stay the same)."""
+        """The latent grid points ``[prod(latent_resolution), d]`` in C order, from the
+        library's pattern cache: the same tensor is returned while the resolution, box, dtype
+        and device stay the same (so the GNOs' neighbourhoods of it are reused)."""
         if latent_box is None:
             lower, upper = [0.0] * self.coord_dim, [1.0] * self.coord_dim
         else:
@@ -207,16 +209,18 @@ class GINO(nn.Module):
                 )
             if not all(hi > lo for lo, hi in zip(lower, upper)):
                 raise ValueError(f"latent_box needs upper > lower, got {lower} and {upper}")
-        key = (tuple(lower), tuple(upper), dtype, torch.device(device or "cpu"))
-        if self._grid_cache is not None and self._grid_cache[0] == key:
-            return self._grid_cache[1]
-        axes = [
-            torch.linspace(lo, hi, n, dtype=dtype, device=device)
-            for lo, hi, n in zip(lower, upper, self.latent_resolution)
-        ]
-        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.coord_dim)
-        self._grid_cache = (key, grid)
-        return grid
+        resolution = tuple(self.latent_resolution)
+        device = torch.device(device or "cpu")
+        key = ("GINO.latent_grid", resolution, tuple(lower), tuple(upper), dtype, str(device))
+
+        def build() -> Tensor:
+            axes = [
+                torch.linspace(lo, hi, n, dtype=dtype, device=device)
+                for lo, hi, n in zip(lower, upper, resolution)
+            ]
+            return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(axes))
+
+        return pattern_cache.get((), key, build)
 
     def forward(
         self,

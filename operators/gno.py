@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
-import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -13,14 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gtlib.attention import Edges, Pattern, attend
+from gtlib.attention.cache import pattern_cache
 
 __all__ = ["GNO", "kernel_integral", "radius_pattern"]
 
 TRANSFORM_TYPES = ("linear", "linear_kernelonly", "nonlinear", "nonlinear_kernelonly")
-# Candidate (receiver, sender) pairs materialised at once by the bipartite search.
-_MAX_CANDIDATES = 1 << 21
-# Cells are made this much (relative) wider than the radius so rounding cannot hide a pair.
-_CELL_MARGIN = 1e-5
 
 Activation = Callable[[Tensor], Tensor]
 LayerParams = Sequence[tuple[Tensor, Tensor | None]]
@@ -30,8 +25,8 @@ LayerParams = Sequence[tuple[Tensor, Tensor | None]]
 def radius_pattern(x: Tensor, y: Tensor, radius: float) -> Pattern:
     """Neighbourhoods ``{j : ||x_j - y_i|| <= radius}`` of every query ``y_i``, by cell lists.
 
-    The sender set ``x`` and the receiver set ``y`` may differ (a bipartite search); when they
-    are the same tensor the search is :meth:`gtlib.attention.Pattern.radius` with self loops.
+    The search is :meth:`gtlib.attention.Pattern.radius`, bipartite when the sender set ``x``
+    and the receiver set ``y`` differ, with self loops when they are the same tensor.
     A point at distance exactly ``radius`` is a neighbour, and a point coinciding with the
     query is one too (as in neuraloperator's ``NeighborSearch``).
 
@@ -53,87 +48,7 @@ def radius_pattern(x: Tensor, y: Tensor, radius: float) -> Pattern:
     radius = _check_radius(radius)
     if x is y:
         return Pattern.radius(x.detach(), radius, loop=True)
-    return _bipartite_radius(x.detach(), y.detach(), radius)
-
-
-def _bipartite_radius(x: Tensor, y: Tensor, radius: float) -> Pattern:
-    num_src, num_dst, dim = x.shape[0], y.shape[0], x.shape[1]
-    device = x.device
-    if num_src == 0 or num_dst == 0:
-        return _empty_pattern(num_src, num_dst, device)
-
-    # Bin the senders into cells of side >= radius over the joint bounding box (in float64).
-    xd, yd = x.double(), y.double()
-    lower = torch.minimum(xd.min(0).values, yd.min(0).values)
-    extent = torch.maximum(xd.max(0).values, yd.max(0).values) - lower
-    side = radius * (1 + _CELL_MARGIN) + 4 * torch.finfo(torch.float64).eps * float(extent.max())
-    cells = [max(1, int(min(e / side, 2.0**40))) for e in extent.tolist()]
-    while math.prod(cells) > 1 << 62:
-        widest = max(range(dim), key=cells.__getitem__)
-        cells[widest] = max(1, cells[widest] // 2)
-    cells_t = torch.tensor(cells, dtype=torch.long, device=device)
-    cell_side = torch.clamp(extent / cells_t, min=side)
-    strides = torch.tensor(
-        [math.prod(cells[a + 1 :]) for a in range(dim)], dtype=torch.long, device=device
-    )
-
-    def cell_of(points: Tensor) -> Tensor:
-        coords = torch.floor((points - lower) / cell_side).long()
-        return torch.minimum(coords.clamp(min=0), cells_t - 1)
-
-    sender_keys = (cell_of(xd) * strides).sum(1)
-    sorted_keys, sorted_senders = torch.sort(sender_keys, stable=True)
-    keys, sizes = torch.unique_consecutive(sorted_keys, return_counts=True)
-    starts = torch.cumsum(sizes, 0) - sizes
-
-    # Start and size of every neighbouring cell of every receiver: [M, K].
-    per_axis = [[0] if c == 1 else [-1, 0, 1] for c in cells]
-    offsets = torch.tensor(list(itertools.product(*per_axis)), dtype=torch.long, device=device)
-    receiver_cells = cell_of(yd).unsqueeze(1) + offsets  # [M, K, d]
-    valid = ((receiver_cells >= 0) & (receiver_cells < cells_t)).all(-1)
-    wanted = (receiver_cells * strides).sum(-1)
-    found = torch.searchsorted(keys, wanted).clamp(max=keys.numel() - 1)
-    valid &= keys[found] == wanted
-    cand_starts = torch.where(valid, starts[found], 0)
-    cand_sizes = torch.where(valid, sizes[found], 0)
-    del receiver_cells, wanted, found, valid
-
-    per_receiver = cand_sizes.sum(1).tolist()
-    rows, cols = [], []
-    first = 0
-    while first < num_dst:
-        # Whole receivers up to about _MAX_CANDIDATES candidate pairs.
-        last, total = first, 0
-        while last < num_dst and (last == first or total + per_receiver[last] <= _MAX_CANDIDATES):
-            total += per_receiver[last]
-            last += 1
-        seg_sizes = cand_sizes[first:last].reshape(-1)
-        seg_starts = cand_starts[first:last].reshape(-1)
-        segment = torch.repeat_interleave(
-            torch.arange(seg_sizes.numel(), device=device), seg_sizes, output_size=total
-        )
-        seg_first = torch.cumsum(seg_sizes, 0) - seg_sizes
-        slot = seg_starts[segment] + torch.arange(total, device=device) - seg_first[segment]
-        senders = sorted_senders[slot]
-        receivers = torch.div(segment, offsets.shape[0], rounding_mode="floor") + first
-        distance = torch.linalg.vector_norm(x[senders] - y[receivers], dim=1)
-        keep = torch.nonzero(distance <= radius).squeeze(1)
-        senders, receivers = senders[keep], receivers[keep]
-        order = torch.argsort(receivers * num_src + senders)
-        rows.append(receivers[order])
-        cols.append(senders[order])
-        first = last
-
-    row, col = torch.cat(rows), torch.cat(cols)
-    ptr = torch.zeros(num_dst + 1, dtype=torch.long, device=device)
-    ptr[1:] = torch.cumsum(torch.bincount(row, minlength=num_dst), 0)
-    return Pattern(ptr, col, num_src, num_dst, row=row)
-
-
-def _empty_pattern(num_src: int, num_dst: int, device: torch.device) -> Pattern:
-    empty = torch.zeros(0, dtype=torch.long, device=device)
-    ptr = torch.zeros(num_dst + 1, dtype=torch.long, device=device)
-    return Pattern(ptr, empty, num_src, num_dst, row=empty.clone())
+    return Pattern.radius(x.detach(), radius, pos_dst=y.detach())
 
 
 # ---------------------------------------------------------------------------- kernel integral
@@ -273,8 +188,8 @@ class GNO(nn.Module):
     W_f f_j`), and with ``chunk_size`` the edges are processed in chunks that the backward pass
     recomputes, so no ``[E, hidden]`` activation is ever stored for all edges at once.
 
-    Neighbourhoods come from cell lists (:func:`radius_pattern`) and are cached for the last
-    geometry: passing the same, unmodified ``y`` and ``x`` tensors again reuses them.
+    Neighbourhoods come from cell lists (:func:`radius_pattern`) and are kept in the library's
+    pattern cache: passing the same, unmodified ``y`` and ``x`` tensors again reuses them.
 
     .. note::
         The call is ``gno(y, x, f)`` with ``y`` the **queries** and ``x`` the **input points**
@@ -370,7 +285,6 @@ class GNO(nn.Module):
             kernel_in += in_channels
         widths = [kernel_in, *hidden, out_channels]
         self.kernel = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self._geometry: tuple | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -400,20 +314,9 @@ class GNO(nn.Module):
         )
 
     def neighbors(self, y: Tensor, x: Tensor) -> Pattern:
-        """The neighbourhoods of the queries ``y`` among ``x`` (cached for the last geometry)."""
-        cached = self._geometry
-        if cached is not None:
-            y_ref, y_version, x_ref, x_version, pattern = cached
-            if (
-                y_ref() is y
-                and x_ref() is x
-                and y._version == y_version
-                and x._version == x_version
-            ):
-                return pattern
-        pattern = radius_pattern(x, y, self.radius)
-        self._geometry = (weakref.ref(y), y._version, weakref.ref(x), x._version, pattern)
-        return pattern
+        """The neighbourhoods of the queries ``y`` among ``x`` (cached while both are unchanged)."""
+        key = ("gno.radius", float(self.radius))
+        return pattern_cache.get((y, x), key, lambda: radius_pattern(x, y, self.radius))
 
     def forward(
         self, y: Tensor, x: Tensor, f: Tensor | None = None, pattern: Pattern | None = None

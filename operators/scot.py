@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gtlib.attention import Pattern, sparse_attention
+from gtlib.attention.cache import pattern_cache
 
 __all__ = ["ScOT"]
 
@@ -143,13 +144,10 @@ class _WindowAttention(nn.Module):
         window: tuple[int, int],
         shift: tuple[int, int],
         periodic: bool,
-        cache: dict,
     ) -> Tensor:
         B, Hg, Wg, C = x.shape
         heads, head_dim = self.num_heads, C // self.num_heads
-        pattern, edge_offset = _window_pattern(
-            B, (Hg, Wg), window, shift, periodic, x.device, cache
-        )
+        pattern, edge_offset = _window_pattern(B, (Hg, Wg), window, shift, periodic, x.device)
         qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x.reshape(-1, C), self.qkv.weight, qkv_bias).view(-1, 3, heads, head_dim)
         q, k, v = qkv.unbind(1)
@@ -169,27 +167,40 @@ def _window_pattern(
     shift: tuple[int, int],
     periodic: bool,
     device,
-    cache: dict,
 ) -> tuple[Pattern, Tensor]:
     """The window pattern of ``batch`` grids and every edge's relative-offset index (a row of
-    :meth:`_WindowAttention.bias_table`), in the pattern's edge order; cached."""
-    key = (batch, grid, window, shift, periodic, str(device))
-    if key not in cache:
-        pattern = Pattern.windows(
-            (batch, *grid), (1, *window), (0, *shift), periodic=(False, periodic, periodic)
-        )
-        if pattern.device != torch.device(device):
-            pattern = pattern.to(device)
-        # (y - shift) mod w differs from the position inside the token's window by a constant per
-        # window, also for windows cut at a non-periodic boundary; differences are all we need.
-        ys = (torch.arange(grid[0], device=device) - shift[0]) % window[0]
-        xs = (torch.arange(grid[1], device=device) - shift[1]) % window[1]
-        local = torch.stack(torch.broadcast_tensors(ys[:, None], xs[None, :]), -1)
-        local = local.reshape(1, -1, 2).expand(batch, -1, -1).reshape(-1, 2)
-        src, dst = pattern.edge_index
-        rel = local[dst] - local[src] + torch.tensor(window, device=device) - 1
-        cache[key] = (pattern, rel[:, 0] * (2 * window[1] - 1) + rel[:, 1])
-    return cache[key]
+    :meth:`_WindowAttention.bias_table`), in the pattern's edge order; cached in the library's
+    pattern cache."""
+    key = ("scot.windows", batch, grid, window, shift, periodic, str(device))
+    return pattern_cache.get(
+        (), key, lambda: _build_window_pattern(batch, grid, window, shift, periodic, device)
+    )
+
+
+def _build_window_pattern(
+    batch: int,
+    grid: tuple[int, int],
+    window: tuple[int, int],
+    shift: tuple[int, int],
+    periodic: bool,
+    device,
+) -> tuple[Pattern, Tensor]:
+    pattern = Pattern.windows(
+        (batch, *grid),
+        (1, *window),
+        (0, *shift),
+        periodic=(False, periodic, periodic),
+        device=device,
+    )
+    # (y - shift) mod w differs from the position inside the token's window by a constant per
+    # window, also for windows cut at a non-periodic boundary; differences are all we need.
+    ys = (torch.arange(grid[0], device=device) - shift[0]) % window[0]
+    xs = (torch.arange(grid[1], device=device) - shift[1]) % window[1]
+    local = torch.stack(torch.broadcast_tensors(ys[:, None], xs[None, :]), -1)
+    local = local.reshape(1, -1, 2).expand(batch, -1, -1).reshape(-1, 2)
+    src, dst = pattern.edge_index
+    rel = local[dst] - local[src] + torch.tensor(window, device=device) - 1
+    return pattern, rel[:, 0] * (2 * window[1] - 1) + rel[:, 1]
 
 
 class _Conv2d(nn.Conv2d):
@@ -234,10 +245,8 @@ class _SwinBlock(nn.Module):
         window: tuple[int, int],
         shift: tuple[int, int],
         periodic: bool,
-        cache: dict | None = None,
     ) -> Tensor:
-        cache = {} if cache is None else cache
-        x = x + self.norm1(self.attn(x, window, shift, periodic, cache), t)
+        x = x + self.norm1(self.attn(x, window, shift, periodic), t)
         return x + self.norm2(self.mlp(x), t)
 
 
@@ -421,7 +430,6 @@ class ScOT(nn.Module):
         self.mlp_ratio = float(mlp_ratio)
         self.time_conditioning = bool(time_conditioning)
         self.periodic = bool(periodic)
-        self._patterns: dict = {}
         self.check_shape(self.image_size, name="image_size")
 
         tc = self.time_conditioning
@@ -508,7 +516,7 @@ class ScOT(nn.Module):
         window, shift = self.stage_windows((x.size(1), x.size(2)))
         for i, block in enumerate(blocks):
             block_shift = shift if i % 2 == 1 else (0, 0)
-            x = block(x, t, window, block_shift, self.periodic, self._patterns)
+            x = block(x, t, window, block_shift, self.periodic)
         return x
 
     def forward(self, x: Tensor, lead_time: Tensor | float | None = None) -> Tensor:
@@ -526,8 +534,6 @@ class ScOT(nn.Module):
                 raise ValueError("lead_time is required when time_conditioning=True")
             lead_time = 0.0
         t = _as_time(lead_time, x.size(0), x)
-        if len(self._patterns) > 64:
-            self._patterns.clear()
 
         h = self.patch_embed(x).permute(0, 2, 3, 1)
         h = self.embed_norm(h, t)

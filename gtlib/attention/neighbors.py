@@ -1,14 +1,19 @@
 """Radius and k-nearest-neighbour graphs of point clouds with cell lists, in plain torch.
 
-Points are binned into cells whose side is at least the search radius, so every pair within the
-radius lies in the same or in adjacent cells; only those candidate pairs are ever compared. With
-an orthorhombic periodic ``box`` positions are wrapped into ``[0, L)`` and distances use the
-minimum image. Candidate pairs are generated in bounded chunks of receivers, so memory stays
-proportional to the chunk size plus the output.
+This is the library's one neighbour search (:meth:`gtlib.attention.Pattern.radius` and
+:meth:`~gtlib.attention.Pattern.knn` build on it). Points are binned into cells whose side is at
+least the search radius, so every pair within the radius lies in the same or in adjacent cells;
+only those candidate pairs are ever compared. With an orthorhombic periodic ``box`` positions
+(anywhere, e.g. in ``[0, L)`` or ``[-L/2, L/2)``) are wrapped into ``[0, L)`` for the search and
+distances use the minimum image (:func:`minimum_image`). Candidate pairs are generated in bounded
+chunks of receivers, so memory stays proportional to the chunk size plus the output.
 
-Both functions return ``(edge_index, displacement)`` in the PyG convention: ``edge_index[0]`` is
-the sender ``j``, ``edge_index[1]`` the receiver ``i``, and ``displacement = pos[j] - pos[i]``
-(minimum image when periodic). Edges are sorted by receiver, then by distance, then by sender.
+The receivers are the senders themselves by default, or a separate point set ``pos_dst``
+(bipartite search, e.g. from input points to query points). Both functions return
+``(edge_index, displacement)`` in the PyG convention: ``edge_index[0]`` is the sender ``j``
+(an index into ``pos``), ``edge_index[1]`` the receiver ``i`` (an index into ``pos_dst``, which
+defaults to ``pos``), and ``displacement = pos[j] - pos_dst[i]`` (minimum image when periodic).
+Edges are sorted by receiver, then by distance, then by sender.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["radius_edges", "knn_edges"]
+__all__ = ["knn_edges", "minimum_image", "radius_edges"]
 
 BoxLike = Tensor | Sequence[float] | float
 
@@ -37,6 +42,44 @@ _CELL_SIDE_MARGIN = 1e-5
 _KNN_MIN_RELATIVE_RADIUS = 2.0**-40
 
 
+def minimum_image(delta: Tensor, box: BoxLike | None) -> Tensor:
+    r"""The minimum image :math:`\Delta - L\,\mathrm{round}(\Delta / L)` of displacements.
+
+    The library's one periodic convention: every component ends up in ``[-L/2, L/2]`` (ties
+    round half to even, so exactly ``L/2`` stays). Differentiable in ``delta`` (the gradient is
+    the identity), whatever the interval the positions were taken from (``[0, L)``,
+    ``[-L/2, L/2)``, or unwrapped).
+
+    Args:
+        delta: ``[..., d]`` floating-point displacements.
+        box: orthorhombic box lengths: a scalar or ``d`` values (tensor or sequence); ``None``
+            returns ``delta`` unchanged (open boundaries).
+
+    Raises:
+        TypeError: ``delta`` is not a floating-point tensor, or ``box`` is not numeric.
+    """
+    if not isinstance(delta, Tensor) or not delta.is_floating_point():
+        raise TypeError(f"delta must be a floating-point tensor, got {_describe(delta)}")
+    if box is None:
+        return delta
+    if isinstance(box, Tensor):
+        if box.is_complex() or box.dtype == torch.bool:
+            raise TypeError(f"box must be real, got dtype {box.dtype}")
+        lengths = box.detach().to(device=delta.device, dtype=delta.dtype)
+    elif isinstance(box, bool):
+        raise TypeError("box must be a number, a sequence of numbers or a tensor, got bool")
+    elif isinstance(box, numbers.Real):
+        lengths = float(box)
+    else:
+        try:
+            lengths = torch.as_tensor(box, dtype=delta.dtype, device=delta.device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(
+                f"box must be a number, a sequence of numbers or a tensor, got {box!r}"
+            ) from error
+    return delta - lengths * torch.round(delta.detach() / lengths)
+
+
 def radius_edges(
     pos: Tensor,
     r: float,
@@ -44,43 +87,56 @@ def radius_edges(
     batch: Tensor | None = None,
     max_num_neighbors: int | None = None,
     loop: bool = False,
+    *,
+    pos_dst: Tensor | None = None,
+    batch_dst: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """All pairs of points at distance ``<= r``, in both directions, found with cell lists.
+    """All pairs of points at distance ``<= r``, found with cell lists.
 
-    Points are binned into cells of side ``>= r``; each receiver compares only the points of its
-    own and the adjacent cells, so the cost grows with ``N`` times the local density. With a
-    ``box`` every pair appears once per direction, with its minimum image.
+    Points are binned into cells of side ``>= r``; each receiver compares only the senders of
+    its own and the adjacent cells, so the cost grows with ``N`` times the local density. With a
+    ``box`` every pair appears once per direction, with its minimum image. A pair at distance
+    exactly ``r`` is connected, and so is a pair of coincident points.
 
     Args:
-        pos: ``[N, d]`` floating-point positions.
+        pos: ``[N, d]`` floating-point positions of the senders (and of the receivers when
+            ``pos_dst`` is ``None``).
         r: cutoff radius; pairs with distance ``<= r`` are connected. Must be finite and ``> 0``,
             and with a ``box`` at most ``min(box) / 2`` (beyond that the minimum image of a pair
             is not the only image within ``r``).
         box: orthorhombic periodic box lengths, a scalar or ``d`` values (tensor or sequence);
-            ``None`` for open boundaries. Positions are wrapped into ``[0, L)``.
-        batch: ``[N]`` integer graph id of each point, sorted ascending; points only connect
+            ``None`` for open boundaries. Positions may lie anywhere; the search wraps them
+            into ``[0, L)``.
+        batch: ``[N]`` integer graph id of each sender, sorted ascending; points only connect
             within their graph. ``None`` puts all points in one graph.
         max_num_neighbors: keep only the ``max_num_neighbors`` nearest senders of each receiver
             (the self-loop counts among them when ``loop=True``). ``None`` keeps all.
-        loop: include the self edge ``(i, i)`` (zero displacement) for every point.
+        loop: include the self edge ``(i, i)`` (zero displacement) for every point. Only
+            meaningful without ``pos_dst``: a bipartite search keeps every pair within ``r``.
+        pos_dst: ``[M, d]`` positions of a separate receiver set (same dtype and device as
+            ``pos``); ``None`` searches ``pos`` against itself.
+        batch_dst: ``[M]`` graph id of each receiver, sorted ascending (with ``pos_dst`` only;
+            given together with ``batch``). Graph ids are matched by value with ``batch``.
 
     Returns:
         ``(edge_index, displacement)``: ``edge_index`` is int64 ``[2, E]`` with row 0 the sender
         ``j`` and row 1 the receiver ``i``, sorted by receiver, then distance, then sender;
-        ``displacement`` is ``[E, d]`` with ``pos[j] - pos[i]`` (minimum image when periodic) in
-        the dtype of ``pos``.
+        ``displacement`` is ``[E, d]`` with ``pos[j] - pos_dst[i]`` (minimum image when periodic)
+        in the dtype of ``pos``, differentiable with respect to the positions when they require
+        grad.
 
     Raises:
-        TypeError: ``pos`` is not a floating-point tensor, ``batch`` not an integer tensor, or a
-            scalar argument has the wrong type.
+        TypeError: ``pos``/``pos_dst`` is not a floating-point tensor, ``batch``/``batch_dst``
+            not an integer tensor, or a scalar argument has the wrong type.
         ValueError: bad shapes, non-finite positions, ``r`` not positive and finite, ``r`` larger
             than half the box, non-positive box lengths, unsorted ``batch`` or
             ``max_num_neighbors < 1``.
     """
     pos = _check_pos(pos)
+    pos_dst = _check_pos_dst(pos_dst, pos)
     radius = _check_positive_real(r, "r")
     box_lengths = _check_box(box, pos)
-    graph, num_graphs = _check_batch(batch, pos)
+    graph, graph_dst, num_graphs = _check_graphs(batch, pos, batch_dst, pos_dst)
     if max_num_neighbors is not None:
         max_num_neighbors = _check_positive_int(max_num_neighbors, "max_num_neighbors")
     if box_lengths is not None and radius > float(box_lengths.min()) / 2:
@@ -88,13 +144,15 @@ def radius_edges(
             f"r={radius} exceeds half the smallest box length {float(box_lengths.min())}: the "
             "minimum image of a pair would be ambiguous; use r <= min(box) / 2"
         )
-    if pos.shape[0] == 0:
+    receivers_pos = pos if pos_dst is None else pos_dst
+    if pos.shape[0] == 0 or receivers_pos.shape[0] == 0:
         return _empty_result(pos)
 
-    space = _Space.create(pos, box_lengths)
+    space = _Space.create(pos, box_lengths, pos_dst)
+    exclude_self = not loop and not space.bipartite
     grid = _build_cell_lists(space, graph, num_graphs, _cell_side(radius, space))
-    receivers = torch.arange(pos.shape[0], device=pos.device)
-    ranges = _neighbour_ranges(grid, receivers)
+    receivers = torch.arange(receivers_pos.shape[0], device=pos.device)
+    ranges = _neighbour_ranges(grid, *_receiver_cells(space, grid, graph_dst, receivers))
 
     senders_out, receivers_out, displacement_out = [], [], []
     for chunk_receivers, local, sender_slot in _candidate_chunks(receivers, ranges):
@@ -102,7 +160,7 @@ def radius_edges(
         if max_num_neighbors is not None:
             quota = torch.full_like(chunk_receivers, max_num_neighbors)
         local, senders, displacement = _sorted_pairs_within(
-            space, grid, chunk_receivers, local, sender_slot, radius, loop, quota
+            space, grid, chunk_receivers, local, sender_slot, radius, exclude_self, quota
         )
         if max_num_neighbors is not None:
             rank = _rank_within_receiver(local, chunk_receivers.numel())
@@ -116,7 +174,7 @@ def radius_edges(
         receivers_out.append(chunk_receivers.index_select(0, local))
         displacement_out.append(displacement)
 
-    return _assemble(pos, space, senders_out, receivers_out, displacement_out)
+    return _assemble(pos, receivers_pos, space, senders_out, receivers_out, displacement_out)
 
 
 def knn_edges(
@@ -125,52 +183,65 @@ def knn_edges(
     box: BoxLike | None = None,
     batch: Tensor | None = None,
     loop: bool = False,
+    *,
+    pos_dst: Tensor | None = None,
+    batch_dst: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """The ``k`` nearest senders of every point, found with cell lists.
+    """The ``k`` nearest senders of every receiver, found with cell lists.
 
     A radius giving about ``2k`` expected neighbours at the mean density is the starting point.
     Each receiver then moves to a radius suited to its local density (the number of points in
     its neighbouring cells), in steps of a factor ``2 ** (1/3)``: smaller in clusters, larger
     in sparse regions. A receiver that finds fewer than ``k`` points within its radius retries
     with a larger one. Once the radius reaches the extent of the point cloud (or half the box
-    when periodic) all points of the receiver's graph are compared, so the result is exact for
+    when periodic) all senders of the receiver's graph are compared, so the result is exact for
     any distribution of points. Only the pairs within the radius are ever sorted.
 
     Args:
-        pos: ``[N, d]`` floating-point positions.
+        pos: ``[N, d]`` floating-point positions of the senders (and of the receivers when
+            ``pos_dst`` is ``None``).
         k: number of neighbours per receiver, ``>= 1``. A receiver whose graph has fewer
             candidates gets all of them.
         box: orthorhombic periodic box lengths, a scalar or ``d`` values (tensor or sequence);
             ``None`` for open boundaries. Distances use the minimum image.
-        batch: ``[N]`` integer graph id of each point, sorted ascending; points only connect
+        batch: ``[N]`` integer graph id of each sender, sorted ascending; points only connect
             within their graph. ``None`` puts all points in one graph.
         loop: let a point be its own neighbour (it then counts as one of the ``k``; like any
-            tie, a coincident point with a smaller index comes before it).
+            tie, a coincident point with a smaller index comes before it). Only meaningful
+            without ``pos_dst``: a bipartite search considers every sender.
+        pos_dst: ``[M, d]`` positions of a separate receiver set (same dtype and device as
+            ``pos``); ``None`` searches ``pos`` against itself.
+        batch_dst: ``[M]`` graph id of each receiver, sorted ascending (with ``pos_dst`` only;
+            given together with ``batch``).
 
     Returns:
         ``(edge_index, displacement)``: ``edge_index`` is int64 ``[2, E]`` with row 0 the sender
         ``j`` and row 1 the receiver ``i``, sorted by receiver, then distance, then sender;
-        ``displacement`` is ``[E, d]`` with ``pos[j] - pos[i]`` (minimum image when periodic) in
-        the dtype of ``pos``.
+        ``displacement`` is ``[E, d]`` with ``pos[j] - pos_dst[i]`` (minimum image when periodic)
+        in the dtype of ``pos``, differentiable with respect to the positions when they require
+        grad.
 
     Raises:
-        TypeError: ``pos`` is not a floating-point tensor, ``batch`` not an integer tensor, or a
-            scalar argument has the wrong type.
+        TypeError: ``pos``/``pos_dst`` is not a floating-point tensor, ``batch``/``batch_dst``
+            not an integer tensor, or a scalar argument has the wrong type.
         ValueError: bad shapes, non-finite positions, ``k < 1``, non-positive box lengths or
             unsorted ``batch``.
     """
     pos = _check_pos(pos)
+    pos_dst = _check_pos_dst(pos_dst, pos)
     k = _check_positive_int(k, "k")
     box_lengths = _check_box(box, pos)
-    graph, num_graphs = _check_batch(batch, pos)
-    num_points, dim = pos.shape
-    if num_points == 0:
+    graph, graph_dst, num_graphs = _check_graphs(batch, pos, batch_dst, pos_dst)
+    receivers_pos = pos if pos_dst is None else pos_dst
+    if pos.shape[0] == 0 or receivers_pos.shape[0] == 0:
         return _empty_result(pos)
 
-    space = _Space.create(pos, box_lengths)
+    space = _Space.create(pos, box_lengths, pos_dst)
+    exclude_self = not loop and not space.bipartite
     graph_sizes = torch.bincount(graph, minlength=num_graphs)
-    wanted = (graph_sizes.index_select(0, graph) - (0 if loop else 1)).clamp(max=k)
-    search = _KnnSearch(_KnnRadii.create(space, graph_sizes, k), wanted, loop)
+    wanted = graph_sizes.index_select(0, graph_dst) - int(exclude_self)
+    wanted = wanted.clamp(max=k)
+    search = _KnnSearch(_KnnRadii.create(space, graph_sizes, k), wanted, exclude_self)
     pending = torch.nonzero(wanted > 0).squeeze(1)
 
     senders_out, receivers_out, displacement_out = [], [], []
@@ -181,7 +252,7 @@ def knn_edges(
             group = pending[pending_levels == current_level]
             radius = search.plan.radius(current_level)
             grid = _build_cell_lists(space, graph, num_graphs, _cell_side(radius, space))
-            ranges = _neighbour_ranges(grid, group)
+            ranges = _neighbour_ranges(grid, *_receiver_cells(space, grid, graph_dst, group))
             if math.isfinite(radius):
                 look, moved = search.triage(group, ranges.candidates, current_level)
                 retry.append(moved)
@@ -195,7 +266,7 @@ def knn_edges(
                     local,
                     sender_slot,
                     radius,
-                    loop,
+                    exclude_self,
                     quota=wanted.index_select(0, chunk_receivers),
                 )
                 keep, incomplete, found = search.nearest(chunk_receivers, local)
@@ -216,50 +287,78 @@ def knn_edges(
             senders_out = [torch.cat(senders_out).index_select(0, order)]
             receivers_out = [receivers_all.index_select(0, order)]
             displacement_out = [torch.cat(displacement_out).index_select(0, order)]
-    return _assemble(pos, space, senders_out, receivers_out, displacement_out)
+    return _assemble(pos, receivers_pos, space, senders_out, receivers_out, displacement_out)
 
 
 class _Space(NamedTuple):
-    """Positions prepared for the search (detached, wrapped into the box when periodic)."""
+    """Positions prepared for the search (detached, wrapped into the box when periodic).
 
-    positions: Tensor  # [N, d] in the dtype of pos
+    The binned region spans the senders and the receivers. Without a separate receiver set the
+    receiver fields are the sender fields themselves.
+    """
+
+    positions: Tensor  # [N, d] sender positions in the dtype of pos
     positions_by_axis: Tensor  # [d, N] contiguous copy of the positions, one row per axis
+    dst_positions: Tensor  # [M, d] receiver positions
+    dst_positions_by_axis: Tensor  # [d, M]
+    bipartite: bool  # whether the receivers are a separate point set
     box: Tensor | None  # [d] box lengths in the dtype of pos
     box_list: list[float] | None  # the same box lengths as Python floats
     lower: Tensor  # [d] float64 lower corner of the binned region
     extent: Tensor  # [d] float64 size of the binned region
+    sender_extent: Tensor  # [d] float64 size of the senders' region (their density)
 
     @staticmethod
-    def create(pos: Tensor, box_lengths: Tensor | None) -> _Space:
+    def create(pos: Tensor, box_lengths: Tensor | None, pos_dst: Tensor | None = None) -> _Space:
         positions = pos.detach()
+        dst_positions = positions if pos_dst is None else pos_dst.detach()
+        box = box_list = None
         if box_lengths is None:
             lower = positions.min(0).values.double()
-            extent = positions.max(0).values.double() - lower
-            return _Space(positions, positions.t().contiguous(), None, None, lower, extent)
-        box = box_lengths.to(pos.dtype)
-        positions = torch.remainder(positions, box)
-        extent = box.double()
+            upper = positions.max(0).values.double()
+            sender_extent = upper - lower
+            if pos_dst is not None:
+                lower = torch.minimum(lower, dst_positions.min(0).values.double())
+                upper = torch.maximum(upper, dst_positions.max(0).values.double())
+            extent = upper - lower
+        else:
+            box = box_lengths.to(pos.dtype)
+            box_list = box.tolist()
+            positions = torch.remainder(positions, box)
+            if pos_dst is None:
+                dst_positions = positions
+            else:
+                dst_positions = torch.remainder(dst_positions, box)
+            extent = sender_extent = box.double()
+            lower = torch.zeros_like(extent)
+        by_axis = positions.t().contiguous()
+        dst_by_axis = by_axis if pos_dst is None else dst_positions.t().contiguous()
         return _Space(
             positions,
-            positions.t().contiguous(),
+            by_axis,
+            dst_positions,
+            dst_by_axis,
+            pos_dst is not None,
             box,
-            box.tolist(),
-            torch.zeros_like(extent),
+            box_list,
+            lower,
             extent,
+            sender_extent,
         )
 
 
 class _CellLists(NamedTuple):
-    """Points sorted by (graph, cell), with the occupied cells as ranges of that order."""
+    """Senders sorted by (graph, cell), with the occupied cells as ranges of that order."""
 
-    sorted_points: Tensor  # [N] point indices ordered by (graph, cell, index)
+    sorted_points: Tensor  # [N] sender indices ordered by (graph, cell, index)
     sorted_positions_by_axis: Tensor  # [d, N] positions in that order, one row per axis
-    point_cell: Tensor  # [N] occupied-cell index of every point
-    cell_keys: Tensor  # [U] sorted keys graph * total_cells + linear cell index
+    point_keys: Tensor  # [N] key graph * total_cells + linear cell index of every sender
+    point_coords: Tensor  # [N, d] integer cell coordinates of every sender
+    cell_keys: Tensor  # [U] sorted keys of the occupied cells
     cell_starts: Tensor  # [U] first sorted slot of each occupied cell
     cell_sizes: Tensor  # [U] number of points in each occupied cell
-    cell_coords: Tensor  # [U, d] integer cell coordinates
     cells: list[int]  # cells along each axis
+    cell_side: Tensor  # [d] float64 side of the cells
     periodic: bool
 
 
@@ -275,13 +374,12 @@ def _cell_side(radius: float, space: _Space) -> float:
 def _build_cell_lists(
     space: _Space, graph: Tensor, num_graphs: int, min_cell_side: float
 ) -> _CellLists:
-    """Bins points (in float64) into cells of side ``>= min_cell_side``, sorted by cell.
+    """Bins the senders (in float64) into cells of side ``>= min_cell_side``, sorted by cell.
 
-    Without a box the grid spans the bounding box; with one, the box (one cell wraps onto the
-    other end). The cell count is capped so that keys fit in int64, which only makes cells
-    larger.
+    Without a box the grid spans the bounding box of senders and receivers; with one, the box
+    (one cell wraps onto the other end). The cell count is capped so that keys fit in int64,
+    which only makes cells larger.
     """
-    coords = space.positions.double() - space.lower
     extent = space.extent.tolist()
     dim = len(extent)
     cells = [max(1, int(min(e / min_cell_side, 2.0**62))) for e in extent]
@@ -289,42 +387,59 @@ def _build_cell_lists(
         widest = max(range(dim), key=cells.__getitem__)
         cells[widest] = max(1, cells[widest] // 2)
 
-    cells_t = torch.tensor(cells, dtype=torch.long, device=coords.device)
+    device = space.positions.device
+    cells_t = torch.tensor(cells, dtype=torch.long, device=device)
     if space.box is not None:
         cell_side = space.extent / cells_t
     else:
         cell_side = torch.clamp(space.extent / cells_t, min=min(min_cell_side, 1e300))
-    point_coords = torch.floor(coords / cell_side).long()
-    point_coords = torch.minimum(point_coords.clamp(min=0), cells_t - 1)
-
-    strides = [math.prod(cells[axis + 1 :]) for axis in range(dim)]
-    total_cells = math.prod(cells)
-    strides_t = torch.tensor(strides, dtype=torch.long, device=coords.device)
-    keys = graph * total_cells + (point_coords * strides_t).sum(1)
+    point_coords, keys = _bin(space.positions, graph, space.lower, cell_side, cells)
     sorted_keys, sorted_points = torch.sort(keys, stable=True)
     cell_keys, cell_sizes = torch.unique_consecutive(sorted_keys, return_counts=True)
     cell_starts = torch.cumsum(cell_sizes, 0) - cell_sizes
-    num_cells = cell_keys.numel()
-    point_cell = torch.empty_like(sorted_points)
-    point_cell[sorted_points] = torch.repeat_interleave(
-        torch.arange(num_cells, device=coords.device), cell_sizes
-    )
-
     return _CellLists(
         sorted_points,
         space.positions_by_axis[:, sorted_points].contiguous(),
-        point_cell,
+        keys,
+        point_coords,
         cell_keys,
         cell_starts,
         cell_sizes,
-        point_coords[sorted_points[cell_starts]],
         cells,
+        cell_side,
         space.box is not None,
     )
 
 
+def _bin(
+    positions: Tensor, graph: Tensor, lower: Tensor, cell_side: Tensor, cells: list[int]
+) -> tuple[Tensor, Tensor]:
+    """Integer cell coordinates ``[P, d]`` and keys ``graph * total_cells + linear cell``."""
+    cells_t = torch.tensor(cells, dtype=torch.long, device=positions.device)
+    coords = torch.floor((positions.double() - lower) / cell_side).long()
+    coords = torch.minimum(coords.clamp(min=0), cells_t - 1)
+    strides = [math.prod(cells[axis + 1 :]) for axis in range(len(cells))]
+    strides_t = torch.tensor(strides, dtype=torch.long, device=positions.device)
+    return coords, graph * math.prod(cells) + (coords * strides_t).sum(1)
+
+
+def _receiver_cells(
+    space: _Space, grid: _CellLists, graph_dst: Tensor, receivers: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Cell keys ``[R]`` and coordinates ``[R, d]`` of ``receivers`` in ``grid``."""
+    if not space.bipartite:
+        return grid.point_keys.index_select(0, receivers), grid.point_coords[receivers]
+    return _bin(
+        space.dst_positions.index_select(0, receivers),
+        graph_dst.index_select(0, receivers),
+        space.lower,
+        grid.cell_side,
+        grid.cells,
+    )[::-1]
+
+
 class _NeighbourRanges(NamedTuple):
-    """Where the candidate senders of each receiver lie in the sorted order of the points.
+    """Where the candidate senders of each receiver lie in the sorted order of the senders.
 
     The tables are per distinct cell of the receivers; empty neighbouring cells (and, without a
     box, those outside the grid) have size 0.
@@ -341,20 +456,28 @@ class _NeighbourRanges(NamedTuple):
         )
 
 
-def _neighbour_ranges(grid: _CellLists, receivers: Tensor) -> _NeighbourRanges:
-    """The sorted-slot ranges of the cells around each receiver's cell."""
-    distinct_cells, receiver_cell = torch.unique(
-        grid.point_cell.index_select(0, receivers), return_inverse=True
-    )
+def _neighbour_ranges(
+    grid: _CellLists, receiver_keys: Tensor, receiver_coords: Tensor
+) -> _NeighbourRanges:
+    """The sorted-slot ranges of the cells around each receiver's cell.
+
+    Args:
+        grid: the senders' cell lists.
+        receiver_keys: ``[R]`` cell key of each receiver (graph and cell, as in ``grid``).
+        receiver_coords: ``[R, d]`` integer cell coordinates of each receiver.
+    """
+    device = receiver_keys.device
+    distinct_keys, receiver_cell = torch.unique(receiver_keys, return_inverse=True)
     dim = len(grid.cells)
+    cell_coords = receiver_coords.new_empty((distinct_keys.numel(), dim))
+    cell_coords[receiver_cell] = receiver_coords
     total_cells = math.prod(grid.cells)
     strides = [math.prod(grid.cells[axis + 1 :]) for axis in range(dim)]
-    offsets = _neighbour_offsets(grid.cells, grid.periodic).to(receivers.device)
-    cell_coords = grid.cell_coords[distinct_cells]
-    graph_index = torch.div(grid.cell_keys[distinct_cells], total_cells, rounding_mode="floor")
+    offsets = _neighbour_offsets(grid.cells, grid.periodic).to(device)
+    graph_index = torch.div(distinct_keys, total_cells, rounding_mode="floor")
     graph_base = graph_index * total_cells
     keys = graph_base.unsqueeze(1).expand(-1, len(offsets))
-    valid = torch.ones(keys.shape, dtype=torch.bool, device=receivers.device)
+    valid = torch.ones(keys.shape, dtype=torch.bool, device=device)
     for axis in range(dim):
         axis_coords = cell_coords[:, axis : axis + 1] + offsets[:, axis]
         if grid.periodic:
@@ -429,10 +552,10 @@ def _sorted_pairs_within(
     local: Tensor,
     sender_slot: Tensor,
     radius: float,
-    loop: bool,
+    exclude_self: bool,
     quota: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Candidate pairs within ``radius`` (self pairs only if ``loop``), sorted.
+    """Candidate pairs within ``radius`` (without self pairs if ``exclude_self``), sorted.
 
     A cheap squared-distance pass over all candidates (axis by axis, in place) discards the far
     ones; displacements and distances are then computed for the survivors only. With a
@@ -444,7 +567,7 @@ def _sorted_pairs_within(
         indexes ``chunk_receivers``), then distance, then sender.
     """
     if math.isfinite(radius):
-        receiver_coords = space.positions_by_axis.index_select(1, chunk_receivers)
+        receiver_coords = space.dst_positions_by_axis.index_select(1, chunk_receivers)
         squared = None
         for axis in range(receiver_coords.shape[0]):
             delta = grid.sorted_positions_by_axis[axis].index_select(0, sender_slot)
@@ -461,12 +584,11 @@ def _sorted_pairs_within(
     senders = grid.sorted_points.index_select(0, sender_slot)
     receivers = chunk_receivers.index_select(0, local)
     displacement = space.positions.index_select(0, senders)
-    displacement -= space.positions.index_select(0, receivers)
-    if space.box is not None:
-        displacement -= space.box * torch.round(displacement / space.box)
+    displacement -= space.dst_positions.index_select(0, receivers)
+    displacement = minimum_image(displacement, space.box)
     distance = torch.linalg.vector_norm(displacement, dim=1)
     keep = distance <= radius
-    if not loop:
+    if exclude_self:
         keep &= senders != receivers
     keep = torch.nonzero(keep).squeeze(1)
     kept_local, kept_distance = local.index_select(0, keep), distance.index_select(0, keep)
@@ -561,11 +683,13 @@ class _KnnRadii(NamedTuple):
         # Points in the 3^d cells around a receiver when 2k are expected within the radius.
         expected_candidates = 2 * k * 3**dim / _unit_ball_volume(dim)
         largest = float(space.extent.max())
-        if largest == 0.0:  # all points coincide
+        sender_largest = float(space.sender_extent.max())
+        if sender_largest == 0.0:  # all senders coincide: compare them all at once
             return _KnnRadii(1.0, 0.0, 0, 0, 0, dim, expected_candidates)
         occupied = graph_sizes[graph_sizes > 0]
         points_per_graph = float(occupied.double().mean())
-        extent = space.extent.clamp(min=largest / points_per_graph)  # flat point clouds
+        # Density of the senders; flat point clouds get a minimum thickness.
+        extent = space.sender_extent.clamp(min=sender_largest / points_per_graph)
         density = points_per_graph / float(torch.prod(extent))
         base = (2 * k / (density * _unit_ball_volume(dim))) ** (1 / dim)
         if space.box is not None:
@@ -592,7 +716,8 @@ class _KnnRadii(NamedTuple):
 
     def suggested_level(self, num_candidates: Tensor, level: int) -> Tensor:
         """Level at which the candidate count would be closest to ``expected_candidates``."""
-        ratio = self.expected_candidates / num_candidates.double()
+        # A (bipartite) receiver may have no candidate at all: count half a point.
+        ratio = self.expected_candidates / num_candidates.double().clamp(min=0.5)
         step = torch.round(self.LEVELS_PER_DOUBLING * torch.log2(ratio) / self.dim).long()
         return (level + step).clamp(self.min_level, self.cap_level)
 
@@ -615,10 +740,10 @@ class _KnnSearch:
     ends.
     """
 
-    def __init__(self, plan: _KnnRadii, wanted: Tensor, loop: bool) -> None:
+    def __init__(self, plan: _KnnRadii, wanted: Tensor, exclude_self: bool) -> None:
         self.plan = plan
-        self.wanted = wanted  # [N] neighbours each receiver must get
-        self.loop = loop
+        self.wanted = wanted  # [M] neighbours each receiver must get
+        self.exclude_self = exclude_self  # whether a receiver's own point is among candidates
         self.level = torch.zeros_like(wanted)
         self.unseen = torch.ones_like(wanted, dtype=torch.bool)
         self.may_shrink = torch.ones_like(wanted, dtype=torch.bool)
@@ -641,7 +766,7 @@ class _KnnSearch:
         self.level[moving] = suggested[move]
         self.may_shrink[moving[suggested[move] > current_level]] = False
         # Fewer candidates than wanted: no need to look, grow the radius right away.
-        available = num_candidates - (0 if self.loop else 1)
+        available = num_candidates - int(self.exclude_self)
         hopeless = ~move & (available < self.wanted[group])
         grown = self.grow(group[hopeless], available[hopeless])
         return ~(move | hopeless), torch.cat([moving, grown])
@@ -672,20 +797,23 @@ class _KnnSearch:
 
 def _assemble(
     pos: Tensor,
+    pos_dst: Tensor,
     space: _Space,
     senders_out: list[Tensor],
     receivers_out: list[Tensor],
     displacement_out: list[Tensor],
 ) -> tuple[Tensor, Tensor]:
-    """Concatenates chunk results; recomputes displacements with autograd if ``pos`` needs it."""
-    if not senders_out:
+    """Concatenates chunk results; recomputes displacements with autograd if the positions
+    (``pos`` or ``pos_dst``) need it."""
+    needs_grad = (pos.requires_grad or pos_dst.requires_grad) and torch.is_grad_enabled()
+    if not senders_out and not needs_grad:
         return _empty_result(pos)
-    senders = torch.cat(senders_out)
-    receivers = torch.cat(receivers_out)
-    if pos.requires_grad and torch.is_grad_enabled():
-        displacement = pos[senders] - pos[receivers]
-        if space.box is not None:
-            displacement = displacement - space.box * torch.round(displacement.detach() / space.box)
+    empty = torch.zeros(0, dtype=torch.long, device=pos.device)
+    senders = torch.cat(senders_out) if senders_out else empty
+    receivers = torch.cat(receivers_out) if receivers_out else empty
+    if needs_grad:
+        displacement = pos.index_select(0, senders) - pos_dst.index_select(0, receivers)
+        displacement = minimum_image(displacement, space.box)
     else:
         displacement = torch.cat(displacement_out)
     return torch.stack([senders, receivers]), displacement
@@ -760,26 +888,90 @@ def _check_box(box: BoxLike | None, pos: Tensor) -> Tensor | None:
     return lengths.clone()
 
 
-def _check_batch(batch: Tensor | None, pos: Tensor) -> tuple[Tensor, int]:
+def _check_batch(
+    batch: Tensor | None, pos: Tensor, name: str = "batch", pos_name: str = "pos"
+) -> tuple[Tensor, int]:
     """Graph index per point, renumbered ``0..G-1`` (int64), and the number of graphs ``G``."""
     num_points = pos.shape[0]
     if batch is None:
         return torch.zeros(num_points, dtype=torch.long, device=pos.device), min(num_points, 1)
-    if not isinstance(batch, Tensor):
-        raise TypeError(f"batch must be a torch.Tensor, got {type(batch).__name__}")
-    if batch.dtype == torch.bool or batch.is_floating_point() or batch.is_complex():
-        raise TypeError(f"batch must be an integer tensor, got dtype {batch.dtype}")
-    if batch.shape != (num_points,):
-        raise ValueError(f"batch must have shape [{num_points}], got {tuple(batch.shape)}")
-    if batch.device != pos.device:
-        raise ValueError(f"batch is on {batch.device} but pos on {pos.device}")
-    batch = batch.long()
+    batch = _validated_batch(batch, pos, name, pos_name)
     if num_points == 0:
         return batch, 0
-    if bool((batch < 0).any()):
-        raise ValueError("batch must not contain negative graph ids")
-    if bool((batch[1:] < batch[:-1]).any()):
-        raise ValueError("batch must be sorted in ascending order")
     # Renumber so that gaps between graph ids cost nothing.
     graph_ids, graph = torch.unique_consecutive(batch, return_inverse=True)
     return graph, graph_ids.numel()
+
+
+def _validated_batch(batch: Tensor, pos: Tensor, name: str, pos_name: str) -> Tensor:
+    """``batch`` as int64 after checking type, shape, device, sign and order."""
+    num_points = pos.shape[0]
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(batch).__name__}")
+    if batch.dtype == torch.bool or batch.is_floating_point() or batch.is_complex():
+        raise TypeError(f"{name} must be an integer tensor, got dtype {batch.dtype}")
+    if batch.shape != (num_points,):
+        raise ValueError(f"{name} must have shape [{num_points}], got {tuple(batch.shape)}")
+    if batch.device != pos.device:
+        raise ValueError(f"{name} is on {batch.device} but {pos_name} on {pos.device}")
+    batch = batch.long()
+    if num_points == 0:
+        return batch
+    if bool((batch < 0).any()):
+        raise ValueError(f"{name} must not contain negative graph ids")
+    if bool((batch[1:] < batch[:-1]).any()):
+        raise ValueError(f"{name} must be sorted in ascending order")
+    return batch
+
+
+def _check_graphs(
+    batch: Tensor | None, pos: Tensor, batch_dst: Tensor | None, pos_dst: Tensor | None
+) -> tuple[Tensor, Tensor, int]:
+    """Graph index of every sender and every receiver (one numbering ``0..G-1``) and ``G``."""
+    if pos_dst is None:
+        if batch_dst is not None:
+            raise ValueError("batch_dst needs pos_dst (the receivers default to pos and batch)")
+        graph, num_graphs = _check_batch(batch, pos)
+        return graph, graph, num_graphs
+    if (batch is None) != (batch_dst is None):
+        raise ValueError(
+            "batch and batch_dst must be given together (graph ids of senders and receivers)"
+        )
+    if batch is None:
+        graph = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+        graph_dst = torch.zeros(pos_dst.shape[0], dtype=torch.long, device=pos.device)
+        return graph, graph_dst, 1
+    batch = _validated_batch(batch, pos, "batch", "pos")
+    batch_dst = _validated_batch(batch_dst, pos_dst, "batch_dst", "pos_dst")
+    # One renumbering for both sides, so that equal ids keep meaning the same graph.
+    graph_ids = torch.unique(torch.cat([batch, batch_dst]))
+    graph = torch.searchsorted(graph_ids, batch)
+    graph_dst = torch.searchsorted(graph_ids, batch_dst)
+    return graph, graph_dst, max(graph_ids.numel(), 1)
+
+
+def _check_pos_dst(pos_dst: Tensor | None, pos: Tensor) -> Tensor | None:
+    if pos_dst is None:
+        return None
+    if not isinstance(pos_dst, Tensor):
+        raise TypeError(f"pos_dst must be a torch.Tensor, got {type(pos_dst).__name__}")
+    if not pos_dst.is_floating_point():
+        raise TypeError(f"pos_dst must be a floating-point tensor, got dtype {pos_dst.dtype}")
+    if pos_dst.dim() != 2 or pos_dst.shape[1] != pos.shape[1]:
+        raise ValueError(
+            f"pos_dst must have shape [M, {pos.shape[1]}] (the dimension of pos), got "
+            f"{tuple(pos_dst.shape)}"
+        )
+    if pos_dst.dtype != pos.dtype:
+        raise TypeError(f"pos_dst must have the dtype of pos ({pos.dtype}), got {pos_dst.dtype}")
+    if pos_dst.device != pos.device:
+        raise ValueError(f"pos_dst is on {pos_dst.device} but pos on {pos.device}")
+    if not bool(torch.isfinite(pos_dst).all()):
+        raise ValueError("pos_dst must contain only finite values")
+    return pos_dst
+
+
+def _describe(value) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor"
+    return type(value).__name__

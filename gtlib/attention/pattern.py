@@ -1,20 +1,42 @@
-"""Sparsity patterns: who attends to whom, stored CSR by receiver."""
+"""Sparsity patterns: who attends to whom, stored CSR by receiver.
+
+:class:`Pattern` is the only builder of sparsity in gtlib: every constructor (edge lists and
+sparse adjacencies, all-to-all blocks, windows, radius and k-nearest neighbourhoods, BigBird)
+returns a :class:`Pattern`, built on the device of its inputs. Layers that build patterns from
+their inputs remember them in :data:`gtlib.attention.cache.pattern_cache`.
+"""
 
 from __future__ import annotations
 
 import math
-import sys
 import warnings
-import weakref
-from collections.abc import Callable, Sequence
-from itertools import product
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-NumNodes = int | tuple[int, int] | None
-# id(edge_index) -> (weak reference, version counter, num_nodes, pattern); see Pattern.cached
-_PATTERN_CACHE: dict = {}
+from gtlib.attention import builders
+from gtlib.attention.builders import NumNodes
+from gtlib.attention.cache import pattern_cache
+
+BoxLike = Tensor | Sequence[float] | float
+
+# State that defines a pattern (pickled, moved by ``to``); derived caches are rebuilt on demand.
+_STATE = (
+    "_ptr",
+    "_col",
+    "_row",
+    "perm",
+    "blocks",
+    "displacement",
+    "num_src",
+    "num_dst",
+    "_num_edges",
+    "_device",
+    "_unique_edges",
+    "_max_degree",
+    "_block_starts",
+)
 
 
 class Pattern:
@@ -24,13 +46,27 @@ class Pattern:
     The pattern stores the edges compressed by receiver (CSR): receiver :math:`i`'s senders are
     ``col[ptr[i]:ptr[i + 1]]``. ``perm`` maps the sorted edges back to the caller's edge order:
     sorted edge ``t`` is the caller's edge ``perm[t]``. Per-edge tensors (edge features, biases,
-    returned attention weights) are always in the caller's order, i.e. the order of
-    :attr:`edge_index`.
+    returned attention weights, :attr:`displacement`) are always in the caller's order, i.e. the
+    order of :attr:`edge_index`.
 
-    Build patterns with :meth:`from_edge_index`, :meth:`full`, :meth:`windows`, :meth:`radius` or
-    :meth:`knn`. Patterns made of dense all-to-all blocks (:meth:`full`, :meth:`windows`) also keep
-    their blocks, which lets :func:`~gtlib.attention.sparse_attention` send them to
-    :func:`torch.nn.functional.scaled_dot_product_attention`.
+    Constructors, each returning a :class:`Pattern` on the device of its inputs:
+
+    - :meth:`from_edge_index`: a ``[2, E]`` tensor, a PyG ``EdgeIndex``, a
+      ``torch_sparse.SparseTensor`` or a torch sparse COO/CSR/CSC adjacency; :meth:`cached`
+      remembers it per input tensor.
+    - :meth:`full`: all-to-all attention within each graph of a batch.
+    - :meth:`windows`: Swin-style (shifted) windows on a regular grid.
+    - :meth:`radius` and :meth:`knn`: geometric neighbourhoods by cell lists (periodic box,
+      batch, bipartite sender and receiver sets); they carry :attr:`displacement`.
+    - :meth:`bigbird`: BigBird's window, random and global attention within each graph.
+
+    Patterns made of dense all-to-all blocks (:meth:`full`, :meth:`windows`) keep their blocks,
+    which lets :func:`~gtlib.attention.sparse_attention` send them to
+    :func:`torch.nn.functional.scaled_dot_product_attention`; their edge lists are only expanded
+    when an edge-wise computation asks for them, and stay unexpanded through :meth:`to`. A
+    pattern pickles (``pickle``, ``torch.save``); derived caches (:meth:`transpose_csr`,
+    :meth:`sparse_matrix` indices, :meth:`deduplicated`, :meth:`block_edge_positions`) are
+    rebuilt after unpickling.
 
     Attributes:
         ptr: ``[num_dst + 1]`` int64 offsets of each receiver's senders.
@@ -41,6 +77,9 @@ class Pattern:
         num_src, num_dst: numbers of senders and receivers.
         blocks: ``None`` or a list of ``[num_blocks, block_size]`` node-index tensors; every block
             is all-to-all and every receiver lies in exactly one block.
+        displacement: ``[E, d]`` geometry of the edges, ``pos[sender] - pos_dst[receiver]``
+            (minimum image in a periodic box) in the caller's edge order, for :meth:`radius` and
+            :meth:`knn` patterns; ``None`` otherwise.
     """
 
     def __init__(
@@ -52,35 +91,53 @@ class Pattern:
         perm: Tensor | None = None,
         row: Tensor | None = None,
         blocks: list[Tensor] | None = None,
-        build: Callable[[], tuple[Tensor, Tensor, Tensor]] | None = None,
         num_edges: int | None = None,
+        displacement: Tensor | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
+        if (ptr is None) != (col is None):
+            raise ValueError("ptr and col must be given together")
+        if col is None and blocks is None:
+            raise ValueError("a Pattern needs its edges (ptr, col) or its blocks")
         self._ptr, self._col, self._row = ptr, col, row
-        # Block patterns make their (ptr, col, row) only when an edge-wise mode asks for them.
-        self._build = build
-        self._num_edges = int(num_edges) if num_edges is not None else col.numel()
+        if num_edges is None:
+            num_edges = col.numel() if col is not None else builders.block_num_edges(blocks)
+        self._num_edges = int(num_edges)
         if col is not None:
             self._device = col.device
+        elif blocks:
+            self._device = blocks[0].device
         else:
-            self._device = blocks[0].device if blocks else torch.device("cpu")
+            self._device = torch.device(device if device is not None else "cpu")
         self.num_src = int(num_src)
         self.num_dst = int(num_dst)
         self.perm = perm
         self.blocks = blocks
+        self.displacement = displacement
+        self._unique_edges: bool | None = None
         self._max_degree: int | None = None
+        self._block_starts: list[int | None] | None = None
+        self._clear_derived()
+
+    def _clear_derived(self) -> None:
         self._transpose: tuple[Tensor, Tensor, Tensor] | None = None
         self._csr_indices: dict[str, tuple[Tensor, Tensor]] = {}
         self._deduplicated: tuple[Tensor, Tensor, Tensor] | None = None
-        self._unique_edges: bool | None = None
         self._block_positions: list[Tensor] | None = None
-        self._block_starts: list[int | None] | None = None
+
+    # ------------------------------------------------------------------ edges of blocks
+    @property
+    def expanded(self) -> bool:
+        """Whether the edge lists exist (block patterns expand them on first use)."""
+        return self._col is not None
 
     def _materialize(self) -> None:
-        if self._build is not None:
-            self._ptr, self._col, self._row = self._build()
-            self._build = None
+        if self._col is None:
+            self._ptr, self._col, self._row = builders.expand_blocks(
+                self.blocks, self.num_dst, self._num_edges, self._device
+            )
         if self._row is None:
-            self._row = _ptr_to_row(self._ptr, self._col.numel())
+            self._row = builders.ptr_to_row(self._ptr, self._col.numel())
 
     @property
     def ptr(self) -> Tensor:
@@ -99,65 +156,101 @@ class Pattern:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_edge_index(cls, edge_index: Tensor, num_nodes: NumNodes = None) -> Pattern:
-        """Builds a pattern from a ``[2, E]`` (sender, receiver) tensor or a PyG ``EdgeIndex``.
+    def from_edge_index(cls, edge_index, num_nodes: NumNodes = None) -> Pattern:
+        """Builds a pattern from edges or a sparse adjacency, on their device.
 
         Args:
-            edge_index: integer tensor ``[2, E]``; row 0 holds senders, row 1 receivers. A
-                :class:`torch_geometric.EdgeIndex` sorted by column reuses its cached CSC.
-            num_nodes: ``None`` (``max index + 1``, or the ``EdgeIndex`` sparse size), an ``int``
-                for both sides, or ``(num_src, num_dst)`` for bipartite patterns.
+            edge_index: one of
+
+                - an integer tensor ``[2, E]``: row 0 holds senders, row 1 receivers; the
+                  caller's edge order is the column order. A :class:`torch_geometric.EdgeIndex`
+                  sorted by column reuses its cached CSC.
+                - a ``torch_sparse.SparseTensor`` or a torch sparse tensor (COO, CSR or CSC) in
+                  PyG's ``adj_t`` convention: ``adj_t[i, j]`` nonzero means receiver ``i``
+                  receives from sender ``j``, shape ``[num_dst, num_src]``. The caller's edge
+                  order is the order of the stored entries; a ``SparseTensor`` or a CSR tensor
+                  is the pattern's CSR as is (no sort). Values are ignored.
+            num_nodes: ``None`` (``max index + 1``, or the ``EdgeIndex`` / sparse matrix sizes),
+                an ``int`` for both sides, or ``(num_src, num_dst)`` for bipartite patterns.
+                With a sparse matrix it must agree with the matrix's shape.
+
+        Raises:
+            TypeError: ``edge_index`` is of another type or has a non-integer dtype, or
+                ``num_nodes`` is not ``None``, an int or a pair of ints.
+            ValueError: bad shapes (a ``[2, E]`` tensor, a 2-D sparse matrix), indices out of
+                range, negative sizes, or ``num_nodes`` disagreeing with a sparse matrix.
         """
+        sizes = builders.normalize_num_nodes(num_nodes)
+        sparse_parts = builders.sparse_tensor_parts(edge_index)
+        if sparse_parts is not None:
+            ptr, col, num_src, num_dst = sparse_parts
+            _check_sparse_sizes(sizes, num_src, num_dst)
+            return cls._from_csr(ptr, col, num_src, num_dst, "edge_index (SparseTensor)")
         if not isinstance(edge_index, Tensor):
             raise TypeError(
-                f"edge_index must be a torch.Tensor of shape [2, E], got {type(edge_index)}"
+                "edge_index must be a torch.Tensor [2, E], a PyG EdgeIndex, a "
+                f"torch_sparse.SparseTensor or a torch sparse matrix, got {type(edge_index)}"
             )
-        if edge_index.dtype.is_floating_point or edge_index.dtype in (torch.bool, torch.complex64):
+        if edge_index.layout != torch.strided:
+            kind, first, second, num_src, num_dst = builders.torch_sparse_edges(edge_index)
+            _check_sparse_sizes(sizes, num_src, num_dst)
+            if kind == "csr":
+                return cls._from_csr(first, second, num_src, num_dst, "edge_index (sparse CSR)")
+            builders.check_index_range(first, num_src, "edge_index senders (columns)")
+            builders.check_index_range(second, num_dst, "edge_index receivers (rows)")
+            return cls._from_sorted_or_unsorted(first, second, num_src, num_dst)
+
+        if edge_index.dtype.is_floating_point or edge_index.dtype.is_complex:
+            raise TypeError(f"edge_index must have an integer dtype, got {edge_index.dtype}")
+        if edge_index.dtype == torch.bool:
             raise TypeError(f"edge_index must have an integer dtype, got {edge_index.dtype}")
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
 
-        num_src, num_dst = _resolve_num_nodes(edge_index, num_nodes)
-        edge_index_data = _plain_tensor(edge_index)
+        num_src, num_dst = _resolve_num_nodes(edge_index, sizes)
+        edge_index_data = builders.plain_tensor(edge_index)
         src = edge_index_data[0].long()
         dst = edge_index_data[1].long()
-        if src.numel() > 0:
-            for name, index, size in (("senders", src, num_src), ("receivers", dst, num_dst)):
-                lo, hi = int(index.min()), int(index.max())
-                if lo < 0 or hi >= size:
-                    raise ValueError(
-                        f"edge_index {name} must lie in [0, {size}), found values in [{lo}, {hi}]"
-                    )
+        builders.check_index_range(src, num_src, "edge_index senders")
+        builders.check_index_range(dst, num_dst, "edge_index receivers")
 
         csc = _cached_csc(edge_index, num_src, num_dst)
         if csc is not None:
             ptr, col, perm = csc
             return cls(ptr, col, num_src, num_dst, perm=perm)
-        return cls._from_sorted_or_unsorted(src, dst, num_src, num_dst)
+        pattern = cls._from_sorted_or_unsorted(src, dst, num_src, num_dst)
+        # Never alias the caller's tensor: an in-place change of it must not alter the pattern.
+        if pattern.perm is None and _shares_storage(pattern._col, edge_index_data):
+            pattern._col, pattern._row = pattern._col.clone(), pattern._row.clone()
+        return pattern
 
     @classmethod
-    def cached(cls, edge_index: Tensor, num_nodes: NumNodes = None) -> Pattern:
-        """:meth:`from_edge_index`, remembered for as long as ``edge_index`` lives.
+    def cached(cls, edge_index, num_nodes: NumNodes = None) -> Pattern:
+        """:meth:`from_edge_index`, remembered in :data:`~gtlib.attention.cache.pattern_cache`.
 
-        Passing the same, unmodified tensor object again (same identity and version counter)
-        returns the same :class:`Pattern` without re-sorting; an in-place change of
-        ``edge_index`` or other ``num_nodes`` builds a new one. Layers call this in ``forward``.
+        Passing the same, unmodified object again (same identity and version counter) returns
+        the same :class:`Pattern` without re-sorting; an in-place change of ``edge_index`` or
+        other ``num_nodes`` builds a new one, and the entry dies with ``edge_index``. Layers
+        call this in ``forward``.
         """
-        sizes = tuple(num_nodes) if isinstance(num_nodes, list) else num_nodes
-        key = id(edge_index)
-        entry = _PATTERN_CACHE.get(key)
-        if entry is not None:
-            ref, version, cached_sizes, pattern = entry
-            if ref() is edge_index and version == edge_index._version and cached_sizes == sizes:
-                return pattern
-        pattern = cls.from_edge_index(edge_index, num_nodes)
+        sizes = builders.normalize_num_nodes(num_nodes)
+        return pattern_cache.get(
+            edge_index,
+            ("Pattern.from_edge_index", sizes),
+            lambda: cls.from_edge_index(edge_index, sizes),
+        )
 
-        def forget(dead_ref, key=key) -> None:
-            if key in _PATTERN_CACHE and _PATTERN_CACHE[key][0] is dead_ref:
-                del _PATTERN_CACHE[key]
-
-        _PATTERN_CACHE[key] = (weakref.ref(edge_index, forget), edge_index._version, sizes, pattern)
-        return pattern
+    @classmethod
+    def _from_csr(cls, ptr: Tensor, col: Tensor, num_src: int, num_dst: int, name: str) -> Pattern:
+        """A pattern whose caller order is the given CSR's order (no sort when its senders are
+        sorted within each receiver, as PyG and torch keep them)."""
+        builders.check_ptr(ptr, num_dst, col.numel(), name)
+        builders.check_index_range(col, num_src, f"{name} senders")
+        row = builders.ptr_to_row(ptr, col.numel())
+        key = row * max(num_src, 1) + col
+        if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
+            return cls._from_sorted_or_unsorted(col, row, num_src, num_dst)
+        return cls(ptr, col, num_src, num_dst, row=row)
 
     @classmethod
     def _from_sorted_or_unsorted(
@@ -171,50 +264,45 @@ class Pattern:
             src, dst = src[perm], dst[perm]
         else:
             perm = None
-        ptr = _index_to_ptr(dst, num_dst)
+        ptr = builders.index_to_ptr(dst, num_dst)
         pattern = cls(ptr, src, num_src, num_dst, perm=None if canonical else perm, row=dst)
         pattern._unique_edges = key.numel() < 2 or bool((key[1:] != key[:-1]).all())
         return pattern
 
     @classmethod
-    def full(cls, batch: Tensor | None = None, num_nodes: int | None = None) -> Pattern:
+    def full(
+        cls,
+        batch: Tensor | None = None,
+        num_nodes: int | None = None,
+        *,
+        device: torch.device | str | None = None,
+    ) -> Pattern:
         """All-to-all attention within each graph of a batch (self-loops included), no padding.
 
+        The pattern keeps one block per graph (grouped by size); its edge list is only
+        expanded when asked for.
+
         Args:
-            batch: ``[N]`` int64 graph id of each node, sorted ascending (PyG convention). ``None``
-                means one graph of ``num_nodes`` nodes.
+            batch: ``[N]`` int64 graph id of each node, sorted ascending (PyG convention). The
+                pattern lives on its device. ``None`` means one graph of ``num_nodes`` nodes.
             num_nodes: number of nodes when ``batch`` is ``None``.
+            device: the device when ``batch`` is ``None`` (default: torch's default device).
         """
-        if batch is None:
-            if num_nodes is None or int(num_nodes) < 0:
+        if batch is None:  # one graph: no data-dependent sizes (works on any device)
+            if num_nodes is None:
                 raise ValueError("Pattern.full needs batch or a non-negative num_nodes")
-            sizes = torch.tensor([int(num_nodes)], dtype=torch.long)
+            n = builders.as_size(num_nodes, "num_nodes")
+            blocks = [torch.arange(n, device=device)[None]] if n else []
         else:
-            _check_batch(batch)
-            sizes = torch.bincount(batch) if batch.numel() else batch.new_zeros(0)
-            sizes = sizes[sizes > 0]
-        device = sizes.device
-        starts = torch.cumsum(sizes, 0) - sizes
-        n = int(sizes.sum())
-        num_edges = int((sizes * sizes).sum())
-
-        def build() -> tuple[Tensor, Tensor, Tensor]:
-            node_size = torch.repeat_interleave(sizes, sizes)
-            node_start = torch.repeat_interleave(starts, sizes)
+            batch = builders.batch_or_single_graph(batch, num_nodes, None, "Pattern.full")
+            n, device = batch.numel(), batch.device
+            blocks = builders.full_blocks(batch)
+        if not blocks:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
             ptr = torch.zeros(n + 1, dtype=torch.long, device=device)
-            ptr[1:] = torch.cumsum(node_size, 0)
-            nodes = torch.arange(n, device=device)
-            row = torch.repeat_interleave(nodes, node_size, output_size=num_edges)
-            offset_in_row = torch.arange(num_edges, device=device) - ptr[:-1][row]
-            return ptr, node_start[row] + offset_in_row, row
-
-        blocks = []
-        for size in torch.unique(sizes).tolist():
-            if size == 0:
-                continue
-            block_starts = starts[sizes == size]
-            blocks.append(block_starts[:, None] + torch.arange(size, device=device))
-        pattern = cls(None, None, n, n, blocks=blocks, build=build, num_edges=num_edges)
+            pattern = cls(ptr, empty, n, n, row=empty, blocks=[])
+        else:
+            pattern = cls(None, None, n, n, blocks=blocks)
         pattern._unique_edges = True
         return pattern
 
@@ -225,6 +313,7 @@ class Pattern:
         window: int | Sequence[int],
         shift: int | Sequence[int] = 0,
         periodic: bool | Sequence[bool] = True,
+        device: torch.device | str | None = None,
     ) -> Pattern:
         """Swin-style window attention on a regular grid (nodes are grid points in C order).
 
@@ -239,17 +328,17 @@ class Pattern:
             window: window size, one for all dimensions or one per dimension.
             shift: window offset (Swin uses ``window // 2`` on every other layer).
             periodic: whether each dimension wraps around.
+            device: where to build the pattern (default: torch's default device).
         """
-        grid_shape = [int(g) for g in grid_shape]
+        grid_shape = builders.per_dim(list(grid_shape), len(grid_shape), "grid_shape")
         dims = len(grid_shape)
         if dims == 0 or any(g < 1 for g in grid_shape):
             raise ValueError(f"grid_shape must be positive sizes, got {grid_shape}")
-        window = _per_dim(window, dims, "window")
-        shift = _per_dim(shift, dims, "shift")
-        periodic = _per_dim(periodic, dims, "periodic", kind=bool)
-        segments_per_dim = []
+        window = builders.per_dim(window, dims, "window")
+        shift = builders.per_dim(shift, dims, "shift")
+        periodic = builders.per_dim(periodic, dims, "periodic", kind=bool)
         for d in range(dims):
-            size, w, s, wrap = grid_shape[d], window[d], shift[d], periodic[d]
+            size, w, wrap = grid_shape[d], window[d], periodic[d]
             if w < 1 or w > size:
                 raise ValueError(f"window[{d}]={w} must lie in [1, grid_shape[{d}]={size}]")
             if wrap and size % w != 0:
@@ -257,28 +346,10 @@ class Pattern:
                     f"periodic windows need grid_shape[{d}]={size} to be a multiple of "
                     f"window[{d}]={w}"
                 )
-            segments_per_dim.append(_window_segments(size, w, s, wrap))
-
-        strides = [math.prod(grid_shape[d + 1 :]) for d in range(dims)]
-        groups: dict[int, list[Tensor]] = {}
-        for combo in product(*[sorted(seg.keys()) for seg in segments_per_dim]):
-            flat = torch.zeros(1, 1, dtype=torch.long)
-            for d, length in enumerate(combo):
-                seg = segments_per_dim[d][length] * strides[d]  # [num_segments, length]
-                flat = (flat[:, None, :, None] + seg[None, :, None, :]).flatten(0, 1).flatten(1)
-            groups.setdefault(flat.size(1), []).append(flat)
-        blocks = [torch.cat(groups[size]) for size in sorted(groups)]
+        device = torch.device(device) if device is not None else None
+        blocks = builders.window_blocks(grid_shape, window, shift, periodic, device)
         num_nodes = math.prod(grid_shape)
-
-        def build() -> tuple[Tensor, Tensor, Tensor]:
-            src, dst = _block_edges(blocks)
-            edges = cls._from_sorted_or_unsorted(src, dst, num_nodes, num_nodes, canonical=True)
-            return edges.ptr, edges.col, edges.row
-
-        num_edges = sum(block.size(0) * block.size(1) ** 2 for block in blocks)
-        pattern = cls(
-            None, None, num_nodes, num_nodes, blocks=blocks, build=build, num_edges=num_edges
-        )
+        pattern = cls(None, None, num_nodes, num_nodes, blocks=blocks)
         pattern._unique_edges = True
         return pattern
 
@@ -287,43 +358,130 @@ class Pattern:
         cls,
         pos: Tensor,
         r: float,
-        box: Tensor | Sequence[float] | float | None = None,
+        box: BoxLike | None = None,
         batch: Tensor | None = None,
         max_num_neighbors: int | None = None,
         loop: bool = False,
-    ) -> tuple[Pattern, Tensor]:
+        *,
+        pos_dst: Tensor | None = None,
+        batch_dst: Tensor | None = None,
+    ) -> Pattern:
         """Radius neighbourhoods by cell lists, with the periodic minimum image when ``box``.
 
-        Returns ``(pattern, displacement)`` where ``displacement[e] = pos[sender] - pos[receiver]``
-        (minimum image) in the order of ``pattern.edge_index``; within one receiver the senders
-        are sorted by distance. ``max_num_neighbors`` keeps the nearest ones.
+        Sender ``j`` connects to receiver ``i`` when ``|pos[j] - pos_dst[i]| <= r`` (a point at
+        exactly ``r`` is a neighbour, and so is a coincident point). The caller's edge order
+        (:attr:`edge_index`) is by receiver, then distance, then sender; ``max_num_neighbors``
+        keeps the nearest ones. :attr:`displacement` holds ``pos[j] - pos_dst[i]`` (minimum
+        image) in that order, differentiable with respect to the positions when they require
+        grad. See :func:`gtlib.attention.neighbors.radius_edges` for the arguments.
+
+        Args:
+            pos: ``[N, d]`` sender positions (also the receivers unless ``pos_dst``).
+            r: the cutoff, finite, ``> 0`` and (periodic) at most half the smallest box length.
+            box: periodic box lengths (scalar or ``d`` values) or ``None``; positions may lie
+                anywhere (e.g. in ``[0, L)`` or ``[-L/2, L/2)``).
+            batch: ``[N]`` sorted graph ids of the senders, or ``None``.
+            max_num_neighbors: keep the nearest ones per receiver, or ``None`` for all.
+            loop: include self edges ``(i, i)``; only meaningful without ``pos_dst``.
+            pos_dst: ``[M, d]`` receiver positions of a bipartite pattern (``num_dst = M``).
+            batch_dst: ``[M]`` sorted graph ids of the receivers (with ``pos_dst`` and
+                ``batch``).
         """
         from gtlib.attention.neighbors import radius_edges
 
         edge_index, displacement = radius_edges(
-            pos, r, box=box, batch=batch, max_num_neighbors=max_num_neighbors, loop=loop
+            pos,
+            r,
+            box=box,
+            batch=batch,
+            max_num_neighbors=max_num_neighbors,
+            loop=loop,
+            pos_dst=pos_dst,
+            batch_dst=batch_dst,
         )
-        n = pos.size(0)
-        return cls._from_sorted_or_unsorted(edge_index[0], edge_index[1], n, n), displacement
+        return cls._geometric(edge_index, displacement, pos, pos_dst)
 
     @classmethod
     def knn(
         cls,
         pos: Tensor,
         k: int,
-        box: Tensor | Sequence[float] | float | None = None,
+        box: BoxLike | None = None,
         batch: Tensor | None = None,
         loop: bool = False,
-    ) -> tuple[Pattern, Tensor]:
-        """The ``k`` nearest senders of every point by cell lists (minimum image with ``box``).
+        *,
+        pos_dst: Tensor | None = None,
+        batch_dst: Tensor | None = None,
+    ) -> Pattern:
+        """The ``k`` nearest senders of every receiver by cell lists (minimum image with
+        ``box``), with :attr:`displacement` as in :meth:`radius`.
 
-        Returns ``(pattern, displacement)`` as :meth:`radius` does.
+        The caller's edge order is by receiver, then distance, then sender, so
+        ``pattern.edge_index[0].view(M, k)`` lists every receiver's neighbours nearest first
+        when every graph has more than ``k`` candidates. See
+        :func:`gtlib.attention.neighbors.knn_edges` for the arguments.
         """
         from gtlib.attention.neighbors import knn_edges
 
-        edge_index, displacement = knn_edges(pos, k, box=box, batch=batch, loop=loop)
-        n = pos.size(0)
-        return cls._from_sorted_or_unsorted(edge_index[0], edge_index[1], n, n), displacement
+        edge_index, displacement = knn_edges(
+            pos, k, box=box, batch=batch, loop=loop, pos_dst=pos_dst, batch_dst=batch_dst
+        )
+        return cls._geometric(edge_index, displacement, pos, pos_dst)
+
+    @classmethod
+    def _geometric(
+        cls, edge_index: Tensor, displacement: Tensor, pos: Tensor, pos_dst: Tensor | None
+    ) -> Pattern:
+        num_src = pos.size(0)
+        num_dst = num_src if pos_dst is None else pos_dst.size(0)
+        pattern = cls._from_sorted_or_unsorted(edge_index[0], edge_index[1], num_src, num_dst)
+        pattern.displacement = displacement
+        return pattern
+
+    @classmethod
+    def bigbird(
+        cls,
+        batch: Tensor | None = None,
+        window: int = 3,
+        num_random: int = 2,
+        num_global: int = 1,
+        generator: torch.Generator | None = None,
+        num_nodes: int | None = None,
+        *,
+        device: torch.device | str | None = None,
+    ) -> Pattern:
+        r"""BigBird attention (Zaheer et al., `"Big Bird: Transformers for Longer Sequences"
+        <https://arxiv.org/abs/2007.14062>`_) within each graph of a batch, in node order.
+
+        Node :math:`i` (position :math:`p` in its graph of :math:`n` nodes) receives from the
+        positions :math:`p - \lfloor (w - 1)/2 \rfloor, \dots, p + \lfloor w/2 \rfloor` that
+        exist (window), from ``num_random`` positions drawn uniformly with replacement, and
+        from positions :math:`0, \dots, g - 1` (global); the global positions receive from all
+        :math:`n` nodes. Repeated pairs are merged; edges are sorted by (receiver, sender).
+
+        Args:
+            batch: ``[N]`` sorted int64 graph ids (the pattern lives on its device), or ``None``
+                for one graph of ``num_nodes`` nodes.
+            window: window width :math:`w` (``0`` for none).
+            num_random: random senders per node.
+            num_global: global tokens :math:`g` per graph.
+            generator: random generator for the random senders (draws happen on its device, so
+                one generator state gives one pattern on every device).
+            num_nodes: number of nodes when ``batch`` is ``None``.
+            device: the device when ``batch`` is ``None`` (default: torch's default device).
+        """
+        window = _non_negative_int(window, "window")
+        num_random = _non_negative_int(num_random, "num_random")
+        num_global = _non_negative_int(num_global, "num_global")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator)}")
+        batch = builders.batch_or_single_graph(batch, num_nodes, device, "Pattern.bigbird")
+        edge_index = builders.bigbird_edges(batch, window, num_random, num_global, generator)
+        n = batch.numel()
+        ptr = builders.index_to_ptr(edge_index[1], n)
+        pattern = cls(ptr, edge_index[0], n, n, row=edge_index[1])
+        pattern._unique_edges = True
+        return pattern
 
     # ------------------------------------------------------------------ views
     @property
@@ -408,7 +566,7 @@ class Pattern:
         Computed once and cached."""
         if self._transpose is None:
             order = torch.argsort(self.col, stable=True)
-            ptr_t = _index_to_ptr(self.col.index_select(0, order), self.num_src)
+            ptr_t = builders.index_to_ptr(self.col.index_select(0, order), self.num_src)
             self._transpose = (ptr_t, self.row.index_select(0, order), order)
         return self._transpose
 
@@ -425,7 +583,7 @@ class Pattern:
                 inverse = torch.cumsum(is_new, 0) - 1
                 unique_key = key[is_new]
             receivers = unique_key // max(self.num_src, 1)
-            ptr = _index_to_ptr(receivers, self.num_dst)
+            ptr = builders.index_to_ptr(receivers, self.num_dst)
             self._deduplicated = (ptr, unique_key - receivers * max(self.num_src, 1), inverse)
         return self._deduplicated
 
@@ -456,94 +614,90 @@ class Pattern:
             return torch.sparse_csr_tensor(ptr, index, values, size, check_invariants=False)
 
     def to(self, device: torch.device | str) -> Pattern:
-        if torch.device(device) == self.device:
+        """The pattern on ``device`` (``self`` when already there).
+
+        Whatever exists moves: edge lists, blocks, ``perm``, :attr:`displacement` (differentiably).
+        A block pattern whose edges were never expanded stays unexpanded.
+        """
+        device = torch.device(device)
+        if device == self.device:
             return self
-        self._materialize()
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        blocks = None if self.blocks is None else [b.to(device) for b in self.blocks]
-        return Pattern(
-            move(self.ptr),
-            move(self.col),
-            self.num_src,
-            self.num_dst,
-            perm=move(self.perm),
-            row=move(self.row),
-            blocks=blocks,
-        )
+        state = self.__getstate__(detach=False)
+        for name in ("_ptr", "_col", "_row", "perm", "displacement"):
+            if state[name] is not None:
+                state[name] = state[name].to(device)
+        if state["blocks"] is not None:
+            state["blocks"] = [block.to(device) for block in state["blocks"]]
+        state["_device"] = device
+        moved = Pattern.__new__(Pattern)
+        moved.__setstate__(state)
+        return moved
 
     @property
     def device(self) -> torch.device:
         return self._device
 
+    def __getstate__(self, detach: bool = True) -> dict:
+        state = {name: getattr(self, name) for name in _STATE}
+        if detach and state["displacement"] is not None:
+            state["displacement"] = state["displacement"].detach()  # the graph does not pickle
+        if state["blocks"] is not None:
+            state["blocks"] = list(state["blocks"])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name in _STATE:
+            setattr(self, name, state.get(name))
+        self._clear_derived()
+
     def __repr__(self) -> str:
         kind = "" if self.blocks is None else f", blocks={len(self.blocks)} sizes"
+        geometry = "" if self.displacement is None else ", displacement"
         return (
             f"Pattern(num_src={self.num_src}, num_dst={self.num_dst}, "
-            f"num_edges={self.num_edges}{kind})"
+            f"num_edges={self.num_edges}{kind}{geometry})"
         )
 
 
 # ---------------------------------------------------------------------- helpers
-def _ptr_to_row(ptr: Tensor, num_edges: int) -> Tensor:
-    degree = ptr[1:] - ptr[:-1]
-    return torch.repeat_interleave(
-        torch.arange(degree.numel(), device=ptr.device), degree, output_size=num_edges
-    )
+# Kept for modules that import them from here (softmax.py); the code lives in builders.
+_index_to_ptr = builders.index_to_ptr
+_ptr_to_row = builders.ptr_to_row
 
 
-def _index_to_ptr(sorted_index: Tensor, size: int) -> Tensor:
-    ptr = torch.zeros(size + 1, dtype=torch.long, device=sorted_index.device)
-    if sorted_index.numel():
-        ptr[1:] = torch.cumsum(torch.bincount(sorted_index, minlength=size), 0)
-    return ptr
+def _resolve_num_nodes(edge_index: Tensor, sizes: tuple[int, int] | None) -> tuple[int, int]:
+    if sizes is not None:
+        return sizes
+    sparse_size = getattr(edge_index, "sparse_size", None)
+    if callable(sparse_size):
+        n_src, n_dst = sparse_size()
+        if n_src is not None and n_dst is not None:
+            return int(n_src), int(n_dst)
+    data = builders.plain_tensor(edge_index)
+    n = int(data.max()) + 1 if data.numel() else 0
+    return n, n
 
 
-def _edge_index_class() -> type | None:
-    """PyG's ``EdgeIndex`` if PyG is loaded (an ``EdgeIndex`` argument implies it is)."""
-    module = sys.modules.get("torch_geometric")
-    return getattr(module, "EdgeIndex", None)
-
-
-def _plain_tensor(edge_index: Tensor) -> Tensor:
-    edge_index_class = _edge_index_class()
-    if edge_index_class is not None and isinstance(edge_index, edge_index_class):
-        return edge_index.as_tensor()
-    return edge_index
-
-
-def _resolve_num_nodes(edge_index: Tensor, num_nodes: NumNodes) -> tuple[int, int]:
-    if num_nodes is None:
-        sparse_size = getattr(edge_index, "sparse_size", None)
-        if callable(sparse_size):
-            n_src, n_dst = sparse_size()
-            if n_src is not None and n_dst is not None:
-                return int(n_src), int(n_dst)
-        data = _plain_tensor(edge_index)
-        n = int(data.max()) + 1 if data.numel() else 0
-        return n, n
-    if isinstance(num_nodes, bool):
-        raise TypeError("num_nodes must be None, an int or a pair (num_src, num_dst)")
-    if isinstance(num_nodes, int):
-        sizes = (num_nodes, num_nodes)
-    elif isinstance(num_nodes, (tuple, list)) and len(num_nodes) == 2:
-        sizes = tuple(num_nodes)
-        if not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
-            raise TypeError(f"num_nodes must hold two ints, got {num_nodes}")
-    else:
-        raise TypeError(
-            f"num_nodes must be None, an int or a pair (num_src, num_dst), got {num_nodes!r}"
+def _check_sparse_sizes(sizes: tuple[int, int] | None, num_src: int, num_dst: int) -> None:
+    if sizes is not None and sizes != (num_src, num_dst):
+        raise ValueError(
+            f"num_nodes gives (num_src, num_dst) = {sizes} but the sparse matrix edge_index "
+            f"has shape [num_dst, num_src] = [{num_dst}, {num_src}]"
         )
-    if sizes[0] < 0 or sizes[1] < 0:
-        raise ValueError(f"num_nodes must be non-negative, got {num_nodes}")
-    return int(sizes[0]), int(sizes[1])
+
+
+def _shares_storage(a: Tensor, b: Tensor) -> bool:
+    if a.device.type == "meta" or a.numel() == 0:
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _cached_csc(
     edge_index: Tensor, num_src: int, num_dst: int
 ) -> tuple[Tensor, Tensor, Tensor | None] | None:
     """Reuses a sorted PyG ``EdgeIndex``'s CSC (colptr, row, perm) when its sizes agree."""
-    edge_index_class = _edge_index_class()
-    if edge_index_class is None or not isinstance(edge_index, edge_index_class):
+    edge_index_cls = builders.edge_index_class()
+    if edge_index_cls is None or not isinstance(edge_index, edge_index_cls):
         return None
     if edge_index.sort_order is None:
         return None
@@ -553,46 +707,9 @@ def _cached_csc(
     return colptr.as_subclass(Tensor).long(), senders.as_subclass(Tensor).long(), perm
 
 
-def _check_batch(batch: Tensor) -> None:
-    if not isinstance(batch, Tensor) or batch.dtype != torch.long:
-        raise TypeError("batch must be an int64 tensor of graph ids")
-    if batch.dim() != 1:
-        raise ValueError(f"batch must be 1-D [N], got shape {list(batch.shape)}")
-    if batch.numel() and (int(batch.min()) < 0 or bool((batch[1:] < batch[:-1]).any())):
-        raise ValueError("batch must hold non-negative graph ids sorted ascending")
-
-
-def _per_dim(value, dims: int, name: str, kind=int) -> list:
-    if isinstance(value, (list, tuple)):
-        if len(value) != dims:
-            raise ValueError(f"{name} must have {dims} entries, got {len(value)}")
-        values = list(value)
-    else:
-        values = [value] * dims
-    try:
-        return [kind(v) for v in values]
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be {kind.__name__} values, got {value!r}") from err
-
-
-def _window_segments(size: int, window: int, shift: int, periodic: bool) -> dict[int, Tensor]:
-    """Index segments of one grid dimension, grouped by length: ``{length: [count, length]}``."""
-    shift %= window
-    if periodic:
-        starts = torch.arange(size // window) * window + shift
-        seg = (starts[:, None] + torch.arange(window)) % size
-        return {window: seg}
-    bounds = sorted({0, size, *range(shift, size, window)})
-    groups: dict[int, list[Tensor]] = {}
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        groups.setdefault(hi - lo, []).append(torch.arange(lo, hi))
-    return {length: torch.stack(parts) for length, parts in groups.items()}
-
-
-def _block_edges(blocks: list[Tensor]) -> tuple[Tensor, Tensor]:
-    srcs, dsts = [], []
-    for block in blocks:
-        nb, size = block.shape
-        srcs.append(block[:, None, :].expand(nb, size, size).reshape(-1))
-        dsts.append(block[:, :, None].expand(nb, size, size).reshape(-1))
-    return torch.cat(srcs), torch.cat(dsts)
+def _non_negative_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import Tensor
 from torch.nn import Module
 from torch_geometric.utils.loop import compute_loop_attr
 
 from gtlib.attention import Pattern
+from gtlib.attention.cache import pattern_cache
 
 _FILL_REDUCTIONS = ("add", "sum", "mean", "min", "max", "mul")
-# (id(source), num_src, num_dst, loop_nodes) -> (weak ref to source, version, looped graph)
-_LOOP_CACHE: dict = {}
 
 
 def check_conv_arguments(in_channels, out_channels, heads, dropout, edge_dim, kwargs) -> None:
@@ -175,8 +172,8 @@ def attention_graph(
 
     ``loop_nodes=None`` uses the edges as given; an int removes self-loops and appends loops
     ``(i, i)`` for ``i < loop_nodes`` like PyG (kept edges in their order, then the loops), with
-    ``fill_value`` edge features. Patterns are cached per input (identity and version), so
-    repeated forwards on one graph sort it once.
+    ``fill_value`` edge features. Patterns are cached per input (identity and version) in
+    :data:`~gtlib.attention.cache.pattern_cache`, so repeated forwards on one graph sort it once.
     """
     _check_edge_index(edge_index)
     if isinstance(edge_index, Pattern):
@@ -204,14 +201,16 @@ def _looped_graph(
     source: Tensor | Pattern, num_src: int, num_dst: int, loop_nodes: int
 ) -> tuple[Pattern, Tensor, Tensor | None]:
     """``(pattern, looped edge_index, kept edge ids or None)``, cached while ``source`` lives."""
-    key = (id(source), num_src, num_dst, loop_nodes)
-    version = getattr(source, "_version", 0)
-    entry = _LOOP_CACHE.get(key)
-    if entry is not None:
-        ref, cached_version, graph = entry
-        if ref() is source and cached_version == version:
-            return graph
+    return pattern_cache.get(
+        source,
+        ("conv.looped_graph", num_src, num_dst, loop_nodes),
+        lambda: _build_looped_graph(source, num_src, num_dst, loop_nodes),
+    )
 
+
+def _build_looped_graph(
+    source: Tensor | Pattern, num_src: int, num_dst: int, loop_nodes: int
+) -> tuple[Pattern, Tensor, Tensor | None]:
     if isinstance(source, Pattern):
         edges = source.edge_index
     else:
@@ -224,11 +223,4 @@ def _looped_graph(
         kept_edges = edges.index_select(1, kept)
     loops = torch.arange(loop_nodes, device=edges.device, dtype=edges.dtype)
     looped = torch.cat([kept_edges, loops.view(1, -1).expand(2, -1)], dim=1)
-    graph = (Pattern.from_edge_index(looped, (num_src, num_dst)), looped, kept)
-
-    def forget(dead_ref, key=key) -> None:
-        if key in _LOOP_CACHE and _LOOP_CACHE[key][0] is dead_ref:
-            del _LOOP_CACHE[key]
-
-    _LOOP_CACHE[key] = (weakref.ref(source, forget), version, graph)
-    return graph
+    return Pattern.from_edge_index(looped, (num_src, num_dst)), looped, kept

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import weakref
 from typing import Any
 
 import torch
@@ -16,10 +15,9 @@ from torch_geometric.nn.inits import reset
 from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
 
 from gtlib.attention import Pattern, sparse_attention
+from gtlib.attention.cache import pattern_cache
 
 ATTN_TYPES = ("multihead", "performer", "sparse")
-# id(batch) -> (weak reference, version, device, pattern): Pattern.full once per batch tensor
-_FULL_PATTERN_CACHE: dict[int, tuple] = {}
 # attn_kwargs that shape the BigBird pattern of attn_type="sparse" (the rest go to the projections)
 SPARSE_DEFAULTS = {"window": 3, "num_random": 2, "num_global": 1}
 
@@ -63,7 +61,8 @@ class GPSConv(Module):
       uniformly (with replacement, duplicates merged, redrawn every call) and to the first
       ``num_global`` nodes, which in turn attend to all nodes of their graph. These three go in
       ``attn_kwargs`` (defaults 3, 2, 1) beside the :class:`torch.nn.MultiheadAttention` ones.
-      :meth:`bigbird_pattern` builds the pattern, e.g. to pass it as ``global_pattern``.
+      :meth:`bigbird_pattern` (:meth:`Pattern.bigbird <gtlib.attention.Pattern.bigbird>`)
+      builds the pattern, e.g. to pass it as ``global_pattern``.
 
     Args:
         channels: size of each input and output sample.
@@ -275,8 +274,13 @@ class GPSConv(Module):
 
     def _default_pattern(self, batch: Tensor | None, num_nodes: int, device) -> Pattern:
         if self.attn_type == "sparse":
-            return self.bigbird_pattern(
-                batch, self.window, self.num_random, self.num_global, num_nodes=num_nodes
+            return Pattern.bigbird(
+                batch,
+                self.window,
+                self.num_random,
+                self.num_global,
+                num_nodes=num_nodes,
+                device=device,
             ).to(device)
         return _full_pattern(batch, num_nodes, device)
 
@@ -289,13 +293,9 @@ class GPSConv(Module):
         num_nodes: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Pattern:
-        r"""The BigBird pattern of ``attn_type="sparse"``, within each graph of a batch.
-
-        Node :math:`i` (position :math:`p` in its graph of :math:`n` nodes) receives from the
-        positions :math:`p - \lfloor (w - 1)/2 \rfloor, \dots, p + \lfloor w/2 \rfloor` that
-        exist (window), from ``num_random`` positions drawn uniformly with replacement, and
-        from positions :math:`0, \dots, g - 1` (global); the global positions receive from all
-        :math:`n` nodes. Repeated pairs are merged.
+        r"""The BigBird pattern of ``attn_type="sparse"``, within each graph of a batch:
+        :meth:`Pattern.bigbird <gtlib.attention.Pattern.bigbird>` (see there), built on the
+        device of ``batch``.
 
         Args:
             batch: ``[N]`` sorted graph ids, or ``None`` for one graph of ``num_nodes`` nodes.
@@ -303,40 +303,11 @@ class GPSConv(Module):
             num_random: random senders per node.
             num_global: global tokens :math:`g` per graph.
             num_nodes: number of nodes when ``batch`` is ``None``.
-            generator: random generator for the random senders (CPU).
+            generator: random generator for the random senders.
         """
-        window = _non_negative_int(window, "window")
-        num_random = _non_negative_int(num_random, "num_random")
-        num_global = _non_negative_int(num_global, "num_global")
-        batch_cpu, num_nodes = _resolve_batch(batch, num_nodes)
-        sizes = torch.bincount(batch_cpu) if num_nodes else torch.zeros(0, dtype=torch.long)
-        starts = torch.cumsum(sizes, 0) - sizes
-        node_start, node_size = starts[batch_cpu], sizes[batch_cpu]
-        nodes = torch.arange(num_nodes)
-        position = nodes - node_start
-        senders, receivers = [], []
-        for offset in range(-((window - 1) // 2), window // 2 + 1) if window else ():
-            target = position + offset
-            keep = (target >= 0) & (target < node_size)
-            senders.append(node_start[keep] + target[keep])
-            receivers.append(nodes[keep])
-        for token in range(num_global):
-            keep = token < node_size
-            # every node receives from the token and the token receives from every node
-            senders += [node_start[keep] + token, nodes[keep]]
-            receivers += [nodes[keep], node_start[keep] + token]
-        if num_random and num_nodes:
-            draws = torch.rand(num_nodes, num_random, generator=generator, dtype=torch.float64)
-            picks = (draws * node_size[:, None]).long().clamp_max_(node_size[:, None] - 1)
-            senders.append((node_start[:, None] + picks).reshape(-1))
-            receivers.append(nodes.repeat_interleave(num_random))
-        if senders:
-            key = torch.unique(torch.cat(receivers) * max(num_nodes, 1) + torch.cat(senders))
-            edge_index = torch.stack([key % max(num_nodes, 1), key // max(num_nodes, 1)])
-        else:
-            edge_index = torch.zeros(2, 0, dtype=torch.long)
-        device = batch.device if batch is not None else torch.device("cpu")
-        return Pattern.from_edge_index(edge_index, num_nodes=num_nodes).to(device)
+        return Pattern.bigbird(
+            batch, window, num_random, num_global, generator=generator, num_nodes=num_nodes
+        )
 
     # ------------------------------------------------------------------ helpers
     def _norm(self, norm: Module | None, h: Tensor, batch: Tensor | None) -> Tensor:
@@ -389,20 +360,6 @@ def _non_negative_int(value: Any, name: str) -> int:
     return value
 
 
-def _resolve_batch(batch: Tensor | None, num_nodes: int | None) -> tuple[Tensor, int]:
-    """A CPU batch vector and the node count (``batch=None`` means one graph)."""
-    if batch is None:
-        if num_nodes is None or int(num_nodes) < 0:
-            raise ValueError("num_nodes must be a non-negative int when batch is None")
-        return torch.zeros(int(num_nodes), dtype=torch.long), int(num_nodes)
-    if not isinstance(batch, Tensor) or batch.dtype != torch.long or batch.dim() != 1:
-        raise TypeError("batch must be a 1-D int64 tensor of graph ids")
-    batch = batch.cpu()
-    if batch.numel() and (int(batch.min()) < 0 or bool((batch[1:] < batch[:-1]).any())):
-        raise ValueError("batch must hold non-negative graph ids sorted ascending")
-    return batch, batch.numel()
-
-
 def _graph_blocks(batch: Tensor | None, num_nodes: int, device) -> list[Tensor]:
     """Node indices of the graphs, grouped by graph size: a list of ``[num_graphs, size]``."""
     if batch is None:
@@ -417,20 +374,13 @@ def _graph_blocks(batch: Tensor | None, num_nodes: int, device) -> list[Tensor]:
 
 def _full_pattern(batch: Tensor | None, num_nodes: int, device: torch.device) -> Pattern:
     """``Pattern.full(batch)`` on ``device``, built once while the same unmodified ``batch``
-    tensor is passed (all layers of a model share it); ``batch=None`` is not cached."""
+    tensor is passed (all layers of a model share it), in the library's pattern cache."""
     if batch is None:
-        return Pattern.full(None, num_nodes=num_nodes).to(device)
-    key = id(batch)
-    entry = _FULL_PATTERN_CACHE.get(key)
-    if entry is not None:
-        ref, version, cached_device, pattern = entry
-        if ref() is batch and version == batch._version and cached_device == device:
-            return pattern
-    pattern = Pattern.full(batch.cpu()).to(device)  # Pattern.full builds on the CPU
-
-    def forget(dead_ref: weakref.ref, key: int = key) -> None:
-        if key in _FULL_PATTERN_CACHE and _FULL_PATTERN_CACHE[key][0] is dead_ref:
-            del _FULL_PATTERN_CACHE[key]
-
-    _FULL_PATTERN_CACHE[key] = (weakref.ref(batch, forget), batch._version, device, pattern)
-    return pattern
+        return pattern_cache.get(
+            (),
+            ("Pattern.full", num_nodes, str(device)),
+            lambda: Pattern.full(None, num_nodes=num_nodes, device=device),
+        )
+    return pattern_cache.get(
+        batch, ("Pattern.full", str(device)), lambda: Pattern.full(batch).to(device)
+    )

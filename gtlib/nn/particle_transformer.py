@@ -12,10 +12,10 @@ from torch.nn import GELU, LayerNorm, Linear, Module, ModuleList, Sequential
 from torch.utils.checkpoint import checkpoint
 
 from gtlib.attention import Pattern, sparse_attention
+from gtlib.attention.cache import pattern_cache
+from gtlib.attention.neighbors import minimum_image
 
 BoxLike = Tensor | Sequence[float] | float
-# Token patterns kept per model (one per chunk size, device and particle count seen last).
-_MAX_CACHED_PATTERNS = 4
 
 
 class ParticleTransformer(Module):
@@ -150,8 +150,6 @@ class ParticleTransformer(Module):
             GELU(),
             Linear(hidden_channels, out_channels),
         )
-        # (tokens, tokens per particle, device) -> Pattern.full over the token owners
-        self._patterns: dict[tuple[int, int, torch.device], Pattern] = {}
 
     def reset_parameters(self) -> None:
         r"""Resets all learnable parameters of the module."""
@@ -239,11 +237,9 @@ class ParticleTransformer(Module):
             batch = torch.arange(num_systems, device=flat_pos.device)
             batch = batch.repeat_interleave(num_particles)
         with torch.no_grad():
-            pattern, displacement = Pattern.knn(
-                flat_pos.detach(), self.num_neighbors, box=box, batch=batch
-            )
+            pattern = Pattern.knn(flat_pos.detach(), self.num_neighbors, box=box, batch=batch)
         if box is not None:
-            reach = float(displacement.norm(dim=1).max())
+            reach = float(pattern.displacement.norm(dim=1).max())
             half = float(box.min()) / 2
             if reach >= half:
                 raise ValueError(
@@ -255,21 +251,17 @@ class ParticleTransformer(Module):
         return pattern.edge_index[0].view(num_systems * num_particles, self.num_neighbors)
 
     def _full_pattern(self, num_particles: int, device: torch.device) -> Pattern:
+        """All-to-all attention among each particle's tokens (one block of ``num_particles``
+        groups), from the library's pattern cache."""
         size = self.tokens_per_particle
-        key = (num_particles * size, size, device)
-        pattern = self._patterns.get(key)
-        if pattern is None:
-            owner = torch.arange(num_particles, device=device).repeat_interleave(size)
-            pattern = Pattern.full(batch=owner)
-            if len(self._patterns) >= _MAX_CACHED_PATTERNS:
-                del self._patterns[next(iter(self._patterns))]
-            self._patterns[key] = pattern
-        return pattern
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_patterns"] = {}  # rebuilt on demand; Pattern holds a closure pickle cannot take
-        return state
+        def build() -> Pattern:
+            owner = torch.arange(num_particles, device=device).repeat_interleave(size)
+            return Pattern.full(batch=owner)
+
+        return pattern_cache.get(
+            (), ("ParticleTransformer.tokens", num_particles, size, device), build
+        )
 
     def _evaluate(
         self,
@@ -283,9 +275,7 @@ class ParticleTransformer(Module):
         """Outputs ``[n, out_channels]`` of the particles ``centres`` with neighbours ``[n, K]``."""
         num, size = centres.numel(), self.tokens_per_particle
         centre_pos = pos.index_select(0, centres).unsqueeze(1)
-        displacement = pos[neighbours] - centre_pos
-        if box is not None:
-            displacement = displacement - box * torch.round(displacement.detach() / box)
+        displacement = minimum_image(pos[neighbours] - centre_pos, box)
         features = torch.cat([displacement, h[neighbours]], dim=-1)
         if self.include_self:
             own_state = h_self.index_select(0, centres)[:, None]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.spatial import cKDTree
 
 from gtlib.attention import neighbors
-from gtlib.attention.neighbors import knn_edges, radius_edges
+from gtlib.attention.neighbors import knn_edges, minimum_image, radius_edges
 
 
 @pytest.fixture(autouse=True)
@@ -416,6 +416,188 @@ def test_random_inputs_match_brute_force(
     r = relative_r * float(lengths.min())
     check_radius(pos, r, box=box, batch=batch, loop=loop, max_num_neighbors=max_num_neighbors)
     check_knn(pos, k, box=box, batch=batch, loop=loop)
+
+
+# ----------------------------------------------------------------------------- minimum image
+
+
+def test_minimum_image_convention():
+    delta = torch.tensor([[0.2, -0.7], [1.6, 2.5], [-2.4, 0.5], [-0.5, 3.0]], dtype=torch.float64)
+    wrapped = minimum_image(delta, 2.0)
+    expected = delta - 2.0 * torch.round(delta / 2.0)
+    torch.testing.assert_close(wrapped, expected)
+    assert bool((wrapped.abs() <= 1.0).all())
+    for box in ([2.0, 2.0], (2, 2), torch.tensor([2.0, 2.0]), torch.tensor(2.0), 2):
+        torch.testing.assert_close(minimum_image(delta, box), expected)
+    lengths = torch.tensor([2.0, 4.0], dtype=torch.float64)
+    expected = delta - lengths * torch.round(delta / lengths)
+    torch.testing.assert_close(minimum_image(delta, [2.0, 4.0]), expected)
+    assert minimum_image(delta, None) is delta
+    leaf = delta.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(minimum_image(leaf, 2.0).sum(), leaf)
+    assert torch.equal(grad, torch.ones_like(delta))
+    with pytest.raises(TypeError, match="delta"):
+        minimum_image(torch.arange(3), 2.0)
+    with pytest.raises(TypeError, match="box"):
+        minimum_image(delta, "2")
+    with pytest.raises(TypeError, match="box"):
+        minimum_image(delta, True)
+
+
+@pytest.mark.parametrize("placement", ["[0, L)", "[-L/2, L/2)"])
+def test_periodic_search_wraps_both_box_conventions(placement):
+    rng = np.random.default_rng(21)
+    lengths = np.array([2.0, 3.0])
+    pos = uniform(rng, 150, 2) * torch.tensor(lengths)
+    if placement != "[0, L)":
+        pos = pos - torch.tensor(lengths) / 2
+    box = torch.tensor(lengths)
+    check_radius(pos, 0.4, box=box)
+    check_radius(pos, 0.4, box=box, max_num_neighbors=3, loop=True)
+    check_knn(pos, 5, box=box)
+    centred = pos - torch.tensor(lengths) * torch.floor(pos / torch.tensor(lengths) + 0.5)
+    for function, argument in ((radius_edges, 0.4), (knn_edges, 5)):
+        edges = function(pos, argument, box=box)[0]
+        assert torch.equal(edges, function(centred, argument, box=box)[0])
+
+
+# ----------------------------------------------------------------------------- bipartite
+
+
+def bipartite_distances(pos, pos_dst, box=None, batch=None, batch_dst=None):
+    """``[M, N]`` float64 distances at ``[receiver, sender]`` and displacements ``[M, N, d]``;
+    ``inf`` across graphs."""
+    pos = np.asarray(pos, dtype=np.float64)
+    pos_dst = np.asarray(pos_dst, dtype=np.float64)
+    displacement = pos[None, :, :] - pos_dst[:, None, :]
+    if box is not None:
+        displacement = displacement - box * np.round(displacement / box)
+    distance = np.linalg.norm(displacement, axis=-1)
+    if batch is not None:
+        distance[np.asarray(batch_dst)[:, None] != np.asarray(batch)[None, :]] = np.inf
+    return distance, displacement
+
+
+def check_bipartite(pos, pos_dst, r, k, box=None, batch=None, batch_dst=None, max_nn=None):
+    dim = pos.shape[1]
+    box_np = as_box(box, dim)
+    distance, expected = bipartite_distances(pos, pos_dst, box_np, batch, batch_dst)
+    num_src, num_dst = len(pos), len(pos_dst)
+    atol = rounding_error(torch.cat([pos, pos_dst]), box_np)
+
+    options = {"box": box, "batch": batch, "pos_dst": pos_dst, "batch_dst": batch_dst}
+    edge_index, displacement = radius_edges(pos, r, max_num_neighbors=max_nn, **options)
+    check_layout(edge_index, displacement, pos)
+    senders, receivers = edge_index.numpy()
+    assert senders.max(initial=-1) < num_src and receivers.max(initial=-1) < num_dst
+    np.testing.assert_allclose(
+        displacement.double().numpy(), expected[receivers, senders], atol=atol, rtol=0
+    )
+    # brute_radius_pairs codes pairs as sender * rows + receiver: rows = receivers here.
+    want = brute_radius_pairs(distance, r, max_nn)
+    assert np.array_equal(pair_codes(senders, receivers, num_dst), want)
+
+    edge_index, displacement = knn_edges(pos, k, **options)
+    check_layout(edge_index, displacement, pos)
+    senders, receivers = edge_index.numpy()
+    np.testing.assert_allclose(
+        displacement.double().numpy(), expected[receivers, senders], atol=atol, rtol=0
+    )
+    wanted = np.minimum(np.isfinite(distance).sum(1), k)
+    assert np.array_equal(np.bincount(receivers, minlength=num_dst), wanted)
+    assert len(np.unique(pair_codes(senders, receivers, num_dst))) == len(senders)
+    nearest = np.sort(distance, axis=1)[:, :k]
+    expected_distance = nearest[np.arange(nearest.shape[1]) < wanted[:, None]]
+    got = torch.linalg.vector_norm(displacement.double(), dim=1).numpy()
+    np.testing.assert_allclose(got, expected_distance, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("box", [None, "[0, L)", "[-L/2, L/2)"])
+def test_bipartite_matches_brute_force(dim, box):
+    rng = np.random.default_rng(31 + dim)
+    lengths = np.array([2.0, 3.0, 2.5][:dim])
+    pos = uniform(rng, 120, dim) * torch.tensor(lengths)
+    # Receivers partly outside the senders' region (and outside the box).
+    pos_dst = (uniform(rng, 70, dim) * 1.6 - 0.3) * torch.tensor(lengths)
+    if box == "[-L/2, L/2)":
+        pos = pos - torch.tensor(lengths) / 2
+    lengths_or_none = None if box is None else torch.tensor(lengths)
+    for r in (0.3, 0.8):
+        check_bipartite(pos, pos_dst, r, 4, box=lengths_or_none)
+    check_bipartite(pos, pos_dst, 0.8, 7, box=lengths_or_none, max_nn=3)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_bipartite_batch_max_num_neighbors_and_clusters(periodic):
+    rng = np.random.default_rng(41)
+    sizes, dst_sizes = [30, 0, 50, 5], [10, 4, 0, 20]  # graph 1 has no senders
+    batch = torch.repeat_interleave(torch.arange(4), torch.tensor(sizes)) * 3 + 1
+    batch_dst = torch.repeat_interleave(torch.arange(4), torch.tensor(dst_sizes)) * 3 + 1
+    pos = clustered(rng, len(batch), 2, scale=2.0)
+    pos_dst = uniform(rng, len(batch_dst), 2, scale=2.0)
+    box = 2.0 if periodic else None
+    for max_nn in (None, 2):
+        options = {"box": box, "batch": batch, "batch_dst": batch_dst, "max_nn": max_nn}
+        check_bipartite(pos, pos_dst, 0.5, 6, **options)
+    # Receivers whose graph id does not occur among the senders get no edges.
+    lonely = torch.full((3,), 99)
+    edge_index, _ = radius_edges(pos, 0.5, batch=batch, pos_dst=pos_dst[:3], batch_dst=lonely)
+    assert edge_index.shape == (2, 0)
+    assert knn_edges(pos, 3, batch=batch, pos_dst=pos_dst[:3], batch_dst=lonely)[0].numel() == 0
+
+
+def test_bipartite_exact_radius_coincident_points_and_empty_sets():
+    pos = torch.tensor([[0.0, 0.0], [0.5, 0.0], [2.0, 2.0]], dtype=torch.float64)
+    query = torch.tensor([[0.0, 0.0], [0.25, 0.0]], dtype=torch.float64)
+    edge_index, displacement = radius_edges(pos, 0.5, pos_dst=query, loop=False)
+    # Coincident (distance 0) and exactly-r pairs are neighbours; `loop` does not apply.
+    assert edge_index.tolist() == [[0, 1, 0, 1], [0, 0, 1, 1]]
+    assert displacement[:, 0].tolist() == [0.0, 0.5, -0.25, 0.25]
+    empty = torch.zeros(0, 2, dtype=torch.float64)
+    for function, argument in ((radius_edges, 0.5), (knn_edges, 2)):
+        for senders, receivers in ((empty, query), (pos, empty)):
+            edge_index, displacement = function(senders, argument, pos_dst=receivers)
+            assert edge_index.shape == (2, 0) and displacement.shape == (0, 2)
+    edge_index, _ = knn_edges(pos, 10, pos_dst=query)  # fewer senders than k: all of them
+    assert np.bincount(edge_index[1].numpy()).tolist() == [3, 3]
+    coincident = torch.zeros(4, 2, dtype=torch.float64)
+    edge_index, _ = knn_edges(coincident, 2, pos_dst=query)
+    assert edge_index.tolist() == [[0, 1, 0, 1], [0, 0, 1, 1]]  # ties by sender
+
+
+def test_bipartite_displacement_is_differentiable():
+    rng = np.random.default_rng(6)
+    pos = uniform(rng, 40, 2, scale=2.0).requires_grad_()
+    query = uniform(rng, 25, 2, scale=2.0).requires_grad_()
+    for function, argument in ((radius_edges, 0.6), (knn_edges, 3)):
+        edge_index, displacement = function(pos, argument, box=2.0, pos_dst=query)
+        grad_pos, grad_query = torch.autograd.grad(displacement[:, 0].sum(), (pos, query))
+        senders, receivers = edge_index
+        assert torch.equal(grad_pos[:, 0], torch.bincount(senders, minlength=40).double())
+        assert torch.equal(grad_query[:, 0], -torch.bincount(receivers, minlength=25).double())
+
+
+def test_bipartite_bad_inputs_name_the_argument():
+    pos, query = torch.rand(10, 2), torch.rand(5, 2)
+    batch = torch.zeros(10, dtype=torch.long)
+    batch_dst = torch.zeros(5, dtype=torch.long)
+    wrong_size = {"batch": batch, "batch_dst": batch}
+    negative = {"batch": batch, "batch_dst": batch_dst - 1}
+    for error, name, call in [
+        (ValueError, "batch_dst", lambda: radius_edges(pos, 0.1, batch_dst=batch_dst)),
+        (ValueError, "batch_dst", lambda: knn_edges(pos, 1, batch=batch, pos_dst=query)),
+        (ValueError, "batch_dst", lambda: knn_edges(pos, 1, pos_dst=query, batch_dst=batch_dst)),
+        (ValueError, "batch_dst", lambda: radius_edges(pos, 0.1, pos_dst=query, **wrong_size)),
+        (ValueError, "batch_dst", lambda: radius_edges(pos, 0.1, pos_dst=query, **negative)),
+        (TypeError, "pos_dst", lambda: radius_edges(pos, 0.1, pos_dst=query.double())),
+        (TypeError, "pos_dst", lambda: radius_edges(pos, 0.1, pos_dst=[[0.0, 0.0]])),
+        (TypeError, "pos_dst", lambda: knn_edges(pos, 1, pos_dst=query.long())),
+        (ValueError, "pos_dst", lambda: knn_edges(pos, 1, pos_dst=torch.rand(5, 3))),
+        (ValueError, "pos_dst", lambda: knn_edges(pos, 1, pos_dst=torch.full((2, 2), math.nan))),
+    ]:
+        with pytest.raises(error, match=name):
+            call()
 
 
 # ----------------------------------------------------------------------------- validation

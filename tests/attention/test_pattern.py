@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import gc
+import io
 import itertools
+import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -166,10 +171,9 @@ def test_transpose_csr_and_sparse_matrix():
 def test_radius_and_knn_patterns_keep_displacements_in_edge_order(box):
     gen = torch.Generator().manual_seed(0)
     pos = torch.rand(200, 3, generator=gen, dtype=torch.float64)
-    for pattern, displacement in (
-        Pattern.radius(pos, 0.2, box=box),
-        Pattern.knn(pos, 6, box=box),
-    ):
+    for pattern in (Pattern.radius(pos, 0.2, box=box), Pattern.knn(pos, 6, box=box)):
+        assert isinstance(pattern, Pattern)
+        displacement = pattern.displacement
         senders, receivers = pattern.edge_index
         expected = pos[senders] - pos[receivers]
         if box is not None:
@@ -191,6 +195,253 @@ def test_radius_and_knn_patterns_keep_displacements_in_edge_order(box):
             torch.testing.assert_close(out, ref)
 
 
+@pytest.mark.parametrize("box", [None, 1.0])
+def test_bipartite_radius_and_knn_patterns(box):
+    gen = torch.Generator().manual_seed(1)
+    pos = torch.rand(120, 2, generator=gen, dtype=torch.float64)
+    query = torch.rand(50, 2, generator=gen, dtype=torch.float64) - 0.5  # outside [0, 1) too
+    delta = pos[None, :, :] - query[:, None, :]  # [receiver, sender]
+    if box is not None:
+        delta = delta - box * torch.round(delta / box)
+    distance = delta.norm(dim=-1)
+
+    pattern = Pattern.radius(pos, 0.15, box=box, pos_dst=query)
+    assert (pattern.num_src, pattern.num_dst) == (120, 50)
+    senders, receivers = pattern.edge_index
+    assert edge_set(pattern.edge_index) == sorted(
+        (j, i) for i, j in (distance <= 0.15).nonzero().tolist()
+    )
+    torch.testing.assert_close(pattern.displacement, delta[receivers, senders])
+
+    pattern = Pattern.knn(pos, 4, box=box, pos_dst=query)
+    assert pattern.degree().tolist() == [4] * 50
+    senders, receivers = pattern.edge_index
+    nearest = distance.sort(dim=1).values[:, :4].reshape(-1)
+    torch.testing.assert_close(pattern.displacement.norm(dim=-1), nearest)
+    assert torch.equal(senders.view(50, 4), distance.topk(4, largest=False).indices)
+
+
+def test_displacement_is_differentiable_and_travels_with_the_pattern():
+    gen = torch.Generator().manual_seed(2)
+    pos = torch.rand(60, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    query = torch.rand(20, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    pattern = Pattern.radius(pos, 0.3, box=1.0, pos_dst=query)
+    assert pattern.displacement.requires_grad
+    pattern.displacement.sum().backward()
+    senders, receivers = pattern.edge_index
+    sender_count = torch.bincount(senders, minlength=60).double()
+    receiver_count = torch.bincount(receivers, minlength=20).double()
+    torch.testing.assert_close(pos.grad, sender_count[:, None].expand(-1, 2))
+    torch.testing.assert_close(query.grad, -receiver_count[:, None].expand(-1, 2))
+    moved = pattern.to("meta")
+    assert moved.displacement.device.type == "meta"
+    assert moved.displacement.shape == pattern.displacement.shape
+    clone = pickle.loads(pickle.dumps(pattern))
+    torch.testing.assert_close(clone.displacement, pattern.displacement.detach())
+    assert Pattern.from_edge_index(pattern.edge_index).displacement is None
+    assert Pattern.full(num_nodes=3).displacement is None
+
+
+def test_from_torch_sparse_matrices_follow_adj_t():
+    edge_index = torch.tensor([[3, 0, 2, 2, 1, 0], [1, 1, 0, 2, 0, 2]])  # (sender, receiver)
+    values = torch.ones(6)
+    adj_t = torch.sparse_coo_tensor(edge_index.flip(0), values, (3, 4))  # [num_dst, num_src]
+    pattern = Pattern.from_edge_index(adj_t)  # entry order as given (uncoalesced)
+    assert (pattern.num_src, pattern.num_dst) == (4, 3)
+    assert torch.equal(pattern.edge_index, edge_index)
+    coalesced = Pattern.from_edge_index(adj_t.coalesce())
+    assert coalesced.perm is None and edge_set(coalesced.edge_index) == edge_set(edge_index)
+
+    csr = adj_t.to_sparse_csr()
+    pattern = Pattern.from_edge_index(csr, (4, 3))
+    assert pattern.perm is None  # the CSR is the pattern's CSR
+    assert torch.equal(pattern.ptr, csr.crow_indices())
+    assert torch.equal(pattern.col, csr.col_indices())
+    assert edge_set(pattern.edge_index) == edge_set(edge_index)
+
+    csc = adj_t.coalesce().to_sparse_csc()
+    pattern = Pattern.from_edge_index(csc)
+    assert edge_set(pattern.edge_index) == edge_set(edge_index)
+    senders, receivers = pattern.edge_index
+    assert senders.tolist() == sorted(senders.tolist())  # CSC order: by sender
+
+    hybrid = torch.sparse_coo_tensor(edge_index.flip(0), torch.ones(6, 2), (3, 4, 2))
+    assert Pattern.from_edge_index(hybrid).num_edges == 6  # values' dense dims are ignored
+    empty = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.ones(0), (2, 5))
+    pattern = Pattern.from_edge_index(empty)
+    assert (pattern.num_src, pattern.num_dst, pattern.num_edges) == (5, 2, 0)
+
+
+def test_from_sparse_tensor_of_torch_sparse():
+    torch_sparse = pytest.importorskip("torch_sparse")
+    edge_index = torch.tensor([[3, 0, 2, 2, 1, 0], [1, 1, 0, 2, 0, 2]])
+    adj_t = torch_sparse.SparseTensor(row=edge_index[1], col=edge_index[0], sparse_sizes=(3, 4))
+    pattern = Pattern.from_edge_index(adj_t)
+    assert (pattern.num_src, pattern.num_dst) == (4, 3)
+    assert pattern.perm is None
+    assert torch.equal(pattern.ptr, adj_t.storage.rowptr())
+    assert torch.equal(pattern.col, adj_t.storage.col())
+    assert edge_set(pattern.edge_index) == edge_set(edge_index)
+    with pytest.raises(ValueError, match="num_nodes"):
+        Pattern.from_edge_index(adj_t, 4)
+
+
+@pytest.mark.parametrize(
+    "make, num_nodes, error, message",
+    [
+        (lambda: torch.zeros(2, 3, 4).to_sparse(), None, ValueError, "2-D"),
+        (lambda: torch.zeros(2, 3, 4).to_sparse_csr(), None, ValueError, "2-D"),
+        (lambda: torch.eye(3).to_sparse_bsr((1, 1)), None, TypeError, "layout"),
+        (lambda: torch.eye(3).to_sparse(), (3, 4), ValueError, "num_nodes"),
+        (lambda: torch.eye(3).to_sparse(), 2.7, TypeError, "num_nodes"),
+        (lambda: torch.eye(3).to_sparse_csr(), -1, ValueError, "num_nodes"),
+        (
+            lambda: torch.sparse_csr_tensor(
+                torch.tensor([0, 1, 2]), torch.tensor([0, 5]), torch.ones(2), (2, 3)
+            ),
+            None,
+            ValueError,
+            "senders",
+        ),
+        (
+            lambda: torch.sparse_csr_tensor(
+                torch.tensor([0, 2, 1]), torch.tensor([0, 1]), torch.ones(2), (2, 3)
+            ),
+            None,
+            ValueError,
+            "offsets",
+        ),
+        (lambda: torch.tensor([[0, 1], [1, 0]]), 2.7, TypeError, "num_nodes"),
+        (lambda: torch.tensor([[0, 1], [1, 0]]), (2, -1), ValueError, "num_nodes"),
+        (lambda: torch.tensor([[0, 1], [1, 0]]), True, TypeError, "num_nodes"),
+        (lambda: torch.tensor([[True, False], [True, True]]), None, TypeError, "integer"),
+        (lambda: "edges", None, TypeError, "edge_index"),
+    ],
+)
+def test_from_edge_index_rejects_bad_sparse_input(make, num_nodes, error, message):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        edge_index = make()
+    with pytest.raises(error, match=message):
+        Pattern.from_edge_index(edge_index, num_nodes)
+
+
+def test_from_edge_index_does_not_alias_the_input():
+    edge_index = torch.tensor([[1, 0, 2], [0, 1, 1]])  # sorted: no copy would be needed
+    pattern = Pattern.from_edge_index(edge_index, 3)
+    assert pattern.perm is None
+    edge_index[0, 0] = 2
+    assert pattern.col.tolist() == [1, 0, 2]
+
+
+def test_bigbird_matches_gps_and_is_deterministic():
+    from gtlib.nn import GPSConv
+
+    batch = torch.tensor([0] * 5 + [1] * 9 + [3] * 2)
+    pattern = Pattern.bigbird(batch, 3, 2, 1, generator=torch.Generator().manual_seed(4))
+    same = GPSConv.bigbird_pattern(batch, 3, 2, 1, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(pattern.edge_index, same.edge_index)
+    assert pattern.perm is None and pattern.unique_edges
+    senders, receivers = pattern.edge_index
+    assert bool((batch[senders] == batch[receivers]).all())
+    single = Pattern.bigbird(None, window=3, num_random=0, num_global=0, num_nodes=4)
+    assert edge_set(single.edge_index) == sorted(
+        (j, i) for i in range(4) for j in range(4) if abs(i - j) <= 1
+    )
+    assert Pattern.bigbird(None, num_nodes=0).num_edges == 0
+    with pytest.raises(ValueError, match="num_nodes"):
+        Pattern.bigbird()
+    with pytest.raises(TypeError, match="window"):
+        Pattern.bigbird(batch, window=1.5)
+    with pytest.raises(ValueError, match="num_random"):
+        Pattern.bigbird(batch, num_random=-1)
+    with pytest.raises(TypeError, match="generator"):
+        Pattern.bigbird(batch, generator=0)
+
+
+def test_block_patterns_expand_lazily_like_their_edge_lists():
+    batch = torch.tensor([0, 0, 0, 2, 2, 3, 3, 3, 3, 3])
+    for pattern in (
+        Pattern.full(batch),
+        Pattern.windows((6, 4), (3, 2), shift=(1, 1), periodic=False),
+        Pattern.windows((4, 4), 2, shift=1, periodic=True),
+    ):
+        assert not pattern.expanded and pattern.blocks is not None
+        reference = Pattern.from_edge_index(pattern.edge_index, pattern.num_src)
+        assert pattern.expanded and pattern.perm is None
+        assert torch.equal(pattern.ptr, reference.ptr)
+        assert torch.equal(pattern.col, reference.col)  # sorted by (receiver, sender)
+        assert pattern.num_edges == reference.num_edges
+    empty = Pattern.full(torch.zeros(0, dtype=torch.long))
+    assert (empty.num_edges, empty.ptr.tolist(), empty.blocks) == (0, [0], [])
+
+
+def test_block_patterns_move_without_expanding():
+    batch = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    pattern = Pattern.full(batch)
+    moved = pattern.to("meta")
+    assert moved.device == torch.device("meta")
+    assert not moved.expanded and not pattern.expanded
+    assert moved.num_edges == 9 + 4 + 25
+    assert [tuple(b.shape) for b in moved.blocks] == [tuple(b.shape) for b in pattern.blocks]
+    assert all(b.device.type == "meta" for b in moved.blocks)
+    windows = Pattern.windows((8, 8), 4, shift=2).to("meta")
+    assert not windows.expanded and windows.num_edges == 4 * 16 * 16
+    assert pattern.to("cpu") is pattern
+    pattern.ptr  # noqa: B018 - expand, then moving moves the edges too
+    moved = pattern.to("meta")
+    assert moved.expanded and moved.col.device.type == "meta" and moved.blocks is not None
+
+
+def test_windows_and_full_are_built_on_the_requested_device():
+    pattern = Pattern.windows((4, 4), 2, device="meta")
+    assert pattern.device.type == "meta" and pattern.blocks[0].device.type == "meta"
+    assert Pattern.full(None, num_nodes=3, device="meta").blocks[0].device.type == "meta"
+
+
+def assert_same_pattern(a: Pattern, b: Pattern) -> None:
+    for name in ("num_src", "num_dst", "num_edges", "device"):
+        assert getattr(a, name) == getattr(b, name)
+    assert a.expanded == b.expanded
+    if a.expanded:
+        assert torch.equal(a.ptr, b.ptr) and torch.equal(a.col, b.col)
+        assert torch.equal(a.edge_index, b.edge_index)
+    assert (a.blocks is None) == (b.blocks is None)
+    if a.blocks is not None:
+        assert len(a.blocks) == len(b.blocks)
+        assert all(torch.equal(x, y) for x, y in zip(a.blocks, b.blocks))
+    assert (a.displacement is None) == (b.displacement is None)
+    if a.displacement is not None:
+        assert torch.equal(a.displacement, b.displacement)
+
+
+def test_patterns_pickle_and_save():
+    gen = torch.Generator().manual_seed(3)
+    pos = torch.rand(40, 2, generator=gen)
+    expanded = Pattern.full(torch.tensor([0, 0, 1, 1, 1]))
+    expanded.col  # noqa: B018
+    patterns = [
+        Pattern.from_edge_index(torch.tensor([[3, 0, 2, 2, 1, 0], [1, 1, 0, 2, 0, 1]]), (4, 3)),
+        Pattern.full(torch.tensor([0, 0, 1, 1, 1])),
+        expanded,
+        Pattern.windows((4, 6), 2, shift=1),
+        Pattern.radius(pos, 0.3, box=1.0),
+        Pattern.knn(pos, 3),
+        Pattern.bigbird(None, num_nodes=7, generator=gen),
+    ]
+    for pattern in patterns:
+        pattern.transpose_csr()  # derived caches are dropped, not pickled
+        clone = pickle.loads(pickle.dumps(pattern))
+        assert_same_pattern(clone, pattern)
+        buffer = io.BytesIO()
+        torch.save(pattern, buffer)
+        buffer.seek(0)
+        assert_same_pattern(torch.load(buffer, weights_only=False), pattern)
+        copy.deepcopy(pattern)
+    unexpanded = pickle.loads(pickle.dumps(Pattern.full(torch.tensor([0, 0, 1]))))
+    assert not unexpanded.expanded and unexpanded.num_edges == 5
+
+
 def test_cached_pattern_follows_the_tensor_object_and_its_version():
     edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
     first = Pattern.cached(edge_index, 3)
@@ -201,3 +452,15 @@ def test_cached_pattern_follows_the_tensor_object_and_its_version():
     changed = Pattern.cached(edge_index, 3)
     assert changed is not first
     assert edge_set(changed.edge_index) == [(0, 2), (1, 2), (2, 0)]
+
+
+def test_cached_pattern_dies_with_its_tensor():
+    from gtlib.attention.cache import pattern_cache
+
+    pattern_cache.clear()
+    edge_index = torch.tensor([[1, 0, 2], [0, 1, 1]])  # already sorted
+    Pattern.cached(edge_index, 3)
+    assert len(pattern_cache) == 1
+    del edge_index
+    gc.collect()
+    assert len(pattern_cache) == 0  # the pattern does not keep its source alive

@@ -58,6 +58,17 @@ def brute_force(pos: np.ndarray, L: float | None, beta: float, r0: float, cutoff
 
 # ------------------------------------------------------------------------------------------------
 # Forces
+def test_minimum_image_is_the_library_convention():
+    from gtlib.attention.neighbors import minimum_image
+
+    system = ActiveOUParticles(20, packing_fraction=0.3)
+    L = system.box_length
+    delta = (torch.rand(50, 2, dtype=torch.float64) - 0.5) * 3 * L
+    torch.testing.assert_close(system.minimum_image(delta), minimum_image(delta, L))
+    assert bool((system.minimum_image(delta).abs() <= L / 2).all())
+    assert torch.equal(minimum_image(delta, None), delta)
+
+
 @pytest.mark.parametrize("phi", [0.1, 0.45, 0.75])
 def test_forces_match_brute_force_minimum_image(phi):
     gen = torch.Generator().manual_seed(1)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import gtlib.nn.particle_transformer as pt_module
+from gtlib.attention.cache import pattern_cache
 from gtlib.nn.particle_transformer import ParticleTransformer
 
 SMALL = dict(num_neighbors=6, hidden_channels=16, num_layers=2, heads=2, ff_channels=24)
@@ -290,11 +291,16 @@ def test_token_pattern_built_once(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(pt_module.Pattern, "full", counting)
+    pattern_cache.clear()  # the library-wide cache may hold this pattern from another test
     model = make_model(num_layers=3)
     pos, h, length = make_system(40, seed=13)
     model(pos, h, box=length)
     model(pos + 0.5, h, box=length)
     assert len(built) == 1
+    other = make_model(num_layers=1, seed=3)  # models share the library's cache
+    other(pos, h, box=length)
+    assert len(built) == 1
+    assert not hasattr(model, "_patterns")  # the model holds no cache: it pickles as it is
 
 
 # ---------------------------------------------------------------------- misc behaviour

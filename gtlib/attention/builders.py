@@ -1,0 +1,326 @@
+"""Index arithmetic behind the :class:`~gtlib.attention.Pattern` constructors.
+
+These helpers return plain index tensors (no :class:`~gtlib.attention.Pattern`), on the device of
+their inputs; the constructors in :mod:`gtlib.attention.pattern` validate arguments and assemble
+patterns from them. The neighbour search of :meth:`Pattern.radius` and :meth:`Pattern.knn` lives in
+:mod:`gtlib.attention.neighbors`.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import sys
+from collections.abc import Sequence
+from itertools import product
+
+import torch
+from torch import Tensor
+
+NumNodes = int | tuple[int, int] | None
+
+
+# ---------------------------------------------------------------------- sizes and batches
+def as_size(value, name: str) -> int:
+    """A non-negative Python int from an integer (``bool`` and floats are refused)."""
+    if isinstance(value, bool) or (
+        isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex())
+    ):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        size = operator.index(value)
+    except TypeError as error:
+        raise TypeError(f"{name} must be an int, got {value!r}") from error
+    if size < 0:
+        raise ValueError(f"{name} must be non-negative, got {size}")
+    return size
+
+
+def normalize_num_nodes(num_nodes) -> tuple[int, int] | None:
+    """``num_nodes`` as ``(num_src, num_dst)`` (or ``None``), validated.
+
+    Raises:
+        TypeError: not ``None``, an int or a pair of ints (e.g. ``2.7``, ``"3"``, ``True``).
+        ValueError: a negative size.
+    """
+    if num_nodes is None:
+        return None
+    if isinstance(num_nodes, (tuple, list)):
+        if len(num_nodes) != 2:
+            raise TypeError(
+                f"num_nodes must be None, an int or a pair (num_src, num_dst), got {num_nodes!r}"
+            )
+        num_src = as_size(num_nodes[0], "num_nodes")
+        return num_src, as_size(num_nodes[1], "num_nodes")
+    if isinstance(num_nodes, str):
+        raise TypeError(
+            f"num_nodes must be None, an int or a pair (num_src, num_dst), got {num_nodes!r}"
+        )
+    size = as_size(num_nodes, "num_nodes")
+    return size, size
+
+
+def check_batch(batch: Tensor) -> None:
+    """``batch`` is a 1-D int64 tensor of non-negative graph ids sorted ascending."""
+    if not isinstance(batch, Tensor) or batch.dtype != torch.long:
+        raise TypeError("batch must be an int64 tensor of graph ids")
+    if batch.dim() != 1:
+        raise ValueError(f"batch must be 1-D [N], got shape {list(batch.shape)}")
+    if batch.numel() and (int(batch.min()) < 0 or bool((batch[1:] < batch[:-1]).any())):
+        raise ValueError("batch must hold non-negative graph ids sorted ascending")
+
+
+def batch_or_single_graph(
+    batch: Tensor | None, num_nodes, device: torch.device | str | None, caller: str
+) -> Tensor:
+    """``batch`` checked, or one graph of ``num_nodes`` nodes on ``device`` when ``None``."""
+    if batch is None:
+        if num_nodes is None:
+            raise ValueError(f"{caller} needs batch or a non-negative num_nodes")
+        size = as_size(num_nodes, "num_nodes")
+        return torch.zeros(size, dtype=torch.long, device=device)
+    check_batch(batch)
+    if num_nodes is not None and as_size(num_nodes, "num_nodes") != batch.numel():
+        raise ValueError(
+            f"num_nodes ({num_nodes}) must equal the length of batch ({batch.numel()})"
+        )
+    return batch
+
+
+# ---------------------------------------------------------------------- CSR arithmetic
+def ptr_to_row(ptr: Tensor, num_edges: int) -> Tensor:
+    """The receiver of every edge from the CSR offsets."""
+    degree = ptr[1:] - ptr[:-1]
+    return torch.repeat_interleave(
+        torch.arange(degree.numel(), device=ptr.device), degree, output_size=num_edges
+    )
+
+
+def index_to_ptr(sorted_index: Tensor, size: int) -> Tensor:
+    """CSR offsets ``[size + 1]`` of a sorted index."""
+    ptr = torch.zeros(size + 1, dtype=torch.long, device=sorted_index.device)
+    if sorted_index.numel():
+        ptr[1:] = torch.cumsum(torch.bincount(sorted_index, minlength=size), 0)
+    return ptr
+
+
+# ---------------------------------------------------------------------- edge inputs
+def edge_index_class() -> type | None:
+    """PyG's ``EdgeIndex`` if PyG is loaded (an ``EdgeIndex`` argument implies it is)."""
+    module = sys.modules.get("torch_geometric")
+    return getattr(module, "EdgeIndex", None)
+
+
+def sparse_tensor_class() -> type | None:
+    """``torch_sparse.SparseTensor`` if torch_sparse is loaded (a ``SparseTensor`` argument
+    implies it is), without importing it."""
+    module = sys.modules.get("torch_sparse")
+    return getattr(module, "SparseTensor", None)
+
+
+def plain_tensor(edge_index: Tensor) -> Tensor:
+    edge_index_cls = edge_index_class()
+    if edge_index_cls is not None and isinstance(edge_index, edge_index_cls):
+        return edge_index.as_tensor()
+    return edge_index
+
+
+def sparse_tensor_parts(adj_t) -> tuple[Tensor, Tensor, int, int] | None:
+    """``(ptr, col, num_src, num_dst)`` of a ``torch_sparse.SparseTensor`` adjacency, or
+    ``None`` when ``adj_t`` is not one (torch_sparse is never imported here).
+
+    ``adj_t`` follows PyG's convention: ``adj_t[i, j]`` nonzero means receiver ``i`` receives
+    from sender ``j``, shape ``[num_dst, num_src]``, so its CSR is the pattern's CSR.
+    """
+    sparse_cls = sparse_tensor_class()
+    if sparse_cls is None or not isinstance(adj_t, sparse_cls):
+        return None
+    num_dst, num_src = (int(s) for s in adj_t.sparse_sizes())
+    return adj_t.storage.rowptr().long(), adj_t.storage.col().long(), num_src, num_dst
+
+
+def torch_sparse_edges(adj_t: Tensor) -> tuple[str, Tensor, Tensor, int, int]:
+    """A torch sparse adjacency ``[num_dst, num_src]`` as ``(kind, a, b, num_src, num_dst)``.
+
+    ``kind`` is ``"csr"`` with ``(a, b) = (ptr, senders)`` or ``"edges"`` with
+    ``(a, b) = (senders, receivers)`` in the matrix's entry order.
+    """
+    layout = adj_t.layout
+    if layout not in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc):
+        raise TypeError(
+            f"edge_index as a sparse tensor must have layout sparse_coo, sparse_csr or "
+            f"sparse_csc, got {layout}"
+        )
+    # Dense value dimensions (a hybrid tensor) are fine: only the sparsity counts.
+    if adj_t.sparse_dim() != 2 or adj_t.dim() - adj_t.dense_dim() != 2:
+        raise ValueError(
+            f"edge_index as a sparse matrix must be 2-D [num_dst, num_src] (no batch "
+            f"dimensions), got shape {list(adj_t.shape)}"
+        )
+    num_dst, num_src = (int(s) for s in adj_t.shape[:2])
+    if layout == torch.sparse_coo:
+        indices = adj_t._indices()
+        return "edges", indices[1].long(), indices[0].long(), num_src, num_dst
+    if layout == torch.sparse_csr:
+        return "csr", adj_t.crow_indices().long(), adj_t.col_indices().long(), num_src, num_dst
+    ccol, receivers = adj_t.ccol_indices().long(), adj_t.row_indices().long()
+    check_ptr(ccol, num_src, receivers.numel(), "edge_index (sparse CSC)")
+    return "edges", ptr_to_row(ccol, receivers.numel()), receivers, num_src, num_dst
+
+
+def check_ptr(ptr: Tensor, size: int, num_edges: int, name: str) -> None:
+    """``ptr`` is ``[size + 1]`` offsets from ``0`` to ``num_edges``, non-decreasing."""
+    if ptr.dim() != 1 or ptr.numel() != size + 1:
+        raise ValueError(f"{name} must have {size + 1} row offsets, got {list(ptr.shape)}")
+    if int(ptr[0]) != 0 or int(ptr[-1]) != num_edges or bool((ptr[1:] < ptr[:-1]).any()):
+        raise ValueError(f"{name} has invalid row offsets (not 0 .. {num_edges} non-decreasing)")
+
+
+def check_index_range(index: Tensor, size: int, name: str) -> None:
+    if index.numel() == 0:
+        return
+    lo, hi = int(index.min()), int(index.max())
+    if lo < 0 or hi >= size:
+        raise ValueError(f"{name} must lie in [0, {size}), found values in [{lo}, {hi}]")
+
+
+# ---------------------------------------------------------------------- blocks
+def block_num_edges(blocks: Sequence[Tensor]) -> int:
+    """Edges of all-to-all blocks, from their shapes alone (works on the ``meta`` device)."""
+    return sum(int(block.shape[0]) * int(block.shape[1]) ** 2 for block in blocks)
+
+
+def expand_blocks(
+    blocks: Sequence[Tensor], num_nodes: int, num_edges: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(ptr, col, row)`` of all-to-all blocks, sorted by (receiver, sender), without a sort
+    of the edges: every receiver lies in one block, whose sorted members are its senders."""
+    degree = torch.zeros(num_nodes, dtype=torch.long, device=device)
+    for block in blocks:
+        degree[block.reshape(-1)] = block.shape[1]
+    ptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=device)
+    ptr[1:] = torch.cumsum(degree, 0)
+    col = torch.empty(num_edges, dtype=torch.long, device=device)
+    row = torch.empty(num_edges, dtype=torch.long, device=device)
+    for block in blocks:
+        count, size = block.shape
+        members = torch.sort(block, dim=1).values
+        positions = ptr[:-1][block].unsqueeze(2) + torch.arange(size, device=device)
+        positions = positions.reshape(-1)
+        col[positions] = members.unsqueeze(1).expand(count, size, size).reshape(-1)
+        row[positions] = block.unsqueeze(2).expand(count, size, size).reshape(-1)
+    return ptr, col, row
+
+
+def full_blocks(batch: Tensor) -> list[Tensor]:
+    """The graphs of a sorted ``batch`` as blocks of consecutive nodes, grouped by size."""
+    device = batch.device
+    sizes = torch.bincount(batch) if batch.numel() else batch.new_zeros(0)
+    sizes = sizes[sizes > 0]
+    starts = torch.cumsum(sizes, 0) - sizes
+    blocks = []
+    for size in torch.unique(sizes).tolist():
+        blocks.append(starts[sizes == size][:, None] + torch.arange(size, device=device))
+    return blocks
+
+
+def per_dim(value, dims: int, name: str, kind=int) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != dims:
+            raise ValueError(f"{name} must have {dims} entries, got {len(value)}")
+        values = list(value)
+    else:
+        values = [value] * dims
+    if kind is int and any(isinstance(v, float) and not v.is_integer() for v in values):
+        raise TypeError(f"{name} must be int values, got {value!r}")
+    try:
+        return [kind(v) for v in values]
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be {kind.__name__} values, got {value!r}") from err
+
+
+def window_segments(
+    size: int, window: int, shift: int, periodic: bool, device: torch.device | None
+) -> dict[int, Tensor]:
+    """Index segments of one grid dimension, grouped by length: ``{length: [count, length]}``."""
+    shift %= window
+    if periodic:
+        starts = torch.arange(size // window, device=device) * window + shift
+        seg = (starts[:, None] + torch.arange(window, device=device)) % size
+        return {window: seg}
+    bounds = sorted({0, size, *range(shift, size, window)})
+    groups: dict[int, list[Tensor]] = {}
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        groups.setdefault(hi - lo, []).append(torch.arange(lo, hi, device=device))
+    return {length: torch.stack(parts) for length, parts in groups.items()}
+
+
+def window_blocks(
+    grid_shape: list[int],
+    window: list[int],
+    shift: list[int],
+    periodic: list[bool],
+    device: torch.device | None,
+) -> list[Tensor]:
+    """The windows of a grid (nodes in C order) as blocks grouped by size."""
+    dims = len(grid_shape)
+    segments_per_dim = [
+        window_segments(size, w, s, wrap, device)
+        for size, w, s, wrap in zip(grid_shape, window, shift, periodic)
+    ]
+    strides = [math.prod(grid_shape[d + 1 :]) for d in range(dims)]
+    groups: dict[int, list[Tensor]] = {}
+    for combo in product(*[sorted(seg.keys()) for seg in segments_per_dim]):
+        flat = torch.zeros(1, 1, dtype=torch.long, device=device)
+        for d, length in enumerate(combo):
+            seg = segments_per_dim[d][length] * strides[d]  # [num_segments, length]
+            flat = (flat[:, None, :, None] + seg[None, :, None, :]).flatten(0, 1).flatten(1)
+        groups.setdefault(flat.size(1), []).append(flat)
+    return [torch.cat(groups[size]) for size in sorted(groups)]
+
+
+# ---------------------------------------------------------------------- BigBird
+def bigbird_edges(
+    batch: Tensor,
+    window: int,
+    num_random: int,
+    num_global: int,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """The distinct BigBird ``(sender, receiver)`` pairs of a sorted ``batch``, ``[2, E]``,
+    sorted by (receiver, sender), on the device of ``batch``.
+
+    The random senders are drawn on the generator's device (``batch``'s without one) in
+    float64, so a CPU generator gives the same pattern on every device.
+    """
+    device = batch.device
+    num_nodes = batch.numel()
+    sizes = torch.bincount(batch) if num_nodes else torch.zeros(0, dtype=torch.long, device=device)
+    starts = torch.cumsum(sizes, 0) - sizes
+    node_start, node_size = starts[batch], sizes[batch]
+    nodes = torch.arange(num_nodes, device=device)
+    position = nodes - node_start
+    senders, receivers = [], []
+    for offset in range(-((window - 1) // 2), window // 2 + 1) if window else ():
+        target = position + offset
+        keep = (target >= 0) & (target < node_size)
+        senders.append(node_start[keep] + target[keep])
+        receivers.append(nodes[keep])
+    for token in range(num_global):
+        keep = token < node_size
+        # every node receives from the token and the token receives from every node
+        senders += [node_start[keep] + token, nodes[keep]]
+        receivers += [nodes[keep], node_start[keep] + token]
+    if num_random and num_nodes:
+        draw_device = generator.device if generator is not None else device
+        draws = torch.rand(
+            num_nodes, num_random, generator=generator, dtype=torch.float64, device=draw_device
+        ).to(device)
+        picks = (draws * node_size[:, None]).long().clamp_max_(node_size[:, None] - 1)
+        senders.append((node_start[:, None] + picks).reshape(-1))
+        receivers.append(nodes.repeat_interleave(num_random))
+    if not senders:
+        return torch.zeros(2, 0, dtype=torch.long, device=device)
+    scale = max(num_nodes, 1)
+    key = torch.unique(torch.cat(receivers) * scale + torch.cat(senders))
+    return torch.stack([key % scale, key // scale])
