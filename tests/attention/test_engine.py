@@ -221,3 +221,43 @@ def test_bad_arguments_are_named():
     for error, message, thunk in cases:
         with pytest.raises(error, match=message):
             thunk()
+
+
+class _HoldsPatterns(torch.nn.Module):
+    """A model that keeps its patterns as attributes (as LargeGT-like models do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(7)
+        self.pos = torch.rand(40, 3, generator=gen)
+        self.graph = Pattern.from_edge_index(torch.randint(0, 40, (2, 200), generator=gen), 40)
+        self.blocks = Pattern.full(torch.arange(4).repeat_interleave(10))
+        self.geometry = Pattern.radius(self.pos, 0.3, box=1.0)
+        self.lin = torch.nn.Linear(3, 2 * 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x, self.pos], 0)[: x.size(0)]
+        q = k = v = self.lin(h).view(-1, 2, 4)
+        out = attend(self.graph, v, query=q, key=k) + attend(self.blocks, v, query=q, key=k)
+        kernel = attend(self.geometry, message_fn=lambda e: e.x_edge[0].sum(-1, keepdim=True),
+                        edge_inputs=(self.geometry.displacement,), reduce="mean")  # fmt: skip
+        return out.flatten(1) + kernel
+
+
+def test_a_model_holding_patterns_pickles(tmp_path):
+    import copy
+    import pickle
+
+    model = _HoldsPatterns()
+    x = torch.randn(40, 3)
+    expected = model(x)
+    for restored in (
+        pickle.loads(pickle.dumps(model)),
+        copy.deepcopy(model),
+    ):
+        assert restored.blocks.blocks is not None  # still a block pattern
+        torch.testing.assert_close(restored(x), expected)
+    torch.save(model, tmp_path / "model.pt")
+    restored = torch.load(tmp_path / "model.pt", weights_only=False)
+    torch.testing.assert_close(restored(x), expected)
+    torch.testing.assert_close(restored.geometry.displacement, model.geometry.displacement)
