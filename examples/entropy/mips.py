@@ -26,6 +26,13 @@ Outputs in ``--out``: ``results.json`` (written atomically), ``model.pt`` (the n
 ``state_dict`` and its configuration), ``epr_map.png`` (a held-out snapshot, particles coloured by
 their local EPR) and ``epr_hist.png`` (histogram of per-particle local EPR).
 
+Several processes (``torchrun --nproc_per_node N mips.py ...``): ``--batch-size`` is per
+process; :func:`~gtlib.entropy.training.train_score` draws every global batch of ``batch-size x
+N`` snapshots on all processes, each trains on its part and the gradients are summed, so N
+processes with ``--batch-size B`` take the steps of one with ``N*B``. Rank 0 alone simulates the
+data, writes the checkpoint and the outputs; the (comparatively cheap) evaluation runs in every
+process on all held-out snapshots, with the same probes, so it is that of one process.
+
 Example::
 
     python examples/entropy/mips.py --data aoup_n256_phi0.6.h5 --steps 20000 --batch-size 4 \
@@ -37,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -50,12 +56,23 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from gtlib.datasets.particles import ActiveOUParticles, load_trajectory, simulate  # noqa: E402
+from gtlib.distributed import (  # noqa: E402
+    distributed_session,
+    get_world_size,
+    is_main,
+    on_main,
+    print_main,
+    resolve_device,
+    save_checkpoint,
+    write_json,
+)
 from gtlib.entropy.particle_score import (  # noqa: E402
     ParticleEntropyProduction,
     ParticleScore,
     particle_entropy_production,
 )
 from gtlib.entropy.training import train_score  # noqa: E402
+from gtlib.io import atomic_write  # noqa: E402
 from gtlib.nn.particle_transformer import ParticleTransformer  # noqa: E402
 
 
@@ -64,7 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=str, default=None, help="HDF5 file from simulate()")
     data.add_argument("--root", type=str, default="data/mips", help="where to simulate")
-    data.add_argument("--n", type=int, default=64, help="particles (simulated data)")
+    # --particles: under torchrun "--n" is an ambiguous abbreviation of its own options
+    data.add_argument(
+        "--particles", "--n", dest="n", type=int, default=64, help="particles (simulated data)"
+    )
     data.add_argument("--packing-fraction", type=float, default=0.6)
     data.add_argument("--v0", type=float, default=1.0)
     data.add_argument("--gamma", type=float, default=1.0)
@@ -91,7 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=2000)
-    train.add_argument("--batch-size", type=int, default=4, help="snapshots per step")
+    train.add_argument(
+        "--batch-size", type=int, default=4, help="snapshots per step (per process with torchrun)"
+    )
     train.add_argument(
         "--loss",
         choices=["implicit", "dsm"],
@@ -103,9 +125,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--ema", type=float, default=0.999)
     train.add_argument("--checkpoint", type=str, default=None)
     train.add_argument("--checkpoint-every", type=int, default=500)
+    train.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after this step, checkpointed (resume later with the same command without it)",
+    )
     train.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", type=str, default="cpu")
+    train.add_argument(
+        "--device", type=str, default="cpu", help="cpu, cuda (cuda:LOCAL_RANK under torchrun)"
+    )
     train.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     train.add_argument("--no-progress", action="store_true")
     evaluation = parser.add_argument_group("evaluation")
@@ -121,13 +151,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--holdout must lie in (0, 1)")
     if not args.sigma > 0:
         parser.error("--sigma must be > 0")
+    if args.stop_after is not None:
+        if args.checkpoint is None:
+            parser.error("--stop-after needs --checkpoint (to resume from)")
+        if not 1 <= args.stop_after <= args.steps:
+            parser.error(f"--stop-after must lie in [1, --steps = {args.steps}]")
     return args
 
 
-def _write_json(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+class _Stopped(Exception):
+    """Raised by the training callback at ``--stop-after``."""
 
 
 def _system_from_file(attrs: dict[str, Any]) -> ActiveOUParticles:
@@ -211,7 +244,7 @@ def _plot(
     fig.colorbar(scatter, ax=ax, label=r"local EPR $|v_{g_i}|^2/\gamma$")
     ax.set(xlim=(-half, half), ylim=(-half, half), aspect="equal", title=title)
     fig.tight_layout()
-    fig.savefig(out / "epr_map.png", dpi=120)
+    atomic_write(out / "epr_map.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.hist(values.flatten().numpy(), bins=60, color="tab:blue")
@@ -222,19 +255,29 @@ def _plot(
     ax.set(xlabel="per-particle local EPR", ylabel="count", yscale="log")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "epr_hist.png", dpi=120)
+    atomic_write(out / "epr_hist.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train, evaluate and write the outputs; returns the results (rank 0 writes under
+    torchrun)."""
+    with distributed_session():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> dict[str, Any]:
     args = parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same seed on every rank
     dtype = getattr(torch, args.dtype)
-    device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"error: --device: {exc}") from None
 
-    path = args.data if args.data is not None else _simulate_default(args)
+    # rank 0 simulates, the others read its file
+    path = args.data if args.data is not None else on_main(_simulate_default, args)
     data = load_trajectory(path)
     system = _system_from_file(data["attrs"])
     (train_pos, train_g), (test_pos, test_g) = _split(data["pos"], data["g"], args.holdout)
@@ -258,23 +301,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loss_options: dict[str, Any] = {"loss_kwargs": {"divergence": "model"}}
     else:
         loss_options = {"sigma": args.sigma}
+
+    def stop(step: int, loss: float, model: torch.nn.Module) -> None:
+        if step == args.stop_after:  # train_score checkpoints, then lets this through
+            raise _Stopped(step)
+
     start = time.perf_counter()
-    result = train_score(
-        model,
-        states,
-        loss=args.loss,
-        **loss_options,
-        noisy=model.noisy,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        ema_decay=args.ema,
-        checkpoint=args.checkpoint,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        progress=not args.no_progress,
-        seed=args.seed,
-    )
+    try:
+        result = train_score(
+            model,
+            states,
+            loss=args.loss,
+            **loss_options,
+            noisy=model.noisy,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            ema_decay=args.ema,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            progress=not args.no_progress,
+            seed=args.seed,
+            callback=stop if args.stop_after is not None else None,
+        )
+    except _Stopped as stopped:
+        print_main(
+            f"stopped after step {stopped.args[0]}; checkpoint {args.checkpoint} (resume with the "
+            "same command without --stop-after)"
+        )
+        return {"stopped_after": stopped.args[0], "checkpoint": args.checkpoint}
     train_seconds = time.perf_counter() - start
     steps_run = args.steps - result.resumed_from
 
@@ -304,14 +360,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     test_pos, test_g = _cap(test_pos, test_g, args.eval_snapshots)
     held_out, estimate = evaluate(system, test_pos, test_g, str(path))
-    _plot(
-        estimate,
-        test_pos,
-        float(system.box_length),
-        out,
-        f"N={system.num_particles}, phi={system.packing_fraction:.2f}: "
-        f"sigma/N={estimate.per_particle_mean:.3g}",
-    )
+    if is_main():
+        _plot(
+            estimate,
+            test_pos,
+            float(system.box_length),
+            out,
+            f"N={system.num_particles}, phi={system.packing_fraction:.2f}: "
+            f"sigma/N={estimate.per_particle_mean:.3g}",
+        )
     transfer = []
     for other in args.eval_data:
         other_data = load_trajectory(other)
@@ -330,6 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = {k: v for k, v in vars(args).items()}
     results = {
         "config": config,
+        "world_size": get_world_size(),
+        "global_batch_size": args.batch_size * get_world_size(),
         "data": str(path),
         "system": json.loads(data["attrs"]["parameters"]),
         "num_train_snapshots": int(states.shape[0]),
@@ -343,19 +402,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "held_out": held_out,
         "transfer": transfer,
     }
-    model_path = out / "model.pt"
-    tmp = model_path.with_name(f".{model_path.name}.tmp{os.getpid()}")
-    torch.save({"state_dict": net.state_dict(), "config": config}, tmp)
-    os.replace(tmp, model_path)
-    _write_json(results, out / "results.json")
-    print(
+    save_checkpoint({"state_dict": net.state_dict(), "config": config}, out / "model.pt")
+    write_json(out / "results.json", results)  # rank 0 only
+    print_main(
         f"held-out EPR {held_out['total']:.4g} +- {held_out['stderr']:.2g} "
         f"(per particle {held_out['per_particle_mean']:.4g}); score-free "
         f"{held_out['score_free']:.4g} +- {held_out['score_free_stderr']:.2g}; "
         f"E[div v] {held_out['divergence']}; {results['seconds_per_step']:.3g} s/step"
     )
     for item in transfer:
-        print(
+        print_main(
             f"transfer {item['file']}: N={item['num_particles']}, per particle "
             f"{item['per_particle_mean']:.4g} (score-free "
             f"{item['score_free'] / item['num_particles']:.4g})"

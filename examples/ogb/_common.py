@@ -1,21 +1,25 @@
-"""Helpers shared by the OGB example scripts: arguments, seeding, atomic checkpoints and JSON,
-and the epoch loop with best-validation model selection and exact ``--resume``.
+"""Helpers shared by the OGB example scripts: arguments, checkpoint validation and the epoch loop
+with best-validation model selection and exact ``--resume``.
 
-Not a script: ``node_classification.py`` and ``graph_classification.py`` import it.
+Not a script: ``node_classification.py`` and ``graph_classification.py`` import it. The
+distribution and training plumbing (process group, rank-aware progress and printing, rank-0
+writers, seeding and RNG states, sharding, gathering) is :mod:`gtlib.distributed`; both scripts run
+unchanged in one process and under ``torchrun`` (rank 0 writes the checkpoint and the results).
 
 Checkpoint contents (one ``torch.save`` file, replaced atomically after every epoch): the model and
 optimizer states, the last finished epoch, the best validation metric with its epoch, metrics and
 model state, the per-epoch history, the RNG states (Python, NumPy, torch CPU and CUDA) and the
 run's configuration. Resuming restores all of it, so a resumed run makes the same random draws in
-the same order as an uninterrupted one and reaches the same final result.
+the same order as an uninterrupted one and reaches the same final result. The configuration holds
+the *global* batch size (``--batch-size`` x the number of processes) instead of the per-process
+one, so a checkpoint resumes under another world size that keeps the global batch (e.g. two
+processes with ``--batch-size 64``, then one with ``128``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -25,15 +29,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from torch import nn
 
-from gtlib.io import atomic_torch_save, atomic_write_text
+from gtlib.distributed import (
+    broadcast_module,
+    get_world_size,
+    on_main,
+    print_main,
+    progress,
+    resolve_device,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+    write_json,
+)
 
 CHECKPOINT_FORMAT = 1
 # arguments that may differ between an interrupted run and its resumption
+# (the per-process --batch-size and the world size may change too: the global batch size is
+# compared instead)
 RESUMABLE_DIFFERENCES = frozenset(
-    {"epochs", "out", "checkpoint", "resume", "num_workers", "no_progress", "device"}
-)
+    {"epochs", "out", "checkpoint", "resume", "num_workers", "no_progress", "device",
+     "batch_size", "world_size"}
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ arguments
@@ -131,19 +149,12 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
     if args.weight_decay < 0:
         parser.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
     try:
-        args.device = resolve_device(args.device)
+        args.device = resolve_device(args.device)  # cuda:LOCAL_RANK under torchrun
     except (RuntimeError, ValueError) as exc:
         parser.error(f"--device: {exc}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``'auto'`` -> cuda when available, else cpu; checks that a cuda device exists."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{name!r} requested but CUDA is not available")
-    return device
+    args.world_size = get_world_size()
+    if hasattr(args, "batch_size"):
+        args.global_batch_size = args.batch_size * args.world_size
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,60 +167,11 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-# ------------------------------------------------------------------------------------- seeding
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_states() -> dict[str, Any]:
-    """The state of every random generator a run draws from."""
-    states = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Restore :func:`rng_states`."""
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-# ------------------------------------------------------------------------------ atomic writing
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
-    text = json.dumps(_finite_or_none(payload), indent=2, allow_nan=False) + "\n"
-    atomic_write_text(path, text)
-
-
-def _finite_or_none(value: Any) -> Any:
-    """NaN and infinities become ``None`` (strict JSON has no NaN)."""
-    if isinstance(value, float) and not np.isfinite(value):
+def load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """Load a checkpoint (``None`` if there is none yet) and check it was written by a run with
+    the same configuration."""
+    if not path.exists():
         return None
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(item) for item in value]
-    return value
-
-
-def save_checkpoint_atomic(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` ``state`` atomically (a crash leaves the previous checkpoint intact)."""
-    atomic_torch_save(state, path)
-
-
-def load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Load a checkpoint and check it was written by a run with the same configuration."""
     try:
         # the checkpoint holds RNG states (NumPy arrays, tuples): not weights-only loadable
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -230,7 +192,8 @@ def load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
         )
         raise SystemExit(
             f"error: --checkpoint {path} was written with other settings ({listed}); "
-            "use the same arguments (only --epochs, --out, --num-workers, --device may change)"
+            "use the same arguments (only --epochs, --out, --num-workers, --device and, with "
+            "the same global batch, --batch-size and the number of processes may change)"
         )
     return state
 
@@ -248,53 +211,56 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def progress(iterable, enabled: bool, **kwargs):
-    """A tqdm bar (on stderr) unless disabled."""
-    return tqdm(iterable, disable=not enabled, dynamic_ncols=True, leave=False, **kwargs)
-
-
 def fit(
     *,
     args: argparse.Namespace,
-    model: torch.nn.Module,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    train_epoch: Callable[[], float],
+    train_epoch: Callable[[int], float],
     evaluate: Callable[[], dict[str, float]],
     metric: str,
     higher_is_better: bool = True,
 ) -> TrainState:
     """Run epochs ``state.epoch + 1 .. args.epochs`` with checkpointing and model selection.
 
-    ``train_epoch()`` trains one epoch and returns its mean loss; ``evaluate()`` returns
-    ``{'train', 'valid', 'test'}`` values of the OGB ``metric``. After each epoch the best
-    validation epoch is tracked (its model state kept), the checkpoint (if any) is replaced and a
-    line is printed. On return the model holds the best-validation weights.
+    ``train_epoch(epoch)`` trains epoch ``epoch`` (1-based; it selects the epoch's order of a
+    sharded sampler) and returns its mean loss over the global batch, the same on every rank;
+    ``evaluate()`` returns ``{'train', 'valid', 'test'}`` values of the OGB ``metric`` (gathered
+    over ranks, the same on every rank). ``model`` is the plain module (not its DDP wrapper):
+    its state is checkpointed, and its buffers are copied from rank 0 before every evaluation
+    (DDP leaves each rank with the buffers of its own last batch). After each epoch the best
+    validation epoch is tracked (its model state kept), rank 0 replaces the checkpoint (if any)
+    and prints a line. On return the model holds the best-validation weights.
     """
     config = run_config(args)
     state = TrainState()
     sign = 1.0 if higher_is_better else -1.0
-    if args.resume and args.checkpoint is not None and args.checkpoint.exists():
-        saved = load_checkpoint(args.checkpoint, config)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = TrainState(**saved["train_state"])
-        set_rng_states(saved["rng"])
-        print(f"resumed from {args.checkpoint} after epoch {state.epoch}", file=sys.stderr)
-    elif args.resume:
-        print(f"no checkpoint at {args.checkpoint} yet: starting from scratch", file=sys.stderr)
+    if args.resume and args.checkpoint is not None:
+        # rank 0 reads and validates the checkpoint; every rank gets it (or its error)
+        saved = on_main(load_checkpoint, args.checkpoint, config)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            state = TrainState(**saved["train_state"])
+            set_rng_states(saved["rng"])
+            print_main(f"resumed from {args.checkpoint} after epoch {state.epoch}", file=sys.stderr)
+        else:
+            print_main(
+                f"no checkpoint at {args.checkpoint} yet: starting from scratch", file=sys.stderr
+            )
 
-    bar = tqdm(
+    bar = progress(
         range(state.epoch + 1, args.epochs + 1),
-        disable=args.no_progress,
+        enabled=not args.no_progress,
         desc="epochs",
-        dynamic_ncols=True,
         initial=state.epoch,
         total=args.epochs,
     )
     for epoch in bar:
         start = time.perf_counter()
-        loss = train_epoch()
+        loss = train_epoch(epoch)
         train_time = time.perf_counter() - start
+        broadcast_module(model, buffers_only=True)
         metrics = evaluate()
         record = {
             "epoch": epoch,
@@ -312,15 +278,14 @@ def fit(
             state.best_metrics = {part: record[part] for part in ("train", "valid", "test")}
             state.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{loss:.4f}", valid=f"{record['valid']:.4f}")
-        tqdm.write(
+        print_main(
             f"epoch {epoch:3d}  loss {loss:.4f}  {metric} train {record['train']:.4f}  "
             f"valid {record['valid']:.4f}  test {record['test']:.4f}  "
             f"({record['epoch_time_s']:.2f} s)",
             file=sys.stderr,
         )
-        if args.checkpoint is not None:
-            save_checkpoint_atomic(
-                args.checkpoint,
+        if args.checkpoint is not None:  # rank 0 only
+            save_checkpoint(
                 {
                     "format": CHECKPOINT_FORMAT,
                     "config": config,
@@ -329,6 +294,7 @@ def fit(
                     "train_state": copy.copy(vars(state)),
                     "rng": rng_states(),
                 },
+                args.checkpoint,
             )
     bar.close()
     if state.best_model is not None:
@@ -365,22 +331,25 @@ def results(
 def finish(
     args: argparse.Namespace, payload: dict[str, Any], state: TrainState, metric: str
 ) -> None:
-    """Print the summary and write ``--out``."""
+    """Print the summary and write ``--out`` (rank 0)."""
     best = state.best_metrics
     if best:
-        print(
+        print_main(
             f"best epoch {state.best_epoch}: {metric} train {best['train']:.4f}  "
             f"valid {best['valid']:.4f}  test {best['test']:.4f}"
         )
-    if args.out is not None:
-        write_json_atomic(args.out, payload)
-        print(f"wrote {args.out}")
+    if args.out is not None:  # rank 0 only
+        write_json(args.out, payload)
+        print_main(f"wrote {args.out}")
 
 
 def dataset_folder_or_generate(
     root: Path, name: str, allow_generate: bool, generate: Callable[[], Path]
 ) -> bool:
-    """Return ``True`` if the dataset folder had to be generated (synthetic data)."""
+    """Return ``True`` if the dataset folder had to be generated (synthetic data).
+
+    Under torchrun call it inside :func:`gtlib.distributed.main_first` (rank 0 generates, the
+    other ranks then find the folder)."""
     from gtlib.datasets.ogb import dataset_dir_name
 
     folder = root / dataset_dir_name(name)
@@ -388,6 +357,6 @@ def dataset_folder_or_generate(
         return False
     if not allow_generate:
         raise SystemExit(f"error: {folder}: dataset folder not found (and --no-generate given)")
-    print(f"{folder} not found: generating a synthetic {name}-like dataset", file=sys.stderr)
+    print_main(f"{folder} not found: generating a synthetic {name}-like dataset", file=sys.stderr)
     generate()
     return True

@@ -27,6 +27,15 @@ Run:
 
 An interrupted run continues with the same command plus ``--resume`` (same ``--checkpoint``) and
 reaches the same result as an uninterrupted run with the same seed.
+
+Several processes (``torchrun --nproc_per_node N graph_classification.py ...``): DDP, with
+``--batch-size`` graphs per process; each global batch of ``batch-size x N`` graphs (the batch
+one process with ``--batch-size`` x N would draw) is split between the processes, evaluation
+shards every split and gathers the predictions, and rank 0 alone writes. On GPUs the BatchNorm
+layers become SyncBatchNorm (statistics of the global batch); on CPUs they normalise per process,
+so use ``--norm layer`` (per-graph LayerNorm, no batch statistics) where N processes must take
+the steps of one exactly (with ``--dropout 0 --attn-dropout 0`` and ``--pe rwse``: dropout
+masks and LapPE sign flips are drawn per process).
 """
 
 from __future__ import annotations
@@ -46,9 +55,7 @@ from _common import (
     fit,
     positive_int,
     probability,
-    progress,
     results,
-    seed_everything,
 )
 from torch import Tensor, nn
 from torch_geometric.data import Data
@@ -59,6 +66,20 @@ from torch_geometric.transforms import AddLaplacianEigenvectorPE, AddRandomWalkP
 from gtlib.datasets import Evaluator, OGBGraphDataset
 from gtlib.datasets.generate import ogb_like
 from gtlib.datasets.ogb import META_FILE_NAME
+from gtlib.distributed import (
+    ShardedBatchSampler,
+    all_gather_cat,
+    all_reduce,
+    distributed_session,
+    get_world_size,
+    main_first,
+    mean_weight,
+    print_main,
+    progress,
+    seed_everything,
+    shard,
+    wrap_ddp,
+)
 from gtlib.nn import GPSConv
 
 try:  # OGB's molecule feature encoders (vocabularies of the real ogbg-mol* features)
@@ -68,6 +89,7 @@ except ImportError:  # pragma: no cover - ogb is optional
     AtomEncoder = BondEncoder = None
 
 PE_KINDS = ("rwse", "lappe")
+NORMS = {"batch": "batch_norm", "layer": "layer_norm"}  # --norm -> GPSConv's norm
 ENCODERS = ("auto", "ogb", "embedding")
 
 
@@ -161,7 +183,12 @@ def _fits(sizes: list[int], vocabulary: list[int]) -> bool:
 
 # ------------------------------------------------------------------------------------------ model
 class GPSGraphNet(nn.Module):
-    """Atom encoder + PE -> GPSConv(GINEConv, multihead) x layers -> mean pool -> MLP."""
+    """Atom encoder + PE -> GPSConv(GINEConv, multihead) x layers -> mean pool -> MLP.
+
+    ``norm="batch"`` (GraphGPS) normalises with BatchNorm; ``"layer"`` with a per-graph LayerNorm
+    in GPSConv and a per-node LayerNorm of the RWSE, so that no output depends on the other
+    graphs of the batch.
+    """
 
     def __init__(
         self,
@@ -175,13 +202,18 @@ class GPSGraphNet(nn.Module):
         layers: int,
         dropout: float,
         attn_dropout: float,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {tuple(NORMS)}, got {norm!r}")
         self.pe_kind = pe_kind
         self.atom_encoder = atom_encoder
         self.bond_encoder = bond_encoder
         # RWSE values are probabilities of very different scales: normalise them first
-        self.pe_norm = nn.BatchNorm1d(pe_dim) if pe_kind == "rwse" else nn.Identity()
+        self.pe_norm = nn.Identity()
+        if pe_kind == "rwse":
+            self.pe_norm = nn.BatchNorm1d(pe_dim) if norm == "batch" else nn.LayerNorm(pe_dim)
         self.pe_encoder = nn.Linear(pe_dim, hidden)
         self.layers = nn.ModuleList()
         for _ in range(layers):
@@ -194,6 +226,7 @@ class GPSGraphNet(nn.Module):
                     dropout=dropout,
                     attn_type="multihead",
                     attn_kwargs={"dropout": attn_dropout},
+                    norm=NORMS[norm],
                 )  # fmt: skip
             )
         self.head = nn.Sequential(
@@ -228,40 +261,64 @@ def make_steps(
     loaders: dict[str, DataLoader],
     evaluator: Evaluator,
     metric: str,
-) -> tuple[Callable[[], float], Callable[[], dict[str, float]]]:
-    """``train_epoch`` and ``evaluate`` closures."""
-    device = args.device
+    num_tasks: int,
+) -> tuple[Callable[[int], float], Callable[[], dict[str, float]]]:
+    """``train_epoch`` and ``evaluate`` closures.
 
-    def train_epoch() -> float:
+    ``loaders["train"]`` draws its batches with a :class:`ShardedBatchSampler` (this rank's part
+    of each global batch); the other loaders hold this rank's contiguous part of their split,
+    whose predictions are gathered in order before the metric is computed.
+    """
+    device = args.device
+    ddp = wrap_ddp(model)  # SyncBatchNorm on GPUs
+    sampler: ShardedBatchSampler = loaders["train"].batch_sampler
+    world_size = get_world_size()
+
+    def train_epoch(epoch: int) -> float:
         model.train()
+        sampler.set_epoch(epoch)
+        shares = sampler.shares()  # graphs of every rank, per step (0: a placeholder)
         total, count = 0.0, 0
-        for batch in progress(loaders["train"], not args.no_progress, desc="train"):
-            if batch.num_graphs < 2:  # BatchNorm needs two samples in training
+        batches = progress(loaders["train"], enabled=not args.no_progress, desc="train",
+                           leave=False)  # fmt: skip
+        for step, batch in enumerate(batches):
+            graphs = sum(shares[step])  # of the global batch
+            if graphs < 2:  # BatchNorm needs two samples in training
                 continue
             batch = batch.to(device)
             optimizer.zero_grad()
-            loss = masked_bce(model(batch), batch.y)
+            logits = ddp(batch)
+            real = shares[step][sampler.rank] > 0
+            labelled = int((~torch.isnan(batch.y.float())).sum()) if real else 0
+            weight = mean_weight(labelled)  # the gradient of the global batch's mean
+            if weight > 0:
+                loss = masked_bce(logits, batch.y) * weight
+            else:  # a placeholder or nothing labelled: take part in the all-reduce with zeros
+                loss = logits.sum() * 0.0
             loss.backward()
             optimizer.step()
-            total += loss.item() * batch.num_graphs
-            count += batch.num_graphs
-        return total / max(count, 1)
+            total += loss.item() / world_size * graphs  # summed over ranks: global mean x graphs
+            count += graphs
+        return all_reduce(total, "sum") / max(count, 1)
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
         model.eval()
         out = {}
         for part, loader in loaders.items():
-            predictions, labels = [], []
-            for batch in progress(loader, not args.no_progress, desc=f"eval {part}"):
+            predictions = [torch.empty(0, num_tasks)]
+            labels = [torch.empty(0, num_tasks)]
+            for batch in progress(loader, enabled=not args.no_progress, desc=f"eval {part}",
+                                  leave=False):  # fmt: skip
                 batch = batch.to(device)
-                predictions.append(model(batch).cpu())
-                labels.append(batch.y.cpu())
-            y_pred, y_true = torch.cat(predictions), torch.cat(labels)
+                predictions.append(model(batch).float().cpu())
+                labels.append(batch.y.float().cpu().view(-1, num_tasks))
+            y_pred = all_gather_cat(torch.cat(predictions))  # the whole split, in order
+            y_true = all_gather_cat(torch.cat(labels))
             try:
                 out[part] = float(evaluator.eval({"y_true": y_true, "y_pred": y_pred})[metric])
             except RuntimeError as exc:  # e.g. a split holding one class only: no ROC-AUC
-                print(f"warning: {part} {metric} undefined ({exc})", file=sys.stderr)
+                print_main(f"warning: {part} {metric} undefined ({exc})", file=sys.stderr)
                 out[part] = float("nan")
         return out
 
@@ -280,6 +337,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=positive_int, default=32, help="graphs per batch")
     parser.add_argument("--attn-dropout", type=probability, default=0.5, help="attention dropout")
     parser.add_argument("--encoder", choices=ENCODERS, default="auto", help="atom/bond encoder")
+    parser.add_argument(
+        "--norm",
+        choices=tuple(NORMS),
+        default="batch",
+        help="batch: BatchNorm (GraphGPS); layer: per-graph LayerNorm (no batch statistics)",
+    )
     gen = parser.add_argument_group("synthetic dataset (only used when generating it)")
     gen.add_argument("--num-graphs", type=positive_int, default=2000, help="graphs")
     gen.add_argument("--avg-nodes", type=positive_int, default=25, help="average nodes per graph")
@@ -292,27 +355,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Train and evaluate; under torchrun, in the process group (rank 0 writes)."""
+    with distributed_session():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     args = parse_args(argv)
-    seed_everything(args.seed)
-    generated = dataset_folder_or_generate(
-        args.root,
-        args.name,
-        not args.no_generate,
-        lambda: ogb_like(
+    seed_everything(args.seed)  # the same seed on every rank
+    pe_transform = PositionalEncoding(args.pe, walk_length=args.walk_length, k=args.k)
+    with main_first():  # rank 0 generates and processes the dataset, then the others read it
+        generated = dataset_folder_or_generate(
             args.root,
             args.name,
-            kind="graph",
-            num_graphs=args.num_graphs,
-            num_nodes=args.avg_nodes,
-            avg_degree=2.2,  # molecules: about 1.1 bonds per atom
-            num_features=9,  # ogbg-mol*: 9 atom and 3 bond feature columns
-            num_edge_features=3,
-            feature_dtype="int",
-            seed=args.data_seed,
-        ),
-    )
-    pe_transform = PositionalEncoding(args.pe, walk_length=args.walk_length, k=args.k)
-    dataset = OGBGraphDataset(args.root, args.name, pre_transform=pe_transform)
+            not args.no_generate,
+            lambda: ogb_like(
+                args.root,
+                args.name,
+                kind="graph",
+                num_graphs=args.num_graphs,
+                num_nodes=args.avg_nodes,
+                avg_degree=2.2,  # molecules: about 1.1 bonds per atom
+                num_features=9,  # ogbg-mol*: 9 atom and 3 bond feature columns
+                num_edge_features=3,
+                feature_dtype="int",
+                seed=args.data_seed,
+            ),
+        )
+        dataset = OGBGraphDataset(args.root, args.name, pre_transform=pe_transform)
     if dataset.task_type != "binary classification":
         raise SystemExit(
             f"error: {args.name}: task type {dataset.task_type!r}; this example trains binary "
@@ -320,11 +390,20 @@ def main(argv: list[str] | None = None) -> None:
         )
     metric = dataset.eval_metric
     split = dataset.get_idx_split()
+    # training: this rank's part of every global batch; evaluation: this rank's part of the split
+    train_sampler = ShardedBatchSampler(
+        split["train"].numel(), args.batch_size, shuffle=True, seed=args.seed
+    )
     loaders = {
         part: DataLoader(
             dataset[index],
+            batch_sampler=train_sampler,
+            num_workers=args.num_workers,
+        )
+        if part == "train"
+        else DataLoader(
+            dataset[shard(index)],
             batch_size=args.batch_size,
-            shuffle=part == "train",
             num_workers=args.num_workers,
         )
         for part, index in split.items()
@@ -332,16 +411,18 @@ def main(argv: list[str] | None = None) -> None:
     atom_encoder, bond_encoder, encoder_kind = feature_encoders(dataset, args.hidden, args.encoder)
     model = GPSGraphNet(
         atom_encoder, bond_encoder, args.pe, pe_transform.dim, args.hidden, dataset.num_tasks,
-        args.heads, args.layers, args.dropout, args.attn_dropout,
+        args.heads, args.layers, args.dropout, args.attn_dropout, norm=args.norm,
     ).to(args.device)  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     evaluator = Evaluator(args.name, num_tasks=dataset.num_tasks, eval_metric=metric)
-    train_epoch, evaluate = make_steps(args, model, optimizer, loaders, evaluator, metric)
+    train_epoch, evaluate = make_steps(
+        args, model, optimizer, loaders, evaluator, metric, dataset.num_tasks
+    )
     num_parameters = sum(p.numel() for p in model.parameters())
-    print(
+    print_main(
         f"{args.name}: {len(dataset)} graphs, {dataset.num_tasks} task(s), metric {metric}; "
         f"{encoder_kind} encoders, pe {pe_transform!r}, {num_parameters} parameters on "
-        f"{args.device}",
+        f"{args.device}" + (f" x {args.world_size} processes" if args.world_size > 1 else ""),
         file=sys.stderr,
     )
     state = fit(

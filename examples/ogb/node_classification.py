@@ -28,6 +28,18 @@ Run (small synthetic graph, CPU):
 
 Interrupted runs continue with the same command plus ``--resume`` (and the same ``--checkpoint``)
 and reach the same result as an uninterrupted run with the same seed.
+
+Several processes (``torchrun --nproc_per_node N node_classification.py ...``, one per GPU, or
+CPU processes with gloo): the model is wrapped in DistributedDataParallel and rank 0 alone writes
+the checkpoint and the results. Full-batch models (gatv2, transformer, gps) run the forward pass on
+the whole graph in every process (with the same random draws) and split the *loss* over the
+training nodes, so N processes take exactly the steps of one; this replicates rather than divides
+the work, and is there so that the same command runs everywhere. LargeGT divides the work:
+``--batch-size`` is per process, each global batch of ``batch-size x N`` seed nodes is split
+between the processes (LargeGTLoader with ``distributed=True``) and evaluation shards the nodes and
+gathers the logits. LargeGT's BatchNorm becomes SyncBatchNorm on GPUs (on CPUs it normalises
+per process); its k-means codebook is a buffer, which DDP copies from rank 0 to the others at every
+step, so the codebook follows rank 0's seeds only.
 """
 
 from __future__ import annotations
@@ -47,9 +59,7 @@ from _common import (
     fit,
     positive_float,
     positive_int,
-    progress,
     results,
-    seed_everything,
 )
 from torch import Tensor, nn
 from torch_geometric.data import Data
@@ -60,6 +70,19 @@ from gtlib.attention import Pattern
 from gtlib.datasets import Evaluator, OGBNodeDataset
 from gtlib.datasets.generate import ogb_like
 from gtlib.datasets.ogb import META_FILE_NAME
+from gtlib.distributed import (
+    all_gather_cat,
+    all_reduce,
+    distributed_session,
+    get_world_size,
+    main_first,
+    mean_weight,
+    print_main,
+    progress,
+    seed_everything,
+    shard,
+    wrap_ddp,
+)
 from gtlib.loader import LargeGTLoader
 from gtlib.nn import GATv2Conv, GPSConv, LargeGT, TransformerConv
 
@@ -216,6 +239,12 @@ class Task:
         labelled = ~torch.isnan(target)
         return F.binary_cross_entropy_with_logits(logits[labelled], target[labelled])
 
+    def count(self, y: Tensor) -> int:
+        """The number of terms :meth:`loss` averages over for labels ``y``."""
+        if self.multiclass:
+            return int(y.size(0))
+        return int((~torch.isnan(y.float())).sum())
+
     def predictions(self, logits: Tensor) -> Tensor:
         """``y_pred`` for the evaluator: class ids ``[n, 1]`` or scores ``[n, tasks]``."""
         return logits.argmax(dim=-1, keepdim=True) if self.multiclass else logits
@@ -237,8 +266,14 @@ def make_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Op
 
 def build_full_batch(
     args: argparse.Namespace, graph: Data, split: dict[str, Tensor], task: Task
-) -> tuple[nn.Module, torch.optim.Optimizer, Callable[[], float], Callable[[], dict]]:
-    """Model, optimizer, ``train_epoch`` and ``evaluate`` for the full-batch models."""
+) -> tuple[nn.Module, torch.optim.Optimizer, Callable[[int], float], Callable[[], dict]]:
+    """Model, optimizer, ``train_epoch`` and ``evaluate`` for the full-batch models.
+
+    Under DDP every rank computes the forward pass on the whole graph (identical random draws:
+    same seed) and the loss on its contiguous part of the training nodes, weighted so that the
+    averaged gradient is the one of the loss over all training nodes. Evaluation needs no
+    gather: every rank has all the logits.
+    """
     device = args.device
     x, y = graph.x.to(device), graph.y.to(device)
     edge_index = graph.edge_index.to(device)
@@ -253,33 +288,44 @@ def build_full_batch(
                                args.heads, args.layers, args.dropout)  # fmt: skip
     model = model.to(device)
     optimizer = make_optimizer(args, model)
+    # every rank normalises over all nodes: BatchNorm statistics agree without SyncBatchNorm
+    ddp = wrap_ddp(model, sync_batchnorm=False)
+    local_index = shard(train_index)  # this rank's part of the loss
+    weight = mean_weight(task.count(y[local_index]), task.count(y[train_index]))
 
-    def forward() -> Tensor:
+    def forward(module: nn.Module) -> Tensor:
         if args.model == "gps":
-            return model(x, pattern, edge_index)
-        return model(x, pattern)
+            return module(x, pattern, edge_index)
+        return module(x, pattern)
 
-    def train_epoch() -> float:
+    def train_epoch(epoch: int) -> float:
         model.train()
         optimizer.zero_grad()
-        logits = forward()
-        loss = task.loss(logits[train_index], y[train_index])
+        logits = forward(ddp)
+        if weight > 0:
+            loss = task.loss(logits[local_index], y[local_index]) * weight
+        else:  # no labelled training node here: take part in the all-reduce with zeros
+            loss = logits.sum() * 0.0
         loss.backward()
         optimizer.step()
-        return loss.item()
+        return all_reduce(loss.item(), "mean")  # the loss over all training nodes
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
         model.eval()
-        return task.evaluate(forward(), y, split)
+        return task.evaluate(forward(model), y, split)
 
     return model, optimizer, train_epoch, evaluate
 
 
 def build_largegt(
     args: argparse.Namespace, graph: Data, split: dict[str, Tensor], task: Task
-) -> tuple[nn.Module, torch.optim.Optimizer, Callable[[], float], Callable[[], dict]]:
-    """Model, optimizer, ``train_epoch`` and ``evaluate`` for LargeGT on LargeGTLoader batches."""
+) -> tuple[nn.Module, torch.optim.Optimizer, Callable[[int], float], Callable[[], dict]]:
+    """Model, optimizer, ``train_epoch`` and ``evaluate`` for LargeGT on LargeGTLoader batches.
+
+    Training batches are global batches of ``batch_size x world_size`` seeds split by rank;
+    evaluation runs every rank on its contiguous part of the nodes and gathers the logits.
+    """
     device = args.device
     shared = LargeGTLoader.preprocess(graph)  # CSR and hop features, computed once
     loader_kwargs = {
@@ -288,9 +334,12 @@ def build_largegt(
         "num_workers": args.num_workers,
         "persistent_workers": False,
     }
-    train_loader = LargeGTLoader(shared, input_nodes=split["train"], shuffle=True, **loader_kwargs)
-    eval_loader = LargeGTLoader(shared, shuffle=False, **loader_kwargs)  # all nodes, in order
+    train_loader = LargeGTLoader(shared, input_nodes=split["train"], shuffle=True,
+                                 distributed=True, seed=args.seed, **loader_kwargs)  # fmt: skip
     num_nodes = int(graph.num_nodes)
+    # this rank's part of all nodes, in order
+    eval_loader = LargeGTLoader(shared, input_nodes=shard(torch.arange(num_nodes)), shuffle=False,
+                                **loader_kwargs)  # fmt: skip
     model = LargeGT(
         graph.x.size(1),
         args.hidden,
@@ -302,30 +351,40 @@ def build_largegt(
         dropout=args.dropout,
     ).to(device)
     optimizer = make_optimizer(args, model)
+    ddp = wrap_ddp(model)
+    world_size = get_world_size()
 
-    def train_epoch() -> float:
+    def train_epoch(epoch: int) -> float:
         model.train()
+        train_loader.set_epoch(epoch)
+        shares = train_loader.shard_sampler.shares()  # seeds of every rank, per step
         total, count = 0.0, 0
-        for batch in progress(train_loader, not args.no_progress, desc="train"):
-            if batch.batch_size < 2:  # BatchNorm needs two samples in training
+        batches = progress(train_loader, enabled=not args.no_progress, desc="train", leave=False)
+        for step, batch in enumerate(batches):
+            if min(shares[step]) < 2:  # BatchNorm needs two samples in training (on all ranks)
                 continue
             batch = batch.to(device)
             optimizer.zero_grad()
-            loss = task.loss(model(batch), batch.y)
+            logits = ddp(batch)
+            weight = mean_weight(task.count(batch.y))
+            if weight > 0:
+                loss = task.loss(logits, batch.y) * weight
+            else:  # nothing labelled here: take part in the all-reduce with zeros
+                loss = logits.sum() * 0.0
             loss.backward()
             optimizer.step()
-            total += loss.item() * batch.batch_size
-            count += batch.batch_size
-        return total / max(count, 1)
+            seeds = sum(shares[step])
+            total += loss.item() / world_size * seeds  # summed over ranks: global mean x seeds
+            count += seeds
+        return all_reduce(total, "sum") / max(count, 1)
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
         model.eval()
-        logits = [
-            model(batch.to(device))
-            for batch in progress(eval_loader, not args.no_progress, desc="eval")
-        ]
-        return task.evaluate(torch.cat(logits), graph.y, split)
+        batches = progress(eval_loader, enabled=not args.no_progress, desc="eval", leave=False)
+        logits = [model(batch.to(device)) for batch in batches]
+        local = torch.cat(logits) if logits else torch.empty(0, task.out_channels, device=device)
+        return task.evaluate(all_gather_cat(local), graph.y, split)  # every node once, in order
 
     return model, optimizer, train_epoch, evaluate
 
@@ -369,16 +428,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Train and evaluate; under torchrun, in the process group (rank 0 writes)."""
+    with distributed_session():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     args = parse_args(argv)
-    seed_everything(args.seed)
-    dataset, graph, split, generated = load_graph(args)
+    seed_everything(args.seed)  # the same seed on every rank
+    with main_first():  # rank 0 generates and processes the dataset, then the others read it
+        dataset, graph, split, generated = load_graph(args)
     task = Task(dataset, args.name)
     build = build_largegt if args.model == "largegt" else build_full_batch
     model, optimizer, train_epoch, evaluate = build(args, graph, split, task)
-    print(
+    print_main(
         f"{args.name}: {graph.num_nodes} nodes, {graph.edge_index.size(1)} edges (undirected), "
         f"{task.out_channels} outputs, metric {task.metric}; model {args.model} "
-        f"({sum(p.numel() for p in model.parameters())} parameters) on {args.device}",
+        f"({sum(p.numel() for p in model.parameters())} parameters) on {args.device}"
+        + (f" x {args.world_size} processes" if args.world_size > 1 else ""),
         file=sys.stderr,
     )
     state = fit(

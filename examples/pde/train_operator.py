@@ -35,6 +35,17 @@ replaces ``--out``/checkpoint.pt atomically; ``--resume`` continues from it and 
 uninterrupted run exactly (``--stop-after`` ends a run early on purpose; the learning-rate
 schedule always spans ``--epochs``, so resume with the same arguments).
 
+Several processes (``torchrun --nproc_per_node N train_operator.py ...``; see
+:mod:`gtlib.distributed`): DistributedDataParallel with ``--batch-size`` samples per process. Each
+epoch's shuffled order is the one of a single process; it is cut into global batches of
+``batch-size x N`` samples, each process trains on its part of every global batch (a process
+whose part of a short last batch is empty runs one placeholder sample with weight 0) and the
+losses are weighted so that the averaged gradient is the one of the global batch: N processes
+with ``--batch-size B`` take the steps of one process with ``--batch-size N*B``. Test (and
+zero-shot) predictions are sharded and gathered, so the metrics are those of one process. Rank 0
+alone generates data, writes the checkpoint, the results and the figure; the checkpoint stores
+the global batch size, so ``--resume`` works with another number of processes that keeps it.
+
 Outputs under ``--out``: ``results.json`` (arguments, parameter count, training time, per-epoch
 history, final test metrics, per-lead-time and zero-shot results), ``prediction.png`` (input, truth,
 prediction and error of one test sample) and ``checkpoint.pt``.
@@ -54,9 +65,7 @@ Run (generates 1000/200 Darcy samples at 64x64 first):
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import random
 import sys
 import time
 import warnings
@@ -67,15 +76,39 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from gtlib.io import atomic_torch_save, atomic_write, atomic_write_text
+from gtlib.distributed import (
+    all_gather_cat,
+    all_reduce,
+    broadcast_module,
+    distributed_session,
+    get_world_size,
+    is_main,
+    on_main,
+    print_main,
+    progress,
+    resolve_device,
+    rng_states,
+    save_checkpoint,
+    seed_everything,
+    set_rng_states,
+    shard,
+    shard_bounds,
+    wrap_ddp,
+    write_json,
+)
+from gtlib.io import atomic_write
 
 MODELS = ("fno", "tfno", "mgno", "scot", "gino")
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 # arguments that may differ between an interrupted run and its resumption
-RESUMABLE_DIFFERENCES = frozenset({"resume", "no_progress", "threads", "stop_after", "device"})
+# (--batch-size and the world size may change when the global batch size stays: it is compared;
+# --out may change when the folder was moved)
+RESUMABLE_DIFFERENCES = frozenset(
+    {"resume", "no_progress", "threads", "stop_after", "device", "batch_size", "world_size",
+     "out"}
+)  # fmt: skip
 EPS = 1e-6
 DARCY_FIELDS = (["coefficient"], ["solution"])  # fields of gtlib.datasets.generate.pde.darcy
 
@@ -203,7 +236,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=positive_int, default=500, help="training epochs")
-    train.add_argument("--batch-size", type=positive_int, default=20, help="samples per batch")
+    train.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=20,
+        help="samples per batch (per process under torchrun)",
+    )
     train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     train.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="Adam decay")
     train.add_argument(
@@ -250,19 +288,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.lead_steps and not args.all2all:
         parser.error("--lead-steps needs --all2all (test pairs at several lead times)")
     try:
-        args.device = _device(args.device)
+        args.device = resolve_device(args.device)  # cuda:LOCAL_RANK under torchrun
     except (RuntimeError, ValueError) as exc:
         parser.error(f"--device: {exc}")
+    args.world_size = get_world_size()
+    args.global_batch_size = args.batch_size * args.world_size
     return args
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{name!r} requested but CUDA is not available")
-    return device
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -271,55 +302,6 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
         key: str(value) if isinstance(value, Path | torch.device) else value
         for key, value in sorted(vars(args).items())
     }
-
-
-# ----------------------------------------------------------------------- atomic files and RNG
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    text = json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n"
-    atomic_write_text(path, text)
-
-
-def rng_states(shuffle: torch.Generator) -> dict[str, Any]:
-    states = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "shuffle": shuffle.get_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any], shuffle: torch.Generator) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    shuffle.set_state(states["shuffle"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def progress(iterable, enabled: bool, **kwargs):
-    return tqdm(iterable, disable=not enabled, dynamic_ncols=True, leave=False, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -353,7 +335,7 @@ def generate_darcy(
     if all(list((folder / "data" / part).glob("*.hdf5")) for part in ("train", "test")):
         return folder
     total = n_train + n_test
-    print(f"generating {total} Darcy samples ({resolution}^2) in {base}", file=sys.stderr)
+    print_main(f"generating {total} Darcy samples ({resolution}^2) in {base}", file=sys.stderr)
     darcy(
         total,
         resolution=resolution,
@@ -390,7 +372,7 @@ def _pde_dataset(path: Path, split: str | None, args: argparse.Namespace, subsam
 def materialize(dataset, indices: Sequence[int], show: bool, desc: str) -> Split:
     """Stack the grid items ``indices`` of a PDEDataset into one in-memory :class:`Split`."""
     xs, ys, leads = [], [], []
-    for i in progress(indices, show, desc=desc):
+    for i in progress(indices, enabled=show, desc=desc, leave=False):
         item = dataset[int(i)]
         xs.append(torch.as_tensor(item["x"], dtype=torch.float32))
         ys.append(torch.as_tensor(item["y"], dtype=torch.float32))
@@ -410,7 +392,10 @@ def load_data(args: argparse.Namespace) -> tuple[Split, Split, dict[str, Any]]:
     info: dict[str, Any] = {}
     if args.data is None:
         n_train, n_test = args.n_train or 1000, args.n_test or 200
-        path = generate_darcy(args.root, args.resolution, n_train, n_test, args.data_seed, show)
+        # rank 0 generates the files (if absent), then every rank reads them
+        path = on_main(
+            generate_darcy, args.root, args.resolution, n_train, n_test, args.data_seed, show
+        )
         info.update(name="darcy", generated=True, resolution=args.resolution)
         subsample = 1
     else:
@@ -455,7 +440,7 @@ def _zero_shot_data(args: argparse.Namespace, info: dict[str, Any]) -> Split:
         n_test = args.n_test or 200
         # another seed: a fresh test set from the same distribution on the other grid (plus one
         # training sample: the generator computes stats.yaml from a non-empty train split)
-        path = generate_darcy(args.root, resolution, 1, n_test, args.data_seed + 1, show)
+        path = on_main(generate_darcy, args.root, resolution, 1, n_test, args.data_seed + 1, show)
         dataset = _pde_dataset(path, "test", args, 1)
         return materialize(dataset, range(min(n_test, len(dataset))), show, "zero-shot test")
     path = args.data
@@ -689,14 +674,24 @@ def relative_errors(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return l2, l1
 
 
-@torch.no_grad()
 def predict(model: Operator, x_norm: Normalizer, y_norm: Normalizer, data: Split, args) -> Tensor:
-    """Denormalised predictions for every sample of ``data`` (on the CPU)."""
+    """Denormalised predictions for every sample of ``data`` (on the CPU): each rank predicts
+    its contiguous part, and the parts are gathered in order on every rank."""
+    return all_gather_cat(predict_part(model, x_norm, y_norm, data, args))
+
+
+@torch.no_grad()
+def predict_part(
+    model: Operator, x_norm: Normalizer, y_norm: Normalizer, data: Split, args
+) -> Tensor:
+    """This rank's contiguous part of the predictions (all of them in one process)."""
     model.eval()
-    outputs = []
-    for start in range(0, len(data), args.batch_size):
-        x = x_norm.encode(data.x[start : start + args.batch_size].to(args.device))
-        lead = data.lead[start : start + args.batch_size].to(args.device)
+    first, stop = shard_bounds(len(data))
+    outputs = [data.y.new_empty((0, *data.y.shape[1:]))]
+    for start in range(first, stop, args.batch_size):
+        end = min(start + args.batch_size, stop)
+        x = x_norm.encode(data.x[start:end].to(args.device))
+        lead = data.lead[start:end].to(args.device)
         outputs.append(y_norm.decode(model(x, lead)).cpu())
     return torch.cat(outputs)
 
@@ -730,7 +725,11 @@ def make_loss(args, info: dict[str, Any]) -> nn.Module:
     return LpLoss(d, p=2)
 
 
-def load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+def load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (``None`` if there is none yet), validated against
+    ``config``."""
+    if not path.exists():
+        return None
     try:
         # holds RNG states (NumPy arrays, tuples): not weights-only loadable
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -748,8 +747,8 @@ def load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     if differences:
         raise SystemExit(
             f"error: {path} was written with other settings ({', '.join(differences)}); resume "
-            "with the same arguments (only --threads, --device, --stop-after, --no-progress "
-            "may change)"
+            "with the same arguments (only --threads, --device, --stop-after, --no-progress and, "
+            "with the same global batch, --batch-size and the number of processes may change)"
         )
     return state
 
@@ -757,49 +756,67 @@ def load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
 def train(
     args, model: Operator, train_data: Split, test_data: Split, x_norm, y_norm, loss_fn
 ) -> dict[str, Any]:
-    """The epoch loop with per-epoch checkpoints; returns the training state."""
+    """The epoch loop with per-epoch checkpoints; returns the training state.
+
+    Every rank holds the whole training split and draws the same order per epoch; each global
+    batch of ``batch_size x world_size`` samples is split by rank (:func:`shard`) and a rank's
+    mean loss is weighted by its share, so DDP's averaged gradient is the global batch's.
+    """
     config = run_config(args)
     checkpoint = args.out / CHECKPOINT_NAME
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = make_scheduler(args, optimizer)
     shuffle = torch.Generator().manual_seed(args.seed)
     state: dict[str, Any] = {"epoch": 0, "history": [], "training_time_s": 0.0}
-    if args.resume and checkpoint.exists():
-        saved = load_checkpoint(checkpoint, config)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        set_rng_states(saved["rng"], shuffle)
-        state = saved["state"]
-        print(f"resumed from {checkpoint} after epoch {state['epoch']}", file=sys.stderr)
-    elif args.resume:
-        print(f"no checkpoint at {checkpoint} yet: starting from scratch", file=sys.stderr)
-
+    if args.resume:  # rank 0 reads and validates the checkpoint; every rank gets it
+        saved = on_main(load_checkpoint, checkpoint, config)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            set_rng_states(saved["rng"], {"shuffle": shuffle})
+            state = saved["state"]
+            print_main(f"resumed from {checkpoint} after epoch {state['epoch']}", file=sys.stderr)
+        else:
+            print_main(f"no checkpoint at {checkpoint} yet: starting from scratch", file=sys.stderr)
     show = not args.no_progress
     x_train = x_norm.encode(train_data.x).to(args.device)
     y_train, lead_train = train_data.y.to(args.device), train_data.lead.to(args.device)
+    world_size = get_world_size()
+    global_batch = args.batch_size * world_size
+    unused = world_size > 1 and _has_unused_parameters(model, x_train[:1], lead_train[:1])
+    ddp = wrap_ddp(model, find_unused_parameters=unused)
     last = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
-    bar = tqdm(range(state["epoch"] + 1, last + 1), disable=not show, dynamic_ncols=True,
-               initial=state["epoch"], total=args.epochs, desc="epochs")  # fmt: skip
+    bar = progress(range(state["epoch"] + 1, last + 1), enabled=show, initial=state["epoch"],
+                   total=args.epochs, desc="epochs")  # fmt: skip
     for epoch in bar:
         start = time.perf_counter()
         model.train()
-        order = torch.randperm(len(train_data), generator=shuffle)
+        order = torch.randperm(len(train_data), generator=shuffle)  # the same on every rank
         total, count = 0.0, 0
-        batches = range(0, len(order), args.batch_size)
-        for first in progress(batches, show, desc=f"epoch {epoch}"):
-            index = order[first : first + args.batch_size].to(args.device)
+        batches = range(0, len(order), global_batch)
+        for first in progress(batches, enabled=show, desc=f"epoch {epoch}", leave=False):
+            batch = order[first : first + global_batch]
+            index = shard(batch)  # this rank's part of the global batch
+            placeholder = index.numel() == 0  # a short last batch: nothing left for this rank
+            weight = index.numel() * world_size / batch.numel()  # 1.0 in one process
+            index = (batch[:1] if placeholder else index).to(args.device)
             optimizer.zero_grad(set_to_none=True)
-            pred = y_norm.decode(model(x_train[index], lead_train[index]))
-            loss = loss_fn(pred, y_train[index])
-            loss.backward()
+            pred = y_norm.decode(ddp(x_train[index], lead_train[index]))
+            if placeholder:  # takes part in the gradient all-reduce with zeros
+                loss = pred.sum() * 0.0
+            else:
+                loss = loss_fn(pred, y_train[index])
+                total += loss.item() * len(index)
+                count += len(index)
+            (loss if world_size == 1 else loss * weight).backward()
             optimizer.step()
-            total += loss.item() * len(index)
-            count += len(index)
+        total, count = all_reduce(total), all_reduce(count)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         train_time = time.perf_counter() - start
         state["training_time_s"] += train_time
+        broadcast_module(model, buffers_only=True)
         metrics = summarize(predict(model, x_norm, y_norm, test_data, args), test_data)
         record = {
             "epoch": epoch,
@@ -813,13 +830,13 @@ def train(
         state["history"].append(record)
         state["epoch"] = epoch
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", test=f"{record['test_rel_l2']:.4f}")
-        tqdm.write(
+        print_main(
             f"epoch {epoch:4d}  train {args.loss} {record['train_loss']:.5f}  test rel L2 "
             f"{record['test_rel_l2']:.5f}  median rel L1 {record['test_median_rel_l1_pct']:.3f}%  "
             f"lr {lr:.2e}  ({record['epoch_time_s']:.1f} s)",
             file=sys.stderr,
         )
-        atomic_torch_save(
+        save_checkpoint(  # rank 0 only
             {
                 "format": CHECKPOINT_FORMAT,
                 "config": config,
@@ -827,12 +844,25 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "state": state,
-                "rng": rng_states(shuffle),
+                "rng": rng_states({"shuffle": shuffle}),
             },
             checkpoint,
         )
     bar.close()
     return state
+
+
+def _has_unused_parameters(model: nn.Module, x: Tensor, lead: Tensor) -> bool:
+    """Whether some trainable parameter gets no gradient (e.g. MgNO's coarsest smoother on a grid
+    too small for all its levels): DDP must then look for unused parameters in every step. One
+    forward and backward pass in eval mode (no state changes); gradients are cleared after."""
+    was_training = model.training
+    model.eval()
+    model(x, lead).sum().backward()
+    unused = any(p.grad is None for p in model.parameters() if p.requires_grad)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return unused
 
 
 # ---------------------------------------------------------------------------------- evaluation
@@ -857,11 +887,18 @@ def zero_shot(args, model: Operator, x_norm, y_norm, info: dict[str, Any]) -> di
     except (ValueError, OSError) as exc:
         result.update(supported=False, reason=f"no test data at this resolution: {exc}")
         return result
+    error = None
     try:
-        pred = predict(model, x_norm, y_norm, data, args)
+        part = predict_part(model, x_norm, y_norm, data, args)
     except (RuntimeError, ValueError) as exc:
-        result.update(supported=False, reason=f"{args.model} cannot run at {data.spatial}: {exc}")
+        error, part = exc, None
+    if all_reduce(int(error is not None), "max"):  # a failure on any rank: reported by all
+        reason = error if error is not None else "failed on another process"
+        result.update(
+            supported=False, reason=f"{args.model} cannot run at {data.spatial}: {reason}"
+        )
         return result
+    pred = all_gather_cat(part)
     result.update(supported=True, spatial=list(data.spatial), **summarize(pred, data))
     return result
 
@@ -905,20 +942,28 @@ def plot_prediction(path: Path, data: Split, pred: Tensor, index: int = 0) -> bo
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train, evaluate and write the outputs; returns the results (on every rank; under torchrun
+    rank 0 alone writes, and ``prediction_png`` is ``None`` on the other ranks)."""
+    with distributed_session():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
+    seed_everything(args.seed)  # the same seed on every rank
     train_data, test_data, info = load_data(args)
     x_norm = Normalizer(train_data.x, args.normalize).to(args.device)
     y_norm = Normalizer(train_data.y, args.normalize).to(args.device)
     torch.manual_seed(args.seed)  # the initialisation does not depend on the data loading
     model = build_model(args, info).to(args.device)
     num_parameters = sum(p.numel() for p in model.parameters())
-    print(
+    print_main(
         f"{info['name']}: {info['n_train']} train / {info['n_test']} test samples on "
         f"{info['spatial']}, {info['in_channels']} -> {info['out_channels']} channels; "
-        f"{args.model} with {num_parameters} parameters on {args.device}",
+        f"{args.model} with {num_parameters} parameters on {args.device}"
+        + (f" x {args.world_size} processes" if args.world_size > 1 else ""),
         file=sys.stderr,
     )
     loss_fn = make_loss(args, info)
@@ -946,15 +991,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload["lead_times"] = lead_time_results(pred, test_data, args.lead_steps, info["dt"])
     if args.eval_resolution is not None:
         payload["zero_shot"] = zero_shot(args, model, x_norm, y_norm, info)
-    payload["prediction_png"] = plot_prediction(args.out / "prediction.png", test_data, pred)
-    write_json_atomic(args.out / "results.json", payload)
-    print(
+    payload["prediction_png"] = None
+    if is_main():
+        payload["prediction_png"] = plot_prediction(args.out / "prediction.png", test_data, pred)
+    write_json(args.out / "results.json", payload)  # rank 0 only
+    print_main(
         f"{args.model} after {state['epoch']} epochs: test rel L2 {final['rel_l2']:.5f}, median "
         f"rel L1 {final['median_rel_l1_pct']:.3f}%; wrote {args.out / 'results.json'}",
         file=sys.stderr,
     )
     if "zero_shot" in payload and payload["zero_shot"].get("supported"):
-        print(
+        print_main(
             f"zero-shot at {args.eval_resolution}: rel L2 {payload['zero_shot']['rel_l2']:.5f}",
             file=sys.stderr,
         )

@@ -6,6 +6,13 @@ r"""A training loop for score models: AdamW, EMA weights, clipping, cosine sched
 is checkpointed with the model, its EMA copy, the optimizer and the scheduler, so an interrupted
 run resumed from a checkpoint ends with the same weights, bit for bit, as an uninterrupted one
 (same device, same threads).
+
+Under ``torchrun`` (see :mod:`gtlib.distributed`) ``batch_size`` is per rank: every rank draws
+the same *global* batch of ``batch_size x world_size`` samples and the same noise for it (the
+draws of a one-process run with that batch size), evaluates the model on its own contiguous
+part of the rows only, and the gradients are summed over ranks, so the steps are those of one
+process with the global batch (to float round-off) and a checkpoint resumes with any world size
+that keeps the global batch.
 """
 
 from __future__ import annotations
@@ -24,12 +31,22 @@ from torch import Tensor
 from torch.nn import Module
 from tqdm.auto import tqdm
 
+from gtlib.distributed import (
+    all_reduce,
+    all_reduce_gradients,
+    broadcast_module,
+    get_world_size,
+    is_distributed,
+    is_main,
+    on_main,
+    save_checkpoint,
+    shard_bounds,
+)
 from gtlib.entropy.score_matching import (
     denoising_score_matching,
     implicit_score_matching,
     sliced_score_matching,
 )
-from gtlib.io import atomic_torch_save
 
 __all__ = ["TrainResult", "train_score"]
 
@@ -69,6 +86,86 @@ def _ema_update(ema: Module, model: Module, decay: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)
+
+
+class _RankRows:
+    """A score function for one rank's rows of a global batch (data-parallel training).
+
+    The loss functions see the whole global batch (and so draw the noise of the whole batch,
+    as one process does); this wrapper evaluates the model on this rank's rows ``[start, stop)``
+    of each block of ``size`` rows it is given (antithetic DSM passes two blocks) in one call,
+    and fills the other rows with detached outputs whose loss terms are zero: zeros (implicit
+    and sliced score matching, Hutchinson probes) or ``-(y - x) / sigma**2`` for denoising
+    score matching. The loss is then ``(1 / size) * sum`` of this rank's per-sample terms, and
+    the sum over ranks is the global batch mean.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Tensor],
+        batch: Tensor,
+        start: int,
+        stop: int,
+        sigma: float | None,
+        model_kwargs: dict[str, Any],
+    ) -> None:
+        self.model = model
+        self.batch = batch
+        self.size = batch.shape[0]
+        self.start, self.stop = start, stop
+        self.sigma = sigma
+        self.model_kwargs = model_kwargs
+        own_mask = getattr(model, "noisy", None)
+        if isinstance(own_mask, Tensor):
+            self.noisy = own_mask
+
+    def _rows(self, y: Tensor) -> tuple[int, Tensor]:
+        if y.shape[0] % self.size:
+            raise ValueError(f"the loss passed {y.shape[0]} rows, not a multiple of {self.size}")
+        blocks = y.shape[0] // self.size
+        offsets = torch.arange(self.start, self.stop, device=y.device)
+        index = torch.cat([offsets + block * self.size for block in range(blocks)])
+        return blocks, index
+
+    def _neutral(self, y: Tensor, base: int, first: int, last: int) -> Tensor:
+        """Outputs for rows ``first:last`` of the block at ``base`` whose loss terms vanish."""
+        rows = y[base + first : base + last]
+        if self.sigma is None:
+            return torch.zeros(rows.shape, dtype=rows.dtype, device=rows.device)
+        # DSM: y = x +- sigma z, and s = -(y - x) / sigma^2 = -+z / sigma cancels the target
+        return -(rows.detach() - self.batch[first:last]) / self.sigma**2
+
+    def _assemble(self, y: Tensor, blocks: int, local: Tensor) -> Tensor:
+        count = self.stop - self.start
+        pieces = []
+        for block in range(blocks):
+            base = block * self.size
+            pieces.append(self._neutral(y, base, 0, self.start))
+            pieces.append(local[block * count : (block + 1) * count])
+            pieces.append(self._neutral(y, base, self.stop, self.size))
+        return torch.cat(pieces)
+
+    def __call__(self, y: Tensor) -> Tensor:
+        blocks, index = self._rows(y)
+        return self._assemble(y, blocks, self.model(y[index], **self.model_kwargs))
+
+    def score_and_divergence(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        blocks, index = self._rows(y)
+        s, div = self.model.score_and_divergence(y[index], **self.model_kwargs)
+        zeros = div.new_zeros
+        count = self.stop - self.start
+        divs = []
+        for block in range(blocks):
+            divs += [zeros(self.start), div[block * count : (block + 1) * count],
+                     zeros(self.size - self.stop)]  # fmt: skip
+        return self._assemble(y, blocks, s), torch.cat(divs)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (on the CPU), or ``None`` when there is none yet."""
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -121,6 +218,17 @@ def train_score(
     ``resume=True`` an existing checkpoint is loaded and training continues from its step; the
     result is bit-for-bit that of an uninterrupted run.
 
+    Data-parallel (under ``torchrun``, see :mod:`gtlib.distributed`): ``batch_size`` is per
+    rank and the global batch is ``batch_size x world_size``. Every rank draws that global batch
+    and its noise with the shared generator (the draws of one process with the global batch
+    size), runs the model on its own ``batch_size`` rows only, and the gradients are summed over
+    ranks before clipping, so the steps are those of one process with the global batch, to
+    float round-off. Rank 0 alone writes checkpoints and shows the bar; a checkpoint stores the
+    global batch size and resumes under any world size that keeps it (e.g. a 2-process run with
+    ``batch_size=B`` in one process with ``2B``). The model's parameters are broadcast from rank
+    0 at the start. ``callback`` and ``model_kwargs_fn`` run on every rank (the latter gets the
+    rank's rows); a callback must raise on all ranks or none.
+
     Args:
         model: the score model, ``[B, *event] -> [B, *event]`` (``model_kwargs_fn`` supplies
             extra keyword arguments).
@@ -133,7 +241,7 @@ def train_score(
         noisy: boolean mask of the noisy coordinates (broadcastable to the event shape, e.g.
             ``diffusion > 0``); the score is learned on those only.
         steps: total number of optimisation steps.
-        batch_size: samples per step.
+        batch_size: samples per step (per rank under ``torchrun``).
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
         ema_decay: EMA decay in ``[0, 1)``, or ``None`` for no averaging.
@@ -175,6 +283,9 @@ def train_score(
     if param is None:
         raise ValueError("`model` has no parameters")
     dtype, device = param.dtype, param.device
+    world_size = get_world_size()
+    global_batch = batch_size * world_size  # drawn on every rank, as one process draws it
+    first, last = shard_bounds(global_batch)  # this rank's rows of it
     if isinstance(data, Tensor):
         if data.dim() < 2 or data.shape[0] < 1:
             raise ValueError(f"`data` must have shape [n, *event], got {tuple(data.shape)}")
@@ -183,13 +294,13 @@ def train_score(
         samples = data.to(device=device, dtype=dtype)
 
         def draw(generator: torch.Generator) -> Tensor:
-            index = torch.randint(samples.shape[0], (batch_size,), generator=generator)
+            index = torch.randint(samples.shape[0], (global_batch,), generator=generator)
             return samples[index.to(device)]
 
     elif callable(data):
 
         def draw(generator: torch.Generator) -> Tensor:
-            batch = data(batch_size, generator)
+            batch = data(global_batch, generator)
             if not isinstance(batch, Tensor):
                 raise TypeError(f"`data` must return a Tensor, got {type(batch).__name__}")
             return batch.to(device=device, dtype=dtype)
@@ -207,6 +318,8 @@ def train_score(
     else:
         loss_fn = partial(sliced_score_matching, **loss_kwargs)
 
+    if is_distributed():  # every rank starts from rank 0's weights
+        broadcast_module(model)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise_generator = generator if device.type == "cpu" else torch.Generator(device=device)
     if noise_generator is not generator:
@@ -233,11 +346,28 @@ def train_score(
             "generator": generator.get_state(),
             "noise_generator": noise_generator.get_state(),
             "losses": list(losses),
-            "config": {"loss": loss, "steps": steps, "batch_size": batch_size, "seed": seed},
+            "config": {
+                "loss": loss,
+                "steps": steps,
+                "batch_size": batch_size,
+                "world_size": world_size,
+                "global_batch_size": global_batch,
+                "seed": seed,
+            },
         }
 
-    if path is not None and resume and path.exists():
-        saved = torch.load(path, map_location=device, weights_only=False)
+    # rank 0 reads the checkpoint and hands it to the others (no shared disk needed)
+    saved = None
+    if path is not None and resume:
+        saved = on_main(_load_checkpoint, path)
+    if saved is not None:
+        saved_batch = saved.get("config", {}).get("global_batch_size", global_batch)
+        if saved_batch != global_batch:
+            raise ValueError(
+                f"`batch_size`: checkpoint {path} was written with a global batch of "
+                f"{saved_batch} samples (batch_size x world_size), this run has {global_batch}; "
+                "resume with the same global batch"
+            )
         model.load_state_dict(saved["model"])
         if ema is not None:
             if saved["ema"] is None:
@@ -254,38 +384,48 @@ def train_score(
             raise ValueError(f"checkpoint {path} is at step {start}, past `steps` = {steps}")
 
     model.train()
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"score ({loss})")
+    show = progress and is_main()
+    bar = tqdm(total=steps, initial=start, disable=not show, desc=f"score ({loss})")
     running = None
     try:
         for step in range(start + 1, steps + 1):
             batch = draw(generator)
-            score_fn = model
-            if model_kwargs_fn is not None:
-                score_fn = partial(model, **model_kwargs_fn(batch))
-            value = loss_fn(score_fn, batch, generator=noise_generator)
-            if not torch.isfinite(value):
-                raise FloatingPointError(f"non-finite loss at step {step}: {float(value.detach())}")
+            if world_size == 1:
+                score_fn = model
+                if model_kwargs_fn is not None:
+                    score_fn = partial(model, **model_kwargs_fn(batch))
+                value = loss_fn(score_fn, batch, generator=noise_generator)
+                total = value.detach()
+            else:  # this rank's share of the global mean; the shares sum to it
+                kwargs = model_kwargs_fn(batch[first:last]) if model_kwargs_fn is not None else {}
+                score_fn = _RankRows(model, batch, first, last, sigma if loss == "dsm" else None,
+                                     kwargs)  # fmt: skip
+                value = loss_fn(score_fn, batch, generator=noise_generator)
+                total = all_reduce(value.detach(), "sum")
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"non-finite loss at step {step}: {float(total)}")
             optimizer.zero_grad(set_to_none=True)
             value.backward()
+            all_reduce_gradients(model, op="sum")
             if clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
             optimizer.step()
             scheduler.step()
             if ema is not None:
                 _ema_update(ema, model, _ema_decay(ema_decay, step))
-            losses.append(float(value.detach()))
+            losses.append(float(total))
             running = losses[-1] if running is None else 0.98 * running + 0.02 * losses[-1]
             bar.update(1)
-            if progress and (step % 10 == 0 or step == steps):
+            if show and (step % 10 == 0 or step == steps):
                 bar.set_postfix(loss=f"{running:.4g}")
             if path is not None and (step % checkpoint_every == 0 or step == steps):
-                atomic_torch_save(state(step), path)
+                save_checkpoint(state(step), path)
             if callback is not None:
                 try:
                     callback(step, losses[-1], model)
                 except BaseException:
                     if path is not None:
-                        atomic_torch_save(state(step), path)
+                        save_checkpoint(state(step), path)
                     raise
     finally:
         bar.close()

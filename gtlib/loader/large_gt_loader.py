@@ -9,6 +9,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch_geometric.data import Data
 
+from gtlib.distributed import ShardedBatchSampler
+
 
 class LargeGTLoader(DataLoader):
     r"""Mini-batches of LargeGT token sequences, from `"Graph Transformers for Large Graphs"
@@ -46,6 +48,16 @@ class LargeGTLoader(DataLoader):
     Sampling runs in :meth:`collate_fn`, i.e. in the DataLoader workers; randomness comes from
     torch's generator, which PyTorch seeds differently in each worker.
 
+    Data-parallel training (``distributed=True``): the seed nodes are sharded by rank with a
+    :class:`gtlib.distributed.ShardedBatchSampler`. Each step's *global* batch holds
+    ``batch_size x world_size`` seeds, drawn (with ``shuffle``) from a permutation seeded with
+    ``seed + epoch`` that is the same on every rank and for every world size, and rank ``r``
+    takes its ``r``-th part; call :meth:`set_epoch` before each epoch. In one process this
+    gives plain batches of ``batch_size`` seeds in that order, so ``world_size`` ranks with
+    ``batch_size = B`` see the seeds of one process with ``B x world_size``. A rank whose part
+    of a short last batch is empty gets a placeholder seed (see
+    :meth:`~gtlib.distributed.ShardedBatchSampler.shares`).
+
     Args:
         data: a :class:`Data` with ``x [N, F]`` and ``edge_index [2, E]`` (optionally ``y``,
             ``pos_enc``), or the output of :meth:`preprocess`.
@@ -53,8 +65,11 @@ class LargeGTLoader(DataLoader):
         num_tokens: :math:`K`, the nodes per sequence, seed included.
         max_two_hop_paths: 2-step walks enumerated per seed before switching to sampling them.
         chunk_size: rows per chunk of the hop-feature sparse products.
+        distributed: shard the seeds by rank (see above); ``batch_size`` is then per rank.
+        seed: seed of the order of the seeds with ``distributed=True`` and ``shuffle``.
         **kwargs: :class:`torch.utils.data.DataLoader` arguments (``batch_size``, ``shuffle``,
-            ``num_workers``, ...); ``collate_fn`` is the loader's own.
+            ``drop_last``, ``num_workers``, ...); ``collate_fn`` is the loader's own (and with
+            ``distributed=True``, so is the ``batch_sampler``).
 
     Shapes:
         batch ``n_id [B]``, ``token_ids [B, K]``, ``tokens [B, 3K, F]``, ``x [B, F]``.
@@ -67,10 +82,17 @@ class LargeGTLoader(DataLoader):
         num_tokens: int = 100,
         max_two_hop_paths: int = 1024,
         chunk_size: int = 65536,
+        *,
+        distributed: bool = False,
+        seed: int = 0,
         **kwargs,
     ) -> None:
         if "collate_fn" in kwargs:
             raise TypeError("LargeGTLoader does not take collate_fn; it samples in its own")
+        if not isinstance(distributed, bool):
+            raise TypeError(f"distributed must be a bool, got {type(distributed).__name__}")
+        if distributed and ("batch_sampler" in kwargs or "sampler" in kwargs):
+            raise TypeError("distributed=True builds its own batch_sampler; pass neither sampler")
         if not isinstance(num_tokens, int) or num_tokens < 1:
             raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
         if not isinstance(max_two_hop_paths, int) or max_two_hop_paths < 1:
@@ -83,7 +105,22 @@ class LargeGTLoader(DataLoader):
         self.max_two_hop_paths = max_two_hop_paths
         self.input_nodes = _check_input_nodes(input_nodes, num_nodes)
         collate = _TokenCollater(data, self.input_nodes, num_tokens, max_two_hop_paths)
+        self.shard_sampler: ShardedBatchSampler | None = None
+        if distributed:
+            self.shard_sampler = ShardedBatchSampler(
+                self.input_nodes.numel(),
+                kwargs.pop("batch_size", 1),
+                shuffle=kwargs.pop("shuffle", False),
+                seed=seed,
+                drop_last=kwargs.pop("drop_last", False),
+            )
+            kwargs["batch_sampler"] = self.shard_sampler
         super().__init__(range(self.input_nodes.numel()), collate_fn=collate, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch``'s order of the seeds (``distributed=True``; else a no-op)."""
+        if self.shard_sampler is not None:
+            self.shard_sampler.set_epoch(epoch)
 
     @staticmethod
     def preprocess(data: Data, chunk_size: int = 65536) -> Data:
@@ -121,9 +158,12 @@ class LargeGTLoader(DataLoader):
         return out
 
     def __repr__(self) -> str:
+        batch_size = self.batch_size
+        if self.shard_sampler is not None:
+            batch_size = self.shard_sampler.batch_size
         return (
             f"{self.__class__.__name__}(num_seeds={self.input_nodes.numel()}, "
-            f"num_tokens={self.num_tokens}, batch_size={self.batch_size})"
+            f"num_tokens={self.num_tokens}, batch_size={batch_size})"
         )
 
 

@@ -9,6 +9,7 @@ from torch_geometric.data import Data
 
 from gtlib.attention import Pattern, attend, sparse_attention
 from gtlib.attention.cache import pattern_cache
+from gtlib.distributed import all_gather_cat
 
 MODES = ("full", "local", "global")
 
@@ -316,7 +317,12 @@ class LargeGT(nn.Module):
 
     @torch.no_grad()
     def update_codebook(self, query_in: Tensor, n_id: Tensor) -> Tensor:
-        """One EMA k-means step on ``[B, D]`` inputs; returns and stores their assignments."""
+        """One EMA k-means step on ``[B, D]`` inputs; returns and stores their assignments.
+
+        Under DDP every rank steps with the whole global batch (all ranks' inputs in rank order,
+        as one process sees them), so the buffers agree and no rank's seeds are lost; the
+        assignments returned are the global batch's."""
+        query_in, n_id = all_gather_cat(query_in), all_gather_cat(n_id)
         normed = self.codebook_norm(query_in).to(self.codebook.dtype)
         distances = (
             normed.pow(2).sum(1, keepdim=True)
