@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch_geometric.data import Data
 
+from gtlib.attention import Pattern
 from gtlib.distributed import ShardedBatchSampler
 
 
@@ -198,12 +199,7 @@ def build_csr(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
     Returns ``(rowptr [N + 1], col [nnz])``: the senders of receiver ``i`` are
     ``col[rowptr[i]:rowptr[i + 1]]``, ascending.
     """
-    key = edge_index[1].long() * num_nodes + edge_index[0].long()
-    key = torch.unique(key)  # sorted
-    receivers = torch.div(key, num_nodes, rounding_mode="floor")
-    col = key - receivers * num_nodes
-    rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
-    rowptr[1:] = torch.cumsum(torch.bincount(receivers, minlength=num_nodes), 0)
+    rowptr, col, _ = Pattern.from_edge_index(edge_index, num_nodes).deduplicated()
     return rowptr, col
 
 
