@@ -281,12 +281,8 @@ def _check_user_inputs(pattern, src_inputs, dst_inputs, edge_inputs, score_mod, 
 
 def _fused_backend():
     """The compiled CPU backend's module (imported on first use: it may build the kernel)."""
-    try:  # TEMPORARY until backends/cpu.py lands
-        from gtlib.attention.backends import cpu
-    except ImportError:
-        import types
+    from gtlib.attention.backends import cpu
 
-        return types.SimpleNamespace(available=lambda: False)
     return cpu
 
 

@@ -8,9 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gtlib.attention import Pattern, segment_softmax, sparse_attention
+from gtlib.attention.backends import cpu as fused_cpu
 from tests.attention.reference import reference_attention
 
-EDGE_MODES = ["scatter", "chunked", "sparse", "stream"]
+DROPOUT_MODES = ["scatter", "chunked", "sparse", "stream"]
+# the compiled CPU kernel when it builds here (its own tests cover the fallback)
+EDGE_MODES = DROPOUT_MODES + (["fused"] if fused_cpu.available() else [])
 
 
 def random_problem(seed, num_src, num_dst, num_edges, heads=2, channels=3, value_channels=4,
@@ -140,7 +143,7 @@ def test_gradcheck_with_dropout_uses_the_forward_mask(mode):
     assert torch.autograd.gradcheck(function, [tensors[n] for n in names])
 
 
-@pytest.mark.parametrize("mode", EDGE_MODES)
+@pytest.mark.parametrize("mode", DROPOUT_MODES)
 def test_dropout_is_unbiased(mode):
     edge_index, tensors = random_problem(2, 6, 6, 30, dtype=torch.float32)
     pattern = Pattern.from_edge_index(edge_index, 6)

@@ -1,0 +1,495 @@
+"""The fused CPU kernel of the sparse-attention core: compiled C++ (OpenMP), built on first use.
+
+:func:`fused_attention` computes the same attention as ``sparse_attention(mode="scatter")``
+without any ``E x H x C`` intermediate: scores, softmax and the weighted sum are fused in sweeps
+over the receiver-sorted edges (parallel over receivers, chunks of balanced edge counts), each
+sweep gathering rows of one node table only (keys, then values), so that the table stays in the
+last-level cache. The forward keeps the softmax weights ``[E, H]`` for the backward, which needs
+no score recomputation: sweeps over receivers give the score gradients and the grads of query,
+per-edge terms, bias and ``att``; sweeps over senders (the pattern's cached transposed CSR) give
+the grads of key and value, without atomics. Results do not depend on the number of threads
+(``torch.set_num_threads`` is honoured).
+
+The extension (``csrc/fused_attention.cpp``) is compiled with
+:func:`torch.utils.cpp_extension.load` the first time it is needed and cached in torch's extension
+directory (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) or in
+``$GTLIB_BUILD_DIR``; the extension name holds a hash of the source, flags, torch version and CPU,
+so an edited source rebuilds and a later process only loads the shared library.
+
+The environment variable ``GTLIB_FUSED_CPU`` chooses:
+
+- ``"0"``: never build; :func:`available` is ``False`` and the functions here use pure torch.
+- ``"1"``: the compiled kernel is required; a failed build raises :class:`RuntimeError`.
+- unset or ``"auto"``: build on first use; if that fails (e.g. no C++ compiler), warn once and
+  use pure torch.
+
+Per-edge tensors here are in the pattern's receiver-sorted order (``pattern.to_sorted``), unlike
+:func:`~gtlib.attention.sparse_attention`, which takes the caller's edge order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import time
+import warnings
+import weakref
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from gtlib.attention.pattern import Pattern
+
+ENV_VAR = "GTLIB_FUSED_CPU"
+BUILD_DIR_VAR = "GTLIB_BUILD_DIR"
+SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_attention.cpp"
+SCORES = ("dot", "additive", "gatv2")  # "gatv2" is sparse_attention's name for "additive"
+# -fno-trapping-math lets GCC if-convert and vectorize the selects (LeakyReLU, exp's range
+# checks); neither it nor -fno-math-errno changes any result.
+_BASE_FLAGS = ("-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno")
+_NATIVE_FLAGS = ("-march=native",)
+_LDFLAGS = ("-fopenmp",)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_SETTINGS = {"0": "0", "off": "0", "false": "0", "1": "1", "on": "1", "true": "1"}
+
+
+class _State:
+    """What this process knows about the extension (guarded by ``_LOCK``)."""
+
+    def __init__(self) -> None:
+        self.module: ModuleType | None = None
+        self.tried = False
+        self.error: str | None = None
+        self.info: dict | None = None
+        self.warned = False
+
+
+_STATE = _State()
+_LOCK = threading.Lock()
+# pattern -> a view of it whose caller order is its receiver-sorted order (for the fallback)
+_SORTED_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+# ---------------------------------------------------------------------------------- building
+def setting() -> str:
+    """The value of ``GTLIB_FUSED_CPU`` as ``"0"``, ``"1"`` or ``"auto"``."""
+    raw = os.environ.get(ENV_VAR, "auto").strip().lower()
+    if raw in ("", "auto"):
+        return "auto"
+    if raw not in _SETTINGS:
+        raise ValueError(f"{ENV_VAR} must be '0', '1' or 'auto', got {raw!r}")
+    return _SETTINGS[raw]
+
+
+def available() -> bool:
+    """Whether the compiled kernel is usable; builds (or loads) it on the first call.
+
+    ``GTLIB_FUSED_CPU=0`` returns ``False`` without building. With ``GTLIB_FUSED_CPU=1`` a failed
+    build raises :class:`RuntimeError`; otherwise it warns once and returns ``False``.
+    """
+    mode = setting()
+    if mode == "0":
+        return False
+    module = _load()
+    if module is None:
+        if mode == "1":
+            raise RuntimeError(
+                f"{ENV_VAR}=1 requires the fused CPU kernel, but building it failed: {_STATE.error}"
+            )
+        if not _STATE.warned:
+            _STATE.warned = True
+            summary = _STATE.error if len(_STATE.error) <= 300 else _STATE.error[:300] + " ..."
+            warnings.warn(
+                f"gtlib's fused CPU attention kernel could not be built ({summary}); using pure "
+                f"torch (details: gtlib.attention.backends.cpu.build_info()). Set {ENV_VAR}=0 to "
+                "silence this warning.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return module is not None
+
+
+def build_info() -> dict | None:
+    """How the extension was obtained in this process, or ``None`` before the first use.
+
+    Keys: ``name``, ``path`` (the shared library), ``flags`` (compiler flags), ``seconds`` (how
+    long the first build took, when it was made), ``cached`` (``True`` when this process loaded
+    an earlier build), ``load_seconds`` (this process's build or load), ``torch`` (version); after
+    a failed build only ``error``.
+    """
+    with _LOCK:
+        if _STATE.info is not None:
+            return dict(_STATE.info)
+        if _STATE.error is not None:
+            return {"error": _STATE.error}
+        return None
+
+
+def _load() -> ModuleType | None:
+    if _STATE.tried:
+        return _STATE.module
+    with _LOCK:
+        if not _STATE.tried:
+            try:
+                _STATE.module, _STATE.info = _build()
+            except Exception as err:  # noqa: BLE001 - any failure means "use the fallback"
+                _STATE.error = f"{type(err).__name__}: {err}".strip()
+            _STATE.tried = True
+    return _STATE.module
+
+
+def _cpu_fingerprint() -> str:
+    """Identifies the CPU model and features (a ``-march=native`` build only runs on those)."""
+    fingerprint = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            lines = [line for line in handle if line.startswith(("model name", "flags"))]
+        fingerprint += "".join(sorted(set(lines)))
+    except OSError:
+        pass
+    return fingerprint
+
+
+def _extension_name(source: bytes, flags: tuple[str, ...]) -> str:
+    digest = hashlib.sha256(source)
+    parts = [*flags, *_LDFLAGS, torch.__version__, sys.version, platform.platform()]
+    if any(flag.startswith("-march") for flag in flags):
+        parts.append(_cpu_fingerprint())
+    digest.update("\0".join(parts).encode())
+    return f"gtlib_fused_cpu_{digest.hexdigest()[:16]}"
+
+
+def _build_directory(name: str) -> Path:
+    root = os.environ.get(BUILD_DIR_VAR)
+    if root:
+        directory = Path(root).expanduser() / name
+    else:
+        from torch.utils import cpp_extension
+
+        try:
+            directory = Path(cpp_extension._get_build_directory(name, verbose=False))
+        except AttributeError:  # older or newer torch without the helper
+            directory = Path(cpp_extension.get_default_build_root()) / name
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _import_library(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build() -> tuple[ModuleType, dict]:
+    """Loads a cached build or compiles one (``-march=native`` first, then without it)."""
+    source = SOURCE.read_bytes()
+    errors = []
+    for flags in (_BASE_FLAGS + _NATIVE_FLAGS, _BASE_FLAGS):
+        try:
+            module, info = _build_with(source, flags)
+            _smoke_test(module)
+            return module, info
+        except Exception as err:  # noqa: BLE001
+            errors.append(f"{' '.join(flags)}: {type(err).__name__}: {err}")
+    raise RuntimeError("; ".join(errors))
+
+
+def _build_with(source: bytes, flags: tuple[str, ...]) -> tuple[ModuleType, dict]:
+    name = _extension_name(source, flags)
+    directory = _build_directory(name)
+    library = directory / f"{name}.so"
+    marker = directory / f"{name}.json"
+    start = time.perf_counter()
+    if library.exists() and marker.exists():  # built earlier, by this or another process
+        module = _import_library(name, library)
+        info = json.loads(marker.read_text())
+        info.update(cached=True, load_seconds=time.perf_counter() - start)
+        return module, info
+
+    from torch.utils import cpp_extension
+
+    module = cpp_extension.load(
+        name=name,
+        sources=[str(SOURCE)],
+        extra_cflags=list(flags),
+        extra_ldflags=list(_LDFLAGS),
+        build_directory=str(directory),
+        verbose=False,
+    )
+    seconds = time.perf_counter() - start
+    info = {
+        "name": name,
+        "path": str(library),
+        "flags": list(flags),
+        "seconds": round(seconds, 3),
+        "torch": torch.__version__,
+    }
+    temporary = marker.with_suffix(f".json.{os.getpid()}")
+    temporary.write_text(json.dumps(info))
+    try:  # the first process to finish (the one that compiled; others waited) records the time
+        os.link(temporary, marker)
+    except OSError:  # another process recorded its build first
+        info = json.loads(marker.read_text())
+    finally:
+        temporary.unlink(missing_ok=True)
+    info.update(cached=False, load_seconds=seconds)
+    return module, info
+
+
+def _smoke_test(module: ModuleType) -> None:
+    """A two-edge problem against a hand computation, so a broken build counts as missing."""
+    q = torch.tensor([[[1.0, 0.0]]])
+    k = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    v = torch.tensor([[[1.0]], [[3.0]]])
+    ptr, col = torch.tensor([0, 2]), torch.tensor([0, 1])
+    out, lse, _ = module.forward(q, k, v, None, None, None, None, ptr, col, False, 0.2, 1.0, True)
+    e = math.e
+    expected = (e * 1.0 + 1.0 * 3.0) / (e + 1.0)
+    if (
+        abs(float(out.reshape(-1)[0]) - expected) > 1e-5
+        or abs(float(lse.reshape(-1)[0]) - math.log(e + 1.0)) > 1e-5
+    ):
+        raise RuntimeError("the compiled kernel failed its self-test")
+
+
+# ---------------------------------------------------------------------------------- public API
+def fused_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    pattern: Pattern,
+    *,
+    score: str = "dot",
+    att: Tensor | None = None,
+    negative_slope: float = 0.2,
+    key_edge: Tensor | None = None,
+    value_edge: Tensor | None = None,
+    bias: Tensor | None = None,
+    scale: float = 1.0,
+) -> Tensor:
+    r"""Softmax attention over ``pattern`` with the fused CPU kernel (pure torch if unavailable).
+
+    For receiver :math:`i`, head :math:`h` and senders :math:`j \in N(i)`:
+    :math:`s_{ij} = \text{scale} \cdot q_i \cdot (k_j + e^k_{ij})` (``score="dot"``) or
+    :math:`\text{scale} \cdot a_h \cdot \mathrm{LeakyReLU}(q_i + k_j + e^k_{ij})`
+    (``score="additive"``, alias ``"gatv2"``), plus ``bias``; :math:`\alpha = \mathrm{softmax}_j`
+    and :math:`o_i = \sum_j \alpha_{ij} (v_j + e^v_{ij})`. Receivers without senders, or whose
+    scores are all ``-inf``, get zeros.
+
+    Differentiable with respect to every tensor argument (first order); for the backward it keeps
+    the softmax weights ``[E, H]`` (like ``mode="sparse"``), nothing of size ``E x H x C``.
+    float32 and float64 are computed natively; float16 and bfloat16 in float32, the output cast
+    back. Without the compiled kernel (see :func:`available`) it runs
+    :func:`~gtlib.attention.sparse_attention` (scatter or sparse-matrix mode) instead.
+
+    Args:
+        query: ``[N_dst, H, C]`` CPU tensor.
+        key: ``[N_src, H, C]``.
+        value: ``[N_src, H, C_v]``.
+        pattern: the :class:`Pattern` (on the CPU).
+        score: ``"dot"`` or ``"additive"`` (``"gatv2"``).
+        att: ``[H, C]`` attention vector, required by the additive score.
+        negative_slope: LeakyReLU slope of the additive score.
+        key_edge: ``[E, H, C]`` per-edge key term, receiver-sorted edge order.
+        value_edge: ``[E, H, C_v]`` per-edge value term, receiver-sorted edge order.
+        bias: ``[E, H]`` score term added after ``scale``, receiver-sorted edge order.
+        scale: score multiplier (no default ``1/sqrt(C)`` here: pass it).
+
+    Returns:
+        ``[N_dst, H, C_v]`` in the dtype of ``query``.
+    """
+    args = _prepare(query, key, value, pattern, score, att, negative_slope, key_edge, value_edge,
+                    bias, scale)  # fmt: skip
+    if not available():
+        return _fallback(pattern, args, weights=False)
+    query, key, value, att, key_edge, value_edge, bias, additive, slope, scale, out_dtype = args
+    out = _FusedAttention.apply(
+        query, key, value, att, key_edge, value_edge, bias, pattern, additive, slope, scale
+    )
+    return out.to(out_dtype)
+
+
+def fused_attention_weights(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    pattern: Pattern,
+    *,
+    score: str = "dot",
+    att: Tensor | None = None,
+    negative_slope: float = 0.2,
+    key_edge: Tensor | None = None,
+    value_edge: Tensor | None = None,
+    bias: Tensor | None = None,
+    scale: float = 1.0,
+) -> Tensor:
+    """The softmax weights ``[E, H]`` of :func:`fused_attention`, receiver-sorted, no gradient.
+
+    Takes the same arguments (``value`` and ``value_edge`` are checked but not read) and runs only
+    the forward's score sweep: the weights are ``exp(s - lse)`` with each receiver's
+    log-sum-exp. Weights of receivers whose scores are all ``-inf`` are 0.
+    """
+    args = _prepare(query, key, value, pattern, score, att, negative_slope, key_edge, value_edge,
+                    bias, scale)  # fmt: skip
+    with torch.no_grad():
+        if not available():
+            return _fallback(pattern, args, weights=True)
+        query, key, value, att, key_edge, value_edge, bias, additive, slope, scale, out_dtype = [
+            x.detach() if isinstance(x, Tensor) else x for x in args
+        ]
+        module = _STATE.module
+        _, _, weights = module.forward(
+            query, key, value, key_edge, None, bias, att, pattern.ptr, pattern.col, additive,
+            slope, scale, False,
+        )  # fmt: skip
+        return weights.to(out_dtype)
+
+
+class _FusedAttention(torch.autograd.Function):
+    """Autograd glue: the forward saves ``out`` and the weights ``[E, H]``; the backward calls the
+    C++ backward (first order only)."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, att, key_edge, value_edge, bias, pattern, additive, slope,
+                scale):  # fmt: skip
+        module = _STATE.module
+        out, _, weights = module.forward(
+            query, key, value, key_edge, value_edge, bias, att, pattern.ptr, pattern.col,
+            additive, slope, scale, True,
+        )  # fmt: skip
+        ctx.save_for_backward(query, key, value, att, key_edge, value_edge, bias, out, weights)
+        ctx.pattern, ctx.additive, ctx.slope, ctx.scale = pattern, additive, slope, scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        query, key, value, att, key_edge, value_edge, bias, out, weights = ctx.saved_tensors
+        need_q, need_k, need_v, need_att, need_ek, need_ev, need_bias = ctx.needs_input_grad[:7]
+        pattern = ctx.pattern
+        transposed = pattern.transpose_csr() if need_k or need_v else (None, None, None)
+        grads = _STATE.module.backward(
+            grad_out.contiguous(), query, key, value, key_edge, value_edge, bias, att,
+            pattern.ptr, pattern.col, *transposed, out, weights, ctx.additive, ctx.slope,
+            ctx.scale,
+            [need_q, need_k, need_v, need_ek, need_ev, need_bias, need_att],
+        )  # fmt: skip
+        gq, gk, gv, gek, gev, gbias, gatt = grads
+        return gq, gk, gv, gatt, gek, gev, gbias, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _prepare(query, key, value, pattern, score, att, negative_slope, key_edge, value_edge, bias,
+             scale):  # fmt: skip
+    """Validates the arguments and returns contiguous float32/float64 CPU tensors and options."""
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a gtlib.attention.Pattern, got {type(pattern)}")
+    if pattern.device.type != "cpu":
+        raise ValueError(f"pattern must be on the CPU, got {pattern.device}")
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor [N, H, C]")
+        if x.dim() != 3:
+            raise ValueError(f"{name} must have shape [N, H, C], got {list(x.shape)}")
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU, got {x.device}")
+    dtype = query.dtype
+    if key.dtype != dtype or value.dtype != dtype:
+        raise TypeError(
+            f"query, key and value must share a dtype, got {dtype}, {key.dtype}, {value.dtype}"
+        )
+    heads, channels = query.size(1), query.size(2)
+    if query.size(0) != pattern.num_dst:
+        raise ValueError(
+            f"query has {query.size(0)} rows but the pattern has {pattern.num_dst} receivers"
+        )
+    if key.size(0) != pattern.num_src or value.size(0) != pattern.num_src:
+        raise ValueError(
+            f"key and value must have {pattern.num_src} rows (the pattern's senders), got "
+            f"{key.size(0)} and {value.size(0)}"
+        )
+    if key.shape[1:] != query.shape[1:]:
+        raise ValueError(
+            f"key must have shape [N_src, {heads}, {channels}] like query, got {list(key.shape)}"
+        )
+    if value.size(1) != heads:
+        raise ValueError(f"value must have {heads} heads like query, got {value.size(1)}")
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    additive = score != "dot"
+    if additive and att is None:
+        raise ValueError(f"score={score!r} needs the attention vector att [H, C]")
+    if not additive and att is not None:
+        raise ValueError("att is only used with score='additive'")
+    num_edges = pattern.num_edges
+    shapes = {
+        "att": (heads, channels),
+        "key_edge": (num_edges, heads, channels),
+        "value_edge": (num_edges, heads, value.size(2)),
+        "bias": (num_edges, heads),
+    }
+    extras = {"att": att, "key_edge": key_edge, "value_edge": value_edge, "bias": bias}
+    for name, x in extras.items():
+        if x is None:
+            continue
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a tensor of shape {list(shapes[name])}")
+        if tuple(x.shape) != shapes[name]:
+            raise ValueError(f"{name} must have shape {list(shapes[name])}, got {list(x.shape)}")
+        if x.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {dtype} like query, got {x.dtype}")
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU, got {x.device}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float, got {scale!r}")
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"negative_slope must be a float, got {negative_slope!r}")
+    if not float(negative_slope) >= 0.0:
+        raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
+
+    work = torch.float32 if dtype in _LOW_PRECISION else dtype
+
+    def ready(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x.to(work).contiguous()
+
+    tensors = [ready(x) for x in (query, key, value, att, key_edge, value_edge, bias)]
+    return (*tensors, additive, float(negative_slope), float(scale), dtype)
+
+
+def _sorted_view(pattern: Pattern) -> Pattern:
+    """``pattern`` with its receiver-sorted order as the caller order (cached per pattern)."""
+    if pattern.perm is None:
+        return pattern
+    view = _SORTED_VIEWS.get(pattern)
+    if view is None:
+        view = Pattern(pattern.ptr, pattern.col, pattern.num_src, pattern.num_dst, row=pattern.row)
+        view._unique_edges = pattern._unique_edges
+        _SORTED_VIEWS[pattern] = view
+    return view
+
+
+def _fallback(pattern: Pattern, args: tuple, weights: bool) -> Tensor:
+    """Pure torch: ``sparse_attention`` (scatter or sparse-matrix mode) on the sorted view."""
+    from gtlib.attention.core import SPARSE_THRESHOLD, sparse_attention
+
+    query, key, value, att, key_edge, value_edge, bias, additive, slope, scale, out_dtype = args
+    width = query.size(1) * max(query.size(2), value.size(2))
+    mode = "sparse" if pattern.num_edges * width >= SPARSE_THRESHOLD else "scatter"
+    result = sparse_attention(
+        query, key, value, _sorted_view(pattern), score="gatv2" if additive else "dot", att=att,
+        negative_slope=slope, key_edge=key_edge, value_edge=value_edge, bias=bias, scale=scale,
+        mode=mode, return_attention=weights,
+    )  # fmt: skip
+    return (result[1] if weights else result).to(out_dtype)
