@@ -28,11 +28,40 @@ def load_average() -> float:
         return float(f.read().split()[0])
 
 
+def reset_peak_rss() -> bool:
+    """Resets the kernel's peak-RSS mark of this process (Linux ``clear_refs`` 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def high_water_rss() -> int:
+    """``VmHWM``: the peak RSS since the process started or since :func:`reset_peak_rss`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return peak_rss()
+
+
 def time_steps(step: Callable[[], None], repeat: int) -> dict:
-    """Runs ``step`` once to warm up, then ``repeat`` times; peak RSS above the RSS before."""
+    """Runs ``step`` once to warm up, then ``repeat`` times.
+
+    ``peak_extra_bytes``: peak RSS above the RSS before the first step (so it includes one-time
+    work of the first step, e.g. building and caching a sparsity pattern).
+    ``step_peak_extra_bytes``: peak RSS of the timed steps above the RSS after the warm-up step
+    (the steady state of training on the same graph; ``None`` where the mark cannot be reset).
+    """
     baseline = current_rss()
     times = []
+    step_baseline = step_peak = None
     for i in range(repeat + 1):
+        if i == 1:
+            step_baseline = current_rss()
+            step_peak = reset_peak_rss()
         start = time.perf_counter()
         step()
         if i > 0:
@@ -43,6 +72,7 @@ def time_steps(step: Callable[[], None], repeat: int) -> dict:
         "time_median_s": times[len(times) // 2],
         "times_s": times,
         "peak_extra_bytes": peak_rss() - baseline,
+        "step_peak_extra_bytes": high_water_rss() - step_baseline if step_peak else None,
     }
 
 

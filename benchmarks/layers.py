@@ -141,9 +141,6 @@ def main() -> None:
     print("|---|---|---|---|---|")
     by_key = {(r["layer"], r["impl"]): r for r in results}
 
-    def cell(r: dict | None) -> str:
-        return f"{r['time_min_s']:.2f} s, {r['peak_extra_bytes'] / 1e9:.2f} GB" if r else "-"
-
     for layer in args.layers:
         cells = []
         for impl in ("pyg", "gtlib"):
@@ -162,6 +159,13 @@ def main() -> None:
             f"{dgl['time_min_s']:.2f} s, {dgl['peak_extra_bytes'] / 1e9:.2f} GB" if dgl else "-"
         )
         print(f"| {layer} | {cells[0]} | {cells[1]} | {ratio} | {dgl_cell} |")
+    print("steady-state step memory (peak RSS of the timed steps above the RSS after warm-up):")
+    for layer in args.layers:
+        pyg, ours = (by_key.get((layer, impl)) for impl in ("pyg", "gtlib"))
+        if pyg and ours and pyg.get("step_peak_extra_bytes") and ours.get("step_peak_extra_bytes"):
+            mine, theirs = ours["step_peak_extra_bytes"], pyg["step_peak_extra_bytes"]
+            print(f"  {layer}: gtlib {mine / 1e9:.2f} GB, PyG {theirs / 1e9:.2f} GB, "
+                  f"{mine / theirs:.2f}x")  # fmt: skip
     write_json(args.out, summary)
 
 
