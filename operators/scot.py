@@ -172,19 +172,10 @@ def _window_pattern(
     :meth:`_WindowAttention.bias_table`), in the pattern's edge order; cached in the library's
     pattern cache."""
     key = ("scot.windows", batch, grid, window, shift, periodic, str(device))
-    return pattern_cache.get(
-        (), key, lambda: _build_window_pattern(batch, grid, window, shift, periodic, device)
-    )
+    return pattern_cache.get((), key, lambda: _build_window_pattern(*key[1:-1], device))
 
 
-def _build_window_pattern(
-    batch: int,
-    grid: tuple[int, int],
-    window: tuple[int, int],
-    shift: tuple[int, int],
-    periodic: bool,
-    device,
-) -> tuple[Pattern, Tensor]:
+def _build_window_pattern(batch, grid, window, shift, periodic, device) -> tuple[Pattern, Tensor]:
     pattern = Pattern.windows(
         (batch, *grid),
         (1, *window),
