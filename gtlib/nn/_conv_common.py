@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 from torch_geometric.utils.loop import compute_loop_attr
 
-from gtlib.attention import Pattern
+from gtlib.attention import Pattern, attend
 from gtlib.attention.cache import pattern_cache
 
 _FILL_REDUCTIONS = ("add", "sum", "mean", "min", "max", "mul")
@@ -121,25 +122,34 @@ def check_edge_attr(
     return edge_attr
 
 
+def is_sparse_adjacency(edge_index) -> bool:
+    """Whether ``edge_index`` is a sparse adjacency ``adj_t [N_dst, N_src]`` (a torch sparse
+    COO/CSR/CSC tensor or a ``torch_sparse.SparseTensor``) rather than a ``[2, E]`` edge list."""
+    if isinstance(edge_index, Tensor):
+        return edge_index.layout != torch.strided
+    return type(edge_index).__name__ == "SparseTensor"
+
+
 def _num_input_edges(edge_index) -> int:
     if isinstance(edge_index, Pattern):
         return edge_index.num_edges
     _check_edge_index(edge_index)
+    if is_sparse_adjacency(edge_index):
+        if not isinstance(edge_index, Tensor):
+            return int(edge_index.nnz())
+        if edge_index.layout == torch.sparse_coo:
+            return edge_index._nnz()
+        return edge_index.values().numel()
     return edge_index.size(1)
 
 
 def _check_edge_index(edge_index) -> None:
-    if isinstance(edge_index, Pattern):
+    if isinstance(edge_index, Pattern) or is_sparse_adjacency(edge_index):
         return
     if not isinstance(edge_index, Tensor):
         raise TypeError(
             "edge_index must be a [2, E] integer tensor, a PyG EdgeIndex or a gtlib Pattern, "
             f"got {type(edge_index)}"
-        )
-    if edge_index.layout != torch.strided:
-        raise TypeError(
-            f"edge_index must be a dense [2, E] tensor, got layout {edge_index.layout}; convert a "
-            "sparse adjacency with torch_geometric.utils.to_edge_index"
         )
     if edge_index.dtype.is_floating_point or edge_index.dtype in (torch.bool, torch.complex64):
         raise TypeError(f"edge_index must have an integer dtype, got {edge_index.dtype}")
@@ -176,6 +186,8 @@ def attention_graph(
     :data:`~gtlib.attention.cache.pattern_cache`, so repeated forwards on one graph sort it once.
     """
     _check_edge_index(edge_index)
+    if is_sparse_adjacency(edge_index):  # adj_t [N_dst, N_src]: the pattern in its entry order
+        edge_index = Pattern.cached(edge_index, (num_src, num_dst))
     if isinstance(edge_index, Pattern):
         if (edge_index.num_src, edge_index.num_dst) != (num_src, num_dst):
             raise ValueError(
@@ -184,6 +196,8 @@ def attention_graph(
             )
         if loop_nodes is None:
             return edge_index, edge_attr, None
+    elif torch.compiler.is_compiling():
+        return _traced_graph(edge_index, edge_attr, num_src, num_dst, loop_nodes, fill_value)
     elif loop_nodes is None:
         return Pattern.cached(edge_index, (num_src, num_dst)), edge_attr, edge_index
 
@@ -224,3 +238,156 @@ def _build_looped_graph(
     loops = torch.arange(loop_nodes, device=edges.device, dtype=edges.dtype)
     looped = torch.cat([kept_edges, loops.view(1, -1).expand(2, -1)], dim=1)
     return Pattern.from_edge_index(looped, (num_src, num_dst)), looped, kept
+
+
+def explain_edge_mask(module: Module, num_edges: int) -> Tensor:
+    """PyG's edge mask of a layer in explain mode, extended to the ``num_edges`` edges it
+    attends over, as :meth:`torch_geometric.nn.MessagePassing.explain_message` does: the
+    entries of the caller's non-loop edges in order, then ones for the appended self-loops."""
+    edge_mask = module._edge_mask
+    if edge_mask is None:
+        raise ValueError(
+            "Could not find a pre-defined 'edge_mask' to explain. Did you forget to initialize it?"
+        )
+    if module._apply_sigmoid:
+        edge_mask = edge_mask.sigmoid()
+    if edge_mask.size(0) != num_edges:
+        edge_mask = edge_mask[module._loop_mask]
+        loops = edge_mask.new_ones(num_edges - edge_mask.size(0))
+        edge_mask = torch.cat([edge_mask, loops], dim=0)
+    return edge_mask
+
+
+def run_attention(
+    module: Module,
+    pattern: Pattern,
+    value: Tensor,
+    *,
+    value_edge: Tensor | None = None,
+    dropout: float = 0.0,
+    return_attention: bool = False,
+    **score: object,
+) -> tuple[Tensor, Tensor | None]:
+    """``(out [N_dst, H, C], alpha [E, H] or None)`` of a conv's attention over ``pattern``.
+
+    The fast path is one :func:`~gtlib.attention.attend` call. When PyG's machinery watches the
+    layer (explain mode set by an explainer, or message forward hooks such as
+    ``AttentionExplainer``'s), the softmax weights are formed first and the messages reduced
+    with them, as PyG's ``propagate`` does: dropout on the weights, then the edge mask
+    (``explain_message``) on each message, the hooks called with ``alpha`` in the message
+    arguments (a hook that returns new messages replaces them before the sum, as in PyG's
+    ``propagate``), and the weights kept in ``module._alpha``.
+    """
+    explain = bool(getattr(module, "_explain", None))
+    hooks = getattr(module, "_message_forward_hooks", None)
+    traced_bias = getattr(pattern, "_traced_bias", None)
+    if traced_bias is not None:  # self-loops removed under torch.compile (see _traced_graph)
+        heads = value.size(1)
+        score["bias"] = traced_bias.to(value.dtype).view(-1, 1).expand(-1, heads)
+    if not explain and not hooks:
+        result = attend(
+            pattern,
+            value,
+            value_edge=value_edge,
+            dropout=dropout,
+            # under torch.compile: the traceable backend, without a size-dependent choice
+            mode="scatter" if torch.compiler.is_compiling() else attention_mode(return_attention),
+            return_attention=return_attention,
+            **score,
+        )
+        return result if return_attention else (result, None)
+
+    _, alpha = attend(
+        pattern, value, value_edge=value_edge, mode="scatter", return_attention=True, **score
+    )
+    weights = F.dropout(alpha, p=dropout, training=dropout > 0)
+    if explain:
+        weights = weights * explain_edge_mask(module, weights.size(0)).view(-1, 1)
+    out = attend(
+        pattern, value, value_edge=value_edge, reduce="weights", weights=weights, mode="scatter"
+    )
+    module._alpha = alpha
+    if hooks:
+        src, dst = pattern.edge_index[0], pattern.edge_index[1]
+        x_j = value.index_select(0, src)
+        if value_edge is not None:
+            x_j = x_j + value_edge
+        messages = x_j * weights.unsqueeze(-1)
+        msg_kwargs = {"x_j": x_j, "alpha": alpha, "index": dst}
+        changed = False
+        for hook in list(hooks.values()):
+            result = hook(module, (msg_kwargs,), messages)
+            if result is not None:  # a hook rewrote the messages: aggregate them as PyG does
+                messages, changed = result, True
+        if changed:
+            out = messages.new_zeros((pattern.num_dst,) + tuple(messages.shape[1:]))
+            out = out.index_add(0, dst, messages)
+    return out, alpha
+
+
+def _traced_graph(
+    edge_index: Tensor,
+    edge_attr: Tensor | None,
+    num_src: int,
+    num_dst: int,
+    loop_nodes: int | None,
+    fill_value,
+) -> tuple[Pattern, Tensor | None, Tensor]:
+    """:func:`attention_graph` under ``torch.compile``: no cache, no data-dependent branch or
+    output size, so one graph serves every batch size (``dynamic=True``).
+
+    Existing self-loops are not removed (that has a data-dependent size): they stay in the
+    pattern with a ``-inf`` score bias, so their weight is exactly zero and the outputs equal
+    the eager ones; returned attention then lists them with weight zero. The bias is ``None``
+    without self-loop handling. Indices are not range-checked (eager calls check them).
+    """
+    edges = edge_index.as_tensor() if hasattr(edge_index, "as_tensor") else edge_index
+    src, dst = edges[0].long(), edges[1].long()
+    bias = None
+    if loop_nodes is not None:
+        is_loop = src == dst
+        if edge_attr is not None:
+            loop_attr = _masked_loop_attr(dst, edge_attr, ~is_loop, loop_nodes, fill_value)
+            edge_attr = torch.cat([edge_attr, loop_attr], dim=0)
+        loops = torch.arange(loop_nodes, device=src.device, dtype=src.dtype)
+        src, dst = torch.cat([src, loops]), torch.cat([dst, loops])
+        bias = torch.cat([is_loop, loops.new_zeros(loop_nodes, dtype=torch.bool)])
+        bias = torch.zeros(bias.shape, device=src.device).masked_fill(bias, float("-inf"))
+    perm = torch.argsort(dst, stable=True)
+    counts = torch.zeros(num_dst, dtype=torch.long, device=dst.device)
+    counts = counts.index_add(0, dst, torch.ones_like(dst))
+    ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    pattern = Pattern(ptr, src[perm], num_src, num_dst, perm=perm, row=dst[perm])
+    pattern._traced_bias = bias
+    return pattern, edge_attr, torch.stack([src, dst])
+
+
+def _masked_loop_attr(
+    dst: Tensor, edge_attr: Tensor, keep: Tensor, loop_nodes: int, fill_value
+) -> Tensor:
+    """PyG's ``compute_loop_attr`` over the edges where ``keep`` holds, without selecting them."""
+    if fill_value is None:
+        return edge_attr.new_ones((loop_nodes,) + edge_attr.shape[1:])
+    if isinstance(fill_value, int | float):
+        return edge_attr.new_full((loop_nodes,) + edge_attr.shape[1:], fill_value)
+    if isinstance(fill_value, Tensor):
+        value = fill_value.to(edge_attr.device, edge_attr.dtype)
+        if edge_attr.dim() != value.dim():
+            value = value.unsqueeze(0)
+        return value.expand((loop_nodes,) + edge_attr.shape[1:])
+    shape = (-1,) + (1,) * (edge_attr.dim() - 1)
+    keep = keep.view(shape)
+    size = (loop_nodes,) + edge_attr.shape[1:]
+    index = dst.view(shape).expand_as(edge_attr).clamp(max=max(loop_nodes - 1, 0))
+    in_range = (dst < loop_nodes).view(shape) & keep
+    count = torch.zeros(size, dtype=edge_attr.dtype, device=edge_attr.device)
+    count = count.scatter_add(0, index, in_range.to(edge_attr.dtype).expand_as(edge_attr))
+    if fill_value in ("add", "sum", "mean"):
+        total = torch.zeros(size, dtype=edge_attr.dtype, device=edge_attr.device)
+        total = total.scatter_add(0, index, edge_attr.masked_fill(~in_range, 0.0))
+        return total / count.clamp(min=1) if fill_value == "mean" else total
+    neutral = {"min": float("inf"), "max": float("-inf"), "mul": 1.0}[fill_value]
+    reduce = {"min": "amin", "max": "amax", "mul": "prod"}[fill_value]
+    out = torch.full(size, neutral, dtype=edge_attr.dtype, device=edge_attr.device)
+    out = out.scatter_reduce(0, index, edge_attr.masked_fill(~in_range, neutral), reduce)
+    return out.masked_fill(count == 0, 0.0) if fill_value != "mul" else out

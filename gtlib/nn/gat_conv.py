@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn import Module, Parameter
+from torch.nn import Parameter
+from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import glorot, zeros
 
-from gtlib.attention import Pattern, attend
+from gtlib.attention import Pattern
 from gtlib.nn._conv_common import (
     attention_graph,
-    attention_mode,
     check_conv_arguments,
     check_edge_attr,
     check_fill_value,
+    is_sparse_adjacency,
+    run_attention,
     split_node_features,
 )
 
 
-class GATConv(Module):
+class GATConv(MessagePassing):
     r"""The graph attention operator from `"Graph Attention Networks"
     <https://arxiv.org/abs/1710.10903>`_ (Veličković et al., ICLR 2018), computed by
     :func:`gtlib.attention.attend` with its static score term.
@@ -27,8 +29,16 @@ class GATConv(Module):
     A drop-in replacement for :class:`torch_geometric.nn.GATConv`: same constructor arguments
     and defaults, same parameter names (PyG state dicts load with ``strict=True`` both ways),
     same forward signature and outputs. ``edge_index`` may also be a
-    :class:`gtlib.attention.Pattern` (with ``add_self_loops=False`` the layer then compiles with
-    ``fullgraph=True``).
+    :class:`gtlib.attention.Pattern` or a sparse adjacency ``adj_t [N_dst, N_src]`` (torch sparse
+    COO/CSR). ``torch.compile(dynamic=True, fullgraph=True)`` traces it over ``[2, E]`` edge
+    tensors with one graph for every graph size (under compile, existing self-loops stay in the
+    returned edge index with attention weight zero instead of being removed).
+
+    It is a :class:`torch_geometric.nn.MessagePassing` (``aggr="add"``, ``node_dim=0``), so
+    PyG's machinery treats it as its own: ``to_hetero`` aggregates it per node type, and in
+    explain mode the layer multiplies each message by PyG's edge mask and exposes its attention
+    to message forward hooks and ``_alpha`` (``AttentionExplainer``). The computation itself
+    stays on :func:`gtlib.attention.attend`; :meth:`message` only documents PyG's message.
 
     .. math::
         \mathbf{x}'_i = \sum_{j \in \mathcal{N}(i) \cup \{i\}} \alpha_{ij}\,\Theta_s \mathbf{x}_j,
@@ -87,9 +97,9 @@ class GATConv(Module):
         residual: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__()
         check_conv_arguments(in_channels, out_channels, heads, dropout, edge_dim, kwargs)
         check_fill_value(fill_value)
+        super().__init__(node_dim=0, **{"aggr": "add", **kwargs})
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -190,7 +200,8 @@ class GATConv(Module):
             score_edge = (edge.view(-1, heads, channels) * self.att_edge).sum(-1)
 
         returns_weights = bool(return_attention_weights)
-        result = attend(
+        out, alpha = run_attention(
+            self,
             pattern,
             h_src,
             score="static",
@@ -199,10 +210,8 @@ class GATConv(Module):
             key_edge=score_edge,
             negative_slope=self.negative_slope,
             dropout=self.dropout if self.training else 0.0,
-            mode=attention_mode(returns_weights),
             return_attention=returns_weights,
         )
-        out, alpha = result if returns_weights else (result, None)
 
         out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)
         if res is not None:
@@ -213,12 +222,19 @@ class GATConv(Module):
             return out, (pattern.edge_index if used_edge_index is None else used_edge_index, alpha)
         return out
 
+    def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
+        """PyG's message ``alpha_ij * x_j`` (``[E, H, C]``); the forward computes it in
+        :func:`gtlib.attention.attend`."""
+        return alpha.unsqueeze(-1) * x_j
+
     @staticmethod
     def _sizes(x_src, x_dst, edge_index, size) -> tuple[int, int | None]:
         num_src = x_src.size(0)
         num_dst = None if x_dst is None else x_dst.size(0)
         if isinstance(edge_index, Pattern) and num_dst is None:
             num_dst = edge_index.num_dst
+        if is_sparse_adjacency(edge_index) and num_dst is None:
+            num_dst = int(edge_index.size(0))
         if size is None:
             return num_src, num_dst
         if not (isinstance(size, tuple | list) and len(size) == 2):

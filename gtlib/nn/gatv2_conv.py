@@ -4,31 +4,39 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn import Module, Parameter
+from torch.nn import Parameter
+from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import glorot, zeros
 
-from gtlib.attention import Pattern, sparse_attention
+from gtlib.attention import Pattern
 from gtlib.nn._conv_common import (
     attention_graph,
-    attention_mode,
     check_conv_arguments,
     check_edge_attr,
     check_fill_value,
+    run_attention,
     split_node_features,
 )
 
 
-class GATv2Conv(Module):
+class GATv2Conv(MessagePassing):
     r"""The GATv2 operator from `"How Attentive are Graph Attention Networks?"
     <https://arxiv.org/abs/2105.14491>`_ (Brody et al., ICLR 2022), computed by
-    :func:`gtlib.attention.sparse_attention`.
+    :func:`gtlib.attention.attend` with its additive score.
 
     A drop-in replacement for :class:`torch_geometric.nn.GATv2Conv`: same constructor arguments
     and defaults, same parameter names (PyG state dicts load with ``strict=True`` both ways),
     same forward signature and outputs. ``edge_index`` may also be a
     :class:`gtlib.attention.Pattern`, which skips building one and, with ``add_self_loops=False``,
-    lets ``torch.compile(fullgraph=True)`` trace the layer without graph breaks.
+    lets ``torch.compile(fullgraph=True)`` trace the layer without graph breaks, or a sparse
+    adjacency ``adj_t [N_dst, N_src]`` (torch sparse COO/CSR). ``[2, E]`` edge tensors also
+    compile with ``dynamic=True, fullgraph=True`` into one graph for every graph size (see
+    :class:`~gtlib.nn.GATConv` for the self-loops then).
+
+    It is a :class:`torch_geometric.nn.MessagePassing` (``aggr="add"``, ``node_dim=0``), so
+    ``to_hetero``, ``HeteroConv`` and PyG's explainers treat it as their own (see
+    :class:`~gtlib.nn.GATConv`); the computation stays on :func:`gtlib.attention.attend`.
 
     .. math::
         \mathbf{x}'_i = \sum_{j \in \mathcal{N}(i) \cup \{i\}} \alpha_{ij}\,\Theta_s \mathbf{x}_j,
@@ -89,9 +97,9 @@ class GATv2Conv(Module):
         residual: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__()
         check_conv_arguments(in_channels, out_channels, heads, dropout, edge_dim, kwargs)
         check_fill_value(fill_value)
+        super().__init__(node_dim=0, **{"aggr": "add", **kwargs})
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -178,20 +186,19 @@ class GATv2Conv(Module):
             key_edge = key_edge.view(-1, heads, channels)
 
         returns_weights = bool(return_attention_weights)
-        result = sparse_attention(
-            x_r,
-            x_l,
-            x_l,
+        out, alpha = run_attention(
+            self,
             pattern,
-            score="gatv2",
+            x_l,
+            query=x_r,
+            key=x_l,
+            score="additive",
             att=self.att.view(heads, channels),
             negative_slope=self.negative_slope,
             key_edge=key_edge,
             dropout=self.dropout if self.training else 0.0,
-            mode=attention_mode(returns_weights),
             return_attention=returns_weights,
         )
-        out, alpha = result if returns_weights else (result, None)
 
         out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)
         if res is not None:
@@ -201,6 +208,11 @@ class GATv2Conv(Module):
         if returns_weights:
             return out, (pattern.edge_index if used_edge_index is None else used_edge_index, alpha)
         return out
+
+    def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
+        """PyG's message ``alpha_ij * x_j`` (``[E, H, C]``); the forward computes it in
+        :func:`gtlib.attention.attend`."""
+        return alpha.unsqueeze(-1) * x_j
 
     def __repr__(self) -> str:
         return (

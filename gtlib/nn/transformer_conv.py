@@ -4,28 +4,34 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn import Module
+from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 
-from gtlib.attention import Pattern, sparse_attention
+from gtlib.attention import Pattern
 from gtlib.nn._conv_common import (
     attention_graph,
-    attention_mode,
     check_conv_arguments,
     check_edge_attr,
+    run_attention,
     split_node_features,
 )
 
 
-class TransformerConv(Module):
+class TransformerConv(MessagePassing):
     r"""The graph transformer operator from `"Masked Label Prediction: Unified Message Passing
     Model for Semi-Supervised Classification" <https://arxiv.org/abs/2009.03509>`_ (Shi et al.,
-    IJCAI 2021), computed by :func:`gtlib.attention.sparse_attention`.
+    IJCAI 2021), computed by :func:`gtlib.attention.attend` with its dot-product score.
 
     A drop-in replacement for :class:`torch_geometric.nn.TransformerConv`: same constructor
     arguments and defaults, same parameter names (PyG state dicts load with ``strict=True`` both
     ways), same forward signature and outputs. ``edge_index`` may also be a
-    :class:`gtlib.attention.Pattern`, which lets ``torch.compile(fullgraph=True)`` trace the layer.
+    :class:`gtlib.attention.Pattern` or a sparse adjacency ``adj_t [N_dst, N_src]`` (torch sparse
+    COO/CSR). ``torch.compile(dynamic=True, fullgraph=True)`` traces it over ``[2, E]`` edge
+    tensors with one graph for every graph size.
+
+    It is a :class:`torch_geometric.nn.MessagePassing` (``aggr="add"``, ``node_dim=0``), so
+    ``to_hetero``, ``HeteroConv`` and PyG's explainers treat it as their own (see
+    :class:`~gtlib.nn.GATConv`); the computation stays on :func:`gtlib.attention.attend`.
 
     .. math::
         \mathbf{x}'_i = \mathbf{W}_1 \mathbf{x}_i + \sum_{j \in \mathcal{N}(i)} \alpha_{ij}
@@ -80,8 +86,8 @@ class TransformerConv(Module):
         root_weight: bool = True,
         **kwargs,
     ) -> None:
-        super().__init__()
         check_conv_arguments(in_channels, out_channels, heads, dropout, edge_dim, kwargs)
+        super().__init__(node_dim=0, **{"aggr": "add", **kwargs})
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -143,18 +149,18 @@ class TransformerConv(Module):
             edge = edge.view(-1, heads, channels)
 
         returns_weights = isinstance(return_attention_weights, bool)
-        result = sparse_attention(
-            query,
-            key,
-            value,
+        out, alpha = run_attention(
+            self,
             pattern,
+            value,
+            query=query,
+            key=key,
+            score="dot",
             key_edge=edge,
             value_edge=edge,
             dropout=self.dropout if self.training else 0.0,
-            mode=attention_mode(returns_weights),
             return_attention=returns_weights,
         )
-        out, alpha = result if returns_weights else (result, None)
 
         out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)
         if self.root_weight:
@@ -167,6 +173,11 @@ class TransformerConv(Module):
         if returns_weights:
             return out, (pattern.edge_index if used_edge_index is None else used_edge_index, alpha)
         return out
+
+    def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
+        """PyG's message ``alpha_ij * (v_j + e_ij)`` (``[E, H, C]``, ``x_j`` holding
+        ``v_j + e_ij``); the forward computes it in :func:`gtlib.attention.attend`."""
+        return alpha.unsqueeze(-1) * x_j
 
     def __repr__(self) -> str:
         return (
