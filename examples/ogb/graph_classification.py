@@ -91,6 +91,7 @@ except ImportError:  # pragma: no cover - ogb is optional
 PE_KINDS = ("rwse", "lappe")
 NORMS = {"batch": "batch_norm", "layer": "layer_norm"}  # --norm -> GPSConv's norm
 ENCODERS = ("auto", "ogb", "embedding")
+ATTN_TYPES = ("multihead", "exphormer")  # --attn-type -> GPSConv's attn_type
 
 
 # --------------------------------------------------------------------------- positional encodings
@@ -203,8 +204,13 @@ class GPSGraphNet(nn.Module):
         dropout: float,
         attn_dropout: float,
         norm: str = "batch",
+        attn_type: str = "multihead",
+        exp_degree: int = 3,
+        num_virtual: int = 1,
     ) -> None:
         super().__init__()
+        if attn_type not in ATTN_TYPES:
+            raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {tuple(NORMS)}, got {norm!r}")
         self.pe_kind = pe_kind
@@ -216,6 +222,9 @@ class GPSGraphNet(nn.Module):
             self.pe_norm = nn.BatchNorm1d(pe_dim) if norm == "batch" else nn.LayerNorm(pe_dim)
         self.pe_encoder = nn.Linear(pe_dim, hidden)
         self.layers = nn.ModuleList()
+        attn_kwargs: dict = {"dropout": attn_dropout}
+        if attn_type == "exphormer":  # expander + virtual nodes, one expander per batch
+            attn_kwargs.update(degree=exp_degree, num_virtual=num_virtual)
         for _ in range(layers):
             mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
             self.layers.append(
@@ -224,8 +233,8 @@ class GPSGraphNet(nn.Module):
                     GINEConv(mlp),
                     heads=heads,
                     dropout=dropout,
-                    attn_type="multihead",
-                    attn_kwargs={"dropout": attn_dropout},
+                    attn_type=attn_type,
+                    attn_kwargs=attn_kwargs,
                     norm=NORMS[norm],
                 )  # fmt: skip
             )
@@ -336,6 +345,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=positive_int, default=8, help="LapPE eigenvectors")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="graphs per batch")
     parser.add_argument("--attn-dropout", type=probability, default=0.5, help="attention dropout")
+    parser.add_argument("--model", choices=("gps",), default="gps", help="model to train")
+    parser.add_argument(
+        "--attn-type",
+        choices=ATTN_TYPES,
+        default="multihead",
+        help="GPS global attention: multihead (all pairs per graph) or exphormer (expander "
+        "graph + virtual nodes, Shirzad et al. 2023)",
+    )
+    parser.add_argument(
+        "--exp-degree", type=positive_int, default=3, help="exphormer: permutations per graph"
+    )
+    parser.add_argument(
+        "--num-virtual", type=int, default=1, help="exphormer: virtual nodes per graph"
+    )
     parser.add_argument("--encoder", choices=ENCODERS, default="auto", help="atom/bond encoder")
     parser.add_argument(
         "--norm",
@@ -412,6 +435,7 @@ def _main(argv: list[str] | None) -> None:
     model = GPSGraphNet(
         atom_encoder, bond_encoder, args.pe, pe_transform.dim, args.hidden, dataset.num_tasks,
         args.heads, args.layers, args.dropout, args.attn_dropout, norm=args.norm,
+        attn_type=args.attn_type, exp_degree=args.exp_degree, num_virtual=args.num_virtual,
     ).to(args.device)  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     evaluator = Evaluator(args.name, num_tasks=dataset.num_tasks, eval_metric=metric)

@@ -324,3 +324,116 @@ def bigbird_edges(
     scale = max(num_nodes, 1)
     key = torch.unique(torch.cat(receivers) * scale + torch.cat(senders))
     return torch.stack([key % scale, key // scale])
+
+
+# ---------------------------------------------------------------------- Exphormer
+# Edge type ids of :func:`exphormer_edges` (and ``Pattern.exphormer``).
+GRAPH_EDGE, EXPANDER_EDGE, VIRTUAL_EDGE = 0, 1, 2
+
+
+def graph_sizes(batch: Tensor) -> Tensor:
+    """``[G]`` number of nodes of every graph id ``0 .. max(batch)`` of a sorted ``batch``."""
+    if batch.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=batch.device)
+    return torch.bincount(batch)
+
+
+def expander_edges(batch: Tensor, degree: int, generator: torch.Generator | None) -> Tensor:
+    """Exphormer's random expander of every graph of a sorted ``batch``, ``[2, E]``.
+
+    Per graph of :math:`n` nodes, ``degree`` uniform random permutations :math:`\\pi_t` give the
+    edges :math:`i \\to \\pi_t(i)` and :math:`\\pi_t(i) \\to i` (the "Random-d" algorithm of the
+    official code): a :math:`2d`-regular multigraph, self-loops and repeated pairs kept, so
+    every node sends and receives exactly ``2 * degree`` edges. ``E = 2 * degree * N``; edge
+    ``t * 2N + s`` for ``s < N`` is ``s -> pi_t(s)``, for ``s >= N`` the reverse of ``s - N``.
+
+    A permutation of every graph at once: the nodes are sorted by ``(graph, u)`` with ``u``
+    uniform in ``[0, 1)``, drawn in float64 on the generator's device (``batch``'s without one),
+    so one generator state gives one pattern on every device.
+    """
+    device = batch.device
+    num_nodes = batch.numel()
+    if num_nodes == 0 or degree == 0:
+        return torch.zeros(2, 0, dtype=torch.long, device=device)
+    draw_device = generator.device if generator is not None else device
+    draws = torch.rand(
+        degree, num_nodes, generator=generator, dtype=torch.float64, device=draw_device
+    ).to(device)
+    nodes = torch.arange(num_nodes, device=device)
+    senders, receivers = [], []
+    for t in range(degree):
+        # batch is sorted, so the k-th node in (graph, u) order lies in node k's graph
+        image = torch.argsort(batch.to(torch.float64) + draws[t])
+        senders += [nodes, image]
+        receivers += [image, nodes]
+    return torch.stack([torch.cat(senders), torch.cat(receivers)])
+
+
+def virtual_node_edges(batch: Tensor, num_virtual: int, num_graphs: int | None = None) -> Tensor:
+    """Edges between the real nodes of a sorted ``batch`` and ``num_virtual`` virtual nodes per
+    graph, ``[2, E]``.
+
+    Index layout: the ``N`` real nodes keep their indices ``0 .. N - 1``; virtual node ``v`` of
+    graph ``g`` is ``N + g * num_virtual + v`` (``num_graphs * num_virtual`` of them, graphs
+    ``0 .. num_graphs - 1``, default ``max(batch) + 1``). Every virtual node sends to and
+    receives from every real node of its graph, and the virtual nodes of a graph are linked
+    both ways among themselves (no self-loops).
+    """
+    device = batch.device
+    num_nodes = batch.numel()
+    if num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if num_nodes else 0
+    if num_virtual == 0 or num_graphs == 0:
+        return torch.zeros(2, 0, dtype=torch.long, device=device)
+    offsets = torch.arange(num_virtual, device=device)
+    real = torch.arange(num_nodes, device=device).repeat_interleave(num_virtual)
+    virtual = (num_nodes + batch[:, None] * num_virtual + offsets).reshape(-1)
+    first = num_nodes + torch.arange(num_graphs, device=device) * num_virtual
+    pair_src = (first[:, None, None] + offsets[None, :, None]).expand(-1, -1, num_virtual)
+    pair_dst = (first[:, None, None] + offsets[None, None, :]).expand(-1, num_virtual, -1)
+    distinct = pair_src != pair_dst
+    senders = torch.cat([real, virtual, pair_src[distinct]])
+    receivers = torch.cat([virtual, real, pair_dst[distinct]])
+    return torch.stack([senders, receivers])
+
+
+def exphormer_edges(
+    edge_index: Tensor | None,
+    batch: Tensor,
+    degree: int,
+    num_virtual: int,
+    generator: torch.Generator | None,
+    num_graphs: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The union of the graph's edges, the expander (:func:`expander_edges`) and the virtual
+    node edges (:func:`virtual_node_edges`), repeated pairs merged.
+
+    Returns ``(edges [2, E], edge_type [E], graph_edge [E])`` sorted by (receiver, sender):
+    ``edge_type`` is :data:`GRAPH_EDGE` (0), :data:`EXPANDER_EDGE` (1) or :data:`VIRTUAL_EDGE`
+    (2), the lowest type of the merged copies (a graph edge that the expander repeats stays a
+    graph edge); ``graph_edge`` is the column of ``edge_index`` of a graph edge (its first
+    copy), ``-1`` for the other types.
+    """
+    device = batch.device
+    num_nodes = batch.numel()
+    if num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if num_nodes else 0
+    total = num_nodes + num_graphs * num_virtual
+    parts = []
+    if edge_index is not None and edge_index.numel():
+        parts.append((edge_index.long(), GRAPH_EDGE))
+    parts.append((expander_edges(batch, degree, generator), EXPANDER_EDGE))
+    parts.append((virtual_node_edges(batch, num_virtual, num_graphs), VIRTUAL_EDGE))
+    edges = torch.cat([p for p, _ in parts], dim=1)
+    types = torch.cat([torch.full((p.size(1),), t, dtype=torch.long, device=device)
+                       for p, t in parts])  # fmt: skip
+    origin = torch.arange(edges.size(1), device=device)
+    scale = max(total, 1)
+    key = (edges[1] * scale + edges[0]) * 3 + types
+    key, order = torch.sort(key, stable=True)  # ties keep the caller's order of graph edges
+    pair = key // 3
+    first = torch.ones_like(pair, dtype=torch.bool)
+    first[1:] = pair[1:] != pair[:-1]
+    pair, types, origin = pair[first], (key % 3)[first], origin[order][first]
+    graph_edge = torch.where(types == GRAPH_EDGE, origin, torch.full_like(origin, -1))
+    return torch.stack([pair % scale, pair // scale]), types, graph_edge

@@ -102,15 +102,15 @@ class Pattern:
         self._ptr, self._col, self._row = ptr, col, row
         if num_edges is None:
             num_edges = col.numel() if col is not None else builders.block_num_edges(blocks)
-        self._num_edges = int(num_edges)
+        self._num_edges = num_edges if isinstance(num_edges, torch.SymInt) else int(num_edges)
         if col is not None:
             self._device = col.device
         elif blocks:
             self._device = blocks[0].device
         else:
             self._device = torch.device(device if device is not None else "cpu")
-        self.num_src = int(num_src)
-        self.num_dst = int(num_dst)
+        self.num_src = num_src if isinstance(num_src, torch.SymInt) else int(num_src)
+        self.num_dst = num_dst if isinstance(num_dst, torch.SymInt) else int(num_dst)
         self.perm = perm
         self.blocks = blocks
         self.displacement = displacement
@@ -482,6 +482,137 @@ class Pattern:
         pattern = cls(ptr, edge_index[0], n, n, row=edge_index[1])
         pattern._unique_edges = True
         return pattern
+
+    @classmethod
+    def expander(
+        cls,
+        num_nodes: int | None = None,
+        degree: int = 3,
+        batch: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        num_virtual: int = 0,
+        *,
+        device: torch.device | str | None = None,
+    ) -> Pattern:
+        r"""Exphormer's expander and virtual-node attention (Shirzad et al., `"Exphormer:
+        Sparse Transformers for Graphs" <https://arxiv.org/abs/2303.06147>`_) within each
+        graph of a batch.
+
+        Per graph, ``degree`` uniform random permutations :math:`\pi_t` of its nodes give the
+        edges :math:`i \to \pi_t(i)` and :math:`\pi_t(i) \to i`, as the official code's
+        ``Random-d`` algorithm does (its ``exp_deg`` is ``degree``): a
+        :math:`2 \cdot \text{degree}`-regular multigraph whose self-loops and repeated pairs
+        are kept (the official code computes a self-loop filter but keeps the unfiltered
+        edges), so every real node has exactly ``2 * degree`` senders and receivers, counted
+        with multiplicity; a repeated pair weighs twice in a softmax, as in the official
+        multigraph. Unlike the official preprocessing there is no spectral-gap retry loop and
+        no complete-graph special case for graphs of at most 10 nodes.
+
+        With ``num_virtual > 0`` every graph gets that many virtual nodes after the real
+        ones: real nodes keep their indices ``0 .. N - 1`` and virtual node ``v`` of graph
+        ``g`` is ``N + g * num_virtual + v`` (graphs ``0 .. max(batch)``). A virtual node
+        sends to and receives from every real node of its graph and the other virtual nodes
+        of its graph (the official code has no virtual-virtual edges and orders the virtual
+        nodes ``N + v * num_graphs + g``). The pattern then spans
+        ``N + num_graphs * num_virtual`` nodes. Edges are sorted by (receiver, sender), which
+        is also their caller order.
+
+        Args:
+            num_nodes: number of nodes when ``batch`` is ``None`` (one graph).
+            degree: number of random permutations per graph (node degree ``2 * degree``).
+            batch: ``[N]`` sorted int64 graph ids (the pattern lives on its device).
+            generator: random generator for the permutations (draws happen on its device, so
+                one generator state gives one pattern on every device).
+            num_virtual: virtual nodes per graph.
+            device: the device when ``batch`` is ``None`` (default: torch's default device).
+
+        Raises:
+            TypeError: ``degree``/``num_virtual`` not ints, ``generator`` not a
+                :class:`torch.Generator`, ``batch`` not an int64 tensor.
+            ValueError: negative sizes, unsorted ``batch``, or neither ``batch`` nor
+                ``num_nodes``.
+        """
+        degree = _non_negative_int(degree, "degree")
+        num_virtual = _non_negative_int(num_virtual, "num_virtual")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator)}")
+        batch = builders.batch_or_single_graph(batch, num_nodes, device, "Pattern.expander")
+        num_graphs = builders.graph_sizes(batch).numel()
+        edges = torch.cat(
+            [
+                builders.expander_edges(batch, degree, generator),
+                builders.virtual_node_edges(batch, num_virtual, num_graphs),
+            ],
+            dim=1,
+        )
+        n = batch.numel() + num_graphs * num_virtual
+        return cls._from_sorted_or_unsorted(edges[0], edges[1], n, n, canonical=True)
+
+    @classmethod
+    def exphormer(
+        cls,
+        edge_index: Tensor | None,
+        batch: Tensor | None = None,
+        degree: int = 3,
+        num_virtual: int = 1,
+        generator: torch.Generator | None = None,
+        num_nodes: int | None = None,
+    ) -> tuple[Pattern, Tensor, Tensor]:
+        r"""Exphormer's attention pattern: the union of the graph's edges, the expander of
+        :meth:`expander` and its virtual-node edges, repeated pairs merged into one edge.
+
+        Node layout as in :meth:`expander` (virtual nodes after the ``N`` real nodes). The
+        official code concatenates the three edge sets without merging; here a pair present
+        in several sets is one edge carrying the lowest type id.
+
+        Args:
+            edge_index: ``[2, E_g]`` the input graph's (sender, receiver) pairs, within the
+                graphs of ``batch``, or ``None``.
+            batch: ``[N]`` sorted int64 graph ids, or ``None`` for one graph of ``num_nodes``.
+            degree: permutations per graph of the expander (node degree ``2 * degree``).
+            num_virtual: virtual nodes per graph.
+            generator: random generator of the expander.
+            num_nodes: number of real nodes when ``batch`` is ``None`` (default: from
+                ``edge_index``).
+
+        Returns:
+            ``(pattern, edge_type, graph_edge)``: the pattern over ``N + G * num_virtual``
+            nodes with edges sorted by (receiver, sender) (also their caller order);
+            ``edge_type [E]`` int64: ``0`` graph edge, ``1`` expander edge, ``2`` virtual-node
+            edge, for edge-type embeddings; ``graph_edge [E]`` int64: the column of
+            ``edge_index`` a graph edge comes from (to gather its ``edge_attr``), ``-1``
+            otherwise.
+        """
+        degree = _non_negative_int(degree, "degree")
+        num_virtual = _non_negative_int(num_virtual, "num_virtual")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator)}")
+        if edge_index is not None:
+            if not isinstance(edge_index, Tensor):
+                raise TypeError(f"edge_index must be a tensor [2, E], got {type(edge_index)}")
+            edge_index = builders.plain_tensor(edge_index)
+            if edge_index.dtype.is_floating_point or edge_index.dtype == torch.bool:
+                raise TypeError(f"edge_index must have an integer dtype, got {edge_index.dtype}")
+            if edge_index.dim() != 2 or edge_index.size(0) != 2:
+                raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
+            if batch is None and num_nodes is None:
+                num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+        device = edge_index.device if edge_index is not None else None
+        batch = builders.batch_or_single_graph(batch, num_nodes, device, "Pattern.exphormer")
+        n = batch.numel()
+        if edge_index is not None and edge_index.numel():
+            builders.check_index_range(edge_index, n, "edge_index")
+            if bool((batch[edge_index[0]] != batch[edge_index[1]]).any()):
+                raise ValueError("edge_index has edges between different graphs of batch")
+        num_graphs = builders.graph_sizes(batch).numel()
+        edges, edge_type, graph_edge = builders.exphormer_edges(
+            edge_index, batch, degree, num_virtual, generator, num_graphs
+        )
+        total = n + num_graphs * num_virtual
+        ptr = builders.index_to_ptr(edges[1], total)
+        pattern = cls(ptr, edges[0], total, total, row=edges[1])
+        pattern._unique_edges = True
+        return pattern, edge_type, graph_edge
 
     # ------------------------------------------------------------------ views
     @property

@@ -17,3 +17,6 @@ __all__ = [
     "ParticleTransformer",
     "TransformerConv",
 ]
+from gtlib.nn.exphormer_conv import ExphormerConv  # noqa: E402
+
+__all__ += ["ExphormerConv"]

@@ -16,10 +16,13 @@ from torch_geometric.nn.resolver import activation_resolver, normalization_resol
 
 from gtlib.attention import Pattern, sparse_attention
 from gtlib.attention.cache import pattern_cache
+from gtlib.nn.exphormer_conv import ExphormerConv
 
-ATTN_TYPES = ("multihead", "performer", "sparse")
+ATTN_TYPES = ("multihead", "performer", "sparse", "exphormer")
 # attn_kwargs that shape the BigBird pattern of attn_type="sparse" (the rest go to the projections)
 SPARSE_DEFAULTS = {"window": 3, "num_random": 2, "num_global": 1}
+# attn_kwargs of attn_type="exphormer" (ExphormerConv's arguments) and their defaults
+EXPHORMER_DEFAULTS = {"degree": 3, "num_virtual": 1, "dropout": 0.0, "bias": False, "clamp": 5.0}
 
 
 class GPSConv(Module):
@@ -63,6 +66,18 @@ class GPSConv(Module):
       ``attn_kwargs`` (defaults 3, 2, 1) beside the :class:`torch.nn.MultiheadAttention` ones.
       :meth:`bigbird_pattern` (:meth:`Pattern.bigbird <gtlib.attention.Pattern.bigbird>`)
       builds the pattern, e.g. to pass it as ``global_pattern``.
+    - ``"exphormer"``: Exphormer's sparse attention (Shirzad et al., `"Exphormer: Sparse
+      Transformers for Graphs" <https://arxiv.org/abs/2303.06147>`_) as in the official GPS
+      layer with ``global_model_type="Exphormer"``: ``self.attn`` is an
+      :class:`~gtlib.nn.ExphormerConv` (``heads`` heads of ``channels // heads`` channels,
+      concatenated, no output projection) over the graph's edges, a random expander of
+      ``2 * degree`` edges per node and ``num_virtual`` virtual nodes per graph. ``attn_kwargs``
+      takes ``degree`` (3), ``num_virtual`` (1), ``dropout`` (0, on the attention weights),
+      ``bias`` (``False``, as the official layer) and ``clamp`` (5). The pattern is built once
+      per unmodified ``(edge_index, batch)`` in :data:`gtlib.attention.cache.pattern_cache`, so
+      all layers of a model share one expander; ``global_pattern`` may instead be the
+      ``(Pattern, edge_type, graph_edge)`` triple of :meth:`Pattern.exphormer
+      <gtlib.attention.Pattern.exphormer>`.
 
     Args:
         channels: size of each input and output sample.
@@ -73,7 +88,7 @@ class GPSConv(Module):
         act_kwargs: arguments of the activation.
         norm: the normalization (a name or callable, ``None`` for none).
         norm_kwargs: arguments of the normalization.
-        attn_type: ``"multihead"``, ``"performer"`` or ``"sparse"``.
+        attn_type: ``"multihead"``, ``"performer"``, ``"sparse"`` or ``"exphormer"``.
         attn_kwargs: arguments of the attention: :class:`torch.nn.MultiheadAttention`'s
             (``dropout`` on the attention weights, ``bias``) for ``"multihead"`` and
             ``"sparse"`` (plus ``window``, ``num_random``, ``num_global``),
@@ -129,6 +144,15 @@ class GPSConv(Module):
                 setattr(self, name, _non_negative_int(attn_kwargs.pop(name, default), name))
         if attn_type == "performer":
             self.attn = PerformerAttention(channels=channels, heads=heads, **attn_kwargs)
+        elif attn_type == "exphormer":
+            unknown = set(attn_kwargs) - set(EXPHORMER_DEFAULTS)
+            if unknown:
+                raise ValueError(
+                    f"attn_kwargs of attn_type='exphormer' take {sorted(EXPHORMER_DEFAULTS)}, "
+                    f"got {sorted(unknown)}"
+                )
+            options = {**EXPHORMER_DEFAULTS, **attn_kwargs}
+            self.attn = ExphormerConv(channels, channels // heads, heads=heads, **options)
         else:
             self.attn = MultiheadAttention(channels, heads, batch_first=True, **attn_kwargs)
             if self.attn.bias_k is not None or self.attn.add_zero_attn:
@@ -159,7 +183,10 @@ class GPSConv(Module):
         r"""Resets all learnable parameters of the module."""
         if self.conv is not None:
             self.conv.reset_parameters()
-        self.attn._reset_parameters()
+        if self.attn_type == "exphormer":
+            self.attn.reset_parameters()
+        else:
+            self.attn._reset_parameters()
         reset(self.mlp)
         for norm in (self.norm1, self.norm2, self.norm3):
             if norm is not None:
@@ -171,7 +198,7 @@ class GPSConv(Module):
         edge_index: Tensor,
         batch: Tensor | None = None,
         *,
-        global_pattern: Pattern | None = None,
+        global_pattern: Pattern | tuple[Pattern, Tensor, Tensor] | None = None,
         return_attention_weights: bool = False,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, tuple[Any, tuple[Tensor, Tensor] | None]]:
@@ -184,6 +211,7 @@ class GPSConv(Module):
             global_pattern: a precomputed :class:`~gtlib.attention.Pattern` for the global
                 attention (e.g. ``Pattern.full(batch)`` or :meth:`bigbird_pattern`), built once
                 per batch and shared by all layers. Not used by ``"performer"``.
+                For ``"exphormer"`` the triple of ``Pattern.exphormer``.
             return_attention_weights: also return ``(local, global)`` attention weights.
             **kwargs: passed to the local conv (e.g. ``edge_attr``).
         """
@@ -203,6 +231,15 @@ class GPSConv(Module):
 
         if self.attn_type == "performer":
             h, global_attention = self._performer_attention(x, batch, num_nodes), None
+        elif self.attn_type == "exphormer":
+            result = self.attn(
+                x,
+                edge_index,
+                batch,
+                pattern=global_pattern,
+                return_attention_weights=return_attention_weights,
+            )
+            h, global_attention = result if return_attention_weights else (result, None)
         else:
             pattern = global_pattern
             if pattern is None:
@@ -331,7 +368,13 @@ class GPSConv(Module):
                 )
             if num_nodes and (int(batch.min()) < 0 or bool((batch[1:] < batch[:-1]).any())):
                 raise ValueError("batch must hold non-negative graph ids sorted ascending")
-        if global_pattern is not None:
+        if global_pattern is not None and self.attn_type == "exphormer":
+            if not isinstance(global_pattern, tuple) or len(global_pattern) != 3:
+                raise TypeError(
+                    "global_pattern of attn_type='exphormer' must be the (Pattern, edge_type, "
+                    "graph_edge) triple of Pattern.exphormer"
+                )
+        elif global_pattern is not None:
             if self.attn_type == "performer":
                 raise ValueError("global_pattern is not used by attn_type='performer'")
             if not isinstance(global_pattern, Pattern):

@@ -1,0 +1,340 @@
+"""Exphormer: the expander / virtual-node patterns, ExphormerConv and GPSConv(attn_type="exphormer")
+against dense masked float64 references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn import GINConv
+
+from gtlib.attention import Pattern
+from gtlib.nn import ExphormerConv, GPSConv
+
+SIZES = [5, 7, 1, 12, 2]
+
+
+def _batch(sizes=SIZES) -> torch.Tensor:
+    return torch.cat([torch.full((n,), g, dtype=torch.long) for g, n in enumerate(sizes)])
+
+
+def _ring_edges(sizes=SIZES) -> torch.Tensor:
+    """A directed ring in every graph of at least two nodes."""
+    edges, start = [], 0
+    for n in sizes:
+        if n > 1:
+            nodes = torch.arange(start, start + n)
+            edges.append(torch.stack([nodes, nodes.roll(-1)]))
+        start += n
+    return torch.cat(edges, dim=1)
+
+
+# ---------------------------------------------------------------------- patterns
+@pytest.mark.parametrize("degree", [1, 3])
+def test_expander_regular_and_within_graphs(degree):
+    batch = _batch()
+    gen = torch.Generator().manual_seed(0)
+    pattern = Pattern.expander(degree=degree, batch=batch, generator=gen)
+    n = batch.numel()
+    assert pattern.num_src == pattern.num_dst == n
+    assert pattern.num_edges == 2 * degree * n
+    src, dst = pattern.edge_index
+    # 2 * degree senders and receivers per node, counted with multiplicity
+    assert torch.equal(torch.bincount(dst, minlength=n), torch.full((n,), 2 * degree))
+    assert torch.equal(torch.bincount(src, minlength=n), torch.full((n,), 2 * degree))
+    assert torch.equal(batch[src], batch[dst])  # no cross-graph edges
+    # symmetric as a multigraph: (i, j) occurs as often as (j, i)
+    forward = torch.sort(src * n + dst).values
+    backward = torch.sort(dst * n + src).values
+    assert torch.equal(forward, backward)
+
+
+def test_expander_is_union_of_permutations():
+    batch = _batch([9])
+    pattern = Pattern.expander(degree=2, batch=batch, generator=torch.Generator().manual_seed(3))
+    adjacency = torch.zeros(9, 9, dtype=torch.long)
+    src, dst = pattern.edge_index
+    adjacency.index_put_((dst, src), torch.ones_like(src), accumulate=True)
+    # the (multi)adjacency of 2 permutations and their inverses sums to 4 in every row/column
+    assert torch.equal(adjacency.sum(0), torch.full((9,), 4))
+    assert torch.equal(adjacency.sum(1), torch.full((9,), 4))
+    assert torch.equal(adjacency, adjacency.T)
+
+
+def test_expander_reproducible_by_generator():
+    batch = _batch()
+
+    def build(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return Pattern.expander(degree=3, batch=batch, generator=gen, num_virtual=2).edge_index
+
+    assert torch.equal(build(7), build(7))
+    assert not torch.equal(build(7), build(8))
+
+
+def test_expander_virtual_node_edges_exact():
+    sizes, num_virtual = [3, 1, 4], 2
+    batch = _batch(sizes)
+    n, graphs = batch.numel(), len(sizes)
+    pattern = Pattern.expander(batch=batch, degree=0, num_virtual=num_virtual)
+    assert pattern.num_src == pattern.num_dst == n + graphs * num_virtual
+    expected = set()
+    for g in range(graphs):
+        virtual = [n + g * num_virtual + v for v in range(num_virtual)]
+        for i in (batch == g).nonzero().view(-1).tolist():
+            for v in virtual:
+                expected |= {(i, v), (v, i)}
+        expected |= {(v, w) for v in virtual for w in virtual if v != w}
+    got = [tuple(e) for e in pattern.edge_index.T.tolist()]
+    assert len(got) == len(set(got))
+    assert set(got) == expected
+    # with the expander: real nodes get 2 * degree + num_virtual senders
+    full = Pattern.expander(batch=batch, degree=2, num_virtual=num_virtual,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert torch.equal(full.degree()[:n], torch.full((n,), 4 + num_virtual))
+    src, dst = full.edge_index
+    graph_of = torch.cat([batch, torch.arange(graphs).repeat_interleave(num_virtual)])
+    assert torch.equal(graph_of[src], graph_of[dst])
+
+
+def test_expander_single_graph_and_errors():
+    pattern = Pattern.expander(10, degree=2, generator=torch.Generator().manual_seed(0))
+    assert pattern.num_dst == 10 and pattern.num_edges == 40
+    assert Pattern.expander(0, degree=2).num_edges == 0
+    with pytest.raises(TypeError, match="degree"):
+        Pattern.expander(5, degree=1.5)
+    with pytest.raises(ValueError, match="num_virtual"):
+        Pattern.expander(5, num_virtual=-1)
+    with pytest.raises(TypeError, match="generator"):
+        Pattern.expander(5, generator=0)
+    with pytest.raises(ValueError, match="batch"):
+        Pattern.expander(batch=torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="num_nodes"):
+        Pattern.expander()
+
+
+def test_exphormer_union_types_and_merge():
+    batch = _batch([4, 3])
+    # graph edges with a duplicate column (0 -> 1 twice) and both directions of 4 <-> 5
+    edge_index = torch.tensor([[0, 0, 1, 4, 5], [1, 1, 2, 5, 4]])
+    gen = torch.Generator().manual_seed(0)
+    pattern, edge_type, graph_edge = Pattern.exphormer(edge_index, batch, 2, 1, gen)
+    expander = Pattern.expander(batch=batch, degree=2, num_virtual=1,
+                                generator=torch.Generator().manual_seed(0))  # fmt: skip
+    src, dst = pattern.edge_index
+    pairs = [tuple(e) for e in pattern.edge_index.T.tolist()]
+    assert len(pairs) == len(set(pairs))  # merged
+    union = {tuple(e) for e in edge_index.T.tolist()} | {
+        tuple(e) for e in expander.edge_index.T.tolist()
+    }
+    assert set(pairs) == union
+    assert pattern.num_dst == 7 + 2
+    for (s, d), t, g in zip(pairs, edge_type.tolist(), graph_edge.tolist()):
+        if (s, d) in {tuple(e) for e in edge_index.T.tolist()}:
+            assert t == 0 and tuple(edge_index[:, g].tolist()) == (s, d)
+        elif s >= 7 or d >= 7:
+            assert t == 2 and g == -1
+        else:
+            assert t == 1 and g == -1
+    assert graph_edge[edge_type == 0].tolist()[0] == 0  # the first of the duplicate columns
+    with pytest.raises(ValueError, match="different graphs"):
+        Pattern.exphormer(torch.tensor([[0], [5]]), batch)
+    with pytest.raises(TypeError, match="edge_index"):
+        Pattern.exphormer(torch.tensor([[0.0], [1.0]]), batch)
+
+
+# ---------------------------------------------------------------------- dense reference
+def _dense_exphormer(conv: ExphormerConv, x, pattern_triple, edge_attr=None):
+    """Exphormer attention by a dense [M, M] mask and a dense softmax, in float64."""
+    pattern, edge_type, graph_edge = pattern_triple
+    n, total = x.size(0), pattern.num_dst
+    heads, channels = conv.heads, conv.out_channels
+    graphs = (total - n) // conv.num_virtual if conv.num_virtual else 0
+    h = torch.cat([x, conv.virtual_emb.repeat(graphs, 1)]) if graphs else x
+    q = (h @ conv.lin_query.weight.T + conv.lin_query.bias).view(total, heads, channels)
+    k = (h @ conv.lin_key.weight.T + conv.lin_key.bias).view(total, heads, channels)
+    v = (h @ conv.lin_value.weight.T + conv.lin_value.bias).view(total, heads, channels)
+    src, dst = pattern.edge_index
+    emb = conv.edge_type_emb.weight[edge_type]
+    if edge_attr is not None:
+        feat = edge_attr @ conv.lin_edge.weight.T + conv.lin_edge.bias
+        rows = (graph_edge >= 0).nonzero().view(-1)
+        emb = emb.index_put((rows,), feat[graph_edge[rows]], accumulate=True)
+    dense_e = torch.zeros(total, total, heads * channels, dtype=x.dtype)
+    dense_e = dense_e.index_put((dst, src), emb)
+    mask = torch.zeros(total, total, dtype=torch.bool)
+    mask[dst, src] = True
+    dense_e = dense_e.view(total, total, heads, channels)
+    scores = torch.einsum("ihc,jhc,ijhc->ijh", q, k, dense_e) / math.sqrt(channels)
+    scores = scores.clamp(-conv.clamp, conv.clamp)
+    scores = scores.masked_fill(~mask[..., None], float("-inf"))
+    weights = torch.softmax(scores, dim=1).nan_to_num(0.0)
+    out = torch.einsum("ijh,jhc->ihc", weights, v)[:n]
+    return out.reshape(n, -1) if conv.concat else out.mean(1)
+
+
+@pytest.mark.parametrize("with_edge_attr", [False, True])
+@pytest.mark.parametrize("concat", [True, False])
+def test_exphormer_conv_matches_dense_reference(with_edge_attr, concat):
+    torch.manual_seed(0)
+    batch = _batch()
+    edge_index = _ring_edges()
+    conv = ExphormerConv(6, 4, heads=3, concat=concat, degree=2, num_virtual=2,
+                         edge_dim=5 if with_edge_attr else None).double()  # fmt: skip
+    with torch.no_grad():  # non-trivial type embeddings, some scores hit the clamp
+        conv.edge_type_emb.weight.normal_(1.0, 1.0)
+        conv.lin_query.weight.mul_(4.0)
+    x = torch.randn(batch.numel(), 6, dtype=torch.float64, requires_grad=True)
+    edge_attr = torch.randn(edge_index.size(1), 5, dtype=torch.float64) if with_edge_attr else None
+    triple = Pattern.exphormer(edge_index, batch, 2, 2, torch.Generator().manual_seed(1))
+    out = conv(x, edge_index, batch, edge_attr, pattern=triple)
+    expected = _dense_exphormer(conv, x, triple, edge_attr)
+    assert out.shape == (batch.numel(), 12 if concat else 4)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+    grads = torch.autograd.grad(out.square().sum(), [x, *conv.parameters()], allow_unused=True)
+    ref_grads = torch.autograd.grad(
+        expected.square().sum(), [x, *conv.parameters()], allow_unused=True
+    )
+    for got, want in zip(grads, ref_grads):
+        if want is None:
+            assert got is None or torch.count_nonzero(got) == 0
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+def test_exphormer_conv_chunked_mode_matches_dense():
+    """A graph large enough for the engine's chunked backend (recompute in the backward)."""
+    torch.manual_seed(1)
+    sizes = [300, 250]
+    batch = _batch(sizes)
+    edge_index = _ring_edges(sizes)
+    conv = ExphormerConv(8, 8, heads=4, degree=3, num_virtual=1).double()
+    with torch.no_grad():
+        conv.edge_type_emb.weight.normal_(1.0, 0.5)
+    x = torch.randn(batch.numel(), 8, dtype=torch.float64, requires_grad=True)
+    triple = Pattern.exphormer(edge_index, batch, 3, 1, torch.Generator().manual_seed(2))
+    out = conv(x, edge_index, batch, pattern=triple)
+    expected = _dense_exphormer(conv, x, triple)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-10)
+    grad = torch.autograd.grad(out.sum(), [x, conv.edge_type_emb.weight, conv.virtual_emb])
+    ref = torch.autograd.grad(expected.sum(), [x, conv.edge_type_emb.weight, conv.virtual_emb])
+    for got, want in zip(grad, ref):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("edge_dim", [None, 2])
+def test_exphormer_conv_gradcheck(edge_dim):
+    torch.manual_seed(0)
+    batch = _batch([3, 2])
+    edge_index = torch.tensor([[0, 1, 3], [1, 2, 4]])
+    conv = ExphormerConv(3, 2, heads=2, degree=1, num_virtual=1, edge_dim=edge_dim).double()
+    triple = Pattern.exphormer(edge_index, batch, 1, 1, torch.Generator().manual_seed(0))
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    edge_attr = None
+    if edge_dim is not None:
+        edge_attr = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    names = ["virtual_emb", "edge_type_emb.weight", "lin_key.weight"]
+    params = [dict(conv.named_parameters())[name].detach().clone().requires_grad_()
+              for name in names]  # fmt: skip
+
+    def fn(x, edge_attr, *values):
+        state = dict(zip(names, values))
+        args = (x, edge_index, batch, edge_attr)
+        return torch.func.functional_call(conv, state, args, {"pattern": triple})
+
+    if edge_attr is None:
+        assert torch.autograd.gradcheck(lambda x, *values: fn(x, None, *values), (x, *params))
+    else:
+        assert torch.autograd.gradcheck(fn, (x, edge_attr, *params))
+
+
+def test_exphormer_conv_cache_repr_and_errors():
+    batch = _batch([4, 3])
+    edge_index = torch.tensor([[0, 4], [1, 5]])
+    conv = ExphormerConv(4, 2, heads=2, num_virtual=1)
+    x = torch.randn(7, 4)
+    first = conv.exphormer_pattern(edge_index, batch, 7)
+    assert conv.exphormer_pattern(edge_index, batch, 7) is first
+    out, (ei, weights) = conv(x, edge_index, batch, return_attention_weights=True)
+    assert out.shape == (7, 4) and ei.size(1) == weights.size(0) and weights.size(1) == 2
+    seg = torch.zeros(9, 2).index_add_(0, ei[1], weights)
+    torch.testing.assert_close(seg, torch.ones(9, 2))
+    assert repr(conv) == "ExphormerConv(4, 2, heads=2, degree=3, num_virtual=1)"
+    conv.reset_parameters()
+    assert torch.equal(conv.edge_type_emb.weight, torch.ones(3, 4))
+    with pytest.raises(ValueError, match="x must have shape"):
+        conv(torch.randn(7, 3), edge_index, batch)
+    with pytest.raises(ValueError, match="edge_attr"):
+        conv(x, edge_index, batch, edge_attr=torch.randn(2, 3))
+    with pytest.raises(ValueError, match="heads"):
+        ExphormerConv(4, 2, heads=0)
+    with pytest.raises(TypeError, match="degree"):
+        ExphormerConv(4, 2, degree=2.0)
+
+
+# ---------------------------------------------------------------------- GPS
+def _graphs(sizes, channels, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    data = []
+    for n in sizes:
+        nodes = torch.arange(n)
+        edge_index = torch.stack([nodes, nodes.roll(-1)]) if n > 1 else torch.zeros(2, 0).long()
+        x = torch.randn(n, channels, generator=gen)
+        data.append(Data(x=x, edge_index=edge_index))
+    return Batch.from_data_list(data)
+
+
+def test_gps_exphormer_forward_backward_and_dense_reference():
+    torch.manual_seed(0)
+    channels, heads = 8, 2
+    batch = _graphs([6, 3, 11, 1], channels)
+    gps = GPSConv(
+        channels,
+        GINConv(torch.nn.Linear(channels, channels)),
+        heads=heads,
+        attn_type="exphormer",
+        attn_kwargs={"degree": 2, "num_virtual": 2},
+    ).double()
+    x = batch.x.double().requires_grad_()
+    out = gps(x, batch.edge_index, batch.batch)
+    assert out.shape == x.shape
+    out.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert gps.attn.virtual_emb.grad is not None
+    assert gps.attn.lin_query.bias is None  # the official GPS layer has no projection bias
+    # the pattern is cached on (edge_index, batch): a second layer call reuses it
+    triple = gps.attn.exphormer_pattern(batch.edge_index, batch.batch, x.size(0))
+    assert gps.attn.exphormer_pattern(batch.edge_index, batch.batch, x.size(0)) is triple
+
+    # the attention part against the dense reference
+    gps.eval()
+    _, (_, (edge_index, weights)) = gps(
+        x, batch.edge_index, batch.batch, global_pattern=triple, return_attention_weights=True
+    )
+    assert torch.equal(edge_index, triple[0].edge_index)
+    attn = gps.attn
+    with torch.no_grad():
+        got = attn(x, batch.edge_index, batch.batch, pattern=triple)
+        conv = ExphormerConv(channels, channels // heads, heads=heads, degree=2, num_virtual=2)
+        conv = conv.double()
+        conv.load_state_dict(
+            {
+                **attn.state_dict(),
+                "lin_query.bias": torch.zeros(channels, dtype=torch.float64),
+                "lin_key.bias": torch.zeros(channels, dtype=torch.float64),
+                "lin_value.bias": torch.zeros(channels, dtype=torch.float64),
+            }
+        )
+        expected = _dense_exphormer(conv, x, triple)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_gps_exphormer_errors():
+    with pytest.raises(ValueError, match="attn_kwargs"):
+        GPSConv(8, None, heads=2, attn_type="exphormer", attn_kwargs={"window": 3})
+    gps = GPSConv(8, None, heads=2, attn_type="exphormer")
+    with pytest.raises(TypeError, match="global_pattern"):
+        gps(torch.randn(4, 8), torch.tensor([[0], [1]]), global_pattern=Pattern.full(None, 4))
