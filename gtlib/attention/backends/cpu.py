@@ -40,6 +40,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -265,20 +266,36 @@ def _smoke_test(module: ModuleType) -> None:
 
 
 # ---------------------------------------------------------------------------------- public API
-def fused_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    pattern: Pattern,
-    *,
-    score: str = "dot",
-    att: Tensor | None = None,
-    negative_slope: float = 0.2,
-    key_edge: Tensor | None = None,
-    value_edge: Tensor | None = None,
-    bias: Tensor | None = None,
-    scale: float = 1.0,
-) -> Tensor:
+def _public(kernel: Callable[[Pattern, tuple], Tensor]) -> Callable[..., Tensor]:
+    """``kernel(pattern, args)`` behind the signature that :func:`fused_attention` and
+    :func:`fused_attention_weights` share, ``args`` being the arguments validated and converted by
+    :func:`_prepare`; the name and docstring are the kernel's."""
+
+    def public(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        pattern: Pattern,
+        *,
+        score: str = "dot",
+        att: Tensor | None = None,
+        negative_slope: float = 0.2,
+        key_edge: Tensor | None = None,
+        value_edge: Tensor | None = None,
+        bias: Tensor | None = None,
+        scale: float = 1.0,
+    ) -> Tensor:
+        args = _prepare(query, key, value, pattern, score, att, negative_slope, key_edge,
+                        value_edge, bias, scale)  # fmt: skip
+        return kernel(pattern, args)
+
+    for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(public, name, getattr(kernel, name))
+    return public
+
+
+@_public
+def fused_attention(pattern: Pattern, args: tuple) -> Tensor:
     r"""Softmax attention over ``pattern`` with the fused CPU kernel (pure torch if unavailable).
 
     For receiver :math:`i`, head :math:`h` and senders :math:`j \in N(i)`:
@@ -310,8 +327,6 @@ def fused_attention(
     Returns:
         ``[N_dst, H, C_v]`` in the dtype of ``query``.
     """
-    args = _prepare(query, key, value, pattern, score, att, negative_slope, key_edge, value_edge,
-                    bias, scale)  # fmt: skip
     if not available():
         return _fallback(pattern, args, weights=False)
     query, key, value, att, key_edge, value_edge, bias, additive, slope, scale, out_dtype = args
@@ -321,28 +336,14 @@ def fused_attention(
     return out.to(out_dtype)
 
 
-def fused_attention_weights(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    pattern: Pattern,
-    *,
-    score: str = "dot",
-    att: Tensor | None = None,
-    negative_slope: float = 0.2,
-    key_edge: Tensor | None = None,
-    value_edge: Tensor | None = None,
-    bias: Tensor | None = None,
-    scale: float = 1.0,
-) -> Tensor:
+@_public
+def fused_attention_weights(pattern: Pattern, args: tuple) -> Tensor:
     """The softmax weights ``[E, H]`` of :func:`fused_attention`, receiver-sorted, no gradient.
 
     Takes the same arguments (``value`` and ``value_edge`` are checked but not read) and runs only
     the forward's score sweep: the weights are ``exp(s - lse)`` with each receiver's
     log-sum-exp. Weights of receivers whose scores are all ``-inf`` are 0.
     """
-    args = _prepare(query, key, value, pattern, score, att, negative_slope, key_edge, value_edge,
-                    bias, scale)  # fmt: skip
     with torch.no_grad():
         if not available():
             return _fallback(pattern, args, weights=True)

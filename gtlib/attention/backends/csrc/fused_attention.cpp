@@ -179,33 +179,41 @@ void for_rows(const idx_t* ptr, idx_t rows, int threads, const Body& body) {
 int num_threads() { return std::max(1, at::get_num_threads()); }
 
 // ----------------------------------------------------------------------------- score helpers
+// a . (b + add) over one head's N channels, add optional (N > 0 fixes the count at compile time):
+// the dot score q_i . (k_j + ek_e) and dO_i . (v_j + ev_e).
+template <typename T, int N>
+inline T head_dot(const T* __restrict a, const T* __restrict b, const T* __restrict add,
+                  idx_t n_rt) {
+  const idx_t n = N > 0 ? N : n_rt;
+  T s = 0;
+  if (add) {
+#pragma omp simd reduction(+ : s)
+    for (idx_t c = 0; c < n; ++c) s += a[c] * (b[c] + add[c]);
+  } else {
+#pragma omp simd reduction(+ : s)
+    for (idx_t c = 0; c < n; ++c) s += a[c] * b[c];
+  }
+  return s;
+}
+
 // Score of one head before scale and bias. CK > 0 fixes the channel count at compile time.
 template <typename T, int CK, bool ADD>
 inline T head_score(const T* __restrict qh, const T* __restrict kh, const T* __restrict ekh,
                     const T* __restrict atth, idx_t C_rt, T slope) {
+  if constexpr (!ADD) return head_dot<T, CK>(qh, kh, ekh, C_rt);
   const idx_t C = CK > 0 ? CK : C_rt;
   T s = 0;
-  if constexpr (ADD) {
-    if (ekh) {
+  if (ekh) {
 #pragma omp simd reduction(+ : s)
-      for (idx_t c = 0; c < C; ++c) {
-        const T z = qh[c] + kh[c] + ekh[c];
-        s += atth[c] * (z > T(0) ? z : z * slope);
-      }
-    } else {
-#pragma omp simd reduction(+ : s)
-      for (idx_t c = 0; c < C; ++c) {
-        const T z = qh[c] + kh[c];
-        s += atth[c] * (z > T(0) ? z : z * slope);
-      }
+    for (idx_t c = 0; c < C; ++c) {
+      const T z = qh[c] + kh[c] + ekh[c];
+      s += atth[c] * (z > T(0) ? z : z * slope);
     }
   } else {
-    if (ekh) {
 #pragma omp simd reduction(+ : s)
-      for (idx_t c = 0; c < C; ++c) s += qh[c] * (kh[c] + ekh[c]);
-    } else {
-#pragma omp simd reduction(+ : s)
-      for (idx_t c = 0; c < C; ++c) s += qh[c] * kh[c];
+    for (idx_t c = 0; c < C; ++c) {
+      const T z = qh[c] + kh[c];
+      s += atth[c] * (z > T(0) ? z : z * slope);
     }
   }
   return s;
@@ -293,22 +301,6 @@ inline void edge_scores(const Problem<T>& P, const T* __restrict qi, const T* __
   }
 }
 
-// dO_h . (v_j + ev_e) for one head.
-template <typename T, int CV>
-inline T head_dot_value(const T* __restrict g, const T* __restrict vh, const T* __restrict evh,
-                        idx_t Cv_rt) {
-  const idx_t Cv = CV > 0 ? CV : Cv_rt;
-  T s = 0;
-  if (evh) {
-#pragma omp simd reduction(+ : s)
-    for (idx_t c = 0; c < Cv; ++c) s += g[c] * (vh[c] + evh[c]);
-  } else {
-#pragma omp simd reduction(+ : s)
-    for (idx_t c = 0; c < Cv; ++c) s += g[c] * vh[c];
-  }
-  return s;
-}
-
 // out[h] = dO_h . (v_j + ev_e) for all heads of one edge.
 template <typename T, int CV>
 inline void edge_value_dots(const T* __restrict gi, const T* __restrict vj,
@@ -328,7 +320,7 @@ inline void edge_value_dots(const T* __restrict gi, const T* __restrict vj,
   }
 #endif
   for (; h < H; ++h) {
-    out[h] = head_dot_value<T, CV>(gi + h * Cv, vj + h * Cv, evj ? evj + h * Cv : nullptr, Cv);
+    out[h] = head_dot<T, CV>(gi + h * Cv, vj + h * Cv, evj ? evj + h * Cv : nullptr, Cv);
   }
 }
 
@@ -483,45 +475,71 @@ struct ForwardWeights {
   }
 };
 
+// ----------------------------------------------------------------------------- weighted sums
+// Weighted sums of gathered rows over a CSR (sweeps F2 and B2a): for each row r of `ptr`,
+//   out_r = sum_{t in [ptr[r], ptr[r + 1])} w_e (table[index[t]] + add_e),  e = order[t]
+// per head, where e is the receiver-sorted edge of CSR entry t (t itself unless ORDERED) and
+// rows are [H, Cv].
+template <typename T>
+struct GatheredRows {
+  const idx_t* ptr = nullptr;    // [rows + 1] the CSR being swept
+  idx_t rows = 0;
+  const idx_t* index = nullptr;  // [E] the table row each entry gathers
+  const idx_t* order = nullptr;  // [E] the receiver-sorted edge of each entry (ORDERED only)
+  const T* w = nullptr;          // [E, H] weights, receiver-sorted
+  const T* table = nullptr;      // [*, H, Cv] the gathered rows
+  const T* add = nullptr;        // [E, H, Cv] per-edge addend, receiver-sorted, or null
+};
+
+template <typename T, int CV, bool ORDERED>
+void weighted_row_sums(const Problem<T>& P, const GatheredRows<T>& A, T* out, int threads) {
+  const idx_t H = P.heads;
+  const idx_t Cv = CV > 0 ? CV : P.Cv;
+  const idx_t rowv = H * Cv;
+  const idx_t E = P.n_edges;
+  std::vector<Scratch<T>> scratch(threads);
+  for_rows(A.ptr, A.rows, threads, [&](idx_t begin, idx_t end, int tid) {
+    Scratch<T>& S = scratch[tid];
+    S.acc.resize(rowv);
+    T* __restrict acc = S.acc.data();
+    for (idx_t r = begin; r < end; ++r) {
+      std::fill(acc, acc + rowv, T(0));
+      for (idx_t t = A.ptr[r]; t < A.ptr[r + 1]; ++t) {
+        if (t + kPrefetch < E) {
+          const idx_t ahead = ORDERED ? A.order[t + kPrefetch] : t + kPrefetch;
+          prefetch_row(A.table + A.index[t + kPrefetch] * rowv, rowv * sizeof(T));
+          if (ORDERED) __builtin_prefetch(A.w + ahead * H, 0, 1);
+          if (A.add) prefetch_row(A.add + ahead * rowv, rowv * sizeof(T));
+        }
+        const idx_t e = ORDERED ? A.order[t] : t;
+        const T* __restrict we = A.w + e * H;
+        const T* __restrict xj = A.table + A.index[t] * rowv;
+        const T* __restrict ae = A.add ? A.add + e * rowv : nullptr;
+        for (idx_t h = 0; h < H; ++h) {
+          const T p = we[h];
+          T* __restrict acch = acc + h * Cv;
+          const T* __restrict xh = xj + h * Cv;
+          if (ae) {
+            const T* __restrict aeh = ae + h * Cv;
+#pragma omp simd
+            for (idx_t c = 0; c < Cv; ++c) acch[c] += p * (xh[c] + aeh[c]);
+          } else {
+#pragma omp simd
+            for (idx_t c = 0; c < Cv; ++c) acch[c] += p * xh[c];
+          }
+        }
+      }
+      std::memcpy(out + r * rowv, acc, rowv * sizeof(T));
+    }
+  });
+}
+
 // Sweep F2, over receivers, reading the senders' value rows: o_i = sum_e w_e (v_j + ev_e).
 template <typename T, int CK, int CV, bool ADD>
 struct ForwardValues {
   static void run(const Problem<T>& P, const T* weights, T* out, int threads) {
-    const idx_t H = P.heads;
-    const idx_t Cv = CV > 0 ? CV : P.Cv;
-    const idx_t rowv = H * Cv;
-    const idx_t E = P.n_edges;
-    std::vector<Scratch<T>> scratch(threads);
-    for_rows(P.ptr, P.n_dst, threads, [&](idx_t begin, idx_t end, int tid) {
-      Scratch<T>& S = scratch[tid];
-      S.acc.resize(rowv);
-      T* __restrict acc = S.acc.data();
-      for (idx_t i = begin; i < end; ++i) {
-        std::fill(acc, acc + rowv, T(0));
-        for (idx_t e = P.ptr[i]; e < P.ptr[i + 1]; ++e) {
-          if (e + kPrefetch < E) {
-            prefetch_row(P.v + P.col[e + kPrefetch] * rowv, rowv * sizeof(T));
-            if (P.ev) prefetch_row(P.ev + (e + kPrefetch) * rowv, rowv * sizeof(T));
-          }
-          const T* __restrict vj = P.v + P.col[e] * rowv;
-          const T* __restrict evj = P.ev ? P.ev + e * rowv : nullptr;
-          for (idx_t h = 0; h < H; ++h) {
-            const T p = weights[e * H + h];
-            T* __restrict ah = acc + h * Cv;
-            const T* __restrict vh = vj + h * Cv;
-            if (evj) {
-              const T* __restrict evh = evj + h * Cv;
-#pragma omp simd
-              for (idx_t c = 0; c < Cv; ++c) ah[c] += p * (vh[c] + evh[c]);
-            } else {
-#pragma omp simd
-              for (idx_t c = 0; c < Cv; ++c) ah[c] += p * vh[c];
-            }
-          }
-        }
-        std::memcpy(out + i * rowv, acc, rowv * sizeof(T));
-      }
-    });
+    weighted_row_sums<T, CV, false>(P, {P.ptr, P.n_dst, P.col, nullptr, weights, P.v, P.ev}, out,
+                                    threads);
   }
 };
 
@@ -668,35 +686,8 @@ struct Transposed {
 template <typename T, int CK, int CV, bool ADD>
 struct BackwardValue {
   static void run(const Problem<T>& P, const Grads<T>& G, const Transposed<T>& TR, int threads) {
-    const idx_t H = P.heads;
-    const idx_t Cv = CV > 0 ? CV : P.Cv;
-    const idx_t rowv = H * Cv;
-    const idx_t E = P.n_edges;
-    std::vector<Scratch<T>> scratch(threads);
-    for_rows(TR.ptr, P.n_src, threads, [&](idx_t begin, idx_t end, int tid) {
-      Scratch<T>& S = scratch[tid];
-      S.acc.resize(rowv);
-      T* __restrict gv = S.acc.data();
-      for (idx_t j = begin; j < end; ++j) {
-        std::fill(gv, gv + rowv, T(0));
-        for (idx_t t = TR.ptr[j]; t < TR.ptr[j + 1]; ++t) {
-          if (t + kPrefetch < E) {
-            prefetch_row(G.dout + TR.receivers[t + kPrefetch] * rowv, rowv * sizeof(T));
-            __builtin_prefetch(G.w + TR.order[t + kPrefetch] * H, 0, 1);
-          }
-          const T* __restrict gi = G.dout + TR.receivers[t] * rowv;
-          const T* __restrict we = G.w + TR.order[t] * H;
-          for (idx_t h = 0; h < H; ++h) {
-            const T p = we[h];
-            const T* __restrict gh = gi + h * Cv;
-            T* __restrict gvh = gv + h * Cv;
-#pragma omp simd
-            for (idx_t c = 0; c < Cv; ++c) gvh[c] += p * gh[c];
-          }
-        }
-        std::memcpy(G.v + j * rowv, gv, rowv * sizeof(T));
-      }
-    });
+    weighted_row_sums<T, CV, true>(
+        P, {TR.ptr, P.n_src, TR.receivers, TR.order, G.w, G.dout, nullptr}, G.v, threads);
   }
 };
 
