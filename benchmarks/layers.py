@@ -27,7 +27,12 @@ LAYERS = {
     "transformer": ["pyg", "gtlib"],
     "gat": ["pyg", "gtlib"],
     "gps": ["pyg", "gtlib"],
+    # one graph of 100k nodes: gtlib's GPS with Exphormer attention; PyG's GPSConv multihead for
+    # comparison only with --layers exphormer_pyg (quadratic: ~470 s per step here)
+    "exphormer": ["gtlib"],
+    "exphormer_pyg": ["pyg"],
 }
+EXPHORMER_NODES, EXPHORMER_EDGES = 100_000, 500_000
 NUM_NODES, NUM_EDGES, IN_CHANNELS, HEADS, CHANNELS = 50_000, 1_000_000, 128, 4, 32
 GPS_SIZES, GPS_CHANNELS = [8] * 64 + [2000] * 4, 64
 
@@ -85,10 +90,39 @@ def gps_problem(impl: str):
     return x, lambda: layer(x, edge_index, batch)
 
 
+def exphormer_problem(impl: str):
+    """GPS (GINConv local) on one graph: Exphormer attention (gtlib) or dense multihead (PyG)."""
+    import torch
+    from torch_geometric.nn import GINConv
+
+    torch.manual_seed(0)
+    x = torch.randn(EXPHORMER_NODES, GPS_CHANNELS, requires_grad=True)
+    edge_index = torch.randint(0, EXPHORMER_NODES, (2, EXPHORMER_EDGES))
+    batch = torch.zeros(EXPHORMER_NODES, dtype=torch.long)
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(GPS_CHANNELS, GPS_CHANNELS),
+        torch.nn.ReLU(),
+        torch.nn.Linear(GPS_CHANNELS, GPS_CHANNELS),
+    )
+    if impl == "pyg":
+        from torch_geometric.nn import GPSConv
+
+        layer = GPSConv(GPS_CHANNELS, GINConv(mlp), heads=HEADS)
+    else:
+        from gtlib.nn import GPSConv
+
+        layer = GPSConv(GPS_CHANNELS, GINConv(mlp), heads=HEADS, attn_type="exphormer",
+                        attn_kwargs={"degree": 3, "num_virtual": 1})  # fmt: skip
+    return x, lambda: layer(x, edge_index, batch)
+
+
 def run_one(layer: str, impl: str, repeat: int) -> dict:
     import torch
 
-    x, forward = gps_problem(impl) if layer == "gps" else conv_problem(layer, impl)
+    if layer.startswith("exphormer"):
+        x, forward = exphormer_problem(impl)
+    else:
+        x, forward = gps_problem(impl) if layer == "gps" else conv_problem(layer, impl)
 
     def step() -> None:
         x.grad = None
@@ -102,7 +136,9 @@ def run_one(layer: str, impl: str, repeat: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", nargs="*", default=list(LAYERS))
+    parser.add_argument(
+        "--layers", nargs="*", default=[name for name in LAYERS if name != "exphormer_pyg"]
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tuned", action="store_true", help="MALLOC_MMAP_MAX_=0 for every run")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (best kept)")
