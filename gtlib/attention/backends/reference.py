@@ -248,13 +248,8 @@ class _ChunkedAttend(torch.autograd.Function):
         inputs, captured = list(tensors[: plan.num_inputs]), list(tensors[plan.num_inputs :])
         needs = ctx.needs_input_grad[1:]
         grads: list[Tensor | None] = []
-        for (_, kind), x, need in zip(plan.layout, inputs, needs):
-            if not need or x is None:
-                grads.append(None)
-            elif kind == "edge":
-                grads.append(torch.zeros_like(x))
-            else:
-                grads.append(torch.zeros_like(x))
+        for x, need in zip(inputs, needs):
+            grads.append(torch.zeros_like(x) if need and x is not None else None)
         captured_needs = needs[plan.num_inputs :]
         captured_grads = [
             torch.zeros_like(c) if n else None for c, n in zip(captured, captured_needs)
