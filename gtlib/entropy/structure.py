@@ -1,0 +1,233 @@
+r"""Structure of particle snapshots: local packing fraction, clusters, structure factor.
+
+Diagnostics of motility-induced phase separation (MIPS) in periodic boxes, used to locate the
+phase-separated regime of :class:`gtlib.datasets.particles.ActiveOUParticles` and to condition
+entropy production on the local density (gas, interface, cluster bulk):
+
+* :func:`local_packing_fraction` -- per particle, the packing fraction of the disc of radius ``R``
+  around it: :math:`\phi_i = n_i\,(r_0/R)^d` with :math:`n_i` the number of particles (itself
+  included) within ``R`` under the minimum image. In a phase-separated state its histogram is
+  bimodal (a gas peak and a dense peak).
+* :func:`cluster_labels` -- connected components of the contact graph (pairs closer than
+  ``contact``), by cell lists (:meth:`gtlib.attention.Pattern.radius`) and
+  :func:`scipy.sparse.csgraph.connected_components`; in MIPS the largest cluster grows with
+  time to a finite fraction of ``N``.
+* :func:`structure_factor` -- :math:`S(\mathbf q) = |\sum_j e^{-i\mathbf q\cdot x_j}|^2 / N`
+  on the wave vectors of the box, :math:`\mathbf q = 2\pi\mathbf n / L`, averaged over shells of
+  width :math:`2\pi/L`; phase separation shows as a peak at the smallest ``q`` (a density
+  modulation on the scale of the box).
+* :func:`density_classes` -- gas / interface / bulk labels from two thresholds on the local
+  packing fraction.
+
+Shapes: ``pos [N, d]`` or a batch ``[..., N, d]`` where stated; the box is ``[-L/2, L/2)^d``
+(any origin works: only minimum-image differences and phases :math:`e^{-iq\cdot x}` with
+:math:`qL \in 2\pi\mathbb Z` are used).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+import torch
+from torch import Tensor
+
+from gtlib.attention.pattern import Pattern
+
+__all__ = [
+    "GAS",
+    "INTERFACE",
+    "BULK",
+    "cluster_labels",
+    "cluster_sizes",
+    "density_classes",
+    "local_packing_fraction",
+    "structure_factor",
+]
+
+GAS, INTERFACE, BULK = 0, 1, 2
+
+
+def _check_pos(pos: Any, name: str = "pos") -> Tensor:
+    if not isinstance(pos, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(pos).__name__}")
+    if not pos.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got {pos.dtype}")
+    if pos.dim() < 2 or pos.shape[-2] < 1 or pos.shape[-1] < 1:
+        raise ValueError(
+            f"`{name}` must have shape [..., N, d] with N, d >= 1, got {tuple(pos.shape)}"
+        )
+    if not bool(torch.isfinite(pos).all()):
+        raise ValueError(f"`{name}` contains NaN or infinite values")
+    return pos
+
+
+def _positive(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"`{name}` must be finite and > 0, got {value}")
+    return value
+
+
+def _check_radius(radius: Any, box_length: float, name: str) -> float:
+    radius = _positive(radius, name)
+    if radius > box_length / 2:
+        raise ValueError(
+            f"`{name}`={radius:g} exceeds half the box length {box_length:g} (the minimum "
+            "image would be ambiguous)"
+        )
+    return radius
+
+
+def _counts_within(pos: Tensor, box_length: float, radius: float) -> Tensor:
+    """Number of other particles within ``radius`` of each particle, ``[..., N]``."""
+    n, d = pos.shape[-2:]
+    flat = pos.detach().reshape(-1, d).double()
+    batches = flat.shape[0] // n
+    batch = torch.arange(batches).repeat_interleave(n) if batches > 1 else None
+    pattern = Pattern.radius(flat, radius, box=box_length, batch=batch)
+    counts = torch.zeros(flat.shape[0], dtype=torch.long).index_add(
+        0, pattern.row, torch.ones_like(pattern.row)
+    )
+    return counts.reshape(pos.shape[:-1])
+
+
+def local_packing_fraction(
+    pos: Tensor, box_length: float, radius: float = 4.0, r0: float = 1.0
+) -> Tensor:
+    r"""Per-particle packing fraction of the disc of radius ``radius`` around each particle.
+
+    .. math:: \phi_i = \frac{n_i V_d r_0^d}{V_d R^d} = n_i \Big(\frac{r_0}{R}\Big)^d,
+
+    :math:`n_i` counting particle ``i`` and every particle within ``R`` of it (minimum image).
+    Its mean over particles is the global packing fraction weighted by the local density, and in
+    a uniform fluid it fluctuates around :math:`\phi = N V_d r_0^d / L^d`.
+
+    Args:
+        pos: positions ``[..., N, d]`` in a periodic box of side ``box_length``.
+        box_length: ``L > 0``.
+        radius: ``R``, at most ``L / 2`` (default ``4 r0``, a few particle diameters).
+        r0: particle radius.
+
+    Shapes:
+        pos: ``[..., N, d]`` -> ``[..., N]`` (float64).
+    """
+    pos = _check_pos(pos)
+    box_length = _positive(box_length, "box_length")
+    radius = _check_radius(radius, box_length, "radius")
+    r0 = _positive(r0, "r0")
+    counts = _counts_within(pos, box_length, radius) + 1
+    return counts.double() * (r0 / radius) ** pos.shape[-1]
+
+
+def cluster_labels(pos: Tensor, box_length: float, contact: float = 2.0) -> Tensor:
+    r"""Cluster index of every particle: connected components of the graph joining pairs closer
+    than ``contact`` (minimum image), numbered by decreasing size (0 is the largest cluster).
+
+    Args:
+        pos: one snapshot ``[N, d]`` in a periodic box of side ``box_length``.
+        box_length: ``L > 0``.
+        contact: contact distance (``2 r0`` for touching discs), at most ``L / 2``.
+
+    Shapes:
+        pos: ``[N, d]`` -> ``[N]`` (int64).
+    """
+    pos = _check_pos(pos)
+    if pos.dim() != 2:
+        raise ValueError(f"`pos` must be one snapshot [N, d], got {tuple(pos.shape)}")
+    box_length = _positive(box_length, "box_length")
+    contact = _check_radius(contact, box_length, "contact")
+    n = pos.shape[0]
+    pattern = Pattern.radius(pos.detach().double(), contact, box=box_length)
+    row, col = pattern.row.numpy(), pattern.col.numpy()
+    graph = scipy.sparse.coo_matrix((np.ones(row.shape[0]), (row, col)), shape=(n, n))
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    sizes = np.bincount(labels)
+    # Renumber by decreasing size (ties by first appearance), so label 0 is the largest.
+    order = np.lexsort((np.arange(sizes.shape[0]), -sizes))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.shape[0])
+    return torch.from_numpy(rank[labels].astype(np.int64))
+
+
+def cluster_sizes(pos: Tensor, box_length: float, contact: float = 2.0) -> Tensor:
+    """Sizes of the clusters of :func:`cluster_labels`, largest first, ``[n_clusters]``."""
+    labels = cluster_labels(pos, box_length, contact)
+    return torch.bincount(labels)
+
+
+def structure_factor(
+    pos: Tensor, box_length: float, q_max: float | None = None, n_max: int = 16
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Static structure factor, shell-averaged over the box's wave vectors.
+
+    .. math::
+        S(\mathbf q) = \frac{1}{N}\Big|\sum_{j} e^{-i\mathbf q\cdot x_j}\Big|^2, \qquad
+        \mathbf q = \frac{2\pi}{L}\mathbf n,\ \mathbf n \in \mathbb Z^d \setminus \{0\},
+
+    averaged over the snapshots in ``pos`` and over the wave vectors in each shell
+    :math:`|\mathbf q| \in [(m - \tfrac12)\,2\pi/L, (m + \tfrac12)\,2\pi/L)`, ``m = 1, 2, ...``
+    up to ``q_max`` (default: ``n_max`` shells).
+
+    Args:
+        pos: positions ``[..., N, d]`` in a periodic box of side ``box_length``.
+        box_length: ``L > 0``.
+        q_max: largest ``|q|`` kept (default ``2 pi n_max / L``).
+        n_max: number of shells when ``q_max`` is not given.
+
+    Returns:
+        ``(q, S, count)``: shell centres ``2 pi m / L`` ``[M]``, mean :math:`S` per shell ``[M]``
+        (float64) and the number of wave vectors per shell ``[M]`` (shells without any are
+        dropped).
+    """
+    pos = _check_pos(pos)
+    box_length = _positive(box_length, "box_length")
+    if isinstance(n_max, bool) or not isinstance(n_max, numbers.Integral) or n_max < 1:
+        raise ValueError(f"`n_max` must be an int >= 1, got {n_max!r}")
+    dq = 2.0 * math.pi / box_length
+    q_max = dq * n_max if q_max is None else _positive(q_max, "q_max")
+    m = int(math.floor(q_max / dq + 0.5))
+    if m < 1:
+        raise ValueError(f"`q_max`={q_max:g} is below the smallest wave vector 2 pi / L = {dq:g}")
+    d = pos.shape[-1]
+    axis = torch.arange(-m, m + 1, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(*([axis] * d), indexing="ij"), dim=-1).reshape(-1, d)
+    norm = torch.linalg.vector_norm(grid, dim=-1)
+    shell = torch.floor(norm + 0.5).long()
+    keep = (norm > 0) & (shell <= m)
+    grid, shell = grid[keep], shell[keep]
+    q = dq * grid  # [Q, d]
+    x = pos.detach().double().reshape(-1, *pos.shape[-2:])  # [B, N, d]
+    n = x.shape[1]
+    total = torch.zeros(q.shape[0], dtype=torch.float64)
+    for snapshot in x:
+        phase = snapshot @ q.T  # [N, Q]
+        re, im = torch.cos(phase).sum(0), torch.sin(phase).sum(0)
+        total += (re * re + im * im) / n
+    total /= x.shape[0]
+    count = torch.bincount(shell, minlength=m + 1)[1:]
+    sums = torch.zeros(m + 1, dtype=torch.float64).index_add(0, shell, total)[1:]
+    present = count > 0
+    centres = dq * torch.arange(1, m + 1, dtype=torch.float64)
+    return centres[present], sums[present] / count[present], count[present]
+
+
+def density_classes(local_phi: Tensor, gas_below: float, bulk_above: float) -> Tensor:
+    """Labels :data:`GAS` (``phi < gas_below``), :data:`BULK` (``phi >= bulk_above``) and
+    :data:`INTERFACE` (in between) from a local packing fraction ``[...]`` -> ``[...]`` int64."""
+    if not isinstance(local_phi, Tensor):
+        raise TypeError(f"`local_phi` must be a torch.Tensor, got {type(local_phi).__name__}")
+    gas_below = _positive(gas_below, "gas_below")
+    bulk_above = _positive(bulk_above, "bulk_above")
+    if bulk_above <= gas_below:
+        raise ValueError(f"`bulk_above`={bulk_above:g} must exceed `gas_below`={gas_below:g}")
+    out = torch.full(local_phi.shape, INTERFACE, dtype=torch.long, device=local_phi.device)
+    out[local_phi < gas_below] = GAS
+    out[local_phi >= bulk_above] = BULK
+    return out
