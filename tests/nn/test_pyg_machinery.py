@@ -1,8 +1,9 @@
 """gtlib's graph convolutions inside PyG's own machinery, against PyG's layers with copied weights.
 
-Sequential, ``to_hetero``, ``to_hetero_with_bases``, ``HeteroConv``, sparse ``adj_t`` inputs,
+Sequential, ``to_hetero``, ``HeteroConv``, sparse ``adj_t`` inputs,
 ``EdgeIndex``, lazy initialisation, ``GNNExplainer`` / ``AttentionExplainer`` and
 ``torch.compile(dynamic=True, fullgraph=True)``. Comparisons run in float64.
+``to_hetero_with_bases`` is in ``test_hetero_bases.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch_geometric import EdgeIndex
 from torch_geometric.explain import Explainer
 from torch_geometric.explain.algorithm import AttentionExplainer, GNNExplainer
 from torch_geometric.explain.algorithm.utils import clear_masks, set_masks
-from torch_geometric.nn import HeteroConv, MessagePassing, to_hetero, to_hetero_with_bases
+from torch_geometric.nn import HeteroConv, MessagePassing, to_hetero
 from torch_geometric.utils import coalesce
 
 from gtlib.nn.gat_conv import GATConv
@@ -144,23 +145,6 @@ def test_to_hetero_outputs_per_node_type(name):
     assert set(out) == set(expected) == {"paper", "author"}
     for key in expected:
         torch.testing.assert_close(out[key], expected[key], **TOL)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_to_hetero_with_bases_matches_pyg(name):
-    """PyG's basis hook expects messages ``[E, C]``; its attention convs send ``[E, H, C]`` and
-    the transform raises for them. gtlib's layers call the same hook and raise alike."""
-    ours_cls, pyg_cls = LAYERS[name]
-    x_dict, edge_index_dict = hetero_graph()
-    kwargs = conv_kwargs(name, bipartite=True)
-    errors = []
-    for cls in (ours_cls, pyg_cls):
-        torch.manual_seed(0)
-        model = to_hetero_with_bases(Net(cls, 8, **kwargs), METADATA, 2, in_channels={"x": 8})
-        with pytest.raises(ValueError, match="Number of messages") as error:
-            model(x_dict, edge_index_dict)
-        errors.append(str(error.value))
-    assert errors[0] == errors[1]
 
 
 @pytest.mark.parametrize("name", NAMES)
