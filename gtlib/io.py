@@ -1,12 +1,18 @@
 """Atomic file writing: a file appears under its final name complete, or not at all.
 
-Every helper here writes to a temporary file in the target's own directory (named
-``.<name>.<random hex>.tmp``, so it is hidden and cannot clash with a concurrent writer) and then
-moves it over the target with :func:`os.replace`, which is atomic on POSIX and Windows when both
-paths are on the same filesystem. If writing fails for any reason (including
-``KeyboardInterrupt``), the temporary file is removed, the error propagates, and a file already at
-the target is left exactly as it was. A reader therefore never sees a half-written file, and a
-crash mid-checkpoint keeps the previous checkpoint.
+Every helper here writes to a temporary file in the target's own directory and then moves it over
+the target with :func:`os.replace`, which is atomic on POSIX and Windows when both paths are on
+the same filesystem. The temporary file is named ``.<name>.<host>.<pid>.<random hex>.tmp``: hidden,
+unique (so it cannot clash with a concurrent writer), and marked with the writing process. If
+writing fails for any reason (including ``KeyboardInterrupt``), the temporary file is removed, the
+error propagates, and a file already at the target is left exactly as it was. A reader therefore
+never sees a half-written file, and a crash mid-checkpoint keeps the previous checkpoint.
+
+A process killed outright (``SIGKILL``, power loss) cannot clean up after itself; its temporary
+file is removed by the next write of the same target (:func:`remove_stale_temporaries`), which
+deletes the temporaries whose writer is no longer running on this host. The temporary file's data
+are flushed to disk (``fsync``) before the rename, so after a crash the target holds the old or the
+new content, never a truncated file.
 
 The temporary file is *not* created before ``write`` is called, so ``write`` may open it in any
 mode (including exclusive-create modes); files get the usual permissions from the umask.
@@ -14,7 +20,10 @@ mode (including exclusive-create modes); files get the usual permissions from th
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +31,96 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text", "remove_stale_temporaries"]
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{_host_tag()}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows: keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (owned by someone else) or cannot tell: keep the file
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that interrupted writes of ``path`` left behind.
+
+    A temporary of ``path`` (``.<name>.<host>.<pid>.<hex>.tmp`` beside it) is stale when its
+    writer, a process of this host, is no longer running; temporaries of live processes (a
+    concurrent writer) and of other hosts sharing the folder are kept. Temporaries in the older
+    ``.<name>.<hex>.tmp`` form, which carry no writer, are always removed. :func:`atomic_write`
+    calls this before every write, so a killed writer's temporary disappears at the next save.
+
+    Returns:
+        The removed files.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(
+        rf"\.{re.escape(path.name)}\.(?:([0-9a-f]{{8}})\.([0-9]+)\.)?[0-9a-f]{{32}}\.tmp"
+    )
+    host = _host_tag()
+    removed = []
+    for candidate in folder.iterdir():
+        match = pattern.fullmatch(candidate.name)
+        if match is None:
+            continue
+        tag, pid = match.group(1), match.group(2)
+        if tag is not None and (tag != host or _process_alive(int(pid))):
+            continue
+        try:
+            candidate.unlink()
+        except FileNotFoundError:  # removed concurrently
+            continue
+        removed.append(candidate)
+    return removed
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or on POSIX a folder) to disk; best effort for folders."""
+    if path.is_dir():
+        if os.name == "nt":
+            return
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``.
+
+    Stale temporaries of ``path`` left by killed writers are removed first
+    (:func:`remove_stale_temporaries`); the new content is flushed to disk before the rename.
 
     Args:
         path: the final file. Missing parent directories are created.
@@ -42,13 +136,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    remove_stale_temporaries(path)
+    tmp = _temporary_name(path)
     try:
         write(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync(path.parent)
     return path
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import gtlib.io as gtlib_io
 from gtlib.io import atomic_torch_save, atomic_write, atomic_write_text
 
 
@@ -107,3 +112,53 @@ def test_atomic_torch_save_failure_keeps_existing_target(tmp_path: Path) -> None
         atomic_torch_save({"step": 2, "bad": lambda: None}, target)
     assert torch.load(target) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_temporaries_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    target = tmp_path / "ck.pt"
+    target.write_text("old")
+    host = gtlib_io._host_tag()
+    dead = tmp_path / f".ck.pt.{host}.{_dead_pid()}.{'a' * 32}.tmp"  # a killed writer
+    legacy = tmp_path / f".ck.pt.{'b' * 32}.tmp"  # the older name, without a writer
+    live = tmp_path / f".ck.pt.{host}.{os.getpid()}.{'c' * 32}.tmp"  # a concurrent writer
+    elsewhere = tmp_path / f".ck.pt.{'0' * 8}.1.{'d' * 32}.tmp"  # another host's writer
+    other_target = tmp_path / f".other.pt.{host}.{_dead_pid()}.{'e' * 32}.tmp"
+    unrelated = tmp_path / ".ck.pt.notes.tmp"
+    for file in (dead, legacy, live, elsewhere, other_target, unrelated):
+        file.write_text("partial")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    remaining = {p.name for p in tmp_path.iterdir()}
+    assert remaining == {"ck.pt", live.name, elsewhere.name, other_target.name, unrelated.name}
+    # The function on its own: removes the other target's stale file, reports what it removed.
+    assert gtlib_io.remove_stale_temporaries(tmp_path / "other.pt") == [other_target]
+    assert gtlib_io.remove_stale_temporaries(tmp_path / "missing" / "x") == []
+
+
+def test_killed_writer_leaves_a_temporary_that_the_next_write_removes(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    code = (
+        "import os, signal, sys\n"
+        "from gtlib.io import atomic_write\n"
+        "def write(tmp):\n"
+        "    tmp.write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "atomic_write(sys.argv[1], write)\n"
+    )
+    if os.name == "nt":
+        pytest.skip("SIGKILL is POSIX")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code, str(target)], cwd=root, check=False)
+    assert result.returncode == -signal.SIGKILL
+    (orphan,) = tmp_path.iterdir()
+    assert orphan.name.startswith(".out.bin.") and orphan.read_bytes() == b"half"
+    atomic_torch_save({"step": 1}, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    assert torch.load(target) == {"step": 1}
