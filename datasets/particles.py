@@ -39,8 +39,11 @@ HDF5 layout (written by :func:`simulate`, read by :class:`ParticleDataset` and
     /time  [S]            time of each snapshot (burn-in included)
     attrs: system (class name), parameters (JSON), every parameter by name, box_length (NaN in
            free space), dim, num_particles, dt, seed, burn_in, spacing, n_snapshots,
-           n_trajectories, complete (True only in the final file)
-    /checkpoint (only in the ".partial" file): pos, g, step, generator_state, n_done
+           n_trajectories, run_signature, complete
+    Every data set carries a Fletcher-32 checksum (chunks of one snapshot), checked on read.
+
+An unfinished run keeps its snapshots as raw bytes in ``out + ".partial"`` and its integrator
+state in the sidecar ``out + ".partial.state"`` (see :func:`simulate`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from torch_geometric.data import Data, Dataset
 from gtlib.attention.neighbors import minimum_image
 from gtlib.attention.pattern import Pattern
 from gtlib.entropy.reference import linear_stationary_covariance, stationary_sample_linear
+from gtlib.io import atomic_torch_save, atomic_write, remove_stale_temporaries
 
 __all__ = [
     "ActiveBrownianParticles",
@@ -873,29 +877,147 @@ def _write_attrs(handle: h5py.File, system: _SoftDiscs, run: dict[str, Any]) -> 
         handle.attrs[name] = value
 
 
-def _read_checkpoint(path: str, signature: str) -> dict[str, Any]:
+# Checkpoint format of an unfinished run (the sidecar written by simulate()).
+_CHECKPOINT_FORMAT = "gtlib.datasets.simulate/2"
+# Every error h5py raises for a corrupt or unexpected file.
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
+def _run_files(path: str) -> tuple[str, str]:
+    """The snapshot file and the integrator-state sidecar of an unfinished run of ``path``."""
+    return path + ".partial", path + ".partial.state"
+
+
+def _discard_run_files(path: str) -> None:
+    """Remove what an unfinished run of ``path`` left: snapshots, sidecar, stale temporaries."""
+    for name in (path, *_run_files(path)):
+        remove_stale_temporaries(name)
+    for name in _run_files(path):
+        try:
+            os.remove(name)
+        except FileNotFoundError:
+            pass
+
+
+def _snapshot_bytes(all_pos: Tensor, all_g: Tensor, start: int, stop: int) -> bytes:
+    """Snapshots ``start:stop`` as raw bytes, per snapshot ``pos`` then ``g`` (C order)."""
+    return b"".join(
+        all_pos[s].numpy().tobytes() + all_g[s].numpy().tobytes() for s in range(start, stop)
+    )
+
+
+def _append_snapshots(path: str, offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` of the snapshot file, drop what lies beyond (bytes of a write
+    the last checkpoint does not cover) and flush it to disk before the sidecar records it."""
+    with open(path, "r+b" if os.path.exists(path) else "wb") as handle:
+        handle.seek(offset)
+        handle.write(data)
+        handle.truncate()
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _checkpoint_error(sidecar: str, problem: str) -> ValueError:
+    return ValueError(
+        f"{sidecar}: {problem}; the checkpoint of this unfinished run is inconsistent (delete "
+        "it or pass resume=False to start over)"
+    )
+
+
+def _read_checkpoint(
+    path: str,
+    signature: str,
+    snapshot_shape: tuple[int, ...],
+    dtype: torch.dtype,
+    snapshot_steps: Sequence[int],
+) -> dict[str, Any]:
+    """Load and cross-check the checkpoint of an unfinished run of ``path`` (``{}``: none).
+
+    The sidecar (written atomically) is the truth: its step must match its snapshot count under
+    the run's schedule, and the snapshot file must hold at least the bytes it records, with the
+    recorded SHA-256; bytes beyond (a write the kill interrupted) are ignored and overwritten.
+    """
+    snapshots, sidecar = _run_files(path)
+    if not os.path.exists(sidecar):
+        return {}
     try:
-        with h5py.File(path, "r") as handle:
-            if handle.attrs.get("run_signature") != signature:
-                raise ValueError(
-                    f"{path}: an unfinished run with different settings exists; delete it or "
-                    "pass resume=False"
-                )
-            if "checkpoint" not in handle:
-                return {}
-            ck = handle["checkpoint"]
-            n_done = int(ck["n_done"][()])
-            return {
-                "pos": torch.from_numpy(ck["pos"][()]),
-                "g": torch.from_numpy(ck["g"][()]),
-                "step": int(ck["step"][()]),
-                "generator_state": torch.from_numpy(ck["generator_state"][()]),
-                "n_done": n_done,
-                "snap_pos": torch.from_numpy(handle["pos"][:n_done]),
-                "snap_g": torch.from_numpy(handle["g"][:n_done]),
-            }
+        state = torch.load(sidecar, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - whatever an unreadable pickle raises
+        raise _checkpoint_error(sidecar, f"unreadable ({type(error).__name__}: {error})") from error
+    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+        raise _checkpoint_error(sidecar, "not a checkpoint written by simulate()")
+    if state.get("run_signature") != signature:
+        raise ValueError(
+            f"{path}: an unfinished run with different settings exists; delete it or "
+            "pass resume=False"
+        )
+    step, n_done = state.get("step"), state.get("n_done")
+    if not isinstance(step, int) or not isinstance(n_done, int) or step < 0:
+        raise _checkpoint_error(sidecar, f"step {step!r} and snapshot count {n_done!r}")
+    expected = sum(1 for t in snapshot_steps if t <= step)
+    if n_done != expected:
+        raise _checkpoint_error(
+            sidecar,
+            f"step {step} and snapshot count {n_done} disagree (the schedule takes {expected} "
+            f"snapshots by step {step})",
+        )
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_snapshot = 2 * math.prod(snapshot_shape) * itemsize
+    nbytes = state.get("snapshot_bytes")
+    if nbytes != n_done * per_snapshot:
+        raise _checkpoint_error(
+            sidecar,
+            f"{nbytes!r} snapshot bytes recorded for {n_done} snapshots of {per_snapshot} bytes",
+        )
+    for name in ("pos", "g"):
+        value = state.get(name)
+        if not isinstance(value, Tensor) or value.shape != snapshot_shape or value.dtype != dtype:
+            raise _checkpoint_error(sidecar, f"bad integrator state '{name}'")
+    try:
+        with open(snapshots, "rb") as handle:
+            data = handle.read(nbytes)
     except OSError as error:
-        raise ValueError(f"{path}: unreadable checkpoint file ({error})") from error
+        raise _checkpoint_error(
+            sidecar, f"snapshot file {snapshots} unreadable ({error})"
+        ) from error
+    if len(data) != nbytes:
+        raise _checkpoint_error(
+            sidecar, f"snapshot file {snapshots} holds {len(data)} bytes, {nbytes} recorded"
+        )
+    digest = hashlib.sha256(data)
+    if digest.hexdigest() != state.get("snapshot_sha256"):
+        raise _checkpoint_error(sidecar, f"snapshot file {snapshots} fails its SHA-256 check")
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    snaps = torch.from_numpy(
+        np.frombuffer(data, dtype=np_dtype).reshape(n_done, 2, *snapshot_shape).copy()
+    )
+    return {
+        "pos": state["pos"],
+        "g": state["g"],
+        "step": step,
+        "generator_state": state["generator_state"],
+        "n_done": n_done,
+        "snap_pos": snaps[:, 0],
+        "snap_g": snaps[:, 1],
+        "digest": digest,
+    }
+
+
+def _write_trajectory(
+    path: str, system: _SoftDiscs, run: dict[str, Any], pos: Tensor, g: Tensor, time: Tensor
+) -> None:
+    """Write a complete run to ``path`` atomically, with Fletcher-32 checksums on every data set
+    (chunks of one snapshot, so a reader checks only what it reads)."""
+    chunks = (1, *pos.shape[1:])
+
+    def write(tmp: Any) -> None:
+        with h5py.File(tmp, "w") as handle:
+            _write_attrs(handle, system, run)
+            handle.create_dataset("pos", data=pos.numpy(), chunks=chunks, fletcher32=True)
+            handle.create_dataset("g", data=g.numpy(), chunks=chunks, fletcher32=True)
+            handle.create_dataset("time", data=time.numpy(), fletcher32=True)
+
+    atomic_write(path, write)
 
 
 def simulate(
@@ -929,12 +1051,18 @@ def simulate(
     Snapshot ``s`` is taken after ``round(burn_in / dt) + s * round(spacing / dt)`` steps.
     Initial positions: a jittered lattice (``initial`` overrides), ``g`` from its stationary law.
 
-    With ``out`` the run is written to ``out + ".partial"`` and moved to ``out`` with
-    :func:`os.replace` when complete. Every ``checkpoint_every`` snapshots (and every
-    ``checkpoint_every * spacing`` steps of burn-in) the snapshots so far and the full integrator
-    state (positions, ``g``, step, generator state) are saved, so a run interrupted at any point
-    resumes with ``resume=True`` to exactly the numbers of an uninterrupted run. An existing
-    complete ``out`` with the same settings is read back instead of simulated again.
+    With ``out``, every ``checkpoint_every`` snapshots (and every ``checkpoint_every * spacing``
+    steps of burn-in) the new snapshots are appended to ``out + ".partial"`` and flushed to disk,
+    then the full integrator state (positions, ``g``, step, generator state, snapshot count and
+    the SHA-256 of the snapshot bytes) replaces the sidecar ``out + ".partial.state"``
+    atomically (:func:`gtlib.io.atomic_torch_save`). A kill at any instant therefore leaves the
+    previous or the next checkpoint, and ``resume=True`` continues to exactly the numbers of an
+    uninterrupted run; a checkpoint whose step, snapshot count and snapshot bytes disagree raises
+    a :class:`ValueError` naming the file instead of resuming wrongly. The complete run is
+    written to ``out`` atomically (HDF5, Fletcher-32 checksums on every data set), then the
+    ``.partial`` files are removed; stale temporaries of killed writes are removed on the next
+    call. An existing complete ``out`` with the same settings is read back instead of simulated
+    again.
 
     Args:
         system: an :class:`ActiveOUParticles` or :class:`ActiveBrownianParticles`.
@@ -1013,55 +1141,50 @@ def simulate(
     all_pos = torch.empty(n_snapshots, batch, n, d, dtype=dtype)
     all_g = torch.empty(n_snapshots, batch, n, d, dtype=dtype)
 
-    path = partial = None
+    path = sidecar = snapshots = None
     if out is not None:
         path = os.fspath(out)
-        partial = path + ".partial"
+        snapshots, sidecar = _run_files(path)
         if os.path.exists(path) and resume:
-            with h5py.File(path, "r") as handle:
-                if handle.attrs.get("run_signature") == signature:
-                    return {
-                        "pos": torch.from_numpy(handle["pos"][()]),
-                        "g": torch.from_numpy(handle["g"][()]),
-                        "time": torch.from_numpy(handle["time"][()]),
-                    }
-            raise ValueError(
-                f"{path} exists and holds a different run; delete it or pass resume=False"
-            )
+            finished = load_trajectory(path)
+            if finished["attrs"].get("run_signature") != signature:
+                raise ValueError(
+                    f"{path} exists and holds a different run; delete it or pass resume=False"
+                )
+            _discard_run_files(path)  # leftovers of a kill after the final rename
+            return {key: finished[key] for key in ("pos", "g", "time")}
 
     step, n_done = 0, 0
     pos, g = pos0, g0
-    state = {}
-    if partial is not None and resume and os.path.exists(partial):
-        # An empty state: interrupted before the first checkpoint; start over.
-        state = _read_checkpoint(partial, signature)
+    state: dict[str, Any] = {}
+    snapshot_shape = (batch, n, d)
+    if path is not None:
+        if resume:
+            state = _read_checkpoint(
+                path,
+                signature,
+                snapshot_shape,
+                dtype,
+                [burn_steps + s * spacing_steps for s in range(n_snapshots)],
+            )
+        if not state:  # a fresh start (or interrupted before the first checkpoint)
+            _discard_run_files(path)
+    digest = state.get("digest", hashlib.sha256())
     if state:
         pos, g, step, n_done = state["pos"], state["g"], state["step"], state["n_done"]
         generator.set_state(state["generator_state"])
         all_pos[:n_done] = state["snap_pos"]
         all_g[:n_done] = state["snap_g"]
-    elif partial is not None:
-        with h5py.File(partial, "w") as handle:
-            _write_attrs(
-                handle,
-                system,
-                {
-                    "dt": dt,
-                    "seed": seed,
-                    "burn_in": burn_steps * dt,
-                    "spacing": spacing_steps * dt,
-                    "n_snapshots": n_snapshots,
-                    "n_trajectories": batch,
-                    "run_signature": signature,
-                    "complete": False,
-                },
-            )
-            shape = (n_snapshots, batch, n, d)
-            chunks = (1, batch, n, d)
-            np_dtype = np.float64 if dtype == torch.float64 else np.float32
-            handle.create_dataset("pos", shape=shape, dtype=np_dtype, chunks=chunks)
-            handle.create_dataset("g", shape=shape, dtype=np_dtype, chunks=chunks)
-            handle.create_dataset("time", data=time.numpy())
+    run_attrs = {
+        "dt": dt,
+        "seed": seed,
+        "burn_in": burn_steps * dt,
+        "spacing": spacing_steps * dt,
+        "n_snapshots": n_snapshots,
+        "n_trajectories": batch,
+        "run_signature": signature,
+        "complete": True,
+    }
 
     snap_steps = {burn_steps + s * spacing_steps: s for s in range(n_snapshots)}
     unit = checkpoint_every * spacing_steps
@@ -1076,21 +1199,25 @@ def simulate(
 
     def save_checkpoint(current: int) -> None:
         nonlocal written
-        if partial is None:
+        if sidecar is None:
             return
-        with h5py.File(partial, "r+") as handle:
-            if n_done > written:
-                handle["pos"][written:n_done] = all_pos[written:n_done].numpy()
-                handle["g"][written:n_done] = all_g[written:n_done].numpy()
-            if "checkpoint" in handle:
-                del handle["checkpoint"]
-            ck = handle.create_group("checkpoint")
-            ck["pos"] = pos.numpy()
-            ck["g"] = g.numpy()
-            ck["step"] = current
-            ck["n_done"] = n_done
-            ck["generator_state"] = generator.get_state().numpy()
+        itemsize = all_pos.element_size()
+        data = _snapshot_bytes(all_pos, all_g, written, n_done)
+        _append_snapshots(snapshots, 2 * written * math.prod(snapshot_shape) * itemsize, data)
+        digest.update(data)
         written = n_done
+        checkpoint = {
+            "format": _CHECKPOINT_FORMAT,
+            "run_signature": signature,
+            "step": current,
+            "n_done": n_done,
+            "snapshot_bytes": 2 * n_done * math.prod(snapshot_shape) * itemsize,
+            "snapshot_sha256": digest.hexdigest(),
+            "pos": pos.clone(),
+            "g": g.clone(),
+            "generator_state": generator.get_state(),
+        }
+        atomic_torch_save(checkpoint, sidecar)
 
     cache = _NeighbourCache(system, skin)
     bar = None
@@ -1127,39 +1254,94 @@ def simulate(
         if bar is not None:
             bar.close()
 
-    if partial is not None:
-        with h5py.File(partial, "r+") as handle:
-            if "checkpoint" in handle:
-                del handle["checkpoint"]
-            handle.attrs["complete"] = True
-        os.replace(partial, path)
+    if path is not None:
+        _write_trajectory(path, system, run_attrs, all_pos, all_g, time)
+        _discard_run_files(path)
     return {"pos": all_pos, "g": all_g, "time": time}
 
 
 # ------------------------------------------------------------------------------------------------
 # Reading
-def _open_checked(path: str) -> h5py.File:
+def _h5(path: str, what: str, read: Callable[[], Any]) -> Any:
+    """``read()``, with every h5py/HDF5 error turned into a ValueError naming the file."""
+    try:
+        return read()
+    except _H5_ERRORS as error:
+        raise ValueError(
+            f"{path}: cannot read {what} ({type(error).__name__}: {error}); the file is "
+            "corrupt or not written by simulate()"
+        ) from error
+
+
+def _finite_float(path: str, name: str, values: np.ndarray, where: str = "") -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise ValueError(f"{path}: dataset '{name}'{where} holds NaN or infinite values")
+    return values
+
+
+def _check_layout(path: str, handle: h5py.File) -> dict[str, Any]:
+    nodes = {}
+    for name in ("pos", "g", "time"):
+        node = _h5(path, f"dataset '{name}'", lambda name=name: handle.get(name))
+        if node is None:
+            raise ValueError(f"{path}: missing dataset '{name}'")
+        if not isinstance(node, h5py.Dataset):
+            raise ValueError(f"{path}: '{name}' is a {type(node).__name__}, not a dataset")
+        dtype = _h5(path, f"the dtype of dataset '{name}'", lambda node=node: node.dtype)
+        if dtype.kind != "f":
+            raise ValueError(
+                f"{path}: dataset '{name}' has dtype {dtype}, expected real floating point"
+            )
+        nodes[name] = node
+    shapes = {
+        name: _h5(path, f"dataset '{name}'", lambda n=node: n.shape) for name, node in nodes.items()
+    }
+    shape = shapes["pos"]
+    if len(shape) != 4 or shapes["g"] != shape or shapes["time"] != shape[:1]:
+        raise ValueError(
+            f"{path}: expected pos and g of shape [S, B, N, d] and time [S], got {shapes}"
+        )
+    attrs = _h5(path, "the attributes", lambda: {key: handle.attrs[key] for key in handle.attrs})
+    if not bool(attrs.get("complete", True)):
+        raise ValueError(f"{path}: the run is incomplete")
+    box_length = attrs.get("box_length", math.nan)
+    if not isinstance(box_length, numbers.Real) or not (
+        math.isnan(box_length) or (math.isfinite(box_length) and box_length > 0)
+    ):
+        raise ValueError(f"{path}: attribute 'box_length' = {box_length!r} is not positive or NaN")
+    _finite_float(path, "time", _h5(path, "dataset 'time'", lambda: nodes["time"][()]))
+    return attrs
+
+
+def _open_checked(path: str) -> tuple[h5py.File, dict[str, Any]]:
+    """Open a file written by :func:`simulate` and check its layout, dtypes and attributes.
+
+    Raises:
+        FileNotFoundError: no such path.
+        ValueError: anything else (a folder, not HDF5, corrupt, missing or mistyped data sets,
+            non-finite times, an incomplete run), naming the file and the data set.
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory, not an HDF5 file written by simulate()")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     try:
         handle = h5py.File(path, "r")
-    except OSError as error:
+    except _H5_ERRORS as error:
         raise ValueError(f"{path}: not a readable HDF5 file ({error})") from error
-    for name in ("pos", "g", "time"):
-        if name not in handle:
-            handle.close()
-            raise ValueError(f"{path}: missing dataset '{name}'")
-    shape = handle["pos"].shape
-    if len(shape) != 4 or handle["g"].shape != shape or handle["time"].shape != shape[:1]:
-        shapes = {name: handle[name].shape for name in ("pos", "g", "time")}
+    try:
+        attrs = _check_layout(path, handle)
+    except BaseException:
         handle.close()
-        raise ValueError(
-            f"{path}: expected pos and g of shape [S, B, N, d] and time [S], got {shapes}"
-        )
-    if not bool(handle.attrs.get("complete", True)):
-        handle.close()
-        raise ValueError(f"{path}: the run is incomplete")
-    return handle
+        raise
+    return handle, attrs
+
+
+def _read_array(path: str, handle: h5py.File, name: str, index: Any = ()) -> np.ndarray:
+    """``handle[name][index]``, checksum-verified (Fletcher-32 where written) and finite."""
+    where = "" if index == () else f" at {index}"
+    values = _h5(path, f"dataset '{name}'{where}", lambda: handle[name][index])
+    return _finite_float(path, name, np.asarray(values), where)
 
 
 def load_trajectory(path: str | os.PathLike) -> dict[str, Any]:
@@ -1167,14 +1349,22 @@ def load_trajectory(path: str | os.PathLike) -> dict[str, Any]:
 
     Returns:
         ``{"pos": [S, B, N, d], "g": [S, B, N, d], "time": [S], "attrs": dict}``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is a folder, not HDF5 or corrupt (a data set failing its checksum
+            included), lacks ``pos``/``g``/``time``, has non-float or non-finite values or
+            inconsistent shapes, or holds an incomplete run; the message names the file and the
+            data set.
     """
     path = os.fspath(path)
-    with _open_checked(path) as handle:
+    handle, attrs = _open_checked(path)
+    with handle:
         return {
-            "pos": torch.from_numpy(handle["pos"][()]),
-            "g": torch.from_numpy(handle["g"][()]),
-            "time": torch.from_numpy(handle["time"][()]),
-            "attrs": {key: handle.attrs[key] for key in handle.attrs},
+            "pos": torch.from_numpy(_read_array(path, handle, "pos")),
+            "g": torch.from_numpy(_read_array(path, handle, "g")),
+            "time": torch.from_numpy(_read_array(path, handle, "time")),
+            "attrs": attrs,
         }
 
 
@@ -1195,20 +1385,22 @@ class ParticleDataset(Dataset):
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not HDF5, lacks ``pos``/``g``/``time``, has inconsistent shapes or
-            holds an incomplete run (each message names the file).
+        ValueError: the file is a folder, not HDF5 or corrupt, lacks ``pos``/``g``/``time``, has
+            non-float data sets, non-finite times or inconsistent shapes, or holds an incomplete
+            run (each message names the file and the data set). An item whose data fail their
+            checksum or are not finite raises the same error when it is read.
     """
 
     def __init__(
         self, path: str | os.PathLike, *, transform: Callable[[Data], Data] | None = None
     ) -> None:
         self.path = os.fspath(path)
-        with _open_checked(self.path) as handle:
+        handle, self.attrs = _open_checked(self.path)
+        with handle:
             self.n_snapshots, self.n_trajectories, self.num_particles, self.dim = handle[
                 "pos"
             ].shape
-            box_length = float(handle.attrs.get("box_length", math.nan))
-            self.attrs = {key: handle.attrs[key] for key in handle.attrs}
+        box_length = float(self.attrs.get("box_length", math.nan))
         self.box_length = None if math.isnan(box_length) else box_length
         self._handle: h5py.File | None = None
         self._pid: int | None = None
@@ -1219,17 +1411,20 @@ class ParticleDataset(Dataset):
 
     def _file(self) -> h5py.File:
         if self._handle is None or self._pid != os.getpid():
-            self._handle = h5py.File(self.path, "r")
+            self._handle = _h5(self.path, "the file", lambda: h5py.File(self.path, "r"))
             self._pid = os.getpid()
         return self._handle
 
     def get(self, idx: int) -> Data:
         snapshot, trajectory = divmod(int(idx), self.n_trajectories)
         handle = self._file()
+        index = (snapshot, trajectory)
         data = Data(
-            pos=torch.from_numpy(handle["pos"][snapshot, trajectory]),
-            g=torch.from_numpy(handle["g"][snapshot, trajectory]),
-            time=torch.tensor(float(handle["time"][snapshot]), dtype=torch.float64),
+            pos=torch.from_numpy(_read_array(self.path, handle, "pos", index)),
+            g=torch.from_numpy(_read_array(self.path, handle, "g", index)),
+            time=torch.tensor(
+                float(_read_array(self.path, handle, "time", snapshot)), dtype=torch.float64
+            ),
             trajectory=torch.tensor(trajectory),
             num_nodes=self.num_particles,
         )

@@ -358,9 +358,13 @@ def test_resume_is_bit_for_bit_and_write_is_atomic(tmp_path, cls, monkeypatch):
     with pytest.raises(Interrupt):
         simulate(system, 12, dt, out=out, callback=fail, **kwargs)
     assert not out.exists() and os.path.exists(str(out) + ".partial")
-    with h5py.File(str(out) + ".partial", "r") as handle:
-        assert int(handle["checkpoint/n_done"][()]) == 6
-        assert not handle.attrs["complete"]
+    state = torch.load(str(out) + ".partial.state", weights_only=True)
+    assert state["n_done"] == 6 and state["step"] == 40 + 5 * 5  # checkpoint after snapshot 5
+    # The snapshot file holds snapshots 0..5 (pos then g, raw bytes), as the reference has them.
+    raw = np.fromfile(str(out) + ".partial", dtype=np.float64).reshape(6, 2, 2, 64, 2)
+    assert np.array_equal(raw[:, 0], reference["pos"][:6].numpy())
+    assert np.array_equal(raw[:, 1], reference["g"][:6].numpy())
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
     # A second interruption inside the burn-in of a fresh run, by failing the integrator.
     out2 = tmp_path / "run2.h5"
@@ -384,6 +388,7 @@ def test_resume_is_bit_for_bit_and_write_is_atomic(tmp_path, cls, monkeypatch):
     for path, settings in ((out, other), (out2, kwargs)):
         resumed = simulate(system, 12, dt, out=path, **settings)
         assert path.exists() and not os.path.exists(str(path) + ".partial")
+        assert not os.path.exists(str(path) + ".partial.state")
         for key in ("pos", "g", "time"):
             assert torch.equal(resumed[key], reference[key]), key
         loaded = load_trajectory(path)
@@ -396,6 +401,51 @@ def test_resume_is_bit_for_bit_and_write_is_atomic(tmp_path, cls, monkeypatch):
     assert torch.equal(again["pos"], reference["pos"])
     with pytest.raises(ValueError, match="different run"):
         simulate(system, 12, dt, out=out, **{**kwargs, "seed": 12})
+
+
+def test_inconsistent_checkpoint_is_refused(tmp_path):
+    """A checkpoint whose step, snapshot count or snapshot bytes disagree never resumes."""
+    system = ActiveOUParticles(16, packing_fraction=0.3, v0=1.0)
+    kwargs = dict(spacing=0.02, n_trajectories=2, seed=5, checkpoint_every=2, progress=False)
+
+    def stop(s, state):
+        if s == 4:
+            raise Interrupt
+
+    out = tmp_path / "run.h5"
+    sidecar, snapshots = tmp_path / "run.h5.partial.state", tmp_path / "run.h5.partial"
+    with pytest.raises(Interrupt):
+        simulate(system, 8, 1e-2, out=out, callback=stop, **kwargs)
+    good_state, good_bytes = sidecar.read_bytes(), snapshots.read_bytes()
+    state = torch.load(sidecar, weights_only=True)
+    assert state["n_done"] == 4 and len(good_bytes) == 4 * 2 * 2 * 16 * 2 * 8
+
+    def refused(match):
+        with pytest.raises(ValueError, match=match):
+            simulate(system, 8, 1e-2, out=out, **kwargs)
+        sidecar.write_bytes(good_state)
+        snapshots.write_bytes(good_bytes)
+
+    torch.save({**state, "n_done": 3}, sidecar)  # step and count disagree
+    refused("run.h5.partial.state.*step 6 and snapshot count 3 disagree")
+    torch.save({**state, "step": 8}, sidecar)  # a step past the snapshot it claims
+    refused("run.h5.partial.state.*step 8 and snapshot count 4 disagree")
+    snapshots.write_bytes(good_bytes[:-8])  # snapshots lost
+    refused("run.h5.partial.state.*holds .* bytes")
+    flipped = bytearray(good_bytes)
+    flipped[100] ^= 0x10
+    snapshots.write_bytes(bytes(flipped))  # a flipped bit in a snapshot
+    refused("run.h5.partial.state.*SHA-256")
+    sidecar.write_bytes(good_state[: len(good_state) // 2])  # a torn sidecar
+    refused("run.h5.partial.state.*unreadable")
+    # Extra bytes beyond the checkpoint (a kill during the next append) are ignored: exact resume.
+    snapshots.write_bytes(good_bytes + b"\x01" * 1000)
+    resumed = simulate(system, 8, 1e-2, out=out, **kwargs)
+    reference = simulate(system, 8, 1e-2, **kwargs)
+    assert torch.equal(resumed["pos"], reference["pos"]) and torch.equal(
+        resumed["g"], reference["g"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
 
 
 def test_hdf5_layout_and_dataset(tmp_path):
