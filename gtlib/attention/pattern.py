@@ -614,6 +614,75 @@ class Pattern:
         pattern._unique_edges = True
         return pattern, edge_type, graph_edge
 
+    @classmethod
+    def octree(
+        cls,
+        pos: Tensor,
+        window_size: int,
+        levels: int = 1,
+        batch: Tensor | None = None,
+        shift: bool | Sequence[bool] = False,
+        cylindrical: bool = False,
+        origin: Tensor | None = None,
+        depth: int | None = None,
+    ):
+        r"""Octree-window attention over point clouds (OctFormer / HOTFormerLoc style).
+
+        Every cloud is normalised into its bounding cube (Cartesian) or, with ``cylindrical``,
+        into :math:`(r / r_{max}, (\theta + \pi) / 2\pi, (z - z_{min}) / \Delta z)` about the
+        sensor ``origin``; the points are serialised by (cloud, z-order code), so every octree
+        cell is a contiguous run, and the points of every cell of depth ``depth - l`` are cut
+        into :math:`\lceil n / w \rceil` windows of nearly equal size, at most ``window_size``
+        each, contiguous in the serialised order. The window pattern of each level is a block
+        pattern over the serialised points (dense SDPA in the engine); each level also hands
+        out the relay-token patterns (one relay per window).
+
+        Args:
+            pos: ``[N, 3]`` point positions (not differentiated through).
+            window_size: the largest window :math:`w`.
+            levels: number of levels; level ``l`` uses cells of depth ``depth - l``.
+            batch: ``[N]`` sorted int64 cloud ids, or ``None`` for one cloud.
+            shift: shift the cells by half a cell along every axis (Swin's shifted windows):
+                one bool for every level or one per level.
+            cylindrical: cells in :math:`(r, \theta, z)` instead of :math:`(x, y, z)`.
+            origin: ``[3]`` or ``[num_clouds, 3]`` sensor position(s) of the cylindrical
+                variant (default: the coordinate origin).
+            depth: octree depth of level 0's cells (default: about
+                :math:`\log_4(n_{cloud} / w) + 1`, for points on surfaces).
+
+        Returns:
+            An :class:`~gtlib.attention.octree.Octree` whose ``levels`` are
+            :class:`~gtlib.attention.octree.OctreeLevel` objects carrying ``perm``/``inverse``
+            (serialisation), ``window``/``window_ptr``/``window_batch``, ``pattern`` (windows)
+            and ``relay_gather()``, ``relay_global()``, ``relay_scatter()``, ``with_relays()``.
+
+        Raises:
+            TypeError: ``pos`` not a floating tensor, non-int ``window_size``/``levels``/
+                ``depth``, non-bool ``shift``/``cylindrical``, bad ``batch``/``origin`` types.
+            ValueError: bad shapes, non-finite positions, sizes below 1, ``depth`` out of
+                range, unsorted ``batch``, ``origin`` without ``cylindrical``.
+        """
+        from gtlib.attention.octree import octree
+
+        return octree(pos, window_size, levels, batch, shift, cylindrical, origin, depth)
+
+    @classmethod
+    def cross(cls, batch_src: Tensor, batch_dst: Tensor) -> Pattern:
+        """Cross-attention between two token sets: receiver ``i`` attends to every sender
+        ``j`` of its graph (``batch_src[j] == batch_dst[i]``), e.g. CrossViT's CLS token of one
+        branch (``batch_dst = arange(G)``) over the other branch's tokens, or attentional
+        pooling of a batch of clouds. The ids need not be sorted. Edges are sorted by receiver,
+        then sender index (also their caller order); ``num_src = len(batch_src)``,
+        ``num_dst = len(batch_dst)``.
+
+        Raises:
+            TypeError: the ids are not int64 tensors.
+            ValueError: not 1-D, negative ids, or on different devices.
+        """
+        from gtlib.attention.octree import cross_pattern
+
+        return cross_pattern(batch_src, batch_dst)
+
     # ------------------------------------------------------------------ views
     @property
     def num_edges(self) -> int:
