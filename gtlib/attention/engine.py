@@ -10,6 +10,8 @@ sum, mean, max or given weights), and sends the call to a backend:
 ``sparse``    softmax family on sparse-matrix kernels (SDDMM + SpMM), ``[E, H]`` state
 ``stream``    softmax family, online softmax over edge chunks, recomputing backward
 ``fused``     softmax family (dot/additive scores), compiled C++ kernel on the CPU
+``triton``    softmax family (dot/additive scores, dropout), fused Triton kernels on CUDA devices
+              (on CPU tensors through Triton's interpreter, ``TRITON_INTERPRET=1``, for tests)
 ``dense``     block patterns (per-graph all-to-all, windows) through SDPA
 ============  ===========================================================================
 """
@@ -40,7 +42,7 @@ __all__ = ["Edges", "attend", "MODES", "REDUCTIONS", "SCORES"]
 
 SCORES = ("dot", "additive", "static", None)
 REDUCTIONS = ("softmax", "sum", "mean", "max", "weights")
-MODES = ("auto", "scatter", "chunked", "sparse", "stream", "fused", "dense")
+MODES = ("auto", "scatter", "chunked", "sparse", "stream", "fused", "triton", "dense")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # From this many per-edge elements (E * H * C) on, "auto" leaves the all-edges scatter mode.
 SPARSE_THRESHOLD = 1 << 16
@@ -152,7 +154,7 @@ def attend(
                           ("edge_input", edge_inputs)):  # fmt: skip
         tensors.update({f"{prefix}{i}": x for i, x in enumerate(given)})
     out_dtype = None if value is None else value.dtype  # message_fn outputs are left alone
-    if out_dtype in _LOW_PRECISION and mode != "dense":
+    if out_dtype in _LOW_PRECISION and mode not in ("dense", "triton"):
         tensors = {k: t if t is None or "_input" in k else t.float() for k, t in tensors.items()}
     if spec.kind is None and tensors["bias"] is None and reduce == "softmax":
         like = tensors["value"] if tensors["value"] is not None else tensors["query"]
@@ -184,6 +186,15 @@ def attend(
         out = fused.fused_attention(*args, **kwargs)
         if return_attention:
             alpha = fused.fused_attention_weights(*args, **kwargs)
+    elif mode == "triton":
+        sorted_edge = {k: None if tensors[k] is None else pattern.to_sorted(tensors[k])
+                       for k in ("key_edge", "value_edge", "bias")}  # fmt: skip
+        result = _triton_backend().triton_attention(
+            tensors["query"], tensors["key"], tensors["value"], pattern, score=spec.kind,
+            att=tensors["att"], negative_slope=spec.negative_slope, scale=spec.scale,
+            dropout=dropout, return_attention=return_attention, **sorted_edge,
+        )  # fmt: skip
+        out, alpha = result if return_attention else (result, None)
     else:
         plan = ChunkPlan(pattern, spec, heads, _channels(tensors), tensors["value"].size(-1),
                          dropout, chunk_size)  # fmt: skip
@@ -218,7 +229,7 @@ def _resolve_mode(
         )
     if mode == "dense" and return_attention:
         raise ValueError("mode='dense' cannot return attention weights; use mode='scatter'")
-    if mode in ("sparse", "stream", "fused") and not builtin:
+    if mode in ("sparse", "stream", "fused", "triton") and not builtin:
         raise ValueError(
             f"mode={mode!r} runs the softmax family with built-in scores and values; "
             "score_mod, message_fn and other reductions need mode='scatter' or 'chunked'"
@@ -237,6 +248,14 @@ def _resolve_mode(
                 "mode='fused' needs the compiled CPU kernel, which is not available here (no "
                 "working compiler, or GTLIB_FUSED_CPU=0); use mode='auto' to fall back"
             )
+    if mode == "triton":
+        if spec.kind not in ("dot", "additive"):
+            raise ValueError("mode='triton' takes score='dot' or 'additive'")
+        if not _triton_backend().available(pattern.device):
+            raise RuntimeError(
+                "mode='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 with CPU "
+                f"tensors); the pattern is on {pattern.device}"
+            )
     if mode != "auto":
         return mode
     width = heads * max(_width(value), 1)
@@ -250,7 +269,8 @@ def _resolve_mode(
     if not large or spec.kind is None:
         return "scatter"
     if pattern.device.type != "cpu":
-        return "stream"
+        triton_ok = spec.kind in ("dot", "additive") and _triton_backend().available(pattern.device)
+        return "triton" if triton_ok else "stream"
     if fusable and dropout == 0 and _fused_backend().available():
         return "fused"
     return "sparse"
@@ -284,6 +304,13 @@ def _fused_backend():
     from gtlib.attention.backends import cpu
 
     return cpu
+
+
+def _triton_backend():
+    """The Triton backend's module (its kernels are made on first use)."""
+    from gtlib.attention.backends import gpu
+
+    return gpu
 
 
 def _width(value: Tensor | None) -> int:
