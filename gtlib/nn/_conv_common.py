@@ -240,10 +240,12 @@ def _build_looped_graph(
     return Pattern.from_edge_index(looped, (num_src, num_dst)), looped, kept
 
 
-def explain_edge_mask(module: Module, num_edges: int) -> Tensor:
+def explain_edge_mask(module: Module, num_edges: int, edge_origin: Tensor | None = None) -> Tensor:
     """PyG's edge mask of a layer in explain mode, extended to the ``num_edges`` edges it
     attends over, as :meth:`torch_geometric.nn.MessagePassing.explain_message` does: the
-    entries of the caller's non-loop edges in order, then ones for the appended self-loops."""
+    entries of the caller's non-loop edges in order, then ones for the appended self-loops.
+    With ``edge_origin`` (``[num_edges]``: the caller's edge each attended edge comes from,
+    ``-1`` for edges the layer adds) the mask is gathered with it, ones at ``-1``."""
     edge_mask = module._edge_mask
     if edge_mask is None:
         raise ValueError(
@@ -251,6 +253,9 @@ def explain_edge_mask(module: Module, num_edges: int) -> Tensor:
         )
     if module._apply_sigmoid:
         edge_mask = edge_mask.sigmoid()
+    if edge_origin is not None:
+        gathered = edge_mask.index_select(0, edge_origin.clamp(min=0))
+        return torch.where(edge_origin >= 0, gathered, torch.ones_like(gathered))
     if edge_mask.size(0) != num_edges:
         edge_mask = edge_mask[module._loop_mask]
         loops = edge_mask.new_ones(num_edges - edge_mask.size(0))
@@ -266,6 +271,7 @@ def run_attention(
     value_edge: Tensor | None = None,
     dropout: float = 0.0,
     return_attention: bool = False,
+    edge_origin: Tensor | None = None,
     **score: object,
 ) -> tuple[Tensor, Tensor | None]:
     """``(out [N_dst, H, C], alpha [E, H] or None)`` of a conv's attention over ``pattern``.
@@ -277,6 +283,12 @@ def run_attention(
     (``explain_message``) on each message, the hooks called with ``alpha`` in the message
     arguments (a hook that returns new messages replaces them before the sum, as in PyG's
     ``propagate``), and the weights kept in ``module._alpha``.
+
+    ``edge_origin`` (``[E]``, for layers that attend over more edges than the caller gave,
+    e.g. Exphormer's expander): the caller's edge of each attended edge, ``-1`` for the
+    layer's own. The edge mask is gathered with it (ones at ``-1``), and the hooks see the
+    caller's edges first, in the caller's order, then the layer's own (as PyG's layers list
+    their added self-loops last), so ``alpha[:E_in]`` belongs to the caller's edges.
     """
     explain = bool(getattr(module, "_explain", None))
     hooks = getattr(module, "_message_forward_hooks", None)
@@ -302,18 +314,27 @@ def run_attention(
     )
     weights = F.dropout(alpha, p=dropout, training=dropout > 0)
     if explain:
-        weights = weights * explain_edge_mask(module, weights.size(0)).view(-1, 1)
+        mask = explain_edge_mask(module, weights.size(0), edge_origin)
+        weights = weights * mask.to(weights.dtype).view(-1, 1)
     out = attend(
         pattern, value, value_edge=value_edge, reduce="weights", weights=weights, mode="scatter"
     )
     module._alpha = alpha
     if hooks:
         src, dst = pattern.edge_index[0], pattern.edge_index[1]
+        hook_alpha = alpha
+        if edge_origin is not None:  # the caller's edges first, in its order
+            tail = edge_origin.size(0) + torch.arange(edge_origin.size(0), device=src.device)
+            order = torch.argsort(torch.where(edge_origin >= 0, edge_origin, tail))
+            src, dst = src.index_select(0, order), dst.index_select(0, order)
+            hook_alpha, weights = alpha.index_select(0, order), weights.index_select(0, order)
+            if value_edge is not None:
+                value_edge = value_edge.index_select(0, order)
         x_j = value.index_select(0, src)
         if value_edge is not None:
             x_j = x_j + value_edge
         messages = x_j * weights.unsqueeze(-1)
-        msg_kwargs = {"x_j": x_j, "alpha": alpha, "index": dst}
+        msg_kwargs = {"x_j": x_j, "alpha": hook_alpha, "index": dst}
         changed = False
         for hook in list(hooks.values()):
             result = hook(module, (msg_kwargs,), messages)

@@ -6,15 +6,17 @@ import math
 
 import torch
 from torch import Tensor
-from torch.nn import Embedding, Linear, Module, Parameter
+from torch.nn import Embedding, Linear, Parameter
+from torch_geometric.nn.conv import MessagePassing
 
 from gtlib.attention import Edges, Pattern, attend
 from gtlib.attention.cache import pattern_cache
+from gtlib.nn._conv_common import run_attention
 
 ExphormerPattern = tuple[Pattern, Tensor, Tensor]
 
 
-class ExphormerConv(Module):
+class ExphormerConv(MessagePassing):
     r"""The sparse attention of Exphormer from the `"Exphormer: Sparse Transformers for Graphs"
     <https://arxiv.org/abs/2303.06147>`_ paper (Shirzad et al., ICML 2023), on
     :func:`gtlib.attention.attend`.
@@ -49,6 +51,15 @@ class ExphormerConv(Module):
     The pattern is built once per ``(edge_index, batch)`` pair of tensors (while unmodified) in
     :data:`gtlib.attention.cache.pattern_cache`, so all layers of a model see the same expander;
     pass ``pattern`` to choose it (e.g. from a seeded generator).
+
+    It is a :class:`torch_geometric.nn.MessagePassing` (``aggr="add"``, ``node_dim=0``), so
+    PyG's explainers find it (also as ``GPSConv(attn_type="exphormer").attn``). In explain mode
+    PyG's edge mask (one entry per column of ``edge_index``) multiplies the attention weights
+    of the graph edges; expander and virtual-node edges get weight one, as PyG's layers treat
+    their added self-loops. Message forward hooks (``AttentionExplainer``) see the graph edges
+    first, in ``edge_index`` order, then the layer's own edges, with their ``alpha``. Repeated
+    columns of ``edge_index`` are merged into one attended edge (the first copy's mask entry
+    applies). Otherwise the forward is one :func:`~gtlib.attention.attend` call.
 
     Args:
         in_channels: size of each input sample.
@@ -86,7 +97,7 @@ class ExphormerConv(Module):
         dropout: float = 0.0,
         clamp: float | None = 5.0,
     ) -> None:
-        super().__init__()
+        super().__init__(aggr="add", node_dim=0)
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
                             ("heads", heads)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int):
@@ -234,9 +245,7 @@ class ExphormerConv(Module):
             scores = (query_i * key_j * emb).sum(-1) * scale
             return scores if bound is None else scores.clamp(-bound, bound)
 
-        result = attend(
-            graph_pattern,
-            value,
+        score = dict(
             score=None,
             score_mod=score_mod,
             src_inputs=(key,),
@@ -245,12 +254,23 @@ class ExphormerConv(Module):
             dropout=self.dropout if self.training else 0.0,
             return_attention=return_attention_weights,
         )
-        out, weights = result if return_attention_weights else (result, None)
+        if self._explain or self._message_forward_hooks:  # PyG's explainers watch the layer
+            out, weights = run_attention(
+                self, graph_pattern, value, edge_origin=graph_edge, **score
+            )
+        else:
+            result = attend(graph_pattern, value, **score)
+            out, weights = result if return_attention_weights else (result, None)
         out = out[:num_nodes]
         out = out.reshape(num_nodes, heads * channels) if self.concat else out.mean(1)
         if return_attention_weights:
             return out, (graph_pattern.edge_index, weights)
         return out
+
+    def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
+        """The message ``alpha_ij * v_j`` (``[E, H, C]``); the forward computes it in
+        :func:`gtlib.attention.attend`."""
+        return alpha.unsqueeze(-1) * x_j
 
     def __repr__(self) -> str:
         return (

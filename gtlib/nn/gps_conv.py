@@ -79,6 +79,13 @@ class GPSConv(Module):
       ``(Pattern, edge_type, graph_edge)`` triple of :meth:`Pattern.exphormer
       <gtlib.attention.Pattern.exphormer>`.
 
+    PyG's machinery finds the two parts where it finds them in PyG's
+    :class:`~torch_geometric.nn.conv.GPSConv`: the local layer is the child ``conv`` (a
+    :class:`~torch_geometric.nn.MessagePassing` such as :class:`~gtlib.nn.GATConv` gets the
+    explainers' edge masks and hooks) and the global attention the child ``attn``; with
+    ``"exphormer"`` that is an :class:`~gtlib.nn.ExphormerConv`, itself a ``MessagePassing``, so
+    an explainer's edge mask also weighs the graph's edges inside the global attention.
+
     Args:
         channels: size of each input and output sample.
         conv: the local message-passing layer, or ``None``.

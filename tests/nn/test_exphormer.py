@@ -146,8 +146,10 @@ def test_exphormer_union_types_and_merge():
 
 
 # ---------------------------------------------------------------------- dense reference
-def _dense_exphormer(conv: ExphormerConv, x, pattern_triple, edge_attr=None):
-    """Exphormer attention by a dense [M, M] mask and a dense softmax, in float64."""
+def _dense_exphormer(conv: ExphormerConv, x, pattern_triple, edge_attr=None, edge_scale=None):
+    """Exphormer attention by a dense [M, M] mask and a dense softmax, in float64; with
+    ``edge_scale`` (``[E]`` over the input edges) the softmax weight of each graph edge is
+    multiplied by its entry after the softmax, as PyG's explain mask does."""
     pattern, edge_type, graph_edge = pattern_triple
     n, total = x.size(0), pattern.num_dst
     heads, channels = conv.heads, conv.out_channels
@@ -171,6 +173,11 @@ def _dense_exphormer(conv: ExphormerConv, x, pattern_triple, edge_attr=None):
     scores = scores.clamp(-conv.clamp, conv.clamp)
     scores = scores.masked_fill(~mask[..., None], float("-inf"))
     weights = torch.softmax(scores, dim=1).nan_to_num(0.0)
+    if edge_scale is not None:
+        rows = (graph_edge >= 0).nonzero().view(-1)
+        scale = torch.ones(total, total, dtype=x.dtype)
+        scale = scale.index_put((dst[rows], src[rows]), edge_scale[graph_edge[rows]])
+        weights = weights * scale[..., None]
     out = torch.einsum("ijh,jhc->ihc", weights, v)[:n]
     return out.reshape(n, -1) if conv.concat else out.mean(1)
 
@@ -249,6 +256,68 @@ def test_exphormer_conv_gradcheck(edge_dim):
         assert torch.autograd.gradcheck(lambda x, *values: fn(x, None, *values), (x, *params))
     else:
         assert torch.autograd.gradcheck(fn, (x, edge_attr, *params))
+
+
+def test_exphormer_conv_explain_mask_matches_dense_reference():
+    """PyG's ``set_masks`` on the layer: the sigmoid of the mask multiplies the attention
+    weights of the graph edges (expander and virtual edges keep theirs); values and mask
+    gradients against the dense reference; the fast path again once the masks are cleared."""
+    from torch_geometric.explain.algorithm.utils import clear_masks, set_masks
+    from torch_geometric.nn import MessagePassing
+
+    torch.manual_seed(0)
+    batch = _batch([6, 5])
+    edge_index = torch.tensor([[0, 2, 3, 5, 1, 6, 8, 10, 7], [1, 1, 0, 5, 4, 7, 7, 9, 10]])
+    conv = ExphormerConv(4, 3, heads=2, degree=2, num_virtual=1, edge_dim=2).double()
+    assert isinstance(conv, MessagePassing)
+    with torch.no_grad():
+        conv.edge_type_emb.weight.normal_(1.0, 1.0)
+    x = torch.randn(11, 4, dtype=torch.float64)
+    edge_attr = torch.randn(9, 2, dtype=torch.float64)
+    triple = Pattern.exphormer(edge_index, batch, 2, 1, torch.Generator().manual_seed(3))
+    init = torch.randn(9, dtype=torch.float64)
+    mask = torch.nn.Parameter(init.clone())
+    set_masks(conv, mask, edge_index, apply_sigmoid=True)
+    out = conv(x, edge_index, batch, edge_attr, pattern=triple)
+    out[:3].square().sum().backward()
+    clear_masks(conv)
+    ref_mask = init.clone().requires_grad_()
+    expected = _dense_exphormer(conv, x, triple, edge_attr, edge_scale=ref_mask.sigmoid())
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    (ref_grad,) = torch.autograd.grad(expected[:3].square().sum(), ref_mask)
+    torch.testing.assert_close(mask.grad, ref_grad, rtol=1e-8, atol=1e-12)
+    # only edges into nodes 0..2 reach out[:3]; those that do get gradients
+    into = edge_index[1] < 3
+    assert bool((mask.grad[~into] == 0).all()) and bool((mask.grad[into] != 0).all())
+    unmasked = conv(x, edge_index, batch, edge_attr, pattern=triple)
+    torch.testing.assert_close(unmasked, _dense_exphormer(conv, x, triple, edge_attr))
+
+
+def test_exphormer_conv_hooks_see_graph_edges_first():
+    """Message forward hooks (``AttentionExplainer``'s) get the input edges first, in the
+    caller's order, with the attention weights the layer returns for them."""
+    batch = _batch([5, 4])
+    edge_index = torch.tensor([[4, 0, 2, 6, 1], [0, 1, 3, 5, 1]])  # one self-loop (1, 1)
+    conv = ExphormerConv(4, 2, heads=2, degree=1, num_virtual=2)
+    x = torch.randn(9, 4)
+    triple = Pattern.exphormer(edge_index, batch, 1, 2, torch.Generator().manual_seed(0))
+    seen = []
+    handle = conv.register_message_forward_hook(
+        lambda module, inputs, out: seen.append((inputs[0], out))
+    )
+    out = conv(x, edge_index, batch, pattern=triple)
+    handle.remove()
+    expected, (pattern_edges, weights) = conv(
+        x, edge_index, batch, pattern=triple, return_attention_weights=True
+    )
+    torch.testing.assert_close(out, expected)
+    (kwargs, messages), graph_edge = seen[0], triple[2]
+    assert messages.shape == (triple[0].num_edges, 2, 2)
+    first = torch.empty(5, dtype=torch.long)
+    first[graph_edge[graph_edge >= 0]] = (graph_edge >= 0).nonzero().view(-1)
+    torch.testing.assert_close(kwargs["alpha"][:5], weights[first])
+    assert torch.equal(kwargs["index"][:5], edge_index[1])
+    assert torch.equal(pattern_edges[:, first], edge_index)
 
 
 def test_exphormer_conv_cache_repr_and_errors():
