@@ -20,3 +20,6 @@ __all__ = [
 from gtlib.nn.exphormer_conv import ExphormerConv  # noqa: E402
 
 __all__ += ["ExphormerConv"]
+from gtlib.nn.octree_transformer import OctreeTransformer  # noqa: E402
+
+__all__ += ["OctreeTransformer"]
