@@ -118,6 +118,27 @@ def _err(path: str | os.PathLike, msg: str) -> PDEFormatError:
     return PDEFormatError(f"{os.fspath(path)}: {msg}")
 
 
+# Every error h5py raises for a corrupt file or an unexpected layout (metadata byte flips raise
+# RuntimeError or KeyError, checksum failures OSError, odd types TypeError or ValueError).
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
+def _dataset(path: str, node: Any, what: str, kinds: str = "f") -> h5py.Dataset:
+    """``node`` checked to be a data set with a real dtype (``kinds``: numpy dtype kinds)."""
+    if not isinstance(node, h5py.Dataset):
+        raise _err(path, f"{what!r} is a {type(node).__name__}, not a dataset")
+    if node.dtype.kind not in kinds:
+        expected = "real floating point" if kinds == "f" else "real numbers"
+        raise _err(path, f"dataset {what!r} has dtype {node.dtype}, expected {expected}")
+    return node
+
+
+def _finite(path: str, values: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise _err(path, f"dataset {what!r} holds NaN or infinite values")
+    return values
+
+
 def _as_str_list(value: Any) -> list[str]:
     if isinstance(value, (str, bytes)):
         value = [value]
@@ -125,9 +146,10 @@ def _as_str_list(value: Any) -> list[str]:
 
 
 def _read_coord(path: str, node: Any, size: int, what: str) -> np.ndarray | None:
-    if node is None or not isinstance(node, h5py.Dataset):
+    if node is None:
         return None
-    arr = np.asarray(node[...], dtype=np.float64)
+    node = _dataset(path, node, what, "iuf")
+    arr = _finite(path, np.asarray(node[...], dtype=np.float64), what)
     if arr.ndim == 2:  # sample-varying coordinates: the first sample's
         arr = arr[0]
     arr = arr.ravel()
@@ -136,13 +158,15 @@ def _read_coord(path: str, node: Any, size: int, what: str) -> np.ndarray | None
     return arr
 
 
-def _read_time(node: Any, n_times: int) -> np.ndarray | None:
+def _read_time(path: str, node: Any, n_times: int) -> np.ndarray | None:
     """Time coordinate ``[T]`` or ``[N, T]``; PDEBench 1D stores ``T + 1`` entries (drop last)."""
-    if node is None or not isinstance(node, h5py.Dataset) or node.ndim not in (1, 2):
+    if node is None:
         return None
-    if node.shape[-1] < n_times:
+    what = node.name
+    node = _dataset(path, node, what, "iuf")
+    if node.ndim not in (1, 2) or node.shape[-1] < n_times:
         return None
-    return np.asarray(node[..., :n_times], dtype=np.float64)
+    return _finite(path, np.asarray(node[..., :n_times], dtype=np.float64), what)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,11 +183,13 @@ def _parse_well(path: str, f: h5py.File) -> _FileInfo:
         raise _err(path, f"The Well file lacks required metadata ({exc})") from None
     if len(names) != n_dims:
         raise _err(path, f"n_spatial_dims={n_dims} but spatial_dims={names}")
+    if not isinstance(dims, h5py.Group):
+        raise _err(path, f"'dimensions' is a {type(dims).__name__}, not a group")
     spatial = []
     for d in names:
         if d not in dims:
             raise _err(path, f"dimensions/{d} is missing")
-        spatial.append(int(dims[d].shape[-1]))
+        spatial.append(int(_dataset(path, dims[d], f"dimensions/{d}", "iuf").shape[-1]))
     spatial_shape = tuple(spatial)
     n_samples = int(f.attrs.get("n_trajectories", -1))
     time_node = dims.get("time")
@@ -175,7 +201,7 @@ def _parse_well(path: str, f: h5py.File) -> _FileInfo:
             group = f.get(f"t{order}_fields")
             for name in _as_str_list(group.attrs.get("field_names", [])) if group else []:
                 node = group.get(name)
-                if node is not None and bool(node.attrs.get("time_varying", False)):
+                if isinstance(node, h5py.Dataset) and bool(node.attrs.get("time_varying", False)):
                     n_times = int(node.shape[1 if node.attrs.get("sample_varying") else 0])
                     break
             else:
@@ -194,7 +220,7 @@ def _parse_well(path: str, f: h5py.File) -> _FileInfo:
                     f"{gname}/{name} is listed in field_names but missing; "
                     f"stored: {sorted(group.keys())}",
                 )
-            ds = group[name]
+            ds = _dataset(path, group[name], f"{gname}/{name}")
             try:
                 dv = tuple(bool(v) for v in np.asarray(ds.attrs["dim_varying"]).ravel())
                 sv = bool(ds.attrs["sample_varying"])
@@ -226,7 +252,7 @@ def _parse_well(path: str, f: h5py.File) -> _FileInfo:
     if n_samples < 0:
         raise _err(path, "cannot tell the number of trajectories (no n_trajectories attr)")
     coords = [_read_coord(path, dims[d], s, f"dimensions/{d}") for d, s in zip(names, spatial)]
-    time = _read_time(time_node, n_times)
+    time = _read_time(path, time_node, n_times)
     info = _FileInfo(path, "well", fields, n_samples, n_times, spatial_shape, coords=coords)
     info.time = time
     if "input_fields" in f.attrs and "target_fields" in f.attrs:
@@ -238,7 +264,10 @@ def _parse_well(path: str, f: h5py.File) -> _FileInfo:
 def _parse_pdebench(path: str, f: h5py.File) -> _FileInfo:
     def ds(name: str) -> h5py.Dataset | None:
         node = f.get(name)
-        return node if isinstance(node, h5py.Dataset) else None
+        if node is None:
+            return None
+        coordinate = name in _COORD_NAMES or name in ("t-coordinate", "t")
+        return _dataset(path, node, name, "iuf" if coordinate else "f")
 
     fields: dict[str, _Field] = {}
     steady_in: tuple[str, ...] | None = None
@@ -298,9 +327,9 @@ def _parse_pdebench(path: str, f: h5py.File) -> _FileInfo:
             f"datasets tensor/nu/density/Vx/velocity; top-level keys: {sorted(f.keys())}",
         )
     coords = [_read_coord(path, ds(c), s, c) for c, s in zip(_COORD_NAMES, spatial)]
-    time = _read_time(ds("t-coordinate"), n_times)
+    time = _read_time(path, ds("t-coordinate"), n_times)
     if time is None:
-        time = _read_time(ds("t"), n_times)
+        time = _read_time(path, ds("t"), n_times)
     info = _FileInfo(path, "pdebench", fields, int(n), int(n_times), spatial, coords=coords)
     info.time = time
     info.steady_fields, info.default_targets = steady_in, steady_out
@@ -311,8 +340,9 @@ def _parse_seeds(path: str, f: h5py.File, groups: list[str]) -> _FileInfo:
     shape = None
     for g in groups:
         node = f[g].get("data")
-        if not isinstance(node, h5py.Dataset):
+        if node is None:
             raise _err(path, f"group {g!r} has no 'data' dataset; keys: {sorted(f[g].keys())}")
+        node = _dataset(path, node, f"{g}/data")
         if shape is None:
             shape = tuple(node.shape)
             if len(shape) < 3:
@@ -331,7 +361,7 @@ def _parse_seeds(path: str, f: h5py.File, groups: list[str]) -> _FileInfo:
             _read_coord(path, grid.get(c), s, f"{groups[0]}/grid/{c}")
             for c, s in zip("xyz", spatial)
         ]
-        time = _read_time(grid.get("t"), n_times)
+        time = _read_time(path, grid.get("t"), n_times)
     info = _FileInfo(
         path, "pdebench-seeds", fields, len(groups), n_times, tuple(spatial), sample_keys=groups
     )
@@ -342,7 +372,13 @@ def _parse_seeds(path: str, f: h5py.File, groups: list[str]) -> _FileInfo:
 def _parse_file(path: str) -> _FileInfo:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
-    if not h5py.is_hdf5(path):
+    if os.path.isdir(path):
+        raise _err(path, "is a directory, not an HDF5 file")
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except _H5_ERRORS as exc:
+        raise _err(path, f"cannot read the file: {exc}") from exc
+    if not is_hdf5:
         raise _err(path, "not an HDF5 file")
     try:
         with h5py.File(path, "r") as f:
@@ -352,8 +388,13 @@ def _parse_file(path: str) -> _FileInfo:
             if groups and any(isinstance(f[g].get("data"), h5py.Dataset) for g in groups):
                 return _parse_seeds(path, f, groups)
             return _parse_pdebench(path, f)
-    except OSError as exc:
-        raise _err(path, f"cannot read the HDF5 file (truncated or corrupt?): {exc}") from exc
+    except PDEFormatError:
+        raise
+    except _H5_ERRORS as exc:
+        raise _err(
+            path,
+            f"cannot read the HDF5 file (truncated or corrupt?): {type(exc).__name__}: {exc}",
+        ) from exc
 
 
 def _resolve_files(path: str | os.PathLike, split: str | None) -> tuple[list[str], Path | None]:
@@ -857,8 +898,13 @@ class PDEDataset(Dataset):
                             self._accumulate(f[fl.key], acc[name], idx)
                         else:
                             self._accumulate(f[fl.key], acc[name])
-            except OSError as exc:
-                raise _err(path, f"read failed while computing statistics: {exc}") from exc
+            except PDEFormatError:
+                raise
+            except _H5_ERRORS as exc:
+                raise _err(
+                    path,
+                    f"read failed while computing statistics: {type(exc).__name__}: {exc}",
+                ) from exc
         mean = {n: [float(v) for v in a.mean] for n, a in acc.items()}
         std = {
             n: [float(math.sqrt(max(v, 0.0) / max(a.n, 1))) for v in a.m2] for n, a in acc.items()
@@ -879,7 +925,7 @@ class PDEDataset(Dataset):
             while end + 1 < len(rows) and rows[end + 1] == rows[end] + 1 and end + 1 - start < step:
                 end += 1
             block = np.asarray(ds[rows[start] : rows[end] + 1])
-            acc.update(block)
+            acc.update(_finite(ds.file.filename, block, ds.name))
             start = end + 1
 
     def _norm_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -981,7 +1027,7 @@ class PDEDataset(Dataset):
             path = self._infos[fi].path
             try:
                 h = h5py.File(path, "r")
-            except OSError as exc:
+            except _H5_ERRORS as exc:
                 raise _err(path, f"cannot open the HDF5 file: {exc}") from exc
             self._handles[fi] = h
         return h
@@ -991,17 +1037,24 @@ class PDEDataset(Dataset):
     ) -> np.ndarray:
         """One field as ``[n_t, C, *S]`` (``[C, *S]`` when it has no time axis)."""
         fl = info.fields[name]
-        if info.sample_keys is not None:
-            ds = f[f"{info.sample_keys[sample]}/{fl.key}"]
-        else:
-            ds = f[fl.key]
+        key = fl.key if info.sample_keys is None else f"{info.sample_keys[sample]}/{fl.key}"
         sel: list[Any] = []
         if fl.sample_axis:
             sel.append(sample)
         if fl.time_axis:
             sel.append(tsel)
         sel += [slice(None, None, k) for k, v in zip(self._sub, fl.dim_varying) if v]
-        arr = np.asarray(ds[tuple(sel)])
+        try:
+            ds = _dataset(info.path, f[key], key)
+            arr = np.asarray(ds[tuple(sel)])
+        except PDEFormatError:
+            raise
+        except _H5_ERRORS as exc:
+            raise _err(
+                info.path,
+                f"read failed for sample {sample}, dataset {key!r} (checksum mismatch or "
+                f"corrupt file?): {type(exc).__name__}: {exc}",
+            ) from exc
         lead = 1 if (fl.time_axis and isinstance(tsel, slice)) else 0
         if lead == 0:
             arr = arr[None]
@@ -1015,9 +1068,10 @@ class PDEDataset(Dataset):
         arr = np.broadcast_to(arr, (arr.shape[0], *self.spatial_shape, fl.channels))
         arr = np.moveaxis(arr, -1, 1).astype(np.float32)
         if not np.isfinite(arr).all():
-            raise ValueError(
-                f"{info.path}: non-finite values in field {name!r} of sample {sample} "
-                f"(time selection {tsel})"
+            raise _err(
+                info.path,
+                f"non-finite values in field {name!r} of sample {sample} (dataset {key!r}, "
+                f"time selection {tsel})",
             )
         if name in self._norm:
             mean, std = self._norm[name]
@@ -1041,11 +1095,12 @@ class PDEDataset(Dataset):
         f = self._file(fi)
         try:
             x, y, lead = self._assemble(f, info, sample, local)
-        except OSError as exc:
-            raise _err(info.path, f"read failed for sample {sample} (item {index}): {exc}") from exc
-        except KeyError as exc:
+        except PDEFormatError:
+            raise
+        except _H5_ERRORS as exc:
             raise _err(
-                info.path, f"missing data for sample {sample} (item {index}): {exc}"
+                info.path,
+                f"read failed for sample {sample} (item {index}): {type(exc).__name__}: {exc}",
             ) from exc
         lead_t = torch.tensor(lead, dtype=torch.float32)
         if self.output == "grid":

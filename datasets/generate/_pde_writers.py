@@ -1,7 +1,9 @@
 """Writers for generated PDE data: The Well layout, PDEBench layout and The Well's ``stats.yaml``.
 
 Every file is written to a temporary name in its final directory and moved into place with
-``os.replace``, so a failure part-way leaves nothing under the final name.
+``os.replace``, so a failure part-way leaves nothing under the final name. Every non-scalar data
+set carries a Fletcher-32 checksum (chunks of at most 1 MiB, leading axes split first), so a
+flipped bit fails the read instead of passing silently.
 
 The Well layout (one HDF5 file per split)::
 
@@ -28,6 +30,7 @@ data must not stand in for training statistics, so normalise with the training s
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ __all__ = [
     "WellBoundary",
     "WellField",
     "atomic_write",
+    "create_checked_dataset",
     "split_counts",
     "well_stats",
     "write_pdebench",
@@ -50,6 +54,33 @@ __all__ = [
 ]
 
 SPLIT_NAMES = ("train", "valid", "test")
+# Target size of one HDF5 chunk: leading (sample, time) axes are split first, so a reader of one
+# snapshot verifies and reads little more than that snapshot.
+_CHUNK_BYTES = 1 << 20
+
+
+def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunk shape: ``shape`` with leading axes set to 1 until a chunk is at most 1 MiB."""
+    chunk = list(shape)
+    for axis in range(len(shape) - 1):
+        if math.prod(chunk) * itemsize <= _CHUNK_BYTES:
+            break
+        chunk[axis] = 1
+    return tuple(chunk)
+
+
+def create_checked_dataset(group: h5py.Group, name: str, data: np.ndarray) -> h5py.Dataset:
+    """``group.create_dataset(name, data=data)`` with a Fletcher-32 checksum on every chunk.
+
+    A flipped bit in the stored data then fails the read (h5py raises ``OSError``) instead of
+    passing silently. Scalars and empty arrays cannot be chunked and are stored plainly.
+    """
+    data = np.asarray(data)
+    if data.ndim == 0 or data.size == 0:
+        return group.create_dataset(name, data=data)
+    return group.create_dataset(
+        name, data=data, chunks=_chunks(data.shape, data.dtype.itemsize), fletcher32=True
+    )
 
 
 @dataclass
@@ -144,11 +175,11 @@ def _write_well_file(
 
         dims = f.create_group("dimensions")
         dims.attrs["spatial_dims"] = list(coords)
-        d = dims.create_dataset("time", data=np.asarray(time, dtype=np.float32))
+        d = create_checked_dataset(dims, "time", np.asarray(time, dtype=np.float32))
         d.attrs["sample_varying"] = False
         d.attrs["time_varying"] = True
         for dim, values in coords.items():
-            d = dims.create_dataset(dim, data=np.asarray(values, dtype=np.float32))
+            d = create_checked_dataset(dims, dim, np.asarray(values, dtype=np.float32))
             d.attrs["sample_varying"] = False
             d.attrs["time_varying"] = False
 
@@ -160,13 +191,13 @@ def _write_well_file(
             g.attrs["bc_type"] = bc.bc_type
             g.attrs["sample_varying"] = False
             g.attrs["time_varying"] = False
-            g.create_dataset("mask", data=np.asarray(bc.mask, dtype=bool))
-            g.create_dataset("values", data=np.asarray(bc.values, dtype=np.float32))
+            create_checked_dataset(g, "mask", np.asarray(bc.mask, dtype=bool))
+            create_checked_dataset(g, "values", np.asarray(bc.values, dtype=np.float32))
 
         scalars = f.create_group("scalars")
         scalars.attrs["field_names"] = list(parameters)
         for key, value in parameters.items():
-            d = scalars.create_dataset(key, data=np.asarray(value, dtype=np.float32))
+            d = create_checked_dataset(scalars, key, np.asarray(value, dtype=np.float32))
             d.attrs["sample_varying"] = False
             d.attrs["time_varying"] = False
 
@@ -178,7 +209,7 @@ def _write_well_file(
             for fl in fields:
                 if fl.order != order:
                     continue
-                d = group.create_dataset(fl.name, data=np.asarray(fl.data, dtype=np.float32))
+                d = create_checked_dataset(group, fl.name, np.asarray(fl.data, dtype=np.float32))
                 d.attrs["dim_varying"] = [True] * n_dims
                 d.attrs["sample_varying"] = fl.sample_varying
                 d.attrs["time_varying"] = fl.time_varying
@@ -287,6 +318,6 @@ def write_pdebench(
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
             for key, value in datasets.items():
-                f.create_dataset(key, data=np.asarray(value, dtype=np.float32))
+                create_checked_dataset(f, key, np.asarray(value, dtype=np.float32))
 
     return atomic_write(path, write)
