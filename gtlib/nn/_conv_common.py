@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -168,6 +170,21 @@ def attention_mode(returns_weights: bool) -> str:
     return "scatter" if returns_weights and torch.is_grad_enabled() else "auto"
 
 
+class AttentionGraph(NamedTuple):
+    """What a conv attends over (:func:`attention_graph`)."""
+
+    pattern: Pattern
+    """the pattern of the attention"""
+    edge_attr: Tensor | None
+    """edge features in the pattern's edge order (self-loop features appended)"""
+    edge_index: Tensor | None
+    """the ``[2, E']`` edge index to report (``None``: ``pattern.edge_index``)"""
+    loop_bias: Tensor | None
+    """``[E']`` additive score bias, ``-inf`` on input self-loops that stay in the pattern
+    (under ``torch.compile``, see :func:`_traced_graph`); ``None`` when nothing is masked.
+    Pass it to :func:`run_attention`."""
+
+
 def attention_graph(
     edge_index: Tensor | Pattern,
     edge_attr: Tensor | None,
@@ -176,9 +193,9 @@ def attention_graph(
     *,
     loop_nodes: int | None,
     fill_value=None,
-) -> tuple[Pattern, Tensor | None, Tensor | None]:
-    """The pattern a layer attends over, its edge features, and the edge index to report
-    (``None``: ``pattern.edge_index``).
+) -> AttentionGraph:
+    """The pattern a layer attends over, its edge features, the edge index to report and the
+    self-loop score bias (an :class:`AttentionGraph`).
 
     ``loop_nodes=None`` uses the edges as given; an int removes self-loops and appends loops
     ``(i, i)`` for ``i < loop_nodes`` like PyG (kept edges in their order, then the loops), with
@@ -195,11 +212,12 @@ def attention_graph(
                 f"{edge_index.num_dst}) but x gives ({num_src}, {num_dst})"
             )
         if loop_nodes is None:
-            return edge_index, edge_attr, None
+            return AttentionGraph(edge_index, edge_attr, None, None)
     elif torch.compiler.is_compiling():
         return _traced_graph(edge_index, edge_attr, num_src, num_dst, loop_nodes, fill_value)
     elif loop_nodes is None:
-        return Pattern.cached(edge_index, (num_src, num_dst)), edge_attr, edge_index
+        pattern = Pattern.cached(edge_index, (num_src, num_dst))
+        return AttentionGraph(pattern, edge_attr, edge_index, None)
 
     pattern, looped, kept = _looped_graph(edge_index, num_src, num_dst, loop_nodes)
     if edge_attr is not None:
@@ -208,7 +226,7 @@ def attention_graph(
         kept_edges = looped[:, : looped.size(1) - loop_nodes]
         loop_attr = compute_loop_attr(kept_edges, edge_attr, loop_nodes, False, fill_value)
         edge_attr = torch.cat([edge_attr, loop_attr], dim=0)
-    return pattern, edge_attr, looped
+    return AttentionGraph(pattern, edge_attr, looped, None)
 
 
 def _looped_graph(
@@ -272,6 +290,7 @@ def run_attention(
     dropout: float = 0.0,
     return_attention: bool = False,
     edge_origin: Tensor | None = None,
+    loop_bias: Tensor | None = None,
     **score: object,
 ) -> tuple[Tensor, Tensor | None]:
     """``(out [N_dst, H, C], alpha [E, H] or None)`` of a conv's attention over ``pattern``.
@@ -289,13 +308,13 @@ def run_attention(
     layer's own. The edge mask is gathered with it (ones at ``-1``), and the hooks see the
     caller's edges first, in the caller's order, then the layer's own (as PyG's layers list
     their added self-loops last), so ``alpha[:E_in]`` belongs to the caller's edges.
+
+    ``loop_bias`` (``[E]``, :attr:`AttentionGraph.loop_bias`) is added to every head's score.
     """
     explain = bool(getattr(module, "_explain", None))
     hooks = getattr(module, "_message_forward_hooks", None)
-    traced_bias = getattr(pattern, "_traced_bias", None)
-    if traced_bias is not None:  # self-loops removed under torch.compile (see _traced_graph)
-        heads = value.size(1)
-        score["bias"] = traced_bias.to(value.dtype).view(-1, 1).expand(-1, heads)
+    if loop_bias is not None:  # input self-loops masked under torch.compile (_traced_graph)
+        score["bias"] = loop_bias.to(value.dtype).view(-1, 1).expand(-1, value.size(1))
     if not explain and not hooks:
         result = attend(
             pattern,
@@ -353,14 +372,15 @@ def _traced_graph(
     num_dst: int,
     loop_nodes: int | None,
     fill_value,
-) -> tuple[Pattern, Tensor | None, Tensor]:
+) -> AttentionGraph:
     """:func:`attention_graph` under ``torch.compile``: no cache, no data-dependent branch or
     output size, so one graph serves every batch size (``dynamic=True``).
 
     Existing self-loops are not removed (that has a data-dependent size): they stay in the
-    pattern with a ``-inf`` score bias, so their weight is exactly zero and the outputs equal
-    the eager ones; returned attention then lists them with weight zero. The bias is ``None``
-    without self-loop handling. Indices are not range-checked (eager calls check them).
+    pattern and ``loop_bias`` is ``-inf`` on them, so their weight is exactly zero and the
+    outputs equal the eager ones; returned attention then lists them with weight zero. The
+    bias is ``None`` without self-loop handling. Indices are not range-checked (eager calls
+    check them).
     """
     edges = edge_index.as_tensor() if hasattr(edge_index, "as_tensor") else edge_index
     src, dst = edges[0].long(), edges[1].long()
@@ -379,8 +399,7 @@ def _traced_graph(
     counts = counts.index_add(0, dst, torch.ones_like(dst))
     ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     pattern = Pattern(ptr, src[perm], num_src, num_dst, perm=perm, row=dst[perm])
-    pattern._traced_bias = bias
-    return pattern, edge_attr, torch.stack([src, dst])
+    return AttentionGraph(pattern, edge_attr, torch.stack([src, dst]), bias)
 
 
 def _masked_loop_attr(

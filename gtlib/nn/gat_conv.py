@@ -186,7 +186,7 @@ class GATConv(MessagePassing):
             loop_nodes = None
         if num_dst is None:  # (x_src, None) without size: PyG sizes the output by the receivers
             num_dst = _receiver_count(edge_index, loop_nodes)
-        pattern, edge_attr, used_edge_index = attention_graph(
+        pattern, edge_attr, used_edge_index, loop_bias = attention_graph(
             edge_index, edge_attr, num_src, num_dst, loop_nodes=loop_nodes,
             fill_value=self.fill_value,
         )  # fmt: skip
@@ -211,6 +211,7 @@ class GATConv(MessagePassing):
             negative_slope=self.negative_slope,
             dropout=self.dropout if self.training else 0.0,
             return_attention=returns_weights,
+            loop_bias=loop_bias,
         )
 
         out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)

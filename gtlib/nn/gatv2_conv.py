@@ -172,7 +172,7 @@ class GATv2Conv(MessagePassing):
             x_r = self.lin_r(x_dst).view(-1, heads, channels)
 
         num_src, num_dst = x_src.size(0), x_dst.size(0)
-        pattern, edge_attr, used_edge_index = attention_graph(
+        pattern, edge_attr, used_edge_index, loop_bias = attention_graph(
             edge_index,
             edge_attr,
             num_src,
@@ -198,6 +198,7 @@ class GATv2Conv(MessagePassing):
             key_edge=key_edge,
             dropout=self.dropout if self.training else 0.0,
             return_attention=returns_weights,
+            loop_bias=loop_bias,
         )
 
         out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)

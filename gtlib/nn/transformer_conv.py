@@ -136,7 +136,7 @@ class TransformerConv(MessagePassing):
             x, [self.lin_key, self.lin_value], [self.lin_query, skip]
         )
         edge_attr = check_edge_attr(edge_attr, self.edge_dim, edge_index, required=True)
-        pattern, _, used_edge_index = attention_graph(
+        pattern, _, used_edge_index, loop_bias = attention_graph(
             edge_index, None, x_src.size(0), x_dst.size(0), loop_nodes=None
         )
 
@@ -160,6 +160,7 @@ class TransformerConv(MessagePassing):
             value_edge=edge,
             dropout=self.dropout if self.training else 0.0,
             return_attention=returns_weights,
+            loop_bias=loop_bias,
         )
 
         out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)
