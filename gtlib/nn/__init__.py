@@ -23,3 +23,6 @@ __all__ += ["ExphormerConv"]
 from gtlib.nn.octree_transformer import OctreeTransformer  # noqa: E402
 
 __all__ += ["OctreeTransformer"]
+from gtlib.nn.cross_scale_fusion import CrossScaleFusion  # noqa: E402
+
+__all__ += ["CrossScaleFusion"]
