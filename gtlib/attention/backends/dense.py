@@ -7,12 +7,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def dense_attention(query, key, value, pattern, scale, dropout, bias=None) -> Tensor:
+def dense_attention(query, key, value, pattern, scale, dropout, bias=None, flex=None) -> Tensor:
     """Softmax attention of a block pattern, block size by block size, with SDPA.
 
     A per-edge ``bias [E, H]`` (caller order) is gathered into each block's ``[H, size, size]``
     additive mask (e.g. Swin's relative position bias); contiguous blocks are sliced.
+
+    ``flex`` sends the call to :func:`flex_block_attention` (one ``flex_attention`` kernel over
+    every block, the bias as a ``score_mod`` instead of a materialised mask). Default: on CUDA
+    devices without dropout when the blocks come in several sizes (one SDPA call per size
+    otherwise) or carry a bias; SDPA elsewhere (flex has no CPU backward).
     """
+    if flex is None:
+        several = len(pattern.blocks) > 1 or bias is not None
+        flex = query.is_cuda and dropout == 0 and several
+    if flex:
+        return flex_block_attention(query, key, value, pattern, scale, bias)
     outputs, nodes = [], []
     heads = query.size(1)
     positions = pattern.block_edge_positions() if bias is not None else None
@@ -44,3 +54,78 @@ def dense_attention(query, key, value, pattern, scale, dropout, bias=None) -> Te
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     return torch.cat(outputs).index_select(0, inverse)
+
+
+def flex_block_attention(query, key, value, pattern, scale, bias=None, compiled=None) -> Tensor:
+    """Softmax attention of a block pattern with one ``flex_attention`` call over all blocks.
+
+    The blocks' nodes are laid out one after another in a single sequence and a document mask
+    (``BlockMask``: a query attends to the keys of its own block) restricts the attention, so
+    blocks of many sizes (a batch of graphs of different sizes) take one kernel instead of one
+    SDPA call per size; a per-edge ``bias [E, H]`` (caller order) is read by a ``score_mod``
+    from a table in block order. ``compiled`` chooses ``torch.compile(flex_attention)`` (default:
+    on CUDA devices; elsewhere flex's eager reference, used by the tests). Nodes in no block get
+    zeros.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    device, heads = query.device, query.size(1)
+    order, document, query_base, key_local, tables = [], [], [], [], []
+    offset_documents, offset_edges = 0, 0
+    positions = pattern.block_edge_positions() if bias is not None else [None] * len(pattern.blocks)
+    for block, position in zip(pattern.blocks, positions, strict=True):
+        num_blocks, size = block.shape
+        order.append(block.reshape(-1))
+        ids = torch.arange(num_blocks, device=device)
+        document.append((offset_documents + ids).repeat_interleave(size))
+        local = torch.arange(size, device=device).repeat(num_blocks)
+        key_local.append(local)
+        query_base.append(offset_edges + (ids.repeat_interleave(size) * size + local) * size)
+        if bias is not None:
+            tables.append(bias.index_select(0, position.reshape(-1)))
+        offset_documents += num_blocks
+        offset_edges += num_blocks * size * size
+    out = value.new_zeros(pattern.num_dst, heads, value.size(-1))
+    if not order or offset_edges == 0:
+        return out
+    order = torch.cat(order)
+    document, query_base, key_local = (
+        torch.cat(document),
+        torch.cat(query_base),
+        torch.cat(key_local),
+    )
+    length = order.numel()
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return document[q_idx] == document[kv_idx]
+
+    score_mod = None
+    if bias is not None:
+        table = torch.cat(tables).to(query.dtype)  # [sum of size^2 over blocks, H]
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + table[query_base[q_idx] + key_local[kv_idx], h]
+
+    block_mask = create_block_mask(mask_mod, None, None, length, length, device=device)
+
+    def sequence(x: Tensor) -> Tensor:
+        return x.index_select(0, order).transpose(0, 1).unsqueeze(0)  # [1, H, L, C]
+
+    if compiled is None:
+        compiled = device.type == "cuda"
+    kernel = _compiled_flex() if compiled else flex_attention
+    result = kernel(sequence(query), sequence(key), sequence(value), score_mod=score_mod,
+                    block_mask=block_mask, scale=scale)  # fmt: skip
+    return out.index_copy(0, order, result.squeeze(0).transpose(0, 1))
+
+
+_FLEX = None
+
+
+def _compiled_flex():
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
