@@ -592,7 +592,8 @@ class ActiveBrownianParticles(_SoftDiscs):
     r"""Active Brownian particles with soft repulsion in :math:`d = 2`.
 
     .. math::
-        dx_i = \Big[U e(\theta_i) + k \sum_{j\neq i} F(x_i - x_j)\Big] dt + \sqrt{2 D_t}\, dW_i,
+        dx_i = \Big[U e(\theta_i) + k \sum_{j\neq i} F(x_i - x_j) - A x_i\Big] dt
+               + \sqrt{2 D_t}\, dW_i,
         \qquad d\theta_i = \sqrt{2 D_r}\, dB_i,
 
     :math:`e(\theta) = (\cos\theta, \sin\theta)`, :math:`F` as in :class:`ActiveOUParticles`.
@@ -601,6 +602,15 @@ class ActiveBrownianParticles(_SoftDiscs):
     self-propulsion autocorrelation has :math:`\gamma = D_r`, :math:`v_0 = U/\sqrt{d}`.
     The orientation noise is multiplicative in ``g``; :attr:`diffusion` is therefore given in the
     ``[x, theta]`` layout: ``[D_t, D_t, D_r]`` per particle. :meth:`orientation` gives theta.
+
+    Entropy production (``D_t > 0``) is computed in the angle layout ``[x_i, theta_i]``
+    (:meth:`angle_state`, :meth:`angle_drift`, :meth:`angle_drift_divergence`,
+    :attr:`flat_angle_diffusion`), where the noise is additive and constant, so
+    :func:`gtlib.entropy.entropy_production` (learned score) and
+    :func:`gtlib.entropy.score_free_entropy_production` apply. For non-interacting ABPs in the
+    trap (``k = 0``) the stationary moments :math:`E[e\cdot x] = U/(A + D_r)` and
+    :math:`E|x|^2 = (U^2/(A + D_r) + 2 D_t)/A` give the closed form
+    :meth:`trap_entropy_production`, :math:`\sigma = N U^2 D_r / (D_t (A + D_r))`.
 
     Args:
         num_particles: ``N``.
@@ -611,9 +621,11 @@ class ActiveBrownianParticles(_SoftDiscs):
         trans_diffusion: :math:`D_t \geq 0`.
         box_length: ``L`` instead of ``packing_fraction``.
         cutoff: pair-force cutoff (default :func:`softplus_force_cutoff`).
+        trap: harmonic trap stiffness :math:`A \geq 0` (as in :class:`ActiveOUParticles`; use
+            free space, no box, for a trap).
 
     Shapes:
-        pos, g: ``[..., N, 2]``; theta: ``[..., N]``.
+        pos, g: ``[..., N, 2]``; theta: ``[..., N]``; angle state: ``[..., N, 3]``.
     """
 
     def __init__(
@@ -628,6 +640,7 @@ class ActiveBrownianParticles(_SoftDiscs):
         trans_diffusion: float = 0.0,
         box_length: float | None = None,
         cutoff: float | None = None,
+        trap: float = 0.0,
     ) -> None:
         self.speed = _real(speed, "speed")
         self.rotational_diffusion = _real(
@@ -635,7 +648,7 @@ class ActiveBrownianParticles(_SoftDiscs):
         )
         self.trans_diffusion = _real(trans_diffusion, "trans_diffusion", nonnegative=True)
         self._setup_geometry(
-            num_particles, packing_fraction, box_length, 2, k, beta, r0, 0.0, cutoff
+            num_particles, packing_fraction, box_length, 2, k, beta, r0, trap, cutoff
         )
 
     @property
@@ -655,19 +668,109 @@ class ActiveBrownianParticles(_SoftDiscs):
         return torch.atan2(g[..., 1], g[..., 0])
 
     def drift(self, pos: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-        """``(b_x, b_theta)``: :math:`b_x = U g + kF`, :math:`b_\\theta = 0` ``[..., N]``."""
+        """``(b_x, b_theta)``: :math:`b_x = U g + kF - Ax`, :math:`b_\\theta = 0` ``[..., N]``."""
         pos, g = self._check_pair(pos, g)
+        return self._drift_x(pos, g, self.interaction_forces), torch.zeros(
+            g.shape[:-1], dtype=g.dtype, device=g.device
+        )
+
+    def _drift_x(self, pos: Tensor, g: Tensor, forces: Callable[[Tensor], Tensor]) -> Tensor:
         b = self.speed * g
         if self.k != 0.0:
-            b = b + self.k * self.interaction_forces(pos)
-        return b, torch.zeros(g.shape[:-1], dtype=g.dtype, device=g.device)
+            b = b + self.k * forces(pos)
+        if self.trap != 0.0:
+            b = b - self.trap * pos
+        return b
 
     def force_divergence(self, pos: Tensor) -> Tensor:
-        r""":math:`k\sum_i \nabla_{x_i}\cdot F_i`, ``[...]`` (see :class:`ActiveOUParticles`)."""
+        r""":math:`\sum_i \nabla_{x_i}\cdot(kF_i - A x_i)`, ``[...]`` (see
+        :class:`ActiveOUParticles`)."""
         pos = self._check_pos(pos)
-        if self.k == 0.0:
-            return torch.zeros(pos.shape[:-2], dtype=pos.dtype, device=pos.device)
-        return self.k * self._interaction_divergence(pos)
+        out = torch.zeros(pos.shape[:-2], dtype=pos.dtype, device=pos.device)
+        if self.k != 0.0:
+            out = out + self.k * self._interaction_divergence(pos)
+        return out - self.trap * self.num_particles * self.dim
+
+    def force_jacobian(self, pos: Tensor) -> Tensor:
+        r"""Diagonal blocks :math:`\partial f_i/\partial x_i` of the passive force
+        :math:`f_i = kF_i - Ax_i` (see :meth:`ActiveOUParticles.force_jacobian`).
+
+        Shapes:
+            pos: ``[..., N, 2]`` -> ``[..., N, 2, 2]``.
+        """
+        pos = self._check_pos(pos)
+        eye = torch.eye(self.dim, dtype=pos.dtype, device=pos.device)
+        out = -self.trap * eye.expand(*pos.shape, self.dim)
+        if self.k != 0.0:
+            out = out + self.k * self.interaction_jacobian(pos)
+        return out
+
+    # -------------------------------------------------------------- angle layout [x, theta]
+    @property
+    def flat_angle_diffusion(self) -> Tensor:
+        """:attr:`diffusion` ``[D_t, D_t, D_r]`` repeated for the flattened angle state
+        ``[N * 3]`` (particle-major)."""
+        return self.diffusion.repeat(self.num_particles)
+
+    def angle_state(self, pos: Tensor, g: Tensor) -> Tensor:
+        """Per particle ``[x_i, theta_i]``: ``[..., N, 3]`` from ``pos, g [..., N, 2]``."""
+        pos, g = self._check_pair(pos, g)
+        return torch.cat([pos, self.orientation(g)[..., None]], dim=-1)
+
+    def _split_angle_state(self, state: Any) -> tuple[Tensor, Tensor]:
+        if not isinstance(state, Tensor) or not state.is_floating_point():
+            raise TypeError("`state` must be a floating-point tensor [..., N, 3] ([x, theta])")
+        if state.dim() < 2 or tuple(state.shape[-2:]) != (self.num_particles, 3):
+            raise ValueError(
+                f"`state` must have shape [..., {self.num_particles}, 3] ([x, theta]), got "
+                f"{tuple(state.shape)}"
+            )
+        theta = state[..., 2]
+        return state[..., :2], torch.stack([torch.cos(theta), torch.sin(theta)], dim=-1)
+
+    def angle_drift(self, state: Tensor) -> Tensor:
+        r"""Drift in the angle layout, ``[U e(\theta_i) + kF_i - A x_i, 0]``, differentiable.
+
+        Shapes:
+            state: ``[..., N, 3]`` -> ``[..., N, 3]``.
+        """
+        pos, g = self._split_angle_state(state)
+        pos = self._check_pos(pos)
+        b = self._drift_x(pos, g, self.interaction_forces)
+        return torch.cat([b, torch.zeros_like(b[..., :1])], dim=-1)
+
+    def angle_drift_divergence(self, state: Tensor) -> Tensor:
+        r"""Divergence of :meth:`angle_drift`: :meth:`force_divergence` (the angle drift is 0
+        and :math:`U e(\theta_i)` does not depend on :math:`x_i`), ``[..., N, 3]`` -> ``[...]``."""
+        pos, _ = self._split_angle_state(state)
+        return self.force_divergence(pos)
+
+    def trap_entropy_production(self) -> float:
+        r"""Closed-form EPR of non-interacting ABPs in the trap (``k = 0``, ``A > 0``,
+        ``D_t > 0``), every variable even under time reversal:
+
+        .. math::  \sigma = N\,\frac{U^2 D_r}{D_t\,(A + D_r)}.
+
+        Derivation (per particle): the score-free identity
+        :math:`\sigma = E[|b_x|^2/D_t + \nabla\cdot b]` with :math:`b_x = Ue - Ax`,
+        :math:`\nabla\cdot b = -2A`, and the stationary moments from It\^o's formula
+        (:math:`de = -D_r e\,dt + \sqrt{2D_r}\,e^\perp dB`):
+        :math:`\tfrac{d}{dt}E[e\cdot x] = U - (A + D_r)E[e\cdot x] = 0`,
+        :math:`\tfrac{d}{dt}E|x|^2 = 2U E[e\cdot x] - 2AE|x|^2 + 4D_t = 0`, so
+        :math:`E|b_x|^2 = U^2 - 2AU^2/(A+D_r) + A(U^2/(A+D_r) + 2D_t)` and
+        :math:`\sigma = U^2 D_r/(D_t(A + D_r))`. At :math:`A \to 0` it is the free ABP's
+        :math:`U^2/D_t`; it equals the AOUP closed form with :math:`\gamma = D_r`,
+        :math:`v_0 = U/\sqrt 2`, :math:`\varepsilon = D_t` (the identity only sees second
+        moments).
+        """
+        if self.k != 0.0 or self.trap <= 0.0 or self.trans_diffusion <= 0.0:
+            raise ValueError(
+                "trap_entropy_production needs non-interacting particles in a trap with "
+                f"translational noise (k = 0, trap > 0, trans_diffusion > 0); got k={self.k:g}, "
+                f"trap={self.trap:g}, trans_diffusion={self.trans_diffusion:g}"
+            )
+        u, dr = self.speed, self.rotational_diffusion
+        return self.num_particles * u * u * dr / (self.trans_diffusion * (self.trap + dr))
 
     def _advance(
         self,
@@ -679,10 +782,7 @@ class ActiveBrownianParticles(_SoftDiscs):
     ) -> tuple[Tensor, Tensor]:
         """Euler–Maruyama for ``x``, exact Brownian step for ``theta``; draws ``W`` (if
         ``D_t > 0``) then the angle increments."""
-        b = self.speed * g
-        if self.k != 0.0:
-            b = b + self.k * forces(pos)
-        new_pos = pos + dt * b
+        new_pos = pos + dt * self._drift_x(pos, g, forces)
         if self.trans_diffusion > 0.0:
             noise = torch.randn(pos.shape, generator=generator, dtype=pos.dtype, device=pos.device)
             new_pos = new_pos + math.sqrt(2.0 * self.trans_diffusion * dt) * noise
@@ -717,6 +817,7 @@ class ActiveBrownianParticles(_SoftDiscs):
             "r0": self.r0,
             "trans_diffusion": self.trans_diffusion,
             "cutoff": self.cutoff,
+            "trap": self.trap,
         }
 
     def __repr__(self) -> str:
@@ -724,7 +825,7 @@ class ActiveBrownianParticles(_SoftDiscs):
             f"{type(self).__name__}({self._geometry_repr()}, speed={self.speed:g}, "
             f"rotational_diffusion={self.rotational_diffusion:g}, k={self.k:g}, "
             f"beta={self.beta:g}, r0={self.r0:g}, trans_diffusion={self.trans_diffusion:g}, "
-            f"cutoff={self.cutoff:.4g})"
+            f"trap={self.trap:g}, cutoff={self.cutoff:.4g})"
         )
 
 

@@ -29,35 +29,35 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=str, default="/tmp/mips/sweep")
     parser.add_argument("--num-particles", type=int, default=1024)
-    parser.add_argument("--v0", type=float, default=1.0)
+    parser.add_argument("--v0s", type=float, nargs="+", default=[0.25])
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.01, 0.03, 0.1, 1.0])
     parser.add_argument("--phis", type=float, nargs="+", default=[0.3, 0.45, 0.6, 0.75])
-    parser.add_argument("--dt", type=float, default=0.01)
+    parser.add_argument("--dt", type=float, default=0.02)
     parser.add_argument("--spacing", type=float, default=50.0)
-    parser.add_argument("--snapshots", type=int, default=40)
+    parser.add_argument("--snapshots", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    for gamma in args.gammas:
-        for phi in args.phis:
-            path = point_path(root, args.num_particles, args.v0, gamma, phi)
-            system = ActiveOUParticles(
-                args.num_particles, packing_fraction=phi, v0=args.v0, gamma=gamma, k=1.0
-            )
-            simulate(
-                system,
-                args.snapshots,
-                args.dt,
-                spacing=args.spacing,
-                seed=args.seed,
-                out=str(path),
-                progress=False,
-                checkpoint_every=2,
-                dtype=torch.float32,
-            )
-            print(f"done {path}", flush=True)
+    points = [(v0, gamma, phi) for v0 in args.v0s for gamma in args.gammas for phi in args.phis]
+    for v0, gamma, phi in points:
+        path = point_path(root, args.num_particles, v0, gamma, phi)
+        system = ActiveOUParticles(
+            args.num_particles, packing_fraction=phi, v0=v0, gamma=gamma, k=1.0
+        )
+        simulate(
+            system,
+            args.snapshots,
+            args.dt,
+            spacing=args.spacing,
+            seed=args.seed,
+            out=str(path),
+            progress=False,
+            checkpoint_every=2,
+            dtype=torch.float32,
+        )
+        print(f"done {path}", flush=True)
 
 
 if __name__ == "__main__":
