@@ -27,3 +27,9 @@ __all__ = [
     "solve_darcy",
     "solve_navier_stokes_2d",
 ]
+from gtlib.datasets.generate.place_recognition import (  # noqa: E402
+    place_recognition,
+    read_place_recognition,
+)
+
+__all__ += ["place_recognition", "read_place_recognition"]

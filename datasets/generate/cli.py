@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gtlib.datasets.generate import pde
+from gtlib.datasets.generate.place_recognition import place_recognition
 
 __all__ = ["GENERATORS", "main", "register_generator"]
 
@@ -80,6 +81,16 @@ def _time_args(parser: argparse.ArgumentParser) -> None:
 register_generator("darcy", pde.darcy, _darcy_args)
 register_generator("navier_stokes_2d", pde.navier_stokes_2d, _time_args)
 register_generator("burgers_1d", pde.burgers_1d, _time_args)
+
+
+def _place_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--points", type=_positive_int, default=None, help="points per scan")
+    parser.add_argument("--max-range", type=_positive_float, default=None, help="metres")
+    parser.add_argument("--noise", type=float, default=None, help="position noise (metres)")
+    parser.add_argument("--offset", type=float, default=None, help="sensor offsets (metres)")
+
+
+register_generator("place_recognition", place_recognition, _place_args)
 
 
 def _build_parser() -> argparse.ArgumentParser:
