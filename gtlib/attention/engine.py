@@ -44,6 +44,7 @@ SCORES = ("dot", "additive", "static", None)
 REDUCTIONS = ("softmax", "sum", "mean", "max", "weights")
 MODES = ("auto", "scatter", "chunked", "sparse", "stream", "fused", "triton", "dense")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_TRITON_DTYPES = (torch.float32, *_LOW_PRECISION)
 # From this many per-edge elements (E * H * C) on, "auto" leaves the all-edges scatter mode.
 SPARSE_THRESHOLD = 1 << 16
 # Edges per chunk of the chunked mode when no chunk_size is given and the width is unknown.
@@ -248,9 +249,15 @@ def _resolve_mode(
                 "mode='fused' needs the compiled CPU kernel, which is not available here (no "
                 "working compiler, or GTLIB_FUSED_CPU=0); use mode='auto' to fall back"
             )
+    triton_dtype = value is not None and value.dtype in _TRITON_DTYPES
     if mode == "triton":
         if spec.kind not in ("dot", "additive"):
             raise ValueError("mode='triton' takes score='dot' or 'additive'")
+        if not triton_dtype:
+            raise ValueError(
+                "mode='triton' computes in float32: it takes float32, bfloat16 or float16 "
+                f"tensors, got {None if value is None else value.dtype} (use mode='stream')"
+            )
         if not _triton_backend().available(pattern.device):
             raise RuntimeError(
                 "mode='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 with CPU "
@@ -269,7 +276,11 @@ def _resolve_mode(
     if not large or spec.kind is None:
         return "scatter"
     if pattern.device.type != "cpu":
-        triton_ok = spec.kind in ("dot", "additive") and _triton_backend().available(pattern.device)
+        triton_ok = (
+            spec.kind in ("dot", "additive")
+            and triton_dtype
+            and _triton_backend().available(pattern.device)
+        )
         return "triton" if triton_ok else "stream"
     if fusable and dropout == 0 and _fused_backend().available():
         return "fused"

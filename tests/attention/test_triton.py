@@ -302,3 +302,41 @@ def test_cuda_auto_picks_triton_and_matches_scatter(score, monkeypatch):
     for got, want in zip(torch.autograd.grad(out, leaves, grad),
                          torch.autograd.grad(ref, leaves, grad), strict=True):  # fmt: skip
         _close(got, want, 1e-4, "gradient")
+
+
+def test_float64_is_not_sent_to_the_float32_kernels(interpreter):
+    pattern = Pattern.from_edge_index(torch.tensor([[0, 1], [1, 0]]), 2)
+    q = k = v = torch.randn(2, 1, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="mode='triton' computes in float32"):
+        attend(pattern, v, query=q, key=k, mode="triton")
+
+
+@pytest.mark.parametrize("layer", ["GATv2Conv", "TransformerConv"])
+def test_layers_on_the_triton_backend_match_pyg(interpreter, layer, monkeypatch):
+    """The layer -> engine -> Triton path (what mode='auto' takes on CUDA) against PyG's layer
+    with copied weights."""
+    import torch_geometric.nn as pyg_nn
+
+    import gtlib.nn as gt_nn
+    from gtlib.nn import _conv_common
+
+    monkeypatch.setattr(_conv_common, "attention_mode", lambda returns_weights: "triton")
+    calls = []
+    kernel = gpu.triton_attention
+    monkeypatch.setattr(gpu, "triton_attention", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    torch.manual_seed(0)
+    x = torch.randn(10, 6)
+    edge_index = _graph(10, 30, seed=12)
+    pyg = getattr(pyg_nn, layer)(6, 4, heads=2)
+    ours = getattr(gt_nn, layer)(6, 4, heads=2)
+    ours.load_state_dict(pyg.state_dict(), strict=True)
+    outputs, grads = [], []
+    for conv in (pyg, ours):
+        xi = x.clone().requires_grad_()
+        out = conv(xi, edge_index)
+        out.backward(torch.ones_like(out))
+        outputs.append(out)
+        grads.append(xi.grad)
+    assert calls  # the layer ran on the Triton kernels
+    _close(outputs[1], outputs[0], 1e-5, "output")
+    _close(grads[1], grads[0], 1e-5, "input gradient")

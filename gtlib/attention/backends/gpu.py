@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from torch import Tensor
 from gtlib.attention.pattern import Pattern
 
 #: Receivers with more senders than this are split into several work items (programs).
-DEFAULT_SPLIT = 4096
+DEFAULT_SPLIT = 1024
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SCORES = {"dot": 0, "additive": 1}
 
@@ -112,13 +113,17 @@ def _schedule(pattern: Pattern, split: int) -> _Schedule:
     return _Schedule(dst, start, end, True)
 
 
-def _blocks(channels: int, value_channels: int) -> dict:
+def _blocks(pattern: Pattern, channels: int, value_channels: int) -> dict:
+    """Tile sizes: channels padded to a power of two; edges per tile near the mean degree (a
+    receiver of average degree takes one tile), at most 4,096 elements per gathered tile."""
     import triton
 
     block_c = triton.next_power_of_2(max(channels, 1))
     block_v = triton.next_power_of_2(max(value_channels, 1))
     widest = max(block_c, block_v)
-    block_e = max(16, min(64, 4096 // widest))
+    mean_degree = pattern.num_edges / max(pattern.num_dst, 1)
+    block_e = triton.next_power_of_2(max(int(math.ceil(mean_degree)), 1))
+    block_e = max(16, min(block_e, 4096 // widest, 128))
     return dict(BLOCK_E=block_e, BLOCK_C=block_c, BLOCK_CV=block_v)
 
 
@@ -132,6 +137,7 @@ class _Config:
     scale: float
     dropout: float
     seed: int
+    blocks: dict  # tile sizes (BLOCK_E, BLOCK_C, BLOCK_CV)
 
     def flags(self, ke, ve, bias) -> dict:
         return dict(
@@ -161,7 +167,7 @@ def _forward(cfg: _Config, q, k, v, att, ke, ve, bias) -> tuple[Tensor, Tensor]:
             ve if ve is not None else dummy, bias if bias is not None else dummy, pattern.col,
             schedule.dst, schedule.start, schedule.end, out, lse,
             heads, channels, value_channels, *cfg.scalars(),
-            **cfg.flags(ke, ve, bias), **_blocks(channels, value_channels),
+            **cfg.flags(ke, ve, bias), **cfg.blocks,
         )  # fmt: skip
     if not schedule.split:
         return out, lse
@@ -224,7 +230,7 @@ def _backward(cfg: _Config, q, k, v, att, ke, ve, bias, out, lse, grad_out) -> t
             dq, dk, dv, datt if datt is not None else dummy, dke if dke is not None else dummy,
             dve if dve is not None else dummy, dbias if dbias is not None else dummy, dummy,
             heads, channels, value_channels, *cfg.scalars(),
-            **cfg.flags(ke, ve, bias), WEIGHTS_ONLY=False, **_blocks(channels, value_channels),
+            **cfg.flags(ke, ve, bias), WEIGHTS_ONLY=False, **cfg.blocks,
         )  # fmt: skip
     if datt is not None:
         datt = datt.sum(0)
@@ -238,12 +244,12 @@ def _backward(cfg: _Config, q, k, v, att, ke, ve, bias, out, lse, grad_out) -> t
     )
 
 
-def _config(pattern, score, negative_slope, scale, dropout, split) -> _Config:
+def _config(pattern, score, negative_slope, scale, dropout, split, channels, value_channels):
     if score not in _SCORES:
         raise ValueError(f"the Triton backend takes score='dot' or 'additive', got {score!r}")
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout > 0 else 0
     return _Config(pattern, _schedule(pattern, split), _SCORES[score], negative_slope, scale,
-                   float(dropout), seed)  # fmt: skip
+                   float(dropout), seed, _blocks(pattern, channels, value_channels))  # fmt: skip
 
 
 def triton_attention(
@@ -280,7 +286,8 @@ def triton_attention(
     sorted order, before dropout). The engine (:func:`~gtlib.attention.attend`, ``mode="triton"``)
     validates the arguments; this function assumes valid input on one device.
     """
-    cfg = _config(pattern, score, negative_slope, scale, dropout, split)
+    cfg = _config(pattern, score, negative_slope, scale, dropout, split, query.size(-1),
+                  value.size(-1))  # fmt: skip
     tensors = [_contiguous(x) for x in (query, key, value, att, key_edge, value_edge, bias)]
     out = _TritonAttention.apply(cfg, *tensors)
     if not return_attention:
@@ -302,6 +309,6 @@ def triton_attention_weights(cfg: _Config, q, k, v, att, ke, ve, bias) -> Tensor
                 cfg.schedule.dst, cfg.schedule.start, cfg.schedule.end, lse, lse, q,
                 weights, weights, weights, weights, weights, weights, weights, weights,
                 heads, channels, value_channels, *cfg.scalars(),
-                **cfg.flags(ke, ve, bias), WEIGHTS_ONLY=True, **_blocks(channels, value_channels),
+                **cfg.flags(ke, ve, bias), WEIGHTS_ONLY=True, **cfg.blocks,
             )  # fmt: skip
     return weights
