@@ -83,14 +83,16 @@ def sparse_attention(
         dropout: probability of dropping an attention weight (applied whenever > 0; pass
             ``p if self.training else 0.0`` from a module).
         mode: ``"auto"``, ``"scatter"``, ``"chunked"``, ``"sparse"``, ``"stream"``,
-            ``"fused"`` or ``"dense"``.
+            ``"fused"`` (compiled CPU kernel), ``"triton"`` (fused GPU kernels; ``"auto"``
+            takes it on CUDA devices for float32/bfloat16/float16) or ``"dense"``.
         chunk_size: edges per chunk in stream mode (and for per-edge terms in sparse mode).
         return_attention: also return the softmax weights ``[E, H]`` (before dropout) in the
             pattern's caller edge order. They are differentiable in scatter mode and detached in
-            the sparse and stream modes.
+            the sparse, stream, fused and triton modes.
 
     Per-edge tensors are in the caller's edge order (the order of ``pattern.edge_index``).
-    float16/bfloat16 inputs are computed in float32 and the output cast back.
+    float16/bfloat16 inputs are computed in float32 and the output cast back (the Triton kernels
+    read them as they are and accumulate in float32).
 
     Shapes:
         query ``[N_dst, H, C]``, key ``[N_src, H, C]``, value ``[N_src, H, C_v]``
