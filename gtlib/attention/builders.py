@@ -338,35 +338,200 @@ def graph_sizes(batch: Tensor) -> Tensor:
     return torch.bincount(batch)
 
 
-def expander_edges(batch: Tensor, degree: int, generator: torch.Generator | None) -> Tensor:
-    """Exphormer's random expander of every graph of a sorted ``batch``, ``[2, E]``.
+# Exphormer's expander: retries per graph until the spectral gap reaches the bound (as the
+# official preprocessing, which draws up to 100 times and keeps the best draw), checked densely
+# up to EXPANDER_DENSE_NODES nodes, with ARPACK up to EXPANDER_CHECKED_NODES; larger random
+# regular graphs meet the bound with overwhelming probability (Friedman's theorem).
+EXPANDER_MAX_TRIES = 100
+EXPANDER_DENSE_NODES = 256
+EXPANDER_CHECKED_NODES = 20_000
 
-    Per graph of :math:`n` nodes, ``degree`` uniform random permutations :math:`\\pi_t` give the
-    edges :math:`i \\to \\pi_t(i)` and :math:`\\pi_t(i) \\to i` (the "Random-d" algorithm of the
-    official code): a :math:`2d`-regular multigraph, self-loops and repeated pairs kept, so
-    every node sends and receives exactly ``2 * degree`` edges. ``E = 2 * degree * N``; edge
-    ``t * 2N + s`` for ``s < N`` is ``s -> pi_t(s)``, for ``s >= N`` the reverse of ``s - N``.
 
-    A permutation of every graph at once: the nodes are sorted by ``(graph, u)`` with ``u``
-    uniform in ``[0, 1)``, drawn in float64 on the generator's device (``batch``'s without one),
-    so one generator state gives one pattern on every device.
+def expander_gap_bound(degree: int) -> float:
+    r"""The official Exphormer code's lower bound on the spectral gap of a random
+    ``2 * degree``-regular expander: :math:`\max(0, 2d - 2\sqrt{2d - 1} - 0.1)`, i.e. the
+    Ramanujan bound of the Laplacian's second eigenvalue less 0.1."""
+    return max(0.0, 2 * degree - 2 * math.sqrt(2 * degree - 1) - 0.1)
+
+
+def expander_edges(
+    batch: Tensor,
+    degree: int,
+    generator: torch.Generator | None,
+    max_tries: int = EXPANDER_MAX_TRIES,
+) -> Tensor:
+    r"""Exphormer's random expander of every graph of a sorted ``batch``, ``[2, E]``.
+
+    Per graph of :math:`n > d` nodes (:math:`d` = ``degree``), :math:`d` uniform random
+    permutations :math:`\pi_t` give the edges :math:`i \to \pi_t(i)` and
+    :math:`\pi_t(i) \to i` (the "Random-d" algorithm of the official code): a
+    :math:`2d`-regular multigraph, self-loops and repeated pairs kept, so every node sends and
+    receives exactly ``2 * degree`` edges. As in the official preprocessing the permutations
+    are redrawn, up to ``max_tries`` draws per graph, until the spectral gap
+    :math:`\lambda_2(L)` of the multigraph's Laplacian :math:`L = D - A` reaches
+    :func:`expander_gap_bound`; a graph that never does keeps its draw with the largest gap.
+    The gap is checked for graphs of up to :data:`EXPANDER_CHECKED_NODES` nodes.
+
+    A graph of :math:`1 \le n \le d` nodes (too few for :math:`d` permutations to give
+    :math:`2d` distinct neighbours) gets the complete graph instead: every ordered pair
+    :math:`i \ne j` once (no edges for one node).
+
+    Draws: a permutation of every graph at once sorts the nodes by ``(graph, u)`` with ``u``
+    uniform in ``[0, 1)``, drawn in float64 on the generator's device (``batch``'s without
+    one); redraws draw for the failing graphs' nodes only, so one generator state gives one
+    pattern on every device. Edges are listed per permutation ``t``: the forward edges
+    :math:`s \to \pi_t(s)` of all nodes, then their reverses; the complete graphs last.
     """
     device = batch.device
     num_nodes = batch.numel()
     if num_nodes == 0 or degree == 0:
         return torch.zeros(2, 0, dtype=torch.long, device=device)
-    draw_device = generator.device if generator is not None else device
-    draws = torch.rand(
-        degree, num_nodes, generator=generator, dtype=torch.float64, device=draw_device
-    ).to(device)
-    nodes = torch.arange(num_nodes, device=device)
+    sizes = graph_sizes(batch)
+    tiny = sizes <= degree
+    random_nodes = (~tiny)[batch].nonzero().view(-1)
+    images = _random_permutations(batch, random_nodes, degree, generator)
+    checked = (~tiny) & (sizes >= 2) & (sizes <= EXPANDER_CHECKED_NODES)
+    if bool(checked.any()):
+        images = _retry_until_gap(batch, sizes, images, checked, degree, generator, max_tries)
     senders, receivers = [], []
     for t in range(degree):
-        # batch is sorted, so the k-th node in (graph, u) order lies in node k's graph
-        image = torch.argsort(batch.to(torch.float64) + draws[t])
-        senders += [nodes, image]
-        receivers += [image, nodes]
-    return torch.stack([torch.cat(senders), torch.cat(receivers)])
+        senders += [random_nodes, images[t]]
+        receivers += [images[t], random_nodes]
+    edges = torch.stack([torch.cat(senders), torch.cat(receivers)])
+    if bool(tiny.any()):
+        edges = torch.cat([edges, _complete_graph_edges(sizes, tiny, device)], dim=1)
+    return edges
+
+
+def _random_permutations(
+    batch: Tensor, nodes: Tensor, degree: int, generator: torch.Generator | None
+) -> Tensor:
+    """``[degree, len(nodes)]``: ``degree`` random permutations of ``nodes`` (sorted global
+    node ids, whole graphs of the sorted ``batch``) within their graphs, as global ids."""
+    device = batch.device
+    draw_device = generator.device if generator is not None else device
+    draws = torch.rand(
+        degree, nodes.numel(), generator=generator, dtype=torch.float64, device=draw_device
+    ).to(device)
+    keys = batch.index_select(0, nodes).to(torch.float64)
+    # nodes are sorted by graph, so the k-th node in (graph, u) order lies in node k's graph
+    return torch.stack([nodes.index_select(0, torch.argsort(keys + draws[t])) for t in
+                        range(degree)])  # fmt: skip
+
+
+def _retry_until_gap(
+    batch: Tensor,
+    sizes: Tensor,
+    images: Tensor,
+    checked: Tensor,
+    degree: int,
+    generator: torch.Generator | None,
+    max_tries: int,
+) -> Tensor:
+    """Redraws the permutations of the ``checked`` graphs whose spectral gap is below the
+    bound, keeping each graph's best draw. ``images`` holds the non-tiny nodes in order."""
+    bound = expander_gap_bound(degree)
+    starts = torch.cumsum(sizes, 0) - sizes
+    random_graphs = (sizes > degree).nonzero().view(-1)
+    # position of each non-tiny graph's first node inside ``images``
+    offsets = torch.cumsum(sizes[random_graphs], 0) - sizes[random_graphs]
+    column = torch.full_like(sizes, -1)
+    column[random_graphs] = offsets
+    best_gap = torch.full(sizes.shape, float("inf"), dtype=torch.float64)
+    pending = checked.nonzero().view(-1)
+    best_gap[pending] = _spectral_gaps(images, column, starts, sizes, pending, degree)
+    for _ in range(max_tries - 1):
+        pending = pending[best_gap[pending] < bound - 1e-9]  # float64 eigenvalue rounding
+        if pending.numel() == 0:
+            break
+        nodes = _graph_nodes(starts, sizes, pending, batch.device)
+        fresh = images.clone()
+        cols = _graph_nodes(column, sizes, pending, batch.device)
+        fresh[:, cols] = _random_permutations(batch, nodes, degree, generator)
+        gaps = _spectral_gaps(fresh, column, starts, sizes, pending, degree)
+        better = gaps > best_gap[pending]
+        if bool(better.any()):
+            improved = pending[better]
+            best_gap[improved] = gaps[better]
+            cols = _graph_nodes(column, sizes, improved, batch.device)
+            images[:, cols] = fresh[:, cols]
+    return images
+
+
+def _graph_nodes(starts: Tensor, sizes: Tensor, graphs: Tensor, device) -> Tensor:
+    """The indices ``starts[g] .. starts[g] + sizes[g] - 1`` of every graph ``g`` in order."""
+    counts = sizes[graphs]
+    first = torch.repeat_interleave(starts[graphs], counts)
+    local = torch.arange(int(counts.sum()), device=device)
+    local = local - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return (first + local).to(device)
+
+
+def _spectral_gaps(
+    images: Tensor, column: Tensor, starts: Tensor, sizes: Tensor, graphs: Tensor, degree: int
+) -> Tensor:
+    r"""``[len(graphs)]`` float64 (CPU): :math:`\lambda_2(D - A)` of each graph's
+    ``2 * degree``-regular multigraph given by ``images`` (dense ``eigvalsh`` up to
+    :data:`EXPANDER_DENSE_NODES` nodes, ARPACK beyond)."""
+    images, column = images.cpu(), column.cpu()
+    starts, sizes, graphs = starts.cpu(), sizes.cpu(), graphs.cpu()
+    gaps = torch.zeros(graphs.numel(), dtype=torch.float64)
+    for size in torch.unique(sizes[graphs]).tolist():
+        where = (sizes[graphs] == size).nonzero().view(-1)
+        group = graphs[where]
+        # local (sender, receiver) of the forward edges, [G, degree * size]
+        cols = column[group, None] + torch.arange(size)
+        local_dst = (images[:, cols] - starts[group].view(1, -1, 1)).permute(1, 0, 2)
+        local_dst = local_dst.reshape(group.numel(), -1)
+        local_src = torch.arange(size).repeat(degree).expand_as(local_dst)
+        if size <= EXPANDER_DENSE_NODES:
+            per_chunk = max(1, (1 << 22) // (size * size))
+            for lo in range(0, group.numel(), per_chunk):
+                src, dst = local_src[lo : lo + per_chunk], local_dst[lo : lo + per_chunk]
+                adjacency = torch.zeros(src.size(0), size, size, dtype=torch.float64)
+                flat = adjacency.view(src.size(0), -1)
+                ones = torch.ones(src.shape, dtype=torch.float64)
+                flat.scatter_add_(1, dst * size + src, ones)
+                flat.scatter_add_(1, src * size + dst, ones)
+                laplacian = torch.diag_embed(adjacency.sum(-1)) - adjacency
+                gaps[where[lo : lo + per_chunk]] = torch.linalg.eigvalsh(laplacian)[:, 1]
+        else:
+            for k in range(group.numel()):
+                gaps[where[k]] = _sparse_gap(local_src[k], local_dst[k], size, degree)
+    return gaps
+
+
+def _sparse_gap(src: Tensor, dst: Tensor, size: int, degree: int) -> float:
+    r""":math:`\lambda_2(L) = 2d - \lambda_2(A)` of a ``2d``-regular multigraph by ARPACK
+    (deterministic start vector)."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import eigsh
+
+    rows = np.concatenate([dst.numpy(), src.numpy()])
+    cols = np.concatenate([src.numpy(), dst.numpy()])
+    adjacency = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(size, size)).tocsr()
+    start = np.linspace(1.0, 2.0, size)
+    values = eigsh(adjacency, k=2, which="LA", v0=start, return_eigenvectors=False)
+    return float(2 * degree - np.sort(values)[0])
+
+
+def _complete_graph_edges(sizes: Tensor, graphs: Tensor, device) -> Tensor:
+    """Every ordered pair ``i != j`` within each graph where ``graphs`` (a mask) holds."""
+    starts = torch.cumsum(sizes, 0) - sizes
+    parts = []
+    for size in torch.unique(sizes[graphs]).tolist():
+        if size < 2:
+            continue
+        first = starts[graphs & (sizes == size)]
+        local = torch.arange(size, device=device)
+        src, dst = local.repeat_interleave(size), local.repeat(size)
+        off = src != dst
+        parts.append(torch.stack([(first[:, None] + src[off]).reshape(-1),
+                                  (first[:, None] + dst[off]).reshape(-1)]))  # fmt: skip
+    if not parts:
+        return torch.zeros(2, 0, dtype=torch.long, device=device)
+    return torch.cat(parts, dim=1).to(device)
 
 
 def virtual_node_edges(batch: Tensor, num_virtual: int, num_graphs: int | None = None) -> Tensor:
