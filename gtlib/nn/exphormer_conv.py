@@ -23,9 +23,10 @@ class ExphormerConv(MessagePassing):
 
     Every node attends over the Exphormer pattern :meth:`Pattern.exphormer
     <gtlib.attention.Pattern.exphormer>`: the input graph's edges, a random expander of
-    ``2 * degree`` edges per node (``degree`` random permutations per graph, see
-    :meth:`Pattern.expander <gtlib.attention.Pattern.expander>`) and ``num_virtual`` virtual
-    nodes per graph linked to all its nodes. Each edge carries an embedding
+    ``2 * degree`` edges per node (``degree`` random permutations per graph, redrawn until
+    the spectral gap reaches the official bound; graphs of at most ``degree`` nodes get the
+    complete graph; see :func:`gtlib.attention.builders.expander_edges`) and
+    ``num_virtual`` virtual nodes per graph linked to all its nodes. Each edge carries an embedding
     :math:`\mathbf{E}_{ij}` of its type (graph, expander, virtual; plus a projection of
     ``edge_attr`` on graph edges when ``edge_dim`` is set), which multiplies the key elementwise,
     as in the official ``ExphormerAttention``:
