@@ -147,6 +147,12 @@ def radius_edges(
     receivers_pos = pos if pos_dst is None else pos_dst
     if pos.shape[0] == 0 or receivers_pos.shape[0] == 0:
         return _empty_result(pos)
+    factor = _scale_factor(pos, pos_dst, box_lengths, radius)
+    if factor != 1.0:  # search at unit scale: squared distances neither overflow nor underflow
+        scaled = _scaled(pos, pos_dst, box_lengths, factor)
+        found = radius_edges(scaled[0], radius * factor, scaled[2], batch, max_num_neighbors, loop,
+                             pos_dst=scaled[1], batch_dst=batch_dst)  # fmt: skip
+        return _unscaled(found, factor, pos, pos_dst, box_lengths)
 
     space = _Space.create(pos, box_lengths, pos_dst)
     exclude_self = not loop and not space.bipartite
@@ -235,6 +241,12 @@ def knn_edges(
     receivers_pos = pos if pos_dst is None else pos_dst
     if pos.shape[0] == 0 or receivers_pos.shape[0] == 0:
         return _empty_result(pos)
+    factor = _scale_factor(pos, pos_dst, box_lengths)
+    if factor != 1.0:  # search at unit scale: squared distances neither overflow nor underflow
+        scaled = _scaled(pos, pos_dst, box_lengths, factor)
+        found = knn_edges(scaled[0], k, scaled[2], batch, loop, pos_dst=scaled[1],
+                          batch_dst=batch_dst)  # fmt: skip
+        return _unscaled(found, factor, pos, pos_dst, box_lengths)
 
     space = _Space.create(pos, box_lengths, pos_dst)
     exclude_self = not loop and not space.bipartite
@@ -817,6 +829,45 @@ def _assemble(
     else:
         displacement = torch.cat(displacement_out)
     return torch.stack([senders, receivers]), displacement
+
+
+# Coordinates (and radius, box) whose largest magnitude lies outside [2^-_SCALE_RANGE,
+# 2^_SCALE_RANGE] are searched at unit scale (squared float32 distances overflow near 1e19).
+_SCALE_RANGE = 32
+
+
+def _scale_factor(pos: Tensor, pos_dst: Tensor | None, box: Tensor | None, r: float = 0.0) -> float:
+    """A power of two bringing the largest magnitude of the geometry near 1 when it is huge or
+    tiny (scaling by a power of two is exact, so the neighbours do not change), else 1."""
+    largest = max(float(pos.detach().abs().max()), abs(r))
+    if pos_dst is not None and pos_dst.numel():
+        largest = max(largest, float(pos_dst.detach().abs().max()))
+    if box is not None:
+        largest = max(largest, float(box.abs().max()))
+    if largest == 0.0 or 2.0**-_SCALE_RANGE <= largest <= 2.0**_SCALE_RANGE:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(largest)[1])
+
+
+def _scaled(pos, pos_dst, box, factor: float):
+    scale = lambda x: None if x is None else x.detach().double() * factor  # noqa: E731
+    dtype = pos.dtype
+    scaled = [scale(pos), scale(pos_dst), scale(box)]
+    return [None if x is None else x.to(dtype) if i < 2 else x for i, x in enumerate(scaled)]
+
+
+def _unscaled(found, factor: float, pos, pos_dst, box) -> tuple[Tensor, Tensor]:
+    """The displacements of a search at scale ``factor`` back at the caller's scale (recomputed
+    with autograd when the positions need it)."""
+    edge_index, displacement = found
+    senders, receivers = edge_index
+    if (pos.requires_grad or (pos_dst is not None and pos_dst.requires_grad)) and (
+        torch.is_grad_enabled()
+    ):
+        receivers_pos = pos if pos_dst is None else pos_dst
+        delta = pos.index_select(0, senders) - receivers_pos.index_select(0, receivers)
+        return edge_index, minimum_image(delta, None if box is None else box.to(pos.dtype))
+    return edge_index, (displacement.double() / factor).to(pos.dtype)
 
 
 def _empty_result(pos: Tensor) -> tuple[Tensor, Tensor]:

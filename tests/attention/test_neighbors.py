@@ -675,3 +675,31 @@ def test_accepted_argument_forms():
             assert torch.equal(displacement, reference[1])
     batch = torch.zeros(50, dtype=torch.int32)
     assert torch.equal(knn_edges(pos, torch.tensor(3), batch=batch)[0], knn_edges(pos, 3)[0])
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e25, 1e-30])
+def test_huge_and_tiny_coordinates_against_float64_brute_force(scale):
+    """float32 squared distances overflow near 1e19 and underflow near 1e-19; the search runs at
+    unit scale (a power of two, exact) and returns displacements at the caller's scale."""
+    g = torch.Generator().manual_seed(3)
+    pos = torch.randn(80, 3, generator=g) * scale
+    exact = torch.cdist(pos.double() / scale, pos.double() / scale)
+    exact.fill_diagonal_(float("inf"))
+    from gtlib.attention import Pattern
+
+    knn = Pattern.knn(pos, 5)
+    src, dst = knn.edge_index
+    got = torch.stack([src[dst == i].sort().values for i in range(80)])
+    assert torch.equal(got, exact.topk(5, largest=False).indices.sort(1).values)
+    torch.testing.assert_close(knn.displacement, pos[src] - pos[dst], rtol=1e-6, atol=0)
+    radius = Pattern.radius(pos, 0.7 * scale)
+    src, dst = radius.edge_index
+    want = {(j, i) for i, j in (exact <= 0.7).nonzero().tolist()}  # exact is symmetric
+    assert set(zip(src.tolist(), dst.tolist(), strict=True)) == want
+    box_pos = torch.rand(60, 2, generator=g) * scale
+    periodic = Pattern.radius(box_pos, 0.2 * scale, box=scale)
+    delta = (box_pos[:, None].double() - box_pos[None].double()) / scale
+    delta = delta - torch.round(delta)  # minimum image in a unit box
+    distance = delta.norm(dim=-1)
+    distance.fill_diagonal_(float("inf"))
+    assert periodic.num_edges == int((distance <= 0.2).sum())
