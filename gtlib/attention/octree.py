@@ -230,7 +230,8 @@ def octree(
     if depth is None:
         base_code = morton_code(quantised)
         depth = _default_depth(base_code, batch, window_size, levels)
-    depth = _positive_int(depth, "depth")
+    if isinstance(depth, bool) or not isinstance(depth, int):
+        raise TypeError(f"depth must be an int, got {depth!r}")
     if depth > MAX_DEPTH or depth - levels + 1 < 0:
         raise ValueError(f"depth must lie in [levels - 1 = {levels - 1}, {MAX_DEPTH}], got {depth}")
     out = []

@@ -647,8 +647,10 @@ class Pattern:
             cylindrical: cells in :math:`(r, \theta, z)` instead of :math:`(x, y, z)`.
             origin: ``[3]`` or ``[num_clouds, 3]`` sensor position(s) of the cylindrical
                 variant (default: the coordinate origin).
-            depth: octree depth of level 0's cells (default: about
-                :math:`\log_4(n_{cloud} / w) + 1`, for points on surfaces).
+            depth: octree depth of level 0's cells (default: the deepest at which the
+                occupied cells hold ``window_size / 2`` points on average). ``depth=0`` makes
+                the whole cloud one cell: windows are then fixed-size patches of the z-order
+                serialisation (Point Transformer V3's serialised patches).
 
         Returns:
             An :class:`~gtlib.attention.octree.Octree` whose ``levels`` are

@@ -239,6 +239,8 @@ def test_empty_and_single_point():
         (dict(window_size=2.5), TypeError, "window_size"),
         (dict(levels=0), ValueError, "levels"),
         (dict(depth=30), ValueError, "depth"),
+        (dict(depth=-1), ValueError, "depth"),
+        (dict(depth=1.0), TypeError, "depth"),
         (dict(levels=4, depth=2), ValueError, "depth"),
         (dict(batch=torch.tensor([1, 0, 0, 0, 0])), ValueError, "batch"),
         (dict(batch=torch.zeros(4, dtype=torch.long)), ValueError, "batch"),
@@ -265,3 +267,21 @@ def test_cross_bad_inputs():
         Pattern.cross(torch.zeros(3, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="batch_src"):
         Pattern.cross(torch.tensor([-1, 0]), torch.zeros(2, dtype=torch.long))
+
+
+def test_depth_zero_gives_serialised_patches():
+    pos, batch = _clouds([100, 37], seed=10)
+    level = Pattern.octree(pos, 16, batch=batch, depth=0)[0]
+    # one cell per cloud: ceil(n / w) balanced windows per cloud, in z-order
+    assert level.num_windows == math.ceil(100 / 16) + math.ceil(37 / 16)
+    sizes = level.window_sizes
+    assert int(sizes.max()) <= 16 and int(sizes.max() - sizes[:7].min()) <= 1
+    # the serialisation is the z-order of the quantised normalised coordinates
+    unit = torch.from_numpy(_unit(pos, batch))
+    q = (unit * 2**19).long().clamp(0, 2**19 - 1)
+    code = torch.zeros(pos.size(0), dtype=torch.long)
+    for bit in range(19):
+        for axis in range(3):
+            code |= ((q[:, axis] >> bit) & 1) << (3 * bit + 2 - axis)
+    key = batch * 2**60 + code
+    assert bool((key[level.perm][1:] >= key[level.perm][:-1]).all())
