@@ -28,7 +28,7 @@ from torch import Tensor
 
 from gtlib.attention import builders
 
-__all__ = ["Octree", "OctreeLevel", "cross_pattern", "morton_code", "octree"]
+__all__ = ["BlockGroups", "Octree", "OctreeLevel", "cross_pattern", "morton_code", "octree"]
 
 # Points are quantised to QBITS bits per axis; a shift adds up to half a cell, so the codes
 # interleave QBITS + 1 bits per axis (at most 21 fit three axes into an int64).
@@ -49,6 +49,58 @@ def morton_code(coords: Tensor) -> Tensor:
         v = (v | (v << 2)) & 0x1249249249249249
         out |= v << (2 - axis)
     return out
+
+
+class BlockGroups:
+    """A block pattern (every node in exactly one all-to-all block) run as one contiguous
+    block pattern per block size, through :func:`~gtlib.attention.attend`.
+
+    The nodes are gathered once into block order (one ``index_select`` in, one back), split
+    into one contiguous run per block size (views, whose gradients are joined by one ``cat``),
+    and every run is a single-size block pattern that the engine's dense backend sends to SDPA
+    without further gathers. This keeps the backward pass linear in the number of nodes when a
+    pattern has many block sizes (octree windows have up to ``window_size`` sizes), where the
+    dense backend's per-size gathers allocate a full-size gradient per size.
+    """
+
+    def __init__(self, pattern, outer: Tensor | None = None) -> None:
+        """``outer``: ``[N]`` caller index of every node of ``pattern`` (e.g. a serialisation
+        ``perm``), to take and return inputs in the caller's order with one gather each way."""
+        from gtlib.attention.pattern import Pattern
+
+        if pattern.blocks is None:
+            raise ValueError("BlockGroups needs a block pattern")
+        device = pattern.device
+        nodes = [block.reshape(-1) for block in pattern.blocks]
+        self.num_nodes = pattern.num_dst
+        self.order = torch.cat(nodes) if nodes else torch.zeros(0, dtype=torch.long, device=device)
+        if self.order.numel() != self.num_nodes:
+            raise ValueError("BlockGroups needs every node in exactly one block")
+        if outer is not None:
+            self.order = outer[self.order]
+        self.inverse = torch.empty_like(self.order)
+        self.inverse[self.order] = torch.arange(self.order.numel(), device=device)
+        self.lengths = [n.numel() for n in nodes]
+        self.patterns = []
+        for block in pattern.blocks:
+            count, size = block.shape
+            local = torch.arange(count * size, device=device).view(count, size)
+            group = Pattern(None, None, count * size, count * size, blocks=[local])
+            group._unique_edges = True
+            self.patterns.append(group)
+
+    def attend(self, value: Tensor, query: Tensor, key: Tensor, dropout: float = 0.0) -> Tensor:
+        """Softmax dot-product attention over the blocks: ``[N, H, C]`` inputs -> ``[N, H, C]``."""
+        from gtlib.attention.engine import attend
+
+        if not self.patterns:
+            return value.new_zeros(self.num_nodes, value.size(1), value.size(2))
+        parts = [t.index_select(0, self.order).split(self.lengths) for t in (value, query, key)]
+        outs = [
+            attend(pattern, v, query=q, key=k, dropout=dropout)
+            for pattern, v, q, k in zip(self.patterns, *parts)
+        ]
+        return torch.cat(outs).index_select(0, self.inverse)
 
 
 @dataclass(eq=False)
@@ -143,6 +195,20 @@ class OctreeLevel:
             pattern._unique_edges = True
             self._relay_cache["scatter"] = pattern
         return self._relay_cache["scatter"]
+
+    def window_groups(self, relays: bool = False, caller_order: bool = False) -> BlockGroups:
+        """:attr:`pattern` (or :meth:`with_relays` when ``relays``) as :class:`BlockGroups`,
+        the fast way to run it when windows have many sizes. With ``caller_order`` (windows
+        only) its inputs and output are in the caller's point order (the serialisation is
+        folded into its one gather). Cached."""
+        if relays and caller_order:
+            raise ValueError("caller_order applies to the windows alone (relays=False)")
+        key = ("groups", relays, caller_order)
+        if key not in self._relay_cache:
+            pattern = self.with_relays() if relays else self.pattern
+            outer = self.perm if caller_order else None
+            self._relay_cache[key] = BlockGroups(pattern, outer)
+        return self._relay_cache[key]
 
     def with_relays(self):
         """Windows with their relay tokens: a block pattern over ``N + W`` tokens (the ``N``

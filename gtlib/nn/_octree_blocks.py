@@ -32,13 +32,16 @@ class PatternAttention(Module):
         for lin in (self.lin_query, self.lin_key, self.lin_value, self.lin_out):
             lin.reset_parameters()
 
-    def forward(self, x_dst: Tensor, x_src: Tensor, pattern: Pattern) -> Tensor:
+    def forward(self, x_dst: Tensor, x_src: Tensor, pattern) -> Tensor:
         h, c = self.heads, self.channels // self.heads
         q = self.lin_query(x_dst).view(-1, h, c)
         k = self.lin_key(x_src).view(-1, h, c)
         v = self.lin_value(x_src).view(-1, h, c)
         p = self.dropout if self.training else 0.0
-        out = attend(pattern, v, query=q, key=k, dropout=p)
+        if isinstance(pattern, Pattern):
+            out = attend(pattern, v, query=q, key=k, dropout=p)
+        else:  # BlockGroups of octree windows: the engine per block size
+            out = pattern.attend(v, q, k, dropout=p)
         return self.lin_out(out.reshape(-1, self.channels))
 
 
@@ -130,6 +133,6 @@ class OctreeBlock(Module):
         relay = relay + self.relay_attn(normed, normed, level.relay_global())
         tokens = torch.cat([h_s, relay])
         normed = self.norm_window(tokens)
-        tokens = tokens + self.window_attn(normed, normed, level.with_relays())
+        tokens = tokens + self.window_attn(normed, normed, level.window_groups(relays=True))
         tokens = tokens + self.ffn(self.norm_ffn(tokens))
         return level.deserialise(tokens[: h.size(0)])

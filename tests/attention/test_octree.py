@@ -285,3 +285,34 @@ def test_depth_zero_gives_serialised_patches():
             code |= ((q[:, axis] >> bit) & 1) << (3 * bit + 2 - axis)
     key = batch * 2**60 + code
     assert bool((key[level.perm][1:] >= key[level.perm][:-1]).all())
+
+
+@pytest.mark.parametrize("relays", [False, True])
+def test_block_groups_match_the_block_pattern(relays):
+    pos, batch = _clouds([80, 50], seed=11)
+    level = Pattern.octree(pos, 9, batch=batch)[0]
+    pattern = level.with_relays() if relays else level.pattern
+    assert len(pattern.blocks) > 2  # several block sizes
+    m = pattern.num_dst
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = (
+        torch.randn(m, 2, 3, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(3)
+    )
+    mask = torch.zeros(m, m, dtype=torch.bool)
+    src, dst = pattern.edge_index
+    mask[dst, src] = True
+    out = level.window_groups(relays=relays).attend(v, q, k)
+    ref = _dense_reference(q, k, v, mask)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    weight = torch.randn(m, 2, 3, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((out * weight).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * weight).sum(), (q, k, v))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+    if not relays:  # caller order: the serialisation folded into the gather
+        n = pos.size(0)
+        caller = level.window_groups(caller_order=True).attend(
+            level.deserialise(v), level.deserialise(q), level.deserialise(k)
+        )
+        torch.testing.assert_close(caller, level.deserialise(ref), rtol=1e-12, atol=1e-12)
+        assert caller.shape[0] == n
