@@ -207,6 +207,11 @@ class Pattern:
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
 
+        if edge_index.device.type == "meta":
+            raise ValueError(
+                "edge_index is on the meta device: building a Pattern reads the indices; build "
+                "it on a real device (block patterns then move anywhere with .to())"
+            )
         num_src, num_dst = _resolve_num_nodes(edge_index, sizes)
         edge_index_data = builders.plain_tensor(edge_index)
         src = edge_index_data[0].long()
@@ -258,15 +263,13 @@ class Pattern:
     ) -> Pattern:
         """Sorts edges by (receiver, sender). With ``canonical`` the sorted order becomes the
         caller's order (used by generated patterns whose edge order is ours to choose)."""
-        key = dst * max(num_src, 1) + src
-        if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
-            key, perm = torch.sort(key, stable=True)
+        perm = _pair_sort(dst, src, num_dst, num_src)
+        if perm is not None:
             src, dst = src[perm], dst[perm]
-        else:
-            perm = None
         ptr = builders.index_to_ptr(dst, num_dst)
         pattern = cls(ptr, src, num_src, num_dst, perm=None if canonical else perm, row=dst)
-        pattern._unique_edges = key.numel() < 2 or bool((key[1:] != key[:-1]).all())
+        distinct = (dst[1:] != dst[:-1]) | (src[1:] != src[:-1])
+        pattern._unique_edges = dst.numel() < 2 or bool(distinct.all())
         return pattern
 
     @classmethod
@@ -656,7 +659,10 @@ class Pattern:
             An :class:`~gtlib.attention.octree.Octree` whose ``levels`` are
             :class:`~gtlib.attention.octree.OctreeLevel` objects carrying ``perm``/``inverse``
             (serialisation), ``window``/``window_ptr``/``window_batch``, ``pattern`` (windows)
-            and ``relay_gather()``, ``relay_global()``, ``relay_scatter()``, ``with_relays()``.
+            and ``relay_gather()``, ``relay_global()``, ``relay_scatter()``, ``with_relays()``;
+            ``window_groups()`` runs the windows (or windows with relays) through the engine
+            one block size at a time with a single gather each way (the fast path when
+            windows have many sizes).
 
         Raises:
             TypeError: ``pos`` not a floating tensor, non-int ``window_size``/``levels``/
@@ -776,17 +782,16 @@ class Pattern:
         """The distinct (sender, receiver) pairs: ``(ptr [num_dst + 1], senders [U], inverse [E])``
         with ``inverse[t]`` the pair of the ``t``-th receiver-sorted edge. Cached."""
         if self._deduplicated is None:
-            key = self.row * max(self.num_src, 1) + self.col
-            if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
-                unique_key, inverse = torch.unique(key, return_inverse=True)
-            else:
-                is_new = torch.ones_like(key, dtype=torch.bool)
-                is_new[1:] = key[1:] != key[:-1]
-                inverse = torch.cumsum(is_new, 0) - 1
-                unique_key = key[is_new]
-            receivers = unique_key // max(self.num_src, 1)
-            ptr = builders.index_to_ptr(receivers, self.num_dst)
-            self._deduplicated = (ptr, unique_key - receivers * max(self.num_src, 1), inverse)
+            row, col = self.row, self.col
+            order = _pair_sort(row, col, self.num_dst, self.num_src)  # None: receiver-sorted
+            if order is not None:
+                row, col = row[order], col[order]
+            is_new = torch.ones_like(row, dtype=torch.bool)
+            is_new[1:] = (row[1:] != row[:-1]) | (col[1:] != col[:-1])
+            pair = torch.cumsum(is_new, 0) - 1  # the pair of every edge in that order
+            inverse = pair if order is None else torch.empty_like(pair).index_copy_(0, order, pair)
+            ptr = builders.index_to_ptr(row[is_new], self.num_dst)
+            self._deduplicated = (ptr, col[is_new], inverse)
         return self._deduplicated
 
     def sparse_matrix(self, values: Tensor, layout: str = "csr") -> Tensor:
@@ -867,6 +872,28 @@ _index_to_ptr = builders.index_to_ptr
 _ptr_to_row = builders.ptr_to_row
 
 
+def _pair_sort(first: Tensor, second: Tensor, size_first: int, size_second: int) -> Tensor | None:
+    """The stable permutation sorting pairs by ``(first, second)``, or ``None`` when they are
+    sorted. One sort of ``first * size_second + second`` when that key fits in int64, otherwise
+    two stable sorts (so huge bipartite sizes cannot overflow the key)."""
+    if first.numel() < 2:
+        return None
+    if size_first * max(size_second, 1) < 2**62:
+        key = first * max(size_second, 1) + second
+        if bool((key[1:] >= key[:-1]).all()):
+            return None
+        return torch.sort(key, stable=True).indices
+    ordered = (first[1:] > first[:-1]) | ((first[1:] == first[:-1]) & (second[1:] >= second[:-1]))
+    if bool(ordered.all()):
+        return None
+    perm = torch.sort(second, stable=True).indices
+    return perm.index_select(0, torch.sort(first.index_select(0, perm), stable=True).indices)
+
+
+# Inferring more nodes than this from the largest index is refused (pass num_nodes instead).
+_MAX_INFERRED_NODES = 2**31
+
+
 def _resolve_num_nodes(edge_index: Tensor, sizes: tuple[int, int] | None) -> tuple[int, int]:
     if sizes is not None:
         return sizes
@@ -877,6 +904,12 @@ def _resolve_num_nodes(edge_index: Tensor, sizes: tuple[int, int] | None) -> tup
             return int(n_src), int(n_dst)
     data = builders.plain_tensor(edge_index)
     n = int(data.max()) + 1 if data.numel() else 0
+    if n > _MAX_INFERRED_NODES:
+        raise ValueError(
+            f"edge_index holds node id {n - 1}: inferring num_nodes = {n} would allocate "
+            f"{8 * n / 1e9:.3g} GB of offsets; pass num_nodes explicitly if the graph really has "
+            "that many nodes"
+        )
     return n, n
 
 
