@@ -142,11 +142,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     evaluation.add_argument("--eval-batch-size", type=int, default=8, help="snapshots per chunk")
     evaluation.add_argument("--divergence-probes", type=int, default=1, help="0: skip E[div v]")
     evaluation.add_argument("--bins", type=int, default=16)
+    evaluation.add_argument(
+        "--monitor-every",
+        type=int,
+        default=0,
+        help="steps between held-out evaluations during training (EMA weights: held-out loss "
+        "and EPR, best.pt and learning_curve.png); 0: none",
+    )
+    evaluation.add_argument(
+        "--monitor-snapshots", type=int, default=8, help="held-out snapshots used while training"
+    )
     parser.add_argument("--out", type=str, default="runs/mips")
     args = parser.parse_args(argv)
     for name in ("n", "steps", "batch_size", "snapshots", "trajectories", "eval_batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.monitor_every < 0 or args.monitor_snapshots < 2:
+        parser.error("--monitor-every must be >= 0 and --monitor-snapshots >= 2")
     if not 0.0 < args.holdout < 1.0:
         parser.error("--holdout must lie in (0, 1)")
     if not args.sigma > 0:
@@ -259,6 +271,35 @@ def _plot(
     plt.close(fig)
 
 
+def _plot_learning_curve(result: Any, held_out: dict[str, Any], out: Path) -> None:
+    """Training loss, held-out loss and held-out EPR per particle against the step."""
+    steps = [h["step"] for h in result.history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    losses = torch.tensor(result.losses)
+    window = max(1, len(losses) // 50)
+    smooth = losses.unfold(0, window, window).mean(1) if len(losses) >= window else losses
+    axes[0].plot(
+        torch.arange(1, len(smooth) + 1) * window, smooth, label=f"train (mean of {window})"
+    )
+    axes[0].plot(steps, [h["heldout_loss"] for h in result.history], "o-", label="held-out (EMA)")
+    axes[0].axvline(result.best_step, color="k", ls=":", label="best held-out")
+    axes[0].set(xlabel="step", ylabel="score-matching loss")
+    axes[0].legend(fontsize=8)
+    if "heldout_epr_per_particle" in result.history[0]:
+        axes[1].plot(steps, [h["heldout_epr_per_particle"] for h in result.history], "o-",
+                     label="learned (EMA)")  # fmt: skip
+        axes[1].axhline(result.history[0]["heldout_score_free_per_particle"], color="tab:red",
+                        ls="--", label="score-free (same snapshots)")  # fmt: skip
+        axes[1].axhline(held_out["score_free"] / held_out["num_particles"], color="tab:red",
+                        ls=":", label="score-free (all held-out)")  # fmt: skip
+        axes[1].axvline(result.best_step, color="k", ls=":")
+        axes[1].set(xlabel="step", ylabel="held-out EPR per particle")
+        axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(out / "learning_curve.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train, evaluate and write the outputs; returns the results (rank 0 writes under
     torchrun)."""
@@ -302,6 +343,27 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     else:
         loss_options = {"sigma": args.sigma}
 
+    monitor: dict[str, Any] = {}
+    if args.monitor_every > 0:
+        mon_pos, mon_g = _cap(test_pos, test_g, args.monitor_snapshots)
+
+        def heldout_epr(scorer: torch.nn.Module) -> dict[str, float]:
+            estimate = particle_entropy_production(
+                scorer, system, mon_pos, mon_g, batch_size=args.eval_batch_size
+            )
+            return {
+                "heldout_epr_per_particle": estimate.per_particle_mean,
+                "heldout_score_free_per_particle": estimate.score_free / estimate.num_particles,
+            }
+
+        monitor = {
+            "eval_data": torch.cat([mon_pos, mon_g], dim=-1).to(dtype),
+            "eval_every": args.monitor_every,
+            "eval_batch_size": args.eval_batch_size,
+            "eval_fn": heldout_epr,
+            "best_checkpoint": out / "best.pt",
+        }
+
     def stop(step: int, loss: float, model: torch.nn.Module) -> None:
         if step == args.stop_after:  # train_score checkpoints, then lets this through
             raise _Stopped(step)
@@ -324,6 +386,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
             progress=not args.no_progress,
             seed=args.seed,
             callback=stop if args.stop_after is not None else None,
+            **monitor,
         )
     except _Stopped as stopped:
         print_main(
@@ -369,6 +432,16 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
             f"N={system.num_particles}, phi={system.packing_fraction:.2f}: "
             f"sigma/N={estimate.per_particle_mean:.3g}",
         )
+    best = None
+    if result.best_state_dict is not None:  # the weights with the best held-out loss
+        final_state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(result.best_state_dict)
+        best, _ = evaluate(system, test_pos, test_g, str(path))
+        best["step"] = result.best_step
+        best["heldout_loss"] = result.best_loss
+        model.load_state_dict(final_state)
+        if is_main():
+            _plot_learning_curve(result, held_out, out)
     transfer = []
     for other in args.eval_data:
         other_data = load_trajectory(other)
@@ -400,6 +473,8 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         "final_loss": sum(result.losses[-50:]) / max(1, len(result.losses[-50:])),
         "num_parameters": sum(p.numel() for p in net.parameters()),
         "held_out": held_out,
+        "best_heldout_checkpoint": best,
+        "history": result.history,
         "transfer": transfer,
     }
     save_checkpoint({"state_dict": net.state_dict(), "config": config}, out / "model.pt")

@@ -65,6 +65,11 @@ class TrainResult:
         raw_state_dict: the last (non-averaged) weights, detached copies.
         steps: the number of optimisation steps done in total.
         resumed_from: the step a checkpoint was resumed from (``0``: a fresh start).
+        history: held-out monitoring, one dict per evaluation (``eval_data``): ``step``,
+            ``heldout_loss`` and the metrics of ``eval_fn`` (empty without ``eval_data``).
+        best_step: the evaluated step with the lowest held-out loss (``None`` without
+            ``eval_data``); ``best_loss`` that loss; ``best_state_dict`` the evaluated
+            (EMA) weights at that step.
     """
 
     model: Module
@@ -72,6 +77,10 @@ class TrainResult:
     raw_state_dict: dict[str, Tensor] = field(repr=False)
     steps: int
     resumed_from: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_step: int | None = None
+    best_loss: float | None = None
+    best_state_dict: dict[str, Tensor] | None = field(default=None, repr=False)
 
 
 def _ema_decay(base: float, step: int) -> float:
@@ -196,6 +205,11 @@ def train_score(
     callback: Callable[[int, float, Module], None] | None = None,
     model_kwargs_fn: Callable[[Tensor], dict[str, Any]] | None = None,
     loss_kwargs: dict[str, Any] | None = None,
+    eval_data: Tensor | None = None,
+    eval_every: int = 100,
+    eval_batch_size: int | None = None,
+    eval_fn: Callable[[Module], dict[str, float]] | None = None,
+    best_checkpoint: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     r"""Fit a score model :math:`s_\theta \approx \nabla\log\rho` to samples of :math:`\rho`.
 
@@ -217,6 +231,18 @@ def train_score(
     steps, at the end, and when ``callback`` raises (a clean interruption point). With
     ``resume=True`` an existing checkpoint is loaded and training continues from its step; the
     result is bit-for-bit that of an uninterrupted run.
+
+    Held-out monitoring (``eval_data``): every ``eval_every`` steps and at the end, the loss on
+    the held-out samples is computed with the weights the run returns (the EMA weights, or the
+    raw ones with ``ema_decay=None``), in chunks of ``eval_batch_size``, with the noise/probes of
+    a separate generator reseeded to ``seed + 2`` at every evaluation (the same draws each time,
+    so evaluations compare the weights alone; the training draws are untouched, so monitoring
+    changes no training step and resumes stay exact). ``eval_fn(model)`` adds metrics (e.g. the
+    held-out EPR) computed on those weights. Each evaluation is appended to
+    ``TrainResult.history`` (and to the checkpoint); the weights with the lowest held-out loss
+    are kept in ``TrainResult.best_state_dict`` and, with ``best_checkpoint``, saved there
+    atomically as ``{"step", "heldout_loss", "model"}``. Under ``torchrun`` every rank evaluates
+    all held-out samples (identical weights, identical numbers); rank 0 writes.
 
     Data-parallel (under ``torchrun``, see :mod:`gtlib.distributed`): ``batch_size`` is per
     rank and the global batch is ``batch_size x world_size``. Every rank draws that global batch
@@ -258,6 +284,12 @@ def train_score(
         model_kwargs_fn: maps a batch to keyword arguments for ``model``.
         loss_kwargs: further keyword arguments for the loss (e.g. ``{"divergence":
             "hutchinson"}`` or ``{"n_projections": 4}``).
+        eval_data: held-out samples ``[m, *event]`` (same event shape as the training data),
+            or ``None`` for no monitoring.
+        eval_every: steps between held-out evaluations.
+        eval_batch_size: samples per held-out chunk (default ``batch_size``).
+        eval_fn: ``eval_fn(model) -> {name: float}``, further held-out metrics.
+        best_checkpoint: file for the best held-out weights, or ``None``.
 
     Returns:
         :class:`TrainResult`.
@@ -283,6 +315,27 @@ def train_score(
     if param is None:
         raise ValueError("`model` has no parameters")
     dtype, device = param.dtype, param.device
+    eval_every = _check_int(eval_every, "eval_every", 1)
+    eval_batch_size = _check_int(
+        batch_size if eval_batch_size is None else eval_batch_size, "eval_batch_size", 1
+    )
+    if eval_data is not None:
+        if not isinstance(eval_data, Tensor) or not eval_data.is_floating_point():
+            raise TypeError("`eval_data` must be a floating-point torch.Tensor [m, *event]")
+        if eval_data.dim() < 2 or eval_data.shape[0] < 1:
+            raise ValueError(
+                f"`eval_data` must have shape [m, *event], got {tuple(eval_data.shape)}"
+            )
+        if isinstance(data, Tensor) and eval_data.shape[1:] != data.shape[1:]:
+            raise ValueError(
+                f"`eval_data` has event shape {tuple(eval_data.shape[1:])}, the training data "
+                f"{tuple(data.shape[1:])}"
+            )
+        eval_samples = eval_data.to(device=device, dtype=dtype)
+    elif eval_fn is not None or best_checkpoint is not None:
+        raise ValueError("`eval_fn` and `best_checkpoint` need `eval_data`")
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError("`eval_fn` must be callable as eval_fn(model) -> dict")
     world_size = get_world_size()
     global_batch = batch_size * world_size  # drawn on every rank, as one process draws it
     first, last = shard_bounds(global_batch)  # this rank's rows of it
@@ -333,8 +386,45 @@ def train_score(
     if ema is not None:
         ema.requires_grad_(False)
     losses: list[float] = []
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"step": None, "loss": None, "state_dict": None}
     start = 0
     path = Path(checkpoint) if checkpoint is not None else None
+    best_path = Path(best_checkpoint) if best_checkpoint is not None else None
+    eval_generator = torch.Generator(device=device)
+
+    def evaluate(step: int) -> None:
+        """Held-out loss (and ``eval_fn``) of the weights the run returns, at ``step``."""
+        monitored = ema if ema is not None else model
+        was_training = monitored.training
+        monitored.eval()
+        eval_generator.manual_seed(seed + 2)
+        total, count = 0.0, eval_samples.shape[0]
+        for first_row in range(0, count, eval_batch_size):
+            chunk = eval_samples[first_row : first_row + eval_batch_size]
+            score_fn = monitored
+            if model_kwargs_fn is not None:
+                score_fn = partial(monitored, **model_kwargs_fn(chunk))
+            value = loss_fn(score_fn, chunk, generator=eval_generator)
+            total += float(value.detach()) * chunk.shape[0]
+        record = {"step": step, "heldout_loss": total / count}
+        if eval_fn is not None:
+            with torch.no_grad():
+                metrics = eval_fn(monitored)
+            if not isinstance(metrics, dict):
+                raise TypeError(f"`eval_fn` must return a dict, got {type(metrics).__name__}")
+            record.update({str(k): float(v) for k, v in metrics.items()})
+        monitored.train(was_training)
+        history.append(record)
+        if best["loss"] is None or record["heldout_loss"] < best["loss"]:
+            best["step"], best["loss"] = step, record["heldout_loss"]
+            best["state_dict"] = {k: v.detach().clone() for k, v in monitored.state_dict().items()}
+            if best_path is not None:
+                save_checkpoint(
+                    {"step": step, "heldout_loss": record["heldout_loss"],
+                     "model": best["state_dict"]},
+                    best_path,
+                )  # fmt: skip
 
     def state(step: int) -> dict[str, Any]:
         return {
@@ -346,6 +436,8 @@ def train_score(
             "generator": generator.get_state(),
             "noise_generator": noise_generator.get_state(),
             "losses": list(losses),
+            "history": [dict(h) for h in history],
+            "best": dict(best),
             "config": {
                 "loss": loss,
                 "steps": steps,
@@ -379,6 +471,8 @@ def train_score(
         if noise_generator is not generator:
             noise_generator.set_state(saved["noise_generator"].cpu())
         losses = list(saved["losses"])
+        history = list(saved.get("history", []))
+        best.update(saved.get("best", {}))
         start = int(saved["step"])
         if start > steps:
             raise ValueError(f"checkpoint {path} is at step {start}, past `steps` = {steps}")
@@ -418,6 +512,8 @@ def train_score(
             bar.update(1)
             if show and (step % 10 == 0 or step == steps):
                 bar.set_postfix(loss=f"{running:.4g}")
+            if eval_data is not None and (step % eval_every == 0 or step == steps):
+                evaluate(step)
             if path is not None and (step % checkpoint_every == 0 or step == steps):
                 save_checkpoint(state(step), path)
             if callback is not None:
@@ -435,5 +531,13 @@ def train_score(
         model.load_state_dict(ema.state_dict())
     model.eval()
     return TrainResult(
-        model=model, losses=losses, raw_state_dict=raw, steps=steps, resumed_from=start
+        model=model,
+        losses=losses,
+        raw_state_dict=raw,
+        steps=steps,
+        resumed_from=start,
+        history=history,
+        best_step=best["step"],
+        best_loss=best["loss"],
+        best_state_dict=best["state_dict"],
     )
