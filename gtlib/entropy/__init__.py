@@ -39,6 +39,13 @@ from gtlib.entropy.score_matching import (
     implicit_score_matching,
     sliced_score_matching,
 )
+from gtlib.entropy.structure import (
+    cluster_labels,
+    cluster_sizes,
+    density_classes,
+    local_packing_fraction,
+    structure_factor,
+)
 from gtlib.entropy.training import TrainResult, train_score
 
 __all__ = [
@@ -59,6 +66,11 @@ __all__ = [
     "train_score",
     "aoup_harmonic_trap",
     "bead_chain",
+    "cluster_labels",
+    "cluster_sizes",
+    "density_classes",
+    "local_packing_fraction",
+    "structure_factor",
     "brownian_gyrator",
     "entropy_production",
     "linear_entropy_production",
