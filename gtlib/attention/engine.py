@@ -37,6 +37,7 @@ from gtlib.attention.backends.sparse import sparse_attention_csr
 from gtlib.attention.backends.stream import stream_attention, stream_attention_weights
 from gtlib.attention.pattern import Pattern
 from gtlib.attention.terms import ScoreSpec
+from gtlib.validation import finite_checks_enabled
 
 __all__ = ["Edges", "attend", "MODES", "REDUCTIONS", "SCORES"]
 
@@ -208,9 +209,26 @@ def attend(
 
     if out_dtype is not None:
         out = out.to(out_dtype)
+    if finite_checks_enabled() and not bool(torch.isfinite(out).all()):
+        _raise_not_finite(tensors)
     if return_attention:
         return out, pattern.to_caller(alpha).to(out.dtype)
     return out
+
+
+def _raise_not_finite(tensors: dict) -> None:
+    """Names the input that made the output non-finite (a ``-inf`` bias masks, it is valid)."""
+    for name, x in tensors.items():
+        if x is None or not x.dtype.is_floating_point:
+            continue
+        bad = torch.isnan(x) | (x == float("inf")) if name == "bias" else ~torch.isfinite(x)
+        if bool(bad.any()):
+            what = "NaN or +inf" if name == "bias" else "NaN or infinite"
+            raise ValueError(f"{name} contains {int(bad.sum())} {what} value(s)")
+    raise ValueError(
+        "the attention output is not finite although every input is: scores or values "
+        "overflowed the dtype, or a message_fn/score_mod produced NaN or inf"
+    )
 
 
 def _channels(tensors: dict) -> int:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from gtlib.attention.pattern import Pattern, _index_to_ptr
+from gtlib.validation import check_index, check_int, check_tensor, finite_checks_enabled
 
 
 def segment_softmax(
@@ -36,6 +37,8 @@ def segment_softmax(
         raise TypeError("scores must be a floating-point tensor [E, *]")
     if scores.dim() == 0:
         raise ValueError("scores must have at least one dimension (edges first)")
+    if finite_checks_enabled() and bool(torch.isnan(scores).any() | (scores == float("inf")).any()):
+        raise ValueError("scores contain NaN or +inf (-inf is allowed: it masks an edge)")
     if isinstance(pattern_or_index, Pattern):
         pattern = pattern_or_index
         if scores.size(0) != pattern.num_edges:
@@ -52,11 +55,12 @@ def segment_softmax(
             f"index must have shape [{scores.size(0)}] (one receiver per edge), "
             f"got {list(index.shape)}"
         )
+    check_tensor(index, "pattern_or_index", values=True)
     index = index.long()
     if num_segments is None:
         num_segments = int(index.max()) + 1 if index.numel() else 0
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_segments):
-        raise ValueError(f"index values must lie in [0, {num_segments})")
+    num_segments = check_int(num_segments, "num_segments", minimum=0)
+    check_index(index, "index", num_segments)
     if index.numel() > 1 and not bool((index[1:] >= index[:-1]).all()):
         order = torch.argsort(index, stable=True)
         sorted_index = index[order]

@@ -464,3 +464,30 @@ def test_cached_pattern_dies_with_its_tensor():
     del edge_index
     gc.collect()
     assert len(pattern_cache) == 0  # the pattern does not keep its source alive
+
+
+def test_huge_bipartite_sizes_sort_without_key_overflow():
+    """(receiver, sender) keys ``dst * num_src + src`` would overflow int64 here."""
+    num_src, num_dst = 2**61, 8
+    src = torch.tensor([2**61 - 1, 5, 2**60, 5, 0, 2**61 - 1])
+    dst = torch.tensor([7, 7, 3, 7, 7, 0])
+    pattern = Pattern.from_edge_index(torch.stack([src, dst]), (num_src, num_dst))
+    expected = sorted(zip(dst.tolist(), src.tolist(), strict=True))
+    got = list(zip(pattern.row.tolist(), pattern.col.tolist(), strict=True))
+    assert got == expected
+    assert pattern.unique_edges is False  # (5, 7) appears twice
+    ptr, senders, inverse = pattern.deduplicated()
+    assert ptr.tolist() == [0, 1, 1, 1, 2, 2, 2, 2, 5]
+    assert senders.tolist() == [2**61 - 1, 2**60, 0, 5, 2**61 - 1]
+    assert senders[inverse].tolist() == pattern.col.tolist()
+    edge_index = pattern.edge_index  # the caller's order survives
+    assert torch.equal(edge_index, torch.stack([src, dst]))
+
+
+def test_bad_indices_are_named():
+    with pytest.raises(ValueError, match="inferring num_nodes"):
+        Pattern.from_edge_index(torch.tensor([[0], [2**40]]))
+    with pytest.raises(ValueError, match="meta device"):
+        Pattern.from_edge_index(torch.zeros(2, 3, dtype=torch.long, device="meta"), 3)
+    with pytest.raises(TypeError, match="integer dtype"):
+        Pattern.from_edge_index(torch.zeros(2, 3, dtype=torch.complex64), 3)

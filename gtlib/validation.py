@@ -1,0 +1,185 @@
+"""Validation at gtlib's public boundary, written once.
+
+One convention everywhere: :class:`TypeError` when an argument has the wrong type,
+:class:`ValueError` when it has the right type and a wrong value, and every message names the
+argument. Each checker returns the value in its canonical form (a Python ``int`` or ``float``, a
+tensor), so callers write ``k = check_int(k, "k", minimum=1)``.
+
+Finiteness of tensors is checked where the documentation promises it. Checks that read a whole
+tensor (:func:`check_finite`) can be switched off for hot paths with
+:func:`set_finite_checks` or the environment variable ``GTLIB_CHECK_FINITE=0``; they are skipped
+inside ``torch.compile`` (a data-dependent check would break the graph).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_choice",
+    "check_finite",
+    "check_index",
+    "check_int",
+    "check_real",
+    "check_tensor",
+    "finite_checks_enabled",
+    "set_finite_checks",
+]
+
+_FINITE_CHECKS: bool | None = None  # None: follow GTLIB_CHECK_FINITE
+
+
+def describe(value: Any) -> str:
+    """A short description of a value for an error message."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {list(value.shape)} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"a {type(value).__name__}"
+
+
+def check_int(
+    value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """``value`` as an ``int`` (Python or NumPy integers, one-element integer tensors; not
+    ``bool``), within ``[minimum, maximum]`` when given."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.dtype.is_floating_point or value.is_complex():
+            raise TypeError(f"{name} must be an int, got {describe(value)}")
+        if value.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor and has no value")
+        value = int(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    positive: bool = False,
+    nonnegative: bool = False,
+    finite: bool = True,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> float:
+    """``value`` as a ``float`` (any real number or one-element real tensor; not ``bool``),
+    finite unless ``finite=False``, and ``> 0`` / ``>= 0`` / within bounds when asked."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise TypeError(f"{name} must be a real number, got {describe(value)}")
+        if value.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor and has no value")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {describe(value)}")
+    value = float(value)
+    if math.isnan(value) or (finite and not math.isfinite(value)):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if nonnegative and not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``choices`` (``TypeError`` for a value of a type no choice
+    has, ``ValueError`` otherwise)."""
+    choices = tuple(choices)
+    try:
+        if value in choices:
+            return value
+    except TypeError:  # unhashable or incomparable
+        pass
+    if not any(isinstance(value, type(choice)) for choice in choices):
+        raise TypeError(f"{name} must be one of {choices}, got {describe(value)}")
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_tensor(
+    value: Any,
+    name: str,
+    *,
+    floating: bool | None = None,
+    integer: bool | None = None,
+    dim: int | None = None,
+    device: torch.device | str | None = None,
+    values: bool = False,
+) -> Tensor:
+    """``value`` if it is a tensor of the asked kind: ``floating`` (a real floating-point
+    dtype), ``integer`` (an integer dtype, not ``bool``), ``dim`` dimensions, on ``device``;
+    ``values=True`` also refuses meta tensors (whose values a check cannot read)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if floating and not value.dtype.is_floating_point:
+        raise TypeError(f"{name} must have a floating-point dtype, got {value.dtype}")
+    if integer and (
+        value.dtype.is_floating_point or value.is_complex() or value.dtype == torch.bool
+    ):
+        raise TypeError(f"{name} must have an integer dtype, got {value.dtype}")
+    if dim is not None and value.dim() != dim:
+        raise ValueError(f"{name} must have {dim} dimensions, got shape {list(value.shape)}")
+    if device is not None and value.device != torch.device(device):
+        raise ValueError(f"{name} is on {value.device}, expected {torch.device(device)}")
+    if values and value.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor: its values are needed here")
+    return value
+
+
+def check_index(index: Tensor, name: str, size: int | None = None) -> Tensor:
+    """An integer index tensor with values in ``[0, size)`` (``size=None``: non-negative)."""
+    check_tensor(index, name, integer=True, values=True)
+    if index.numel():
+        low, high = int(index.min()), int(index.max())
+        upper = "" if size is None else f", {size})"
+        if low < 0 or (size is not None and high >= size):
+            bound = f"[0{upper}" if size is not None else "[0, inf)"
+            raise ValueError(f"{name} must lie in {bound}, found values in [{low}, {high}]")
+    return index
+
+
+def set_finite_checks(enabled: bool | None) -> None:
+    """Switches the whole-tensor finiteness checks on or off (``None``: follow the environment
+    variable ``GTLIB_CHECK_FINITE``, on unless it is ``0``)."""
+    global _FINITE_CHECKS
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool or None, got {describe(enabled)}")
+    _FINITE_CHECKS = enabled
+
+
+def finite_checks_enabled() -> bool:
+    """Whether :func:`check_finite` reads tensors (never inside ``torch.compile``)."""
+    if torch.compiler.is_compiling():
+        return False
+    if _FINITE_CHECKS is not None:
+        return _FINITE_CHECKS
+    return os.environ.get("GTLIB_CHECK_FINITE", "1").strip().lower() not in ("0", "false", "off")
+
+
+def check_finite(value: Tensor | None, name: str) -> Tensor | None:
+    """``value`` if it holds no NaN or infinity (``None`` passes; skipped when the checks are
+    off, see :func:`set_finite_checks`)."""
+    if value is None or not finite_checks_enabled() or value.device.type == "meta":
+        return value
+    if value.dtype.is_floating_point or value.is_complex():
+        if not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+    return value

@@ -1,0 +1,151 @@
+"""``gtlib.validation`` and the core's promises about bad values (NaN, inf, wrong scalars)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gtlib.attention import Pattern, attend, segment_softmax, sparse_attention
+from gtlib.validation import (
+    check_choice,
+    check_finite,
+    check_index,
+    check_int,
+    check_real,
+    check_tensor,
+    finite_checks_enabled,
+    set_finite_checks,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "error", "message"),
+    [
+        ("2", {}, TypeError, "k must be an int, got '2'"),
+        (2.0, {}, TypeError, "k must be an int"),
+        (True, {}, TypeError, "k must be an int"),
+        (torch.tensor(2.0), {}, TypeError, "k must be an int"),
+        (torch.tensor([1, 2]), {}, TypeError, "k must be an int"),
+        (0, {"minimum": 1}, ValueError, "k must be >= 1, got 0"),
+        (9, {"maximum": 8}, ValueError, "k must be <= 8, got 9"),
+    ],
+)
+def test_check_int_rejects(value, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        check_int(value, "k", **kwargs)
+
+
+def test_check_int_accepts_integers_of_every_kind():
+    assert check_int(np.int32(3), "k") == 3
+    assert check_int(torch.tensor(4), "k", minimum=4) == 4
+    assert type(check_int(np.int64(5), "k")) is int
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "error", "message"),
+    [
+        ("2", {}, TypeError, "scale must be a real number"),
+        (None, {}, TypeError, "scale must be a real number"),
+        (float("nan"), {"finite": False}, ValueError, "scale must be finite"),
+        (float("inf"), {}, ValueError, "scale must be finite"),
+        (0.0, {"positive": True}, ValueError, "scale must be > 0"),
+        (-1e-9, {"nonnegative": True}, ValueError, "scale must be >= 0"),
+        (complex(1, 1), {}, TypeError, "scale must be a real number"),
+    ],
+)
+def test_check_real_rejects(value, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        check_real(value, "scale", **kwargs)
+
+
+def test_check_real_infinity_when_allowed_and_tensors():
+    assert check_real(float("inf"), "x", finite=False) == float("inf")
+    assert check_real(torch.tensor(0.5), "x", positive=True) == 0.5
+
+
+def test_choice_tensor_and_index_checks():
+    assert check_choice("sum", "reduce", ("sum", "mean")) == "sum"
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        check_choice("max", "reduce", ("sum", "mean"))
+    with pytest.raises(TypeError, match="reduce must be one of"):
+        check_choice(3, "reduce", ("sum", "mean"))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        check_tensor([1.0], "x")
+    with pytest.raises(TypeError, match="x must have a floating-point dtype"):
+        check_tensor(torch.zeros(2, dtype=torch.long), "x", floating=True)
+    with pytest.raises(TypeError, match="index must have an integer dtype"):
+        check_index(torch.zeros(2, dtype=torch.bool), "index")
+    with pytest.raises(ValueError, match="x must have 2 dimensions"):
+        check_tensor(torch.zeros(3), "x", dim=2)
+    with pytest.raises(ValueError, match=r"index must lie in \[0, 3\), found values in \[0, 3\]"):
+        check_index(torch.tensor([0, 3]), "index", 3)
+    with pytest.raises(ValueError, match="meta tensor"):
+        check_index(torch.zeros(2, dtype=torch.long, device="meta"), "index", 3)
+
+
+def test_finite_checks_can_be_switched_off(monkeypatch):
+    bad = torch.tensor([1.0, float("nan")])
+    with pytest.raises(ValueError, match="x contains 1 NaN or infinite value"):
+        check_finite(bad, "x")
+    set_finite_checks(False)
+    try:
+        assert check_finite(bad, "x") is bad
+    finally:
+        set_finite_checks(None)
+    monkeypatch.setenv("GTLIB_CHECK_FINITE", "0")
+    assert not finite_checks_enabled()
+
+
+# ----------------------------------------------------------------------- the core's promises
+def _problem():
+    edge_index = torch.tensor([[0, 1, 2, 2], [1, 2, 0, 1]])
+    pattern = Pattern.from_edge_index(edge_index, 3)
+    q, k, v = (torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    return pattern, q, k, v
+
+
+@pytest.mark.parametrize("name", ["query", "key", "value", "bias"])
+@pytest.mark.parametrize("mode", ["scatter", "sparse", "stream", "auto"])
+def test_non_finite_inputs_are_named(name, mode):
+    pattern, q, k, v = _problem()
+    inputs = {"query": q, "key": k, "value": v, "bias": torch.zeros(4, 2)}
+    inputs[name] = inputs[name].clone()
+    inputs[name].view(-1)[1] = float("nan")
+    with pytest.raises(ValueError, match=f"{name} contains 1 NaN"):
+        sparse_attention(inputs["query"], inputs["key"], inputs["value"], pattern,
+                         bias=inputs["bias"], mode=mode)  # fmt: skip
+
+
+def test_minus_infinity_bias_masks_and_is_not_an_error():
+    pattern, q, k, v = _problem()
+    bias = torch.zeros(4, 2)
+    bias[0] = float("-inf")  # receiver 1 loses sender 0, keeps sender 2
+    out = sparse_attention(q, k, v, pattern, bias=bias, mode="scatter")
+    torch.testing.assert_close(out[1], v[2])  # one sender left: weight 1
+    bias[[0, 3]] = float("-inf")  # receiver 1 loses both senders: zeros, not NaN
+    out = sparse_attention(q, k, v, pattern, bias=bias, mode="scatter")
+    assert torch.count_nonzero(out[1]) == 0 and bool(torch.isfinite(out).all())
+
+
+def test_overflow_and_message_fn_nan_are_reported():
+    pattern, q, k, v = _problem()
+    with pytest.raises(ValueError, match="not finite although every input is"):
+        attend(pattern, torch.full_like(v, 2e38), reduce="sum", score=None)  # 2 senders: 4e38
+    with pytest.raises(ValueError, match="message_fn/score_mod produced NaN"):
+        attend(pattern, message_fn=lambda e: e.x_src[0] * float("nan"), src_inputs=(v,),
+               reduce="sum", score=None)  # fmt: skip
+
+
+def test_segment_softmax_scores_and_num_segments():
+    index = torch.tensor([0, 0, 1])
+    with pytest.raises(ValueError, match="scores contain NaN or \\+inf"):
+        segment_softmax(torch.tensor([1.0, float("nan"), 2.0]), index)
+    masked = segment_softmax(torch.tensor([float("-inf"), 0.0, 2.0]), index)
+    torch.testing.assert_close(masked, torch.tensor([0.0, 1.0, 1.0]))
+    with pytest.raises(TypeError, match="num_segments must be an int, got '2'"):
+        segment_softmax(torch.randn(3), index, "2")
+    with pytest.raises(ValueError, match="num_segments must be >= 0"):
+        segment_softmax(torch.randn(3), index, -1)
+    with pytest.raises(ValueError, match=r"index must lie in \[0, 1\)"):
+        segment_softmax(torch.randn(3), index, 1)
