@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .spectral_conv import SpectralConv
+from gtlib.validation import check_int
+
+from .spectral_conv import SpectralConv, check_input, check_modes
 
 __all__ = ["FNO"]
 
@@ -90,11 +92,15 @@ class FNO(nn.Module):
         fft_norm: str = "forward",
     ) -> None:
         super().__init__()
-        modes = (n_modes,) if isinstance(n_modes, int) else tuple(int(m) for m in n_modes)
-        if not 1 <= len(modes) <= 3:
-            raise ValueError(f"n_modes must give 1 to 3 dimensions, got {n_modes!r}")
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be positive, got {n_layers}")
+        in_channels = check_int(in_channels, "in_channels", minimum=1)
+        out_channels = check_int(out_channels, "out_channels", minimum=1)
+        hidden_channels = check_int(hidden_channels, "hidden_channels", minimum=1)
+        n_layers = check_int(n_layers, "n_layers", minimum=1)
+        for name, value in (("lifting_channels", lifting_channels),
+                            ("projection_channels", projection_channels)):  # fmt: skip
+            if value is not None:
+                check_int(value, name, minimum=1)
+        modes = check_modes(n_modes)
         if positional_embedding not in ("grid", None):
             raise ValueError(
                 f"positional_embedding must be 'grid' or None, got {positional_embedding!r}"
@@ -182,6 +188,7 @@ class FNO(nn.Module):
         return coords.unsqueeze(0).expand(x.shape[0], *coords.shape)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.lifting[0].weight)
         if x.dim() != self.dim + 2:
             raise ValueError(
                 f"x must have shape [B, C, *spatial] with {self.dim} spatial dimension(s), "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -12,6 +11,7 @@ from torch import Tensor, nn
 
 from gtlib.attention import Edges, Pattern, attend
 from gtlib.attention.cache import pattern_cache
+from gtlib.validation import check_finite, check_int, check_real
 
 __all__ = ["GNO", "kernel_integral", "radius_pattern"]
 
@@ -346,6 +346,7 @@ class GNO(nn.Module):
                     f"transform_type={self.transform_type!r} multiplies the kernel by f, so f "
                     f"must have 1 or out_channels={self.out_channels} channels, got {f.shape[-1]}"
                 )
+            check_finite(f, "f")
             batched = f.dim() == 3
             f = f if batched else f.unsqueeze(0)
         elif nonlinear:
@@ -405,17 +406,8 @@ def _check_points(pos: Tensor, name: str, dim: int | None = None) -> None:
 
 
 def _check_radius(radius: float) -> float:
-    if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
-        raise TypeError(f"radius must be a real number, got {type(radius).__name__}")
-    radius = float(radius)
-    if not math.isfinite(radius) or radius <= 0:
-        raise ValueError(f"radius must be finite and > 0, got {radius}")
-    return radius
+    return check_real(radius, "radius", positive=True)
 
 
 def _check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return int(value)
+    return check_int(value, name, minimum=1)

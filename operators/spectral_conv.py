@@ -3,13 +3,41 @@
 from __future__ import annotations
 
 import math
+import numbers
 import string
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from gtlib.validation import check_finite, check_int, check_tensor
+
 __all__ = ["SpectralConv"]
+
+
+def check_modes(n_modes: Any) -> tuple[int, ...]:
+    """``n_modes`` (an int or 1 to 3 ints, each >= 1) as a tuple of ints."""
+    if isinstance(n_modes, (str, bytes)) or not isinstance(n_modes, (numbers.Integral, Sequence)):
+        raise TypeError(f"n_modes must be an int or 1 to 3 ints, got {n_modes!r}")
+    modes = (n_modes,) if isinstance(n_modes, numbers.Integral) else tuple(n_modes)
+    if not 1 <= len(modes) <= 3:
+        raise ValueError(f"n_modes must give 1 to 3 dimensions, got {n_modes!r}")
+    return tuple(check_int(m, "n_modes", minimum=1) for m in modes)
+
+
+def check_input(x: Any, parameter: Tensor) -> None:
+    """``x`` a finite real floating-point tensor in the dtype and on the device of the
+    operator's ``parameter``."""
+    check_tensor(x, "x", floating=True)
+    if x.dtype != parameter.dtype:
+        raise TypeError(
+            f"x has dtype {x.dtype} but the operator's parameters are {parameter.dtype}: convert "
+            "one of them (e.g. model.to(x.dtype) or x.to(model's dtype))"
+        )
+    if x.device != parameter.device:
+        raise ValueError(f"x is on {x.device} but the operator's parameters on {parameter.device}")
+    check_finite(x, "x")
 
 
 def _tucker_ranks(shape: Sequence[int], fraction: float) -> tuple[int, ...]:
@@ -107,13 +135,9 @@ class SpectralConv(nn.Module):
         fft_norm: str = "forward",
     ) -> None:
         super().__init__()
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(
-                f"in_channels and out_channels must be positive, got {in_channels}, {out_channels}"
-            )
-        modes = (n_modes,) if isinstance(n_modes, int) else tuple(int(m) for m in n_modes)
-        if not 1 <= len(modes) <= 3 or any(m < 1 for m in modes):
-            raise ValueError(f"n_modes must be 1 to 3 positive integers, got {n_modes!r}")
+        in_channels = check_int(in_channels, "in_channels", minimum=1)
+        out_channels = check_int(out_channels, "out_channels", minimum=1)
+        modes = check_modes(n_modes)
         if factorization is not None and factorization.lower() != "tucker":
             raise ValueError(f"factorization must be None or 'tucker', got {factorization!r}")
         if fft_norm not in ("forward", "backward", "ortho"):
@@ -289,10 +313,7 @@ class SpectralConv(nn.Module):
         return tuple(index)
 
     def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a real floating-point tensor, got dtype {x.dtype}")
+        check_input(x, next(self.parameters()))
         if x.dim() != self.dim + 2:
             raise ValueError(
                 f"x must have shape [B, C, *spatial] with {self.dim} spatial dimension(s) "

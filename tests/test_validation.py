@@ -149,3 +149,68 @@ def test_segment_softmax_scores_and_num_segments():
         segment_softmax(torch.randn(3), index, -1)
     with pytest.raises(ValueError, match=r"index must lie in \[0, 1\)"):
         segment_softmax(torch.randn(3), index, 1)
+
+
+# ------------------------------------------------------------------------- operators, loader
+def _fno_cases():
+    from gtlib.operators import FNO, SpectralConv
+
+    return [
+        (ValueError, "in_channels must be >= 1, got -1", lambda: FNO(-1, 1, (4, 4))),
+        (TypeError, "in_channels must be an int, got '2'", lambda: FNO("2", 1, (4, 4))),
+        (TypeError, "n_layers must be an int, got '2'", lambda: FNO(1, 1, 4, n_layers="2")),
+        (ValueError, "hidden_channels must be >= 1", lambda: FNO(1, 1, 4, hidden_channels=-1)),
+        (ValueError, "projection_channels must be >= 1", lambda: FNO(1, 1, 4,
+                                                                    projection_channels=0)),
+        (TypeError, "n_modes must be an int or 1 to 3 ints", lambda: FNO(1, 1, "4")),
+        (ValueError, "n_modes must give 1 to 3 dimensions", lambda: FNO(1, 1, (4,) * 4)),
+        (ValueError, "n_modes must be >= 1, got 0", lambda: SpectralConv(2, 2, (0, 4))),
+        (TypeError, "in_channels must be an int, got '2'", lambda: SpectralConv("2", 2, 4)),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_operator_constructors_name_bad_arguments(case):
+    error, message, build = _fno_cases()[case]
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_operator_inputs_dtype_device_and_finiteness():
+    from gtlib.operators import FNO, GNO, SpectralConv
+
+    fno = FNO(1, 1, (4, 4), hidden_channels=8)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.isfinite(fno(x)).all()
+    bad = x.clone()
+    bad[1, 0, 3, 3] = float("inf")
+    with pytest.raises(ValueError, match="x contains 1 NaN or infinite value"):
+        fno(bad)
+    with pytest.raises(TypeError, match="x has dtype torch.float64 but the operator's parameters"):
+        fno(x.double())
+    with pytest.raises(TypeError, match="x has dtype torch.float64"):
+        SpectralConv(1, 1, (4, 4))(x.double())
+    gno = GNO(2, 2, coord_dim=2, radius=0.5, transform_type="nonlinear",
+              channel_mlp_layers=(8,), pos_embedding_type=None)  # fmt: skip
+    points = torch.rand(20, 2)
+    f = torch.randn(20, 2)
+    assert torch.isfinite(gno(points, points, f)).all()
+    f[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="f contains 1 NaN"):
+        gno(points, points, f)
+    with pytest.raises(ValueError, match="radius must be > 0"):
+        GNO(2, 2, coord_dim=2, radius=-1.0)
+
+
+def test_large_gt_loader_refuses_non_finite_features():
+    from torch_geometric.data import Data
+
+    from gtlib.loader import LargeGTLoader
+
+    x = torch.randn(6, 3)
+    x[2, 0] = float("nan")
+    data = Data(x=x, edge_index=torch.tensor([[0, 1, 2], [1, 2, 3]]))
+    with pytest.raises(ValueError, match="data.x contains 1 NaN"):
+        LargeGTLoader(data, num_tokens=2)
+    with pytest.raises(TypeError, match="num_tokens must be an int"):
+        LargeGTLoader(Data(x=torch.randn(6, 3), edge_index=data.edge_index), num_tokens=2.5)

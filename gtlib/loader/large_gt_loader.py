@@ -11,6 +11,7 @@ from torch_geometric.data import Data
 
 from gtlib.attention import Pattern
 from gtlib.distributed import ShardedBatchSampler
+from gtlib.validation import check_finite, check_int
 
 
 class LargeGTLoader(DataLoader):
@@ -94,10 +95,8 @@ class LargeGTLoader(DataLoader):
             raise TypeError(f"distributed must be a bool, got {type(distributed).__name__}")
         if distributed and ("batch_sampler" in kwargs or "sampler" in kwargs):
             raise TypeError("distributed=True builds its own batch_sampler; pass neither sampler")
-        if not isinstance(num_tokens, int) or num_tokens < 1:
-            raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
-        if not isinstance(max_two_hop_paths, int) or max_two_hop_paths < 1:
-            raise ValueError(f"max_two_hop_paths must be a positive int, got {max_two_hop_paths!r}")
+        num_tokens = check_int(num_tokens, "num_tokens", minimum=1)
+        max_two_hop_paths = check_int(max_two_hop_paths, "max_two_hop_paths", minimum=1)
         if not _is_preprocessed(data):
             data = self.preprocess(data, chunk_size=chunk_size)
         num_nodes = data.hop_x.size(0)
@@ -135,6 +134,7 @@ class LargeGTLoader(DataLoader):
         x = getattr(data, "x", None)
         if not isinstance(x, Tensor) or not x.dtype.is_floating_point or x.dim() != 2:
             raise TypeError("data.x must be a floating-point tensor [N, F]")
+        check_finite(x, "data.x")
         num_nodes = x.size(0)
         edge_index = getattr(data, "edge_index", None)
         if not isinstance(edge_index, Tensor) or edge_index.dtype not in (torch.long, torch.int):
@@ -145,8 +145,7 @@ class LargeGTLoader(DataLoader):
             )
         if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
             raise ValueError(f"data.edge_index must hold node ids in [0, {num_nodes})")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
         rowptr, col = build_csr(edge_index.cpu(), num_nodes)
         hop_x = hop_features(rowptr, col, x.detach().cpu(), chunk_size=chunk_size)
         out = Data(rowptr=rowptr, col=col, hop_x=hop_x, num_nodes=num_nodes)
