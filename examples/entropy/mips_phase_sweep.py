@@ -1,14 +1,42 @@
 r"""Phase-diagram sweep of hypoelliptic AOUPs (eps = 0, k = 1, soft repulsion) at N = 1024.
 
-Simulates one trajectory per (gamma, phi) point with :func:`gtlib.datasets.particles.simulate`
-(resumable HDF5, one file per point; rerunning skips finished points and resumes unfinished ones
-exactly), recording a snapshot every ``--spacing`` time units so that cluster growth can be
-followed. Analyse the files with ``examples/entropy/mips_phase_analysis.py``.
+Simulates one trajectory per (v0, gamma, phi) point with
+:func:`gtlib.datasets.particles.simulate` (resumable: one file per point; rerunning skips
+finished points and resumes unfinished ones exactly), recording a snapshot every ``--spacing``
+time units so that cluster growth can be followed. Analyse the files with
+``examples/entropy/mips_phase_analysis.py``.
 
-Example (about 2 minutes per point on one core)::
+Force balance sets how soft the discs are: a particle pushed with :math:`v_0|g|` overlaps its
+neighbour until :math:`\mathrm{softplus}_\beta(2r_0 - r) = v_0|g|`, i.e. at
+:math:`r \approx 1.95, 1.7, 1.4` for :math:`v_0 = 0.1, 0.25, 0.5` (:math:`|g| \approx 1.25`,
+:math:`\beta = 7.5`, :math:`r_0 = 1`): only small :math:`v_0` gives nearly hard discs, and then
+the persistence length :math:`v_0/\gamma` needs a small :math:`\gamma` and long runs. Keep
+``dt * v0`` at about 0.005 (the step is limited by the displacement per step, not by the force
+stiffness, which is at most a few units).
 
-    OMP_NUM_THREADS=1 python examples/entropy/mips_phase_sweep.py --root /tmp/mips/sweep \
-        --gammas 0.01 0.03 0.1 1.0 --phis 0.3 0.45 0.6 0.75
+The points run for issue 16 (each about 3-10 minutes on one shared core)::
+
+    S=examples/entropy/mips_phase_sweep.py
+    python $S --root /tmp/mips/pilot \
+       --v0s 0.25 --gammas 0.005 --phis 0.5 --snapshots 12 --spacing 50
+    python $S --root /tmp/mips/pilot \
+       --v0s 0.1 --gammas 0.002 --phis 0.5 --snapshots 12 --spacing 50
+    python $S --root /tmp/mips/pilot \
+       --v0s 0.5 --gammas 0.002 --phis 0.5 --snapshots 24 --spacing 100
+    python $S --root /tmp/mips/pilot \
+       --v0s 0.25 --gammas 0.001 --phis 0.5 --snapshots 24 --spacing 100
+    python $S --root /tmp/mips/pilot \
+       --v0s 0.5 --gammas 0.005 --phis 0.7 --snapshots 12 --spacing 100
+    python $S --root /tmp/mips/soft --v0s 0.1 --gammas 0.001 --phis 0.5 0.7 --dt 0.05 \
+        --snapshots 25 --spacing 200
+    python $S --root /tmp/mips/soft --v0s 0.1 --gammas 0.001 --phis 0.3 --dt 0.05 \
+        --snapshots 13 --spacing 200
+    python $S --root /tmp/mips/soft --v0s 0.05 --gammas 0.0005 --phis 0.6 --dt 0.1 \
+        --snapshots 25 --spacing 400
+    python $S --root /tmp/mips/mid --v0s 0.25 --gammas 0.005 --phis 0.6 --dt 0.04 \
+        --snapshots 26 --spacing 200
+    python $S --root /tmp/mips/ballistic --v0s 0.1 --gammas 0.0001 --phis 0.5 --dt 0.05 \
+        --snapshots 16 --spacing 200
 """
 
 from __future__ import annotations
