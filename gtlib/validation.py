@@ -30,6 +30,8 @@ __all__ = [
     "check_real",
     "check_tensor",
     "finite_checks_enabled",
+    "renamed_arguments",
+    "resolve_act",
     "set_finite_checks",
 ]
 
@@ -183,3 +185,45 @@ def check_finite(value: Tensor | None, name: str) -> Tensor | None:
             bad = int((~torch.isfinite(value)).sum())
             raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return value
+
+
+def resolve_act(act: Any, name: str = "act") -> Any:
+    """A pointwise nonlinearity from a name (``"gelu"``, ``"relu"``, ``"tanh"``, ... as PyG's
+    ``activation_resolver`` knows them; a module is made) or a callable (returned as is)."""
+    if callable(act):
+        return act
+    if not isinstance(act, str):
+        raise TypeError(f"{name} must be a string or a callable, got {describe(act)}")
+    from torch_geometric.nn.resolver import activation_resolver
+
+    try:
+        return activation_resolver(act)
+    except ValueError as err:
+        raise ValueError(f"{name}={act!r} is not a known activation ({err})") from None
+
+
+def renamed_arguments(**renames: str):
+    """Decorator: keyword arguments renamed in gtlib's one vocabulary (``old="new"``) keep
+    working under their old names with a :class:`DeprecationWarning`; passing both is an
+    error."""
+    import functools
+    import warnings
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"pass {new} only ({old} is its deprecated name)")
+                    warnings.warn(
+                        f"{function.__qualname__}: {old} is deprecated, use {new}",
+                        DeprecationWarning,
+                        stacklevel=2,
+                    )
+                    kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gtlib.validation import check_int
+from gtlib.validation import check_int, renamed_arguments, resolve_act
 
 from .spectral_conv import SpectralConv, check_input, check_modes
 
@@ -63,7 +63,9 @@ class FNO(nn.Module):
         factorization (str, optional): :obj:`None` or ``"tucker"`` spectral weights.
             (default: :obj:`None`)
         rank (float or tuple of int, optional): Tucker rank. (default: :obj:`0.5`)
-        activation (callable, optional): Pointwise nonlinearity.
+        act (str or callable, optional): Pointwise nonlinearity, a name PyG's
+            ``activation_resolver`` knows or a callable (``activation`` is its deprecated name).
+            (default: :obj:`"gelu"`)
             (default: :func:`torch.nn.functional.gelu`)
         skip (str, optional): ``"linear"`` (pointwise linear map without bias), ``"identity"``
             or :obj:`None`. (default: ``"linear"``)
@@ -74,6 +76,7 @@ class FNO(nn.Module):
         - **output:** :math:`(B, C_{out}, N_1, \dots, N_d)`
     """
 
+    @renamed_arguments(activation="act")
     def __init__(
         self,
         in_channels: int,
@@ -87,7 +90,7 @@ class FNO(nn.Module):
         domain_padding: float | Sequence[float] = 0.0,
         factorization: str | None = None,
         rank: float | Sequence[int] = 0.5,
-        activation: Callable[[Tensor], Tensor] = F.gelu,
+        act: str | Callable[[Tensor], Tensor] = "gelu",
         skip: str | None = "linear",
         fft_norm: str = "forward",
     ) -> None:
@@ -127,7 +130,7 @@ class FNO(nn.Module):
         self.n_layers = n_layers
         self.positional_embedding = positional_embedding
         self.domain_padding = pad
-        self.activation = activation
+        self.act = resolve_act(act)
         self.skip = skip
 
         conv = _CONV[dim]
@@ -177,7 +180,7 @@ class FNO(nn.Module):
         for i, layer in enumerate(layers):
             x = layer(x)
             if i < len(layers) - 1:
-                x = self.activation(x)
+                x = self.act(x)
         return x
 
     def grid(self, x: Tensor) -> Tensor:
@@ -214,7 +217,7 @@ class FNO(nn.Module):
                 h = h + self.skips[i](x)
             elif self.skip == "identity":
                 h = h + x
-            x = self.activation(h) if i < self.n_layers - 1 else h
+            x = self.act(h) if i < self.n_layers - 1 else h
 
         if any(pads):
             x = x[(slice(None), slice(None), *(slice(0, n) for n in sizes))]

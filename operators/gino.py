@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gtlib.attention.cache import pattern_cache
+from gtlib.validation import renamed_arguments, resolve_act
 
 from .fno import FNO
 from .gno import GNO, _check_points
@@ -72,7 +72,8 @@ class GINO(nn.Module):
         fno_kwargs (dict, optional): Further :class:`~gtlib.operators.FNO` arguments (e.g.
             ``domain_padding``, ``factorization``). (default: :obj:`None`)
         projection_channels (int, optional): Hidden width of :math:`Q`. (default: :obj:`128`)
-        activation (callable, optional): Nonlinearity of the kernel MLPs and of :math:`Q`.
+        act (str or callable, optional): Nonlinearity of the kernel MLPs and of :math:`Q`, a
+            name or a callable (``activation`` is its deprecated name).
             (default: :func:`torch.nn.functional.gelu`)
 
     Shapes:
@@ -82,6 +83,7 @@ class GINO(nn.Module):
         - **output:** :math:`(M, C_{out})` or :math:`(B, M, C_{out})`.
     """
 
+    @renamed_arguments(activation="act")
     def __init__(
         self,
         in_channels: int,
@@ -105,7 +107,7 @@ class GINO(nn.Module):
         fno_n_layers: int = 4,
         fno_kwargs: dict | None = None,
         projection_channels: int = 128,
-        activation: Callable[[Tensor], Tensor] = F.gelu,
+        act: str | Callable[[Tensor], Tensor] = "gelu",
     ) -> None:
         super().__init__()
         if isinstance(latent_resolution, int):
@@ -141,10 +143,10 @@ class GINO(nn.Module):
             )
         self.gno_in_channels = gno_in_channels
         self.fno_hidden_channels = fno_hidden_channels
-        self.activation = activation
+        self.act = resolve_act(act)
         common = dict(
             coord_dim=dim,
-            channel_mlp_non_linearity=activation,
+            channel_mlp_non_linearity=self.act,
             pos_embedding_type=gno_pos_embedding_type,
             pos_embedding_channels=gno_pos_embedding_channels,
             chunk_size=gno_chunk_size,
@@ -164,7 +166,7 @@ class GINO(nn.Module):
             fno_n_modes,
             hidden_channels=fno_hidden_channels,
             n_layers=fno_n_layers,
-            activation=activation,
+            act=self.act,
             **(fno_kwargs or {}),
         )
         self.gno_out = GNO(
@@ -178,7 +180,7 @@ class GINO(nn.Module):
         )
         self.projection = nn.Sequential(
             nn.Linear(fno_hidden_channels, projection_channels),
-            _Activation(activation),
+            _Activation(self.act),
             nn.Linear(projection_channels, out_channels),
         )
         self.reset_parameters()

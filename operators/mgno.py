@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gtlib.validation import renamed_arguments, resolve_act
+
 __all__ = ["MgNO"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -184,7 +186,8 @@ class MgNO(nn.Module):
         padding_mode (str, optional): ``"zeros"``, ``"circular"`` or ``"reflect"``.
             (default: ``"zeros"``)
         dim (int, optional): Spatial dimensions, 1 to 3. (default: :obj:`2`)
-        activation (callable, optional): Pointwise nonlinearity :math:`\sigma`.
+        act (str or callable, optional): Pointwise nonlinearity :math:`\sigma`, a name PyG's
+            ``activation_resolver`` knows or a callable (``activation`` is its deprecated name).
             (default: :func:`torch.nn.functional.gelu`)
 
     Shapes:
@@ -192,6 +195,7 @@ class MgNO(nn.Module):
         - **output:** :math:`(B, C_{out}, N_1, \dots, N_d)`
     """
 
+    @renamed_arguments(activation="act")
     def __init__(
         self,
         in_channels: int,
@@ -203,7 +207,7 @@ class MgNO(nn.Module):
         n_post_smoothing: int | Sequence[int] = 1,
         padding_mode: str = "zeros",
         dim: int = 2,
-        activation: Callable[[Tensor], Tensor] = F.gelu,
+        act: str | Callable[[Tensor], Tensor] = "gelu",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -243,7 +247,7 @@ class MgNO(nn.Module):
         self.n_post_smoothing = post
         self.padding_mode = padding_mode
         self.dim = dim
-        self.activation = activation
+        self.act = resolve_act(act)
 
         conv = _CONV[dim]
         channels = [in_channels] + [hidden_channels] * n_layers
@@ -301,7 +305,7 @@ class MgNO(nn.Module):
             )
         self.check_shape(x.shape[2:])
         for vcycle, linear in zip(self.vcycles, self.linears):
-            x = self.activation(vcycle(x) + linear(x))
+            x = self.act(vcycle(x) + linear(x))
         return self.projection(x)
 
     def __repr__(self) -> str:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from gtlib.attention import Pattern, sparse_attention
 from gtlib.attention.cache import pattern_cache
+from gtlib.validation import renamed_arguments
 
 __all__ = ["ScOT"]
 
@@ -103,18 +104,18 @@ class _WindowAttention(nn.Module):
     gathers into every window's ``[H, w, w]`` SDPA mask.
     """
 
-    def __init__(self, dim: int, num_heads: int, cpb_hidden: int = 512) -> None:
+    def __init__(self, dim: int, heads: int, cpb_hidden: int = 512) -> None:
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"the stage width {dim} must be divisible by num_heads={num_heads}")
+        if dim % heads != 0:
+            raise ValueError(f"the stage width {dim} must be divisible by heads={heads}")
         self.dim = dim
-        self.num_heads = num_heads
+        self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.q_bias = nn.Parameter(torch.empty(dim))
         self.v_bias = nn.Parameter(torch.empty(dim))
-        self.logit_scale = nn.Parameter(torch.empty(num_heads))
+        self.logit_scale = nn.Parameter(torch.empty(heads))
         self.cpb_mlp = nn.Sequential(
-            nn.Linear(2, cpb_hidden), nn.ReLU(), nn.Linear(cpb_hidden, num_heads, bias=False)
+            nn.Linear(2, cpb_hidden), nn.ReLU(), nn.Linear(cpb_hidden, heads, bias=False)
         )
         self.proj = nn.Linear(dim, dim)
         self.reset_parameters()
@@ -146,7 +147,7 @@ class _WindowAttention(nn.Module):
         periodic: bool,
     ) -> Tensor:
         B, Hg, Wg, C = x.shape
-        heads, head_dim = self.num_heads, C // self.num_heads
+        heads, head_dim = self.heads, C // self.heads
         pattern, edge_offset = _window_pattern(B, (Hg, Wg), window, shift, periodic, x.device)
         qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x.reshape(-1, C), self.qkv.weight, qkv_bias).view(-1, 3, heads, head_dim)
@@ -212,9 +213,9 @@ class _Conv2d(nn.Conv2d):
 class _SwinBlock(nn.Module):
     """A SwinV2 block with post-norm residuals: ``x + LN_t(Attn(x))``, ``x + LN_t(MLP(x))``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, time_conditioning: bool) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, time_conditioning: bool) -> None:
         super().__init__()
-        self.attn = _WindowAttention(dim, num_heads)
+        self.attn = _WindowAttention(dim, heads)
         self.norm1 = _TimeLayerNorm(dim, time_conditioning)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
@@ -343,7 +344,8 @@ class ScOT(nn.Module):
         embed_dim (int, optional): Width of the first stage. (default: :obj:`48`)
         depths (sequence of int, optional): SwinV2 blocks per encoder (and decoder) stage.
             (default: :obj:`(2, 2, 2, 2)`)
-        num_heads (sequence of int, optional): Heads per stage. (default: :obj:`(3, 6, 12, 24)`)
+        heads (sequence of int, optional): Heads per stage (``num_heads`` is its deprecated
+            name). (default: :obj:`(3, 6, 12, 24)`)
         window_size (int, optional): Window side in tokens. (default: :obj:`8`)
         skip_connection_blocks (sequence of int, optional): ConvNeXt blocks per skip.
             (default: :obj:`(2, 2, 2, 0)`)
@@ -356,6 +358,7 @@ class ScOT(nn.Module):
         - **output:** :math:`(B, C_{out}, H, W)`
     """
 
+    @renamed_arguments(num_heads="heads")
     def __init__(
         self,
         in_channels: int,
@@ -364,7 +367,7 @@ class ScOT(nn.Module):
         patch_size: int = 4,
         embed_dim: int = 48,
         depths: Sequence[int] = (2, 2, 2, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
+        heads: Sequence[int] = (3, 6, 12, 24),
         window_size: int = 8,
         skip_connection_blocks: Sequence[int] = (2, 2, 2, 0),
         mlp_ratio: float = 4.0,
@@ -383,11 +386,11 @@ class ScOT(nn.Module):
                 raise TypeError(f"{name} must be an int, got {value!r}")
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
-        depths, num_heads = tuple(depths), tuple(num_heads)
+        depths, heads = tuple(depths), tuple(heads)
         skip_connection_blocks = tuple(skip_connection_blocks)
         n_stages = len(depths)
         for name, value in (
-            ("num_heads", num_heads),
+            ("heads", heads),
             ("skip_connection_blocks", skip_connection_blocks),
         ):
             if len(value) != n_stages:
@@ -400,10 +403,10 @@ class ScOT(nn.Module):
             raise ValueError(
                 f"skip_connection_blocks must be non-negative, got {skip_connection_blocks}"
             )
-        for s, heads in enumerate(num_heads):
-            if heads < 1 or (embed_dim * 2**s) % heads != 0:
+        for s, stage_heads in enumerate(heads):
+            if stage_heads < 1 or (embed_dim * 2**s) % stage_heads != 0:
                 raise ValueError(
-                    f"num_heads[{s}]={heads} must divide the stage width embed_dim * 2**{s} = "
+                    f"heads[{s}]={stage_heads} must divide the stage width embed_dim * 2**{s} = "
                     f"{embed_dim * 2**s}"
                 )
         if not mlp_ratio > 0:
@@ -415,7 +418,7 @@ class ScOT(nn.Module):
         self.patch_size = patch_size
         self.embed_dim = embed_dim
         self.depths = depths
-        self.num_heads = num_heads
+        self.heads = heads
         self.window_size = window_size
         self.skip_connection_blocks = skip_connection_blocks
         self.mlp_ratio = float(mlp_ratio)
@@ -430,7 +433,7 @@ class ScOT(nn.Module):
 
         def stage(s: int) -> nn.ModuleList:
             return nn.ModuleList(
-                [_SwinBlock(widths[s], num_heads[s], mlp_ratio, tc) for _ in range(depths[s])]
+                [_SwinBlock(widths[s], heads[s], mlp_ratio, tc) for _ in range(depths[s])]
             )
 
         self.encoder = nn.ModuleList([stage(s) for s in range(n_stages)])
@@ -552,7 +555,7 @@ class ScOT(nn.Module):
         return (
             f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
             f"image_size={self.image_size}, patch_size={self.patch_size}, "
-            f"embed_dim={self.embed_dim}, depths={self.depths}, num_heads={self.num_heads}, "
+            f"embed_dim={self.embed_dim}, depths={self.depths}, heads={self.heads}, "
             f"window_size={self.window_size}, "
             f"skip_connection_blocks={self.skip_connection_blocks}, "
             f"time_conditioning={self.time_conditioning}, periodic={self.periodic})"

@@ -346,7 +346,7 @@ def build_largegt(
         task.out_channels,
         num_tokens=args.num_tokens,
         num_nodes=num_nodes,
-        num_heads=args.heads,
+        heads=args.heads,
         num_centroids=min(args.num_centroids, num_nodes),
         dropout=args.dropout,
     ).to(device)

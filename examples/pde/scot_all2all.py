@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(args.seed)
     side = x.shape[-1]
-    model = ScOT(1, 1, side, patch_size=2, embed_dim=32, depths=(2, 2), num_heads=(2, 4),
+    model = ScOT(1, 1, side, patch_size=2, embed_dim=32, depths=(2, 2), heads=(2, 4),
                  window_size=4, skip_connection_blocks=(2, 0), periodic=True)  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)

@@ -328,7 +328,7 @@ def generate_darcy(
     root: Path, resolution: int, n_train: int, n_test: int, seed: int, show: bool
 ) -> Path:
     """The Well-layout Darcy folder ``<root>/darcy_r..._seed.../darcy`` (generated if absent)."""
-    from gtlib.datasets.generate.pde import darcy
+    from gtlib.datasets.generate import darcy
 
     base = _darcy_dir(root, resolution, n_train, n_test, seed)
     folder = base / "darcy"
@@ -349,7 +349,7 @@ def generate_darcy(
 
 
 def _pde_dataset(path: Path, split: str | None, args: argparse.Namespace, subsample: int):
-    from gtlib.datasets.pde import PDEDataset
+    from gtlib.datasets import PDEDataset
 
     inputs, targets = args.input_fields, args.target_fields
     if args.data is None and inputs is None and targets is None:
@@ -536,7 +536,7 @@ def make_fno(args, in_channels: int, out_channels: int, spatial: Sequence[int], 
 
 
 def make_mgno(args, in_channels: int, out_channels: int, spatial: Sequence[int], info):
-    from gtlib.operators.mgno import MgNO
+    from gtlib.operators import MgNO
 
     padding = "zeros" if _is_darcy(info) else "circular"
 
@@ -561,7 +561,7 @@ def make_mgno(args, in_channels: int, out_channels: int, spatial: Sequence[int],
 
 
 def make_scot(args, in_channels: int, out_channels: int, spatial: Sequence[int], info):
-    from gtlib.operators.scot import ScOT
+    from gtlib.operators import ScOT
 
     if len(spatial) != 2:
         raise SystemExit(f"error: scot needs 2-D grids, got spatial shape {tuple(spatial)}")
@@ -581,7 +581,7 @@ def make_scot(args, in_channels: int, out_channels: int, spatial: Sequence[int],
         patch_size=args.patch_size,
         embed_dim=args.width,
         depths=(args.layers,) * stages,
-        num_heads=tuple(heads * 2**s for s in range(stages)),
+        heads=tuple(heads * 2**s for s in range(stages)),
         window_size=args.window_size,
         skip_connection_blocks=(2,) * (stages - 1) + (0,),
         periodic=not _is_darcy(info),
@@ -589,7 +589,7 @@ def make_scot(args, in_channels: int, out_channels: int, spatial: Sequence[int],
 
 
 def make_gino(args, in_channels: int, out_channels: int, spatial: Sequence[int], info):
-    from gtlib.operators.gino import GINO
+    from gtlib.operators import GINO
 
     latent = args.latent_resolution
     # the output GNO must reach a latent point from every output point

@@ -10,6 +10,7 @@ from torch_geometric.data import Data
 from gtlib.attention import Pattern, attend, sparse_attention
 from gtlib.attention.cache import pattern_cache
 from gtlib.distributed import all_gather_cat
+from gtlib.validation import check_int, renamed_arguments
 
 MODES = ("full", "local", "global")
 
@@ -79,13 +80,13 @@ class LargeGT(nn.Module):
 
     Args:
         in_channels: node feature size :math:`F`.
-        hidden_channels: model width (a multiple of ``num_heads``).
+        hidden_channels: model width (a multiple of ``heads``).
         out_channels: number of classes.
         num_tokens: :math:`K`, nodes per sequence (the loader's ``num_tokens``).
         num_nodes: nodes in the graph (size of the assignment buffer); needed unless
             ``mode="local"``.
         mode: ``"full"``, ``"local"`` or ``"global"``.
-        num_heads: attention heads.
+        heads: attention heads (``num_heads`` is its deprecated name).
         num_centroids: codebook size :math:`M`.
         global_dim: size of the projected seed feature in the global module.
         pos_channels: size of ``batch.pos_enc`` (0: none).
@@ -101,6 +102,7 @@ class LargeGT(nn.Module):
         ``pos_channels > 0`` -> logits ``[B, out_channels]``.
     """
 
+    @renamed_arguments(num_heads="heads")
     def __init__(
         self,
         in_channels: int,
@@ -109,7 +111,7 @@ class LargeGT(nn.Module):
         num_tokens: int,
         num_nodes: int | None = None,
         mode: str = "full",
-        num_heads: int = 2,
+        heads: int = 2,
         num_centroids: int = 4096,
         global_dim: int = 64,
         pos_channels: int = 0,
@@ -124,20 +126,18 @@ class LargeGT(nn.Module):
             ("hidden_channels", hidden_channels),
             ("out_channels", out_channels),
             ("num_tokens", num_tokens),
-            ("num_heads", num_heads),
+            ("heads", heads),
             ("num_centroids", num_centroids),
             ("global_dim", global_dim),
             ("local_chunk_size", local_chunk_size),
         ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(pos_channels, int) or pos_channels < 0:
-            raise ValueError(f"pos_channels must be a non-negative int, got {pos_channels!r}")
+            check_int(value, name, minimum=1)
+        check_int(pos_channels, "pos_channels", minimum=0)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if hidden_channels % num_heads != 0:
+        if hidden_channels % heads != 0:
             raise ValueError(
-                f"hidden_channels ({hidden_channels}) must be a multiple of num_heads ({num_heads})"
+                f"hidden_channels ({hidden_channels}) must be a multiple of heads ({heads})"
             )
         if mode != "local" and (not isinstance(num_nodes, int) or num_nodes < 1):
             raise ValueError(f"mode={mode!r} needs num_nodes (a positive int), got {num_nodes!r}")
@@ -153,7 +153,7 @@ class LargeGT(nn.Module):
         self.num_tokens = num_tokens
         self.num_nodes = num_nodes
         self.mode = mode
-        self.num_heads = num_heads
+        self.heads = heads
         self.num_centroids = num_centroids
         self.global_dim = global_dim
         self.pos_channels = pos_channels
@@ -256,7 +256,7 @@ class LargeGT(nn.Module):
     def local_forward(self, tokens: Tensor) -> Tensor:
         """``[B, 3K, F]`` token sequences -> ``[B, hidden]`` readouts."""
         num_seqs, seq_len, _ = tokens.shape
-        heads, hidden = self.num_heads, self.hidden_channels
+        heads, hidden = self.heads, self.hidden_channels
         head_dim = hidden // heads
         z = self.token_embed(self.seq_encoder(tokens)).reshape(num_seqs * seq_len, hidden)
 
@@ -294,7 +294,7 @@ class LargeGT(nn.Module):
 
     def global_forward(self, x: Tensor, n_id: Tensor, pos_enc: Tensor | None = None) -> Tensor:
         """Seed features ``[B, F]`` -> ``[B, hidden]`` attention over the codebook centroids."""
-        heads, hidden = self.num_heads, self.hidden_channels
+        heads, hidden = self.heads, self.hidden_channels
         head_dim = hidden // heads
         query_in = self.lin_proj_g(self.node_encoder(x))
         if pos_enc is not None:
@@ -381,5 +381,5 @@ class LargeGT(nn.Module):
         return (
             f"{self.__class__.__name__}({self.in_channels}, {self.hidden_channels}, "
             f"{self.out_channels}, num_tokens={self.num_tokens}, mode='{self.mode}', "
-            f"num_heads={self.num_heads}, num_centroids={self.num_centroids})"
+            f"heads={self.heads}, num_centroids={self.num_centroids})"
         )

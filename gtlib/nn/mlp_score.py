@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.nn import GELU, Linear, Module, ModuleList, SiLU
 
+from gtlib.validation import check_choice, check_int, renamed_arguments
+
 _ACTIVATIONS = {"gelu": GELU, "silu": SiLU}
 
 
@@ -42,7 +44,7 @@ class MLPScore(Module):
         dim: state dimension :math:`d`.
         hidden_channels: width of the hidden layers.
         num_layers: number of linear layers (``>= 1``; ``1`` is an affine map).
-        activation: ``"gelu"`` or ``"silu"``.
+        act: ``"gelu"`` or ``"silu"`` (``activation`` is its deprecated name).
         linear_skip: add a linear input-to-output path.
         drift: :math:`b`, a differentiable callable ``[B, d] -> [B, d]`` (with ``diffusion``).
         diffusion: the diagonal of :math:`D`, ``[d]`` (or a scalar), non-negative, stored as a
@@ -53,12 +55,13 @@ class MLPScore(Module):
         - **output:** ``[B, d]``.
     """
 
+    @renamed_arguments(activation="act")
     def __init__(
         self,
         dim: int,
         hidden_channels: int = 128,
         num_layers: int = 3,
-        activation: str = "gelu",
+        act: str = "gelu",
         linear_skip: bool = True,
         drift: Callable[[Tensor], Tensor] | None = None,
         diffusion: Tensor | float | None = None,
@@ -69,12 +72,8 @@ class MLPScore(Module):
             ("hidden_channels", hidden_channels),
             ("num_layers", num_layers),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"`activation` must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
-            )
+            check_int(value, name, minimum=1)
+        check_choice(act, "act", sorted(_ACTIVATIONS))
         if (drift is None) != (diffusion is None):
             raise ValueError("`drift` and `diffusion` must be given together")
         if drift is not None and not callable(drift):
@@ -82,11 +81,11 @@ class MLPScore(Module):
         self.dim = dim
         self.hidden_channels = hidden_channels
         self.num_layers = num_layers
-        self.activation = activation
+        self.act_name = act
         self.drift = drift
         widths = [dim] + [hidden_channels] * (num_layers - 1) + [dim]
         self.lins = ModuleList(Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
-        self.act = _ACTIVATIONS[activation]()
+        self.act = _ACTIVATIONS[act]()
         self.skip = Linear(dim, dim) if linear_skip else None
         if diffusion is not None:
             diffusion = torch.as_tensor(diffusion, dtype=torch.get_default_dtype())
@@ -137,6 +136,6 @@ class MLPScore(Module):
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.dim}, hidden_channels={self.hidden_channels}, "
-            f"num_layers={self.num_layers}, activation={self.activation!r}, "
+            f"num_layers={self.num_layers}, act={self.act_name!r}, "
             f"linear_skip={self.skip is not None}, drift_parametrised={self.drift is not None})"
         )

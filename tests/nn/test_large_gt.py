@@ -84,7 +84,7 @@ def seq_mlp(layers, x):
 def reference_local(model: LargeGT, tokens):
     """Dense float64 re-implementation of the local module with explicit per-sequence softmax."""
     num_seqs, seq_len, _ = tokens.shape
-    heads, hidden = model.num_heads, model.hidden_channels
+    heads, hidden = model.heads, model.hidden_channels
     dim = hidden // heads
     z = model.token_embed(seq_mlp(model.seq_encoder, tokens))  # [B, T, h]
     y = F.layer_norm(z, (hidden,), model.attn_norm.weight, model.attn_norm.bias)
@@ -116,7 +116,7 @@ def reference_local(model: LargeGT, tokens):
 
 def reference_global(model: LargeGT, x, pos_enc=None):
     """Dense float64 centroid attention: every centroid, log-count bias, -inf for empty ones."""
-    heads, hidden = model.num_heads, model.hidden_channels
+    heads, hidden = model.heads, model.hidden_channels
     dim = hidden // heads
     encoder = model.node_encoder
     h = encoder[0](x)
@@ -280,7 +280,7 @@ def test_loader_rejects_bad_input():
 # ---------------------------------------------------------------------- model
 def test_local_module_matches_dense_reference():
     torch.manual_seed(0)
-    model = LargeGT(4, 6, 3, num_tokens=3, mode="local", num_heads=2, local_chunk_size=2)
+    model = LargeGT(4, 6, 3, num_tokens=3, mode="local", heads=2, local_chunk_size=2)
     model = model.double().eval()
     randomise_norms(model)
     batch = make_batch(num_seqs=5)
@@ -390,8 +390,10 @@ def test_model_rejects_bad_input():
         LargeGT(4, 8, 3, num_tokens=3, num_nodes=10, mode="both")
     with pytest.raises(ValueError, match="num_nodes"):
         LargeGT(4, 8, 3, num_tokens=3, mode="full")
-    with pytest.raises(ValueError, match="num_heads"):
-        LargeGT(4, 9, 3, num_tokens=3, mode="local", num_heads=2)
+    with pytest.raises(ValueError, match="a multiple of heads"):
+        LargeGT(4, 9, 3, num_tokens=3, mode="local", heads=2)
+    with pytest.warns(DeprecationWarning, match="num_heads is deprecated, use heads"):
+        assert LargeGT(4, 8, 3, num_tokens=3, mode="local", num_heads=4).heads == 4
     with pytest.raises(ValueError, match="num_tokens"):
         LargeGT(4, 8, 3, num_tokens=0, mode="local")
     model = LargeGT(4, 8, 3, num_tokens=3, num_nodes=20, num_centroids=6)
@@ -402,9 +404,7 @@ def test_model_rejects_bad_input():
         model(Data(tokens=batch.tokens, x=batch.x, n_id=batch.n_id + 100))
     with pytest.raises(TypeError, match="batch"):
         model(batch.tokens)
-    assert repr(model) == (
-        "LargeGT(4, 8, 3, num_tokens=3, mode='full', num_heads=2, num_centroids=6)"
-    )
+    assert repr(model) == ("LargeGT(4, 8, 3, num_tokens=3, mode='full', heads=2, num_centroids=6)")
 
 
 def test_training_on_planted_partition_beats_chance():

@@ -32,7 +32,7 @@ def test_shapes_at_several_resolutions(n_modes, resolutions):
         dict(lifting_channels=12, projection_channels=None, positional_embedding=None),
         dict(factorization="tucker", rank=0.3, domain_padding=(0.25, 0.1)),
         dict(skip="identity", domain_padding=0.5),
-        dict(skip=None, activation=torch.tanh),
+        dict(skip=None, act=torch.tanh),
     ],
 )
 def test_options_shapes(kwargs):

@@ -166,7 +166,7 @@ def test_attention_goes_through_the_core_with_cached_window_patterns(monkeypatch
     real = scot_module.sparse_attention
     monkeypatch.setattr(scot_module, "sparse_attention", spy)
     torch.manual_seed(1)
-    model = ScOT(1, 1, 16, patch_size=2, embed_dim=8, depths=(2, 1), num_heads=(1, 2),
+    model = ScOT(1, 1, 16, patch_size=2, embed_dim=8, depths=(2, 1), heads=(1, 2),
                  window_size=4, skip_connection_blocks=(1, 0))  # fmt: skip
     x = torch.randn(2, 1, 16, 16)
     model(x, 0.5)
@@ -206,7 +206,7 @@ def test_time_layer_norm_formula():
 
 
 def _tiny(**kwargs):
-    defaults = dict(patch_size=2, embed_dim=8, depths=(2, 1), num_heads=(2, 2), window_size=4,
+    defaults = dict(patch_size=2, embed_dim=8, depths=(2, 1), heads=(2, 2), window_size=4,
                     skip_connection_blocks=(1, 0))  # fmt: skip
     defaults.update(kwargs)
     return ScOT(2, 3, 16, **defaults)
@@ -258,9 +258,9 @@ def test_resolutions_and_errors():
     with pytest.raises(ValueError, match="in_channels=2"):
         model(torch.randn(2, 1, 16, 16), 1.0)
     with pytest.raises(ValueError, match="image_size"):
-        ScOT(1, 1, 18, patch_size=2, depths=(1, 1), num_heads=(1, 1), skip_connection_blocks=(0, 0))
-    with pytest.raises(ValueError, match="num_heads\\[1\\]=5"):
-        ScOT(1, 1, 16, depths=(1, 1), num_heads=(3, 5), skip_connection_blocks=(0, 0))
+        ScOT(1, 1, 18, patch_size=2, depths=(1, 1), heads=(1, 1), skip_connection_blocks=(0, 0))
+    with pytest.raises(ValueError, match="heads\\[1\\]=5"):
+        ScOT(1, 1, 16, depths=(1, 1), heads=(3, 5), skip_connection_blocks=(0, 0))
     with pytest.raises(ValueError, match="skip_connection_blocks must have"):
         ScOT(1, 1, 64, skip_connection_blocks=(2, 2))
     with pytest.raises(TypeError, match="bias_mode"):
@@ -303,14 +303,14 @@ def test_periodic_model_runs_on_token_grids_smaller_than_the_convolutions():
     # 8 / patch 2: token grids 4, 2, 1 with ConvNeXt skips (7x7 circular) on every stage; used to
     # crash in F.pad ("wrapping around more than once")
     torch.manual_seed(8)
-    model = ScOT(1, 2, 8, patch_size=2, embed_dim=4, depths=(1, 1, 1), num_heads=(1, 1, 1),
+    model = ScOT(1, 2, 8, patch_size=2, embed_dim=4, depths=(1, 1, 1), heads=(1, 1, 1),
                  window_size=4, skip_connection_blocks=(1, 1, 1))  # fmt: skip
     x = torch.randn(2, 1, 8, 8, requires_grad=True)
     out = model(x, 0.5)
     assert out.shape == (2, 2, 8, 8) and torch.isfinite(out).all()
     out.square().sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    tiny = ScOT(1, 1, 1, patch_size=1, embed_dim=2, depths=(1,), num_heads=(1,),
+    tiny = ScOT(1, 1, 1, patch_size=1, embed_dim=2, depths=(1,), heads=(1,),
                 window_size=2, skip_connection_blocks=(1,))  # fmt: skip
     assert tiny(torch.randn(3, 1, 1, 1), 0.0).shape == (3, 1, 1, 1)
 
