@@ -209,11 +209,19 @@ def attend(
 
     if out_dtype is not None:
         out = out.to(out_dtype)
-    if finite_checks_enabled() and not bool(torch.isfinite(out).all()):
+    if finite_checks_enabled() and not _finite(out):
         _raise_not_finite(tensors)
     if return_attention:
         return out, pattern.to_caller(alpha).to(out.dtype)
     return out
+
+
+def _finite(out: Tensor) -> bool:
+    """Whether ``out`` holds no NaN or infinity: one summing pass (a NaN or an infinity makes the
+    sum non-finite), the exact elementwise test only when the sum is not finite (it can
+    overflow)."""
+    total = out.sum(dtype=torch.float32 if out.dtype in _LOW_PRECISION else None)
+    return math.isfinite(float(total)) or bool(torch.isfinite(out).all())
 
 
 def _raise_not_finite(tensors: dict) -> None:
