@@ -39,6 +39,55 @@ def _keep(seed, edges, head, H, p_drop):
 
 
 @triton.jit
+def _work_item(item_dst_ptr, item_start_ptr, item_end_ptr):
+    # this program's work item (receiver i, edges start:end) and head
+    item = tl.program_id(0)
+    head = tl.program_id(1)
+    i = tl.load(item_dst_ptr + item)
+    start = tl.load(item_start_ptr + item)
+    end = tl.load(item_end_ptr + item)
+    return item, head, i, start, end
+
+
+@triton.jit
+def _receiver_terms(q_ptr, att_ptr, i, head, H, C, offs_c, c_mask, SCORE: tl.constexpr):
+    # the receiver's query and (additive score) the head's attention vector, in float32
+    q = tl.load(q_ptr + (i * H + head) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    a = q
+    if SCORE == 1:
+        a = tl.load(att_ptr + head * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    return q, a
+
+
+@triton.jit
+def _tile_scores(
+    q, a, k_ptr, ke_ptr, bias_ptr, col_ptr, e0, end, head, H, C, offs_c, c_mask, scale, slope,
+    SCORE: tl.constexpr, HAS_SLOPE: tl.constexpr, HAS_KE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):  # fmt: skip
+    # the edges e0:e0+BLOCK_E (masked at end): senders, keys (+ edge terms), scores
+    edges = e0 + tl.arange(0, BLOCK_E)
+    e_mask = edges < end
+    j = tl.load(col_ptr + edges, mask=e_mask, other=0)
+    k = _gather(k_ptr, j, head, H, C, offs_c, e_mask, c_mask)
+    if HAS_KE:
+        k += _gather(ke_ptr, edges, head, H, C, offs_c, e_mask, c_mask)
+    s = _scores(q, a, k, scale, slope, bias_ptr, edges, head, H, e_mask,
+                SCORE, HAS_SLOPE, HAS_BIAS)  # fmt: skip
+    return edges, e_mask, j, k, s
+
+
+@triton.jit
+def _tile_values(v_ptr, ve_ptr, j, edges, head, H, CV, offs_v, e_mask, v_mask,
+                 HAS_VE: tl.constexpr):  # fmt: skip
+    # the tile's values (+ edge terms) in float32
+    v = _gather(v_ptr, j, head, H, CV, offs_v, e_mask, v_mask)
+    if HAS_VE:
+        v += _gather(ve_ptr, edges, head, H, CV, offs_v, e_mask, v_mask)
+    return v
+
+
+@triton.jit
 def forward_kernel(
     q_ptr, k_ptr, v_ptr, att_ptr, ke_ptr, ve_ptr, bias_ptr, col_ptr,
     item_dst_ptr, item_start_ptr, item_end_ptr, out_ptr, lse_ptr,
@@ -47,31 +96,20 @@ def forward_kernel(
     HAS_VE: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CV: tl.constexpr,
 ):  # fmt: skip
-    item = tl.program_id(0)
-    head = tl.program_id(1)
-    i = tl.load(item_dst_ptr + item)
-    start = tl.load(item_start_ptr + item)
-    end = tl.load(item_end_ptr + item)
+    item, head, i, start, end = _work_item(item_dst_ptr, item_start_ptr, item_end_ptr)
     offs_c = tl.arange(0, BLOCK_C)
     offs_v = tl.arange(0, BLOCK_CV)
     c_mask = offs_c < C
     v_mask = offs_v < CV
-    q = tl.load(q_ptr + (i * H + head) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
-    a = q
-    if SCORE == 1:
-        a = tl.load(att_ptr + head * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    q, a = _receiver_terms(q_ptr, att_ptr, i, head, H, C, offs_c, c_mask, SCORE)
     running_max = tl.full([], float("-inf"), tl.float32)
     running_sum = tl.full([], 0.0, tl.float32)
     acc = tl.zeros([BLOCK_CV], tl.float32)
     for e0 in range(start, end, BLOCK_E):
-        edges = e0 + tl.arange(0, BLOCK_E)
-        e_mask = edges < end
-        j = tl.load(col_ptr + edges, mask=e_mask, other=0)
-        k = _gather(k_ptr, j, head, H, C, offs_c, e_mask, c_mask)
-        if HAS_KE:
-            k += _gather(ke_ptr, edges, head, H, C, offs_c, e_mask, c_mask)
-        s = _scores(q, a, k, scale, slope, bias_ptr, edges, head, H, e_mask,
-                    SCORE, HAS_SLOPE, HAS_BIAS)  # fmt: skip
+        edges, e_mask, j, k, s = _tile_scores(
+            q, a, k_ptr, ke_ptr, bias_ptr, col_ptr, e0, end, head, H, C, offs_c, c_mask, scale,
+            slope, SCORE, HAS_SLOPE, HAS_KE, HAS_BIAS, BLOCK_E,
+        )  # fmt: skip
         new_max = tl.maximum(running_max, tl.max(s, axis=0))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
         rescale = tl.exp(running_max - safe_max)
@@ -79,9 +117,7 @@ def forward_kernel(
         running_sum = running_sum * rescale + tl.sum(p, axis=0)
         if DROPOUT:
             p = tl.where(_keep(seed, edges, head, H, p_drop), p / (1.0 - p_drop), 0.0)
-        v = _gather(v_ptr, j, head, H, CV, offs_v, e_mask, v_mask)
-        if HAS_VE:
-            v += _gather(ve_ptr, edges, head, H, CV, offs_v, e_mask, v_mask)
+        v = _tile_values(v_ptr, ve_ptr, j, edges, head, H, CV, offs_v, e_mask, v_mask, HAS_VE)
         acc = acc * rescale + tl.sum(p[:, None] * v, axis=0)
         running_max = new_max
     positive = running_sum > 0
@@ -103,19 +139,12 @@ def backward_kernel(
     WEIGHTS_ONLY: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CV: tl.constexpr,
 ):  # fmt: skip
-    item = tl.program_id(0)
-    head = tl.program_id(1)
-    i = tl.load(item_dst_ptr + item)
-    start = tl.load(item_start_ptr + item)
-    end = tl.load(item_end_ptr + item)
+    item, head, i, start, end = _work_item(item_dst_ptr, item_start_ptr, item_end_ptr)
     offs_c = tl.arange(0, BLOCK_C)
     offs_v = tl.arange(0, BLOCK_CV)
     c_mask = offs_c < C
     v_mask = offs_v < CV
-    q = tl.load(q_ptr + (i * H + head) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
-    a = q
-    if SCORE == 1:
-        a = tl.load(att_ptr + head * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    q, a = _receiver_terms(q_ptr, att_ptr, i, head, H, C, offs_c, c_mask, SCORE)
     lse = tl.load(lse_ptr + i * H + head)
     safe_lse = tl.where(lse == float("-inf"), 0.0, lse)
     dout = tl.zeros([BLOCK_CV], tl.float32)
@@ -128,21 +157,15 @@ def backward_kernel(
     dq = tl.zeros([BLOCK_C], tl.float32)
     datt = tl.zeros([BLOCK_C], tl.float32)
     for e0 in range(start, end, BLOCK_E):
-        edges = e0 + tl.arange(0, BLOCK_E)
-        e_mask = edges < end
-        j = tl.load(col_ptr + edges, mask=e_mask, other=0)
-        k = _gather(k_ptr, j, head, H, C, offs_c, e_mask, c_mask)
-        if HAS_KE:
-            k += _gather(ke_ptr, edges, head, H, C, offs_c, e_mask, c_mask)
-        s = _scores(q, a, k, scale, slope, bias_ptr, edges, head, H, e_mask,
-                    SCORE, HAS_SLOPE, HAS_BIAS)  # fmt: skip
+        edges, e_mask, j, k, s = _tile_scores(
+            q, a, k_ptr, ke_ptr, bias_ptr, col_ptr, e0, end, head, H, C, offs_c, c_mask, scale,
+            slope, SCORE, HAS_SLOPE, HAS_KE, HAS_BIAS, BLOCK_E,
+        )  # fmt: skip
         p = tl.where(e_mask, tl.exp(s - safe_lse), 0.0)
         if WEIGHTS_ONLY:
             tl.store(w_ptr + edges * H + head, p, mask=e_mask)
         else:
-            v = _gather(v_ptr, j, head, H, CV, offs_v, e_mask, v_mask)
-            if HAS_VE:
-                v += _gather(ve_ptr, edges, head, H, CV, offs_v, e_mask, v_mask)
+            v = _tile_values(v_ptr, ve_ptr, j, edges, head, H, CV, offs_v, e_mask, v_mask, HAS_VE)
             dp = tl.sum(dout[None, :] * v, axis=1)
             pv = p
             if DROPOUT:
