@@ -69,7 +69,10 @@ def analyse(path: str, radius: float, contact: float, tail: float, n_max: int) -
     first_tail = max(0, int(math.floor((1.0 - tail) * pos.shape[0])))
     last = pos[first_tail:]
     local = local_packing_fraction(last, L, radius=radius, r0=params["r0"])
-    hist, edges = np.histogram(local.numpy().ravel(), bins=24, range=(0.0, 1.2), density=True)
+    # one bin per neighbour count (phi_i is a multiple of (r0 / R)^d): no empty aliasing bins
+    unit = (params["r0"] / radius) ** pos.shape[-1]
+    edges = (np.arange(0, round(1.3 / unit) + 2) - 0.5) * unit
+    hist, edges = np.histogram(local.numpy().ravel(), bins=edges, density=True)
     q, S, _ = structure_factor(last, L, n_max=n_max)
     return {
         "file": path,
@@ -135,9 +138,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # Phase diagram.
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    speeds = sorted({r["v0"] for r in results})
     for r in results:
+        # points at the same (phi, l_p) but different v0 side by side
+        shift = 0.012 * (speeds.index(r["v0"]) - (len(speeds) - 1) / 2)
         ax.scatter(
-            r["packing_fraction"],
+            r["packing_fraction"] + shift,
             r["persistence_length"],
             c=[r["largest_cluster_tail"]],
             vmin=0,
@@ -146,13 +152,20 @@ def main(argv: list[str] | None = None) -> None:
             marker="o" if r["phase_separated"] else "x",
             s=120,
         )
-        ax.annotate(f"v0={r['v0']:g}", (r["packing_fraction"], r["persistence_length"]), fontsize=7)
+        ax.annotate(
+            f"{r['v0']:g}",
+            (r["packing_fraction"] + shift, r["persistence_length"]),
+            fontsize=6,
+            xytext=(0, 7),
+            textcoords="offset points",
+            ha="center",
+        )
     sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1))
     fig.colorbar(sm, ax=ax, label="largest cluster / N")
     ax.set_yscale("log")
     ax.set_xlabel(r"packing fraction $\phi$")
     ax.set_ylabel(r"persistence length $v_0/\gamma$")
-    ax.set_title("AOUP, N=1024, eps=0, k=1 (o: MIPS, x: homogeneous)", fontsize=9)
+    ax.set_title("AOUP, N=1024, eps=0, k=1 (o: MIPS, x: homogeneous; labels: v0)", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "phase_diagram.png", dpi=120)
     plt.close(fig)
