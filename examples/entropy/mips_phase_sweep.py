@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from gtlib.datasets.particles import ActiveOUParticles, simulate
+from gtlib.datasets.particles import ActiveOUParticles, load_trajectory, simulate
 
 
 def point_path(root: Path, n: int, v0: float, gamma: float, phi: float) -> Path:
@@ -64,11 +64,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spacing", type=float, default=50.0)
     parser.add_argument("--snapshots", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--continue-from",
+        type=str,
+        default=None,
+        help="finished file whose last snapshot (pos, g) starts the run (one point only)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     points = [(v0, gamma, phi) for v0 in args.v0s for gamma in args.gammas for phi in args.phis]
+    initial = None
+    if args.continue_from is not None:
+        if len(points) != 1:
+            parser.error("--continue-from needs exactly one (v0, gamma, phi) point")
+        previous = load_trajectory(args.continue_from)
+        initial = (previous["pos"][-1], previous["g"][-1])
+        root = root / "continued"
+        root.mkdir(parents=True, exist_ok=True)
     for v0, gamma, phi in points:
         path = point_path(root, args.num_particles, v0, gamma, phi)
         system = ActiveOUParticles(
@@ -84,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             progress=False,
             checkpoint_every=2,
             dtype=torch.float32,
+            initial=initial,
         )
         print(f"done {path}", flush=True)
 
