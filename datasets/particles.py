@@ -66,7 +66,14 @@ from torch_geometric.data import Data, Dataset
 from gtlib.attention.neighbors import minimum_image
 from gtlib.attention.pattern import Pattern
 from gtlib.entropy.reference import linear_stationary_covariance, stationary_sample_linear
-from gtlib.io import atomic_torch_save, atomic_write, remove_stale_temporaries
+from gtlib.io import (
+    HDF5_ERRORS,
+    HDF5_LIBVER,
+    atomic_torch_save,
+    atomic_write,
+    read_hdf5,
+    remove_stale_temporaries,
+)
 
 __all__ = [
     "ActiveBrownianParticles",
@@ -976,12 +983,38 @@ def _write_attrs(handle: h5py.File, system: _SoftDiscs, run: dict[str, Any]) -> 
     handle.attrs["num_particles"] = system.num_particles
     for name, value in run.items():
         handle.attrs[name] = value
+    handle.attrs[_ATTRS_DIGEST] = _attrs_digest({key: handle.attrs[key] for key in handle.attrs})
+
+
+# Root attribute holding the SHA-256 of the other root attributes (HDF5 checksums data only).
+_ATTRS_DIGEST = "attrs_sha256"
+
+
+def _attr_text(value: Any) -> str:
+    """A canonical text of an attribute value as h5py reads it back (exact for floats)."""
+    if isinstance(value, bool | np.bool_):
+        return f"b:{bool(value)}"
+    if isinstance(value, numbers.Integral):
+        return f"i:{int(value)}"
+    if isinstance(value, numbers.Real):
+        return f"f:{float(value).hex()}"
+    if isinstance(value, bytes):
+        return f"s:{value.decode('utf-8', 'backslashreplace')}"
+    if isinstance(value, str):
+        return f"s:{value}"
+    if isinstance(value, np.ndarray):
+        return f"a{value.shape}:" + ",".join(_attr_text(v) for v in value.ravel().tolist())
+    return f"r:{value!r}"
+
+
+def _attrs_digest(attrs: dict[str, Any]) -> str:
+    """SHA-256 of the root attributes (all but the digest itself), by sorted name."""
+    text = "\n".join(f"{k}={_attr_text(attrs[k])}" for k in sorted(attrs) if k != _ATTRS_DIGEST)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # Checkpoint format of an unfinished run (the sidecar written by simulate()).
 _CHECKPOINT_FORMAT = "gtlib.datasets.simulate/2"
-# Every error h5py raises for a corrupt or unexpected file.
-_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 
 
 def _run_files(path: str) -> tuple[str, str]:
@@ -1018,6 +1051,21 @@ def _append_snapshots(path: str, offset: int, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's content (torch.load checks no CRC: a flipped bit would load)."""
+    digest = hashlib.sha256()
+    for key in ("format", "run_signature", "step", "n_done", "snapshot_bytes", "snapshot_sha256"):
+        digest.update(f"{key}={state.get(key)!r}\n".encode())
+    for key in ("pos", "g", "generator_state"):
+        value = state.get(key)
+        if isinstance(value, Tensor):
+            digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}\n".encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            digest.update(f"{key}:{type(value).__name__}\n".encode())
+    return digest.hexdigest()
+
+
 def _checkpoint_error(sidecar: str, problem: str) -> ValueError:
     return ValueError(
         f"{sidecar}: {problem}; the checkpoint of this unfinished run is inconsistent (delete "
@@ -1047,6 +1095,8 @@ def _read_checkpoint(
         raise _checkpoint_error(sidecar, f"unreadable ({type(error).__name__}: {error})") from error
     if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
         raise _checkpoint_error(sidecar, "not a checkpoint written by simulate()")
+    if state.get("state_sha256") != _state_digest(state):
+        raise _checkpoint_error(sidecar, "the checkpoint fails its SHA-256 check (corrupt)")
     if state.get("run_signature") != signature:
         raise ValueError(
             f"{path}: an unfinished run with different settings exists; delete it or "
@@ -1112,11 +1162,12 @@ def _write_trajectory(
     chunks = (1, *pos.shape[1:])
 
     def write(tmp: Any) -> None:
-        with h5py.File(tmp, "w") as handle:
+        with h5py.File(tmp, "w", libver=HDF5_LIBVER) as handle:
             _write_attrs(handle, system, run)
-            handle.create_dataset("pos", data=pos.numpy(), chunks=chunks, fletcher32=True)
-            handle.create_dataset("g", data=g.numpy(), chunks=chunks, fletcher32=True)
-            handle.create_dataset("time", data=time.numpy(), fletcher32=True)
+            checked = {"fletcher32": True, "fillvalue": np.nan}  # a lost chunk reads as NaN
+            handle.create_dataset("pos", data=pos.numpy(), chunks=chunks, **checked)
+            handle.create_dataset("g", data=g.numpy(), chunks=chunks, **checked)
+            handle.create_dataset("time", data=time.numpy(), **checked)
 
     atomic_write(path, write)
 
@@ -1318,6 +1369,7 @@ def simulate(
             "g": g.clone(),
             "generator_state": generator.get_state(),
         }
+        checkpoint["state_sha256"] = _state_digest(checkpoint)
         atomic_torch_save(checkpoint, sidecar)
 
     cache = _NeighbourCache(system, skin)
@@ -1367,7 +1419,7 @@ def _h5(path: str, what: str, read: Callable[[], Any]) -> Any:
     """``read()``, with every h5py/HDF5 error turned into a ValueError naming the file."""
     try:
         return read()
-    except _H5_ERRORS as error:
+    except HDF5_ERRORS as error:
         raise ValueError(
             f"{path}: cannot read {what} ({type(error).__name__}: {error}); the file is "
             "corrupt or not written by simulate()"
@@ -1403,6 +1455,8 @@ def _check_layout(path: str, handle: h5py.File) -> dict[str, Any]:
             f"{path}: expected pos and g of shape [S, B, N, d] and time [S], got {shapes}"
         )
     attrs = _h5(path, "the attributes", lambda: {key: handle.attrs[key] for key in handle.attrs})
+    if _ATTRS_DIGEST in attrs and attrs[_ATTRS_DIGEST] != _attrs_digest(attrs):
+        raise ValueError(f"{path}: the root attributes fail their checksum ('{_ATTRS_DIGEST}')")
     if not bool(attrs.get("complete", True)):
         raise ValueError(f"{path}: the run is incomplete")
     box_length = attrs.get("box_length", math.nan)
@@ -1410,7 +1464,7 @@ def _check_layout(path: str, handle: h5py.File) -> dict[str, Any]:
         math.isnan(box_length) or (math.isfinite(box_length) and box_length > 0)
     ):
         raise ValueError(f"{path}: attribute 'box_length' = {box_length!r} is not positive or NaN")
-    _finite_float(path, "time", _h5(path, "dataset 'time'", lambda: nodes["time"][()]))
+    _finite_float(path, "time", _h5(path, "dataset 'time'", lambda: read_hdf5(nodes["time"])))
     return attrs
 
 
@@ -1428,7 +1482,7 @@ def _open_checked(path: str) -> tuple[h5py.File, dict[str, Any]]:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         handle = h5py.File(path, "r")
-    except _H5_ERRORS as error:
+    except HDF5_ERRORS as error:
         raise ValueError(f"{path}: not a readable HDF5 file ({error})") from error
     try:
         attrs = _check_layout(path, handle)
@@ -1441,7 +1495,7 @@ def _open_checked(path: str) -> tuple[h5py.File, dict[str, Any]]:
 def _read_array(path: str, handle: h5py.File, name: str, index: Any = ()) -> np.ndarray:
     """``handle[name][index]``, checksum-verified (Fletcher-32 where written) and finite."""
     where = "" if index == () else f" at {index}"
-    values = _h5(path, f"dataset '{name}'{where}", lambda: handle[name][index])
+    values = _h5(path, f"dataset '{name}'{where}", lambda: read_hdf5(handle[name], index))
     return _finite_float(path, name, np.asarray(values), where)
 
 

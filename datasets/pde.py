@@ -64,7 +64,7 @@ import yaml
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from gtlib.io import atomic_write_text
+from gtlib.io import HDF5_ERRORS, atomic_write_text, read_hdf5
 
 __all__ = ["PDEDataset", "PDEFormatError"]
 
@@ -118,11 +118,6 @@ def _err(path: str | os.PathLike, msg: str) -> PDEFormatError:
     return PDEFormatError(f"{os.fspath(path)}: {msg}")
 
 
-# Every error h5py raises for a corrupt file or an unexpected layout (metadata byte flips raise
-# RuntimeError or KeyError, checksum failures OSError, odd types TypeError or ValueError).
-_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
-
-
 def _dataset(path: str, node: Any, what: str, kinds: str = "f") -> h5py.Dataset:
     """``node`` checked to be a data set with a real dtype (``kinds``: numpy dtype kinds)."""
     if not isinstance(node, h5py.Dataset):
@@ -149,7 +144,7 @@ def _read_coord(path: str, node: Any, size: int, what: str) -> np.ndarray | None
     if node is None:
         return None
     node = _dataset(path, node, what, "iuf")
-    arr = _finite(path, np.asarray(node[...], dtype=np.float64), what)
+    arr = _finite(path, np.asarray(read_hdf5(node), dtype=np.float64), what)
     if arr.ndim == 2:  # sample-varying coordinates: the first sample's
         arr = arr[0]
     arr = arr.ravel()
@@ -166,7 +161,8 @@ def _read_time(path: str, node: Any, n_times: int) -> np.ndarray | None:
     node = _dataset(path, node, what, "iuf")
     if node.ndim not in (1, 2) or node.shape[-1] < n_times:
         return None
-    return _finite(path, np.asarray(node[..., :n_times], dtype=np.float64), what)
+    values = read_hdf5(node, (Ellipsis, slice(None, n_times)))
+    return _finite(path, np.asarray(values, dtype=np.float64), what)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +257,32 @@ def _parse_well(path: str, f: h5py.File) -> _FileInfo:
     return info
 
 
+_PDEBENCH_NAMES = {
+    "tensor", "nu", "velocity", "particles", "force", "t", "t-coordinate",
+    *_CFD_NAMES, *_COORD_NAMES,
+}  # fmt: skip
+
+
+def _check_optional_names(path: str, f: h5py.File, spatial: tuple[int, ...]) -> None:
+    """Refuse a PDEBench file whose coordinates are absent while unknown names are present.
+
+    Coordinates and time are optional (absent: a unit grid and step indices), so a renamed one
+    (or one whose name a corrupt byte changed) would otherwise pass silently as a default grid.
+    """
+    wanted = [*_COORD_NAMES[: len(spatial)], "t-coordinate"]
+    missing = [name for name in wanted if name not in f]
+    if "t" in f and "t-coordinate" in missing:
+        missing.remove("t-coordinate")
+    unknown = sorted(set(f.keys()) - _PDEBENCH_NAMES)
+    if missing and unknown:
+        raise _err(
+            path,
+            f"unrecognised data set(s) {unknown} while {missing} is missing (renamed or "
+            "corrupt?); PDEBench files name their data sets "
+            f"{sorted(_PDEBENCH_NAMES)}",
+        )
+
+
 def _parse_pdebench(path: str, f: h5py.File) -> _FileInfo:
     def ds(name: str) -> h5py.Dataset | None:
         node = f.get(name)
@@ -326,6 +348,7 @@ def _parse_pdebench(path: str, f: h5py.File) -> _FileInfo:
             "unrecognised layout: no The Well groups (t0_fields) and none of the PDEBench "
             f"datasets tensor/nu/density/Vx/velocity; top-level keys: {sorted(f.keys())}",
         )
+    _check_optional_names(path, f, spatial)
     coords = [_read_coord(path, ds(c), s, c) for c, s in zip(_COORD_NAMES, spatial)]
     time = _read_time(path, ds("t-coordinate"), n_times)
     if time is None:
@@ -376,7 +399,7 @@ def _parse_file(path: str) -> _FileInfo:
         raise _err(path, "is a directory, not an HDF5 file")
     try:
         is_hdf5 = h5py.is_hdf5(path)
-    except _H5_ERRORS as exc:
+    except HDF5_ERRORS as exc:
         raise _err(path, f"cannot read the file: {exc}") from exc
     if not is_hdf5:
         raise _err(path, "not an HDF5 file")
@@ -390,7 +413,7 @@ def _parse_file(path: str) -> _FileInfo:
             return _parse_pdebench(path, f)
     except PDEFormatError:
         raise
-    except _H5_ERRORS as exc:
+    except HDF5_ERRORS as exc:
         raise _err(
             path,
             f"cannot read the HDF5 file (truncated or corrupt?): {type(exc).__name__}: {exc}",
@@ -900,7 +923,7 @@ class PDEDataset(Dataset):
                             self._accumulate(f[fl.key], acc[name])
             except PDEFormatError:
                 raise
-            except _H5_ERRORS as exc:
+            except HDF5_ERRORS as exc:
                 raise _err(
                     path,
                     f"read failed while computing statistics: {type(exc).__name__}: {exc}",
@@ -924,7 +947,7 @@ class PDEDataset(Dataset):
             end = start
             while end + 1 < len(rows) and rows[end + 1] == rows[end] + 1 and end + 1 - start < step:
                 end += 1
-            block = np.asarray(ds[rows[start] : rows[end] + 1])
+            block = np.asarray(read_hdf5(ds, slice(rows[start], rows[end] + 1)))
             acc.update(_finite(ds.file.filename, block, ds.name))
             start = end + 1
 
@@ -1027,7 +1050,7 @@ class PDEDataset(Dataset):
             path = self._infos[fi].path
             try:
                 h = h5py.File(path, "r")
-            except _H5_ERRORS as exc:
+            except HDF5_ERRORS as exc:
                 raise _err(path, f"cannot open the HDF5 file: {exc}") from exc
             self._handles[fi] = h
         return h
@@ -1046,10 +1069,10 @@ class PDEDataset(Dataset):
         sel += [slice(None, None, k) for k, v in zip(self._sub, fl.dim_varying) if v]
         try:
             ds = _dataset(info.path, f[key], key)
-            arr = np.asarray(ds[tuple(sel)])
+            arr = np.asarray(read_hdf5(ds, tuple(sel)))
         except PDEFormatError:
             raise
-        except _H5_ERRORS as exc:
+        except HDF5_ERRORS as exc:
             raise _err(
                 info.path,
                 f"read failed for sample {sample}, dataset {key!r} (checksum mismatch or "
@@ -1097,7 +1120,7 @@ class PDEDataset(Dataset):
             x, y, lead = self._assemble(f, info, sample, local)
         except PDEFormatError:
             raise
-        except _H5_ERRORS as exc:
+        except HDF5_ERRORS as exc:
             raise _err(
                 info.path,
                 f"read failed for sample {sample} (item {index}): {type(exc).__name__}: {exc}",

@@ -21,6 +21,8 @@ mode (including exclusive-create modes); files get the usual permissions from th
 from __future__ import annotations
 
 import hashlib
+import itertools
+import numbers
 import os
 import re
 import socket
@@ -31,7 +33,25 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text", "remove_stale_temporaries"]
+__all__ = [
+    "HDF5_ERRORS",
+    "HDF5_LIBVER",
+    "atomic_torch_save",
+    "atomic_write",
+    "atomic_write_text",
+    "read_hdf5",
+    "remove_stale_temporaries",
+]
+
+# Every exception h5py raises for a corrupt or unexpected file: byte flips in the metadata give
+# RuntimeError or KeyError, a failed checksum or truncation OSError, odd types TypeError or
+# ValueError. Readers catch these and name the file and data set.
+HDF5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+# File format of gtlib's HDF5 writers (``h5py.File(..., libver=HDF5_LIBVER)``): HDF5 1.10's, read
+# by HDF5 >= 1.10, whose metadata (object headers, chunk indexes) carry checksums. In the older
+# default format a flipped bit in a chunk index key makes HDF5 read that chunk as the fill value,
+# silently; Fletcher-32 on the data cannot see it.
+HDF5_LIBVER = ("v110", "v110")
 
 
 def _host_tag() -> str:
@@ -160,3 +180,73 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     The argument order follows :func:`torch.save`.
     """
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _chunk_starts(selection: Any, shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[Any]:
+    """Per axis, the starts of the chunks a selection touches (every chunk when unsure)."""
+    if not isinstance(selection, tuple):
+        selection = (selection,)
+    if any(item is Ellipsis for item in selection) or len(selection) > len(shape):
+        selection = ()
+    starts: list[Any] = []
+    for axis, (n, c) in enumerate(zip(shape, chunks)):
+        item = selection[axis] if axis < len(selection) else slice(None)
+        if isinstance(item, slice):
+            starts.append(sorted({i // c * c for i in range(*item.indices(n))}))
+        elif isinstance(item, numbers.Integral) and -n <= int(item) < n:
+            starts.append([int(item) % n // c * c])
+        else:  # index arrays and the like: every chunk of the axis
+            starts.append(range(0, n, c))
+    return starts
+
+
+def _check_standard_type(dataset: Any) -> None:
+    """Refuse a float or integer type that is not IEEE / two's complement of a usual size.
+
+    Such a type is what a flipped bit in a datatype message makes (a changed exponent bias halves
+    every value); h5py would convert it silently.
+    """
+    import h5py
+
+    h5t = h5py.h5t
+    kind = dataset.id.get_type()
+    if kind.get_class() == h5t.FLOAT:
+        standard = [getattr(h5t, f"IEEE_F{b}{o}") for b in (16, 32, 64) for o in ("LE", "BE")]
+    elif kind.get_class() == h5t.INTEGER:
+        names = [f"STD_{s}{b}{o}" for s in "IU" for b in (8, 16, 32, 64) for o in ("LE", "BE")]
+        standard = [getattr(h5t, name) for name in names]
+    else:
+        return
+    if not any(kind.equal(other) for other in standard):
+        raise OSError(
+            f"data set {dataset.name!r}: non-standard stored number type (corrupt datatype "
+            "message?)"
+        )
+
+
+def read_hdf5(dataset: Any, selection: Any = ()) -> Any:
+    """``dataset[selection]`` of an :class:`h5py.Dataset`, refusing chunks missing from the index.
+
+    HDF5 reads a chunk absent from a chunked data set's index as the fill value (zeros by
+    default), without an error; a corrupt index entry (a flipped bit in the metadata, which the
+    data checksums do not cover) therefore turns data into zeros silently. This reader looks every
+    chunk the selection touches up in the index first and raises ``OSError`` naming the data set
+    and the chunk when one is missing. Contiguous and compact data sets are read as they are.
+    Float and integer data must be stored in a standard type (IEEE binary16/32/64, 8- to 64-bit
+    integers); anything else is what a flipped bit in the datatype message makes.
+
+    Raises:
+        OSError: a chunk of the selection is not allocated (or whatever h5py raises; see
+            :data:`HDF5_ERRORS`).
+    """
+    _check_standard_type(dataset)
+    chunks = dataset.chunks
+    if chunks is not None and dataset.size > 0:
+        get = dataset.id.get_chunk_info_by_coord
+        for coord in itertools.product(*_chunk_starts(selection, dataset.shape, chunks)):
+            if get(tuple(int(c) for c in coord)).byte_offset is None:
+                raise OSError(
+                    f"data set {dataset.name!r}: the chunk at {tuple(coord)} is missing from the "
+                    "chunk index (corrupt metadata)"
+                )
+    return dataset[selection]

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
 import gtlib.io as gtlib_io
-from gtlib.io import atomic_torch_save, atomic_write, atomic_write_text
+from gtlib.io import atomic_torch_save, atomic_write, atomic_write_text, read_hdf5
 
 
 class _Boom(RuntimeError):
@@ -162,3 +164,41 @@ def test_killed_writer_leaves_a_temporary_that_the_next_write_removes(tmp_path: 
     atomic_torch_save({"step": 1}, target)
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
     assert torch.load(target) == {"step": 1}
+
+
+def test_read_hdf5_refuses_chunks_missing_from_the_index(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("x", shape=(4, 3), chunks=(1, 3), dtype="f8")
+        ds[0] = [1.0, 2.0, 3.0]
+        ds[2] = [4.0, 5.0, 6.0]  # rows 1 and 3: never written, so not in the chunk index
+    with h5py.File(path, "r") as f:
+        ds = f["x"]
+        assert np.array_equal(ds[1], np.zeros(3))  # what HDF5 itself returns: the fill value
+        assert np.array_equal(read_hdf5(ds, 0), [1.0, 2.0, 3.0])
+        assert np.array_equal(read_hdf5(ds, (slice(0, 4, 2), slice(None))), [[1, 2, 3], [4, 5, 6]])
+        assert np.array_equal(read_hdf5(ds, np.int64(2)), [4.0, 5.0, 6.0])
+        for selection in ((), 1, slice(0, 2), (Ellipsis, 0), -1):
+            with pytest.raises(OSError, match=r"'/x'.*chunk at \((1|3), 0\) is missing"):
+                read_hdf5(ds, selection)
+
+
+def test_read_hdf5_refuses_non_standard_number_types(tmp_path: Path) -> None:
+    path = tmp_path / "types.h5"
+    odd = h5py.h5t.IEEE_F32LE.copy()
+    odd.set_ebias(126)  # what a flipped bit in the datatype message can make: values doubled
+    with h5py.File(path, "w") as f:
+        f.create_dataset("good", data=np.arange(3.0, dtype=np.float32))
+        f.create_dataset("int", data=np.arange(3, dtype=">i2"))
+        f.create_dataset("flag", data=np.array([True, False]))
+        space = h5py.h5s.create_simple((3,))
+        h5py.h5d.create(f.id, b"odd", odd, space).write(
+            h5py.h5s.ALL, h5py.h5s.ALL, np.arange(3.0, dtype=np.float32), mtype=odd
+        )  # the bytes of IEEE binary32, read under the odd type
+    with h5py.File(path, "r") as f:
+        assert np.array_equal(read_hdf5(f["good"]), [0.0, 1.0, 2.0])
+        assert np.array_equal(read_hdf5(f["int"]), [0, 1, 2])
+        assert np.array_equal(read_hdf5(f["flag"]), [True, False])
+        assert not np.array_equal(f["odd"][()], [0.0, 1.0, 2.0])  # h5py converts silently
+        with pytest.raises(OSError, match="'/odd'.*non-standard"):
+            read_hdf5(f["odd"])

@@ -40,7 +40,7 @@ import h5py
 import numpy as np
 import yaml
 
-from gtlib.io import atomic_write
+from gtlib.io import HDF5_LIBVER, atomic_write
 
 __all__ = [
     "WellBoundary",
@@ -78,8 +78,10 @@ def create_checked_dataset(group: h5py.Group, name: str, data: np.ndarray) -> h5
     data = np.asarray(data)
     if data.ndim == 0 or data.size == 0:
         return group.create_dataset(name, data=data)
+    # A float data set's fill value is NaN: a chunk lost from the index reads as NaN, not as 0.
+    fill = {"fillvalue": np.nan} if data.dtype.kind == "f" else {}
     return group.create_dataset(
-        name, data=data, chunks=_chunks(data.shape, data.dtype.itemsize), fletcher32=True
+        name, data=data, chunks=_chunks(data.shape, data.dtype.itemsize), fletcher32=True, **fill
     )
 
 
@@ -162,7 +164,7 @@ def _write_well_file(
     n_trajectories: int,
     io_fields: dict[str, list[str]],
 ) -> None:
-    with h5py.File(path, "w") as f:
+    with h5py.File(path, "w", libver=HDF5_LIBVER) as f:
         f.attrs["dataset_name"] = name
         f.attrs["grid_type"] = "cartesian"
         f.attrs["n_spatial_dims"] = len(coords)
@@ -314,7 +316,7 @@ def write_pdebench(
     """Write ``datasets`` (name -> array) and root ``attrs`` to one PDEBench-style file."""
 
     def write(tmp: Path) -> None:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver=HDF5_LIBVER) as f:
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
             for key, value in datasets.items():

@@ -102,7 +102,7 @@ class _Kill:
         import h5py
         import torch
 
-        import datasets.particles as particles
+        import gtlib.datasets.particles as particles
 
         kill = self
         if self.kind == "append":
@@ -175,7 +175,7 @@ class _Counter:
         import h5py
         import torch
 
-        import datasets.particles as particles
+        import gtlib.datasets.particles as particles
 
         def counting(kind: str, owner: Any, name: str) -> tuple[Any, str, Any]:
             real = getattr(owner, name)
@@ -217,20 +217,20 @@ class _Simulate(_Job):
     kinds = ("append", "torch.save", "replace-before", "replace-after", "fsync", "create_dataset")
 
     def __init__(self) -> None:
-        from datasets.particles import ActiveOUParticles
+        from gtlib.datasets.particles import ActiveOUParticles
 
         self.system = ActiveOUParticles(16, packing_fraction=0.35, v0=2.0, k=2.0, eps=0.1)
         self.kwargs = dict(burn_in=0.04, spacing=0.02, n_trajectories=2, seed=7, checkpoint_every=3)
 
     def run(self, folder: Path) -> Any:
-        from datasets.particles import simulate
+        from gtlib.datasets.particles import simulate
 
         return simulate(self.system, 24, 1e-2, out=folder / "run.h5", progress=False, **self.kwargs)
 
     def compare(self, folder: Path, reference: Any) -> list[str]:
         import torch
 
-        from datasets.particles import load_trajectory
+        from gtlib.datasets.particles import load_trajectory
 
         problems = []
         loaded = load_trajectory(folder / "run.h5")

@@ -20,6 +20,7 @@ import scipy.integrate
 import scipy.linalg
 import torch
 
+import gtlib.datasets.particles as particles
 from gtlib.datasets.particles import (
     ActiveBrownianParticles,
     ActiveOUParticles,
@@ -426,10 +427,17 @@ def test_inconsistent_checkpoint_is_refused(tmp_path):
         sidecar.write_bytes(good_state)
         snapshots.write_bytes(good_bytes)
 
-    torch.save({**state, "n_done": 3}, sidecar)  # step and count disagree
+    def resign(**changes):  # a checkpoint with a valid digest but inconsistent content
+        changed = {**state, **changes}
+        changed["state_sha256"] = particles._state_digest(changed)
+        return changed
+
+    torch.save(resign(n_done=3), sidecar)  # step and count disagree
     refused("run.h5.partial.state.*step 6 and snapshot count 3 disagree")
-    torch.save({**state, "step": 8}, sidecar)  # a step past the snapshot it claims
+    torch.save(resign(step=8), sidecar)  # a step past the snapshot it claims
     refused("run.h5.partial.state.*step 8 and snapshot count 4 disagree")
+    torch.save({**state, "step": 8}, sidecar)  # content changed behind the digest's back
+    refused("run.h5.partial.state.*fails its SHA-256 check")
     snapshots.write_bytes(good_bytes[:-8])  # snapshots lost
     refused("run.h5.partial.state.*holds .* bytes")
     flipped = bytearray(good_bytes)
