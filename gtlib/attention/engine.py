@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -37,7 +38,7 @@ from gtlib.attention.backends.sparse import sparse_attention_csr
 from gtlib.attention.backends.stream import stream_attention, stream_attention_weights
 from gtlib.attention.pattern import Pattern
 from gtlib.attention.terms import ScoreSpec
-from gtlib.validation import finite_checks_enabled
+from gtlib.validation import check_choice, check_int, check_real, finite_checks_enabled
 
 __all__ = ["Edges", "attend", "MODES", "REDUCTIONS", "SCORES"]
 
@@ -148,7 +149,6 @@ def attend(
     builtin = score_mod is None and message_fn is None and reduce == "softmax"
     mode = _resolve_mode(mode, pattern, spec, value, key_edge, value_edge, dropout, builtin,
                          return_attention, heads)  # fmt: skip
-
     tensors = dict(query=query, key=key, value=value, att=att, src_score=src_score,
                    dst_score=dst_score, key_edge=key_edge, value_edge=value_edge, bias=bias,
                    weights=weights)  # fmt: skip
@@ -156,57 +156,11 @@ def attend(
                           ("edge_input", edge_inputs)):  # fmt: skip
         tensors.update({f"{prefix}{i}": x for i, x in enumerate(given)})
     out_dtype = None if value is None else value.dtype  # message_fn outputs are left alone
-    if out_dtype in _LOW_PRECISION and mode not in ("dense", "triton"):
-        tensors = {k: t if t is None or "_input" in k else t.float() for k, t in tensors.items()}
-    if spec.kind is None and tensors["bias"] is None and reduce == "softmax":
-        like = tensors["value"] if tensors["value"] is not None else tensors["query"]
-        if like is None:
-            raise ValueError("score=None needs a bias [E, H] or a value to count the heads")
-        tensors["bias"] = like.new_zeros(pattern.num_edges, heads)
-
-    alpha = None
-    if mode == "dense":
-        out = dense_attention(query, key, value, pattern, spec.scale, dropout, bias)
-    elif mode in ("scatter", "chunked"):
-        reduction = Reduction(reduce, message_fn, score_mod, float(dropout), len(src_inputs),
-                              len(dst_inputs), len(edge_inputs))  # fmt: skip
-        ordered = [tensors.get(name) for name, _ in input_layout(reduction)]
-        if mode == "scatter":
-            out, alpha = reference_attend(pattern, spec, reduction, ordered)
-        else:
-            width = heads * (value.size(-1) if value is not None else 64)
-            size = chunk_size or (default_chunk_size(1, width) if value is not None else
-                                  CHUNKED_EDGES)  # fmt: skip
-            out, alpha = chunked_attend(pattern, spec, reduction, ordered, size)
-    elif mode == "fused":
-        sorted_edge = {k: None if tensors[k] is None else pattern.to_sorted(tensors[k])
-                       for k in ("key_edge", "value_edge", "bias")}  # fmt: skip
-        args = (tensors["query"], tensors["key"], tensors["value"], pattern)
-        kwargs = dict(score=spec.kind, att=tensors["att"], negative_slope=spec.negative_slope,
-                      scale=spec.scale, **sorted_edge)  # fmt: skip
-        fused = _fused_backend()
-        out = fused.fused_attention(*args, **kwargs)
-        if return_attention:
-            alpha = fused.fused_attention_weights(*args, **kwargs)
-    elif mode == "triton":
-        sorted_edge = {k: None if tensors[k] is None else pattern.to_sorted(tensors[k])
-                       for k in ("key_edge", "value_edge", "bias")}  # fmt: skip
-        result = _triton_backend().triton_attention(
-            tensors["query"], tensors["key"], tensors["value"], pattern, score=spec.kind,
-            att=tensors["att"], negative_slope=spec.negative_slope, scale=spec.scale,
-            dropout=dropout, return_attention=return_attention, **sorted_edge,
-        )  # fmt: skip
-        out, alpha = result if return_attention else (result, None)
-    else:
-        plan = ChunkPlan(pattern, spec, heads, _channels(tensors), tensors["value"].size(-1),
-                         dropout, chunk_size)  # fmt: skip
-        if mode == "sparse":
-            out, alpha = sparse_attention_csr(plan, tensors)
-        else:
-            out = stream_attention(plan, tensors)
-            if return_attention:
-                alpha = stream_attention_weights(plan, tensors)
-
+    tensors = _backend_tensors(tensors, pattern, spec, reduce, heads, mode, out_dtype)
+    call = _Call(pattern, spec, heads, mode, reduce, message_fn, score_mod, float(dropout),
+                 chunk_size, return_attention, (len(src_inputs), len(dst_inputs),
+                 len(edge_inputs)))  # fmt: skip
+    out, alpha = _BACKENDS[mode](call, tensors)
     if out_dtype is not None:
         out = out.to(out_dtype)
     if finite_checks_enabled() and not _finite(out):
@@ -214,6 +168,95 @@ def attend(
     if return_attention:
         return out, pattern.to_caller(alpha).to(out.dtype)
     return out
+
+
+def _backend_tensors(tensors, pattern, spec, reduce, heads, mode, out_dtype) -> dict:
+    """The inputs as the backends take them: float32 for half-precision values (except the
+    dense and Triton backends, which read them as they are), a zero bias when only a
+    ``score_mod`` forms the scores."""
+    if out_dtype in _LOW_PRECISION and mode not in ("dense", "triton"):
+        tensors = {k: t if t is None or "_input" in k else t.float() for k, t in tensors.items()}
+    if spec.kind is None and tensors["bias"] is None and reduce == "softmax":
+        like = tensors["value"] if tensors["value"] is not None else tensors["query"]
+        if like is None:
+            raise ValueError("score=None needs a bias [E, H] or a value to count the heads")
+        tensors["bias"] = like.new_zeros(pattern.num_edges, heads)
+    return tensors
+
+
+class _Call(NamedTuple):
+    """What a backend needs besides the tensors."""
+
+    pattern: Pattern
+    spec: ScoreSpec
+    heads: int
+    mode: str
+    reduce: str
+    message_fn: Callable | None
+    score_mod: Callable | None
+    dropout: float
+    chunk_size: int | None
+    return_attention: bool
+    num_inputs: tuple[int, int, int]  # src_inputs, dst_inputs, edge_inputs
+
+
+def _run_dense(call: _Call, t: dict):
+    out = dense_attention(t["query"], t["key"], t["value"], call.pattern, call.spec.scale,
+                          call.dropout, t["bias"])  # fmt: skip
+    return out, None
+
+
+def _run_reference(call: _Call, t: dict):
+    reduction = Reduction(call.reduce, call.message_fn, call.score_mod, call.dropout,
+                          *call.num_inputs)  # fmt: skip
+    ordered = [t.get(name) for name, _ in input_layout(reduction)]
+    if call.mode == "scatter":
+        return reference_attend(call.pattern, call.spec, reduction, ordered)
+    value = t["value"]
+    width = call.heads * (value.size(-1) if value is not None else 64)
+    size = call.chunk_size or (default_chunk_size(1, width) if value is not None else
+                               CHUNKED_EDGES)  # fmt: skip
+    return chunked_attend(call.pattern, call.spec, reduction, ordered, size)
+
+
+def _sorted_edge_terms(call: _Call, t: dict) -> dict:
+    return {k: None if t[k] is None else call.pattern.to_sorted(t[k])
+            for k in ("key_edge", "value_edge", "bias")}  # fmt: skip
+
+
+def _run_fused(call: _Call, t: dict):
+    spec = call.spec
+    args = (t["query"], t["key"], t["value"], call.pattern)
+    kwargs = dict(score=spec.kind, att=t["att"], negative_slope=spec.negative_slope,
+                  scale=spec.scale, **_sorted_edge_terms(call, t))  # fmt: skip
+    fused = _fused_backend()
+    out = fused.fused_attention(*args, **kwargs)
+    alpha = fused.fused_attention_weights(*args, **kwargs) if call.return_attention else None
+    return out, alpha
+
+
+def _run_triton(call: _Call, t: dict):
+    spec = call.spec
+    result = _triton_backend().triton_attention(
+        t["query"], t["key"], t["value"], call.pattern, score=spec.kind, att=t["att"],
+        negative_slope=spec.negative_slope, scale=spec.scale, dropout=call.dropout,
+        return_attention=call.return_attention, **_sorted_edge_terms(call, t),
+    )  # fmt: skip
+    return result if call.return_attention else (result, None)
+
+
+def _run_chunk_plan(call: _Call, t: dict):
+    plan = ChunkPlan(call.pattern, call.spec, call.heads, _channels(t), t["value"].size(-1),
+                     call.dropout, call.chunk_size)  # fmt: skip
+    if call.mode == "sparse":
+        return sparse_attention_csr(plan, t)
+    out = stream_attention(plan, t)
+    return out, stream_attention_weights(plan, t) if call.return_attention else None
+
+
+_BACKENDS = {"dense": _run_dense, "scatter": _run_reference, "chunked": _run_reference,
+             "fused": _run_fused, "triton": _run_triton, "sparse": _run_chunk_plan,
+             "stream": _run_chunk_plan}  # fmt: skip
 
 
 def _finite(out: Tensor) -> bool:
@@ -247,49 +290,14 @@ def _channels(tensors: dict) -> int:
 def _resolve_mode(
     mode, pattern, spec, value, key_edge, value_edge, dropout, builtin, return_attention, heads
 ) -> str:
+    """The backend: ``mode`` checked against what it supports, or the fastest that fits."""
     extras = key_edge is not None or value_edge is not None
     dense_ok = pattern.blocks is not None and spec.kind == "dot" and not extras and builtin
-    if mode == "dense" and not dense_ok:
-        raise ValueError(
-            "mode='dense' needs a block pattern (Pattern.full or Pattern.windows), score='dot', "
-            "no key_edge or value_edge, no score_mod or message_fn and reduce='softmax'"
-        )
-    if mode == "dense" and return_attention:
-        raise ValueError("mode='dense' cannot return attention weights; use mode='scatter'")
-    if mode in ("sparse", "stream", "fused", "triton") and not builtin:
-        raise ValueError(
-            f"mode={mode!r} runs the softmax family with built-in scores and values; "
-            "score_mod, message_fn and other reductions need mode='scatter' or 'chunked'"
-        )
-    if mode in ("sparse", "stream") and spec.kind is None:
-        raise ValueError(f"mode={mode!r} needs a score term (score='dot', 'additive' or 'static')")
     fusable = spec.kind == "dot" or (spec.kind == "additive" and spec.negative_slope is not None)
-    if mode == "fused":
-        if not fusable or dropout > 0 or pattern.device.type != "cpu":
-            raise ValueError(
-                "mode='fused' (the compiled CPU kernel) takes score='dot' or 'additive' with a "
-                "LeakyReLU, no dropout, on CPU tensors"
-            )
-        if not _fused_backend().available():
-            raise RuntimeError(
-                "mode='fused' needs the compiled CPU kernel, which is not available here (no "
-                "working compiler, or GTLIB_FUSED_CPU=0); use mode='auto' to fall back"
-            )
     triton_dtype = value is not None and value.dtype in _TRITON_DTYPES
-    if mode == "triton":
-        if spec.kind not in ("dot", "additive"):
-            raise ValueError("mode='triton' takes score='dot' or 'additive'")
-        if not triton_dtype:
-            raise ValueError(
-                "mode='triton' computes in float32: it takes float32, bfloat16 or float16 "
-                f"tensors, got {None if value is None else value.dtype} (use mode='stream')"
-            )
-        if not _triton_backend().available(pattern.device):
-            raise RuntimeError(
-                "mode='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 with CPU "
-                f"tensors); the pattern is on {pattern.device}"
-            )
     if mode != "auto":
+        _check_mode(mode, pattern, spec, value, dropout, builtin, return_attention, dense_ok,
+                    fusable, triton_dtype)  # fmt: skip
         return mode
     width = heads * max(_width(value), 1)
     large = pattern.num_edges * width >= SPARSE_THRESHOLD
@@ -311,6 +319,56 @@ def _resolve_mode(
     if fusable and dropout == 0 and _fused_backend().available():
         return "fused"
     return "sparse"
+
+
+def _check_mode(mode, pattern, spec, value, dropout, builtin, return_attention, dense_ok,
+                fusable, triton_dtype) -> None:  # fmt: skip
+    if mode == "dense" and not dense_ok:
+        raise ValueError(
+            "mode='dense' needs a block pattern (Pattern.full or Pattern.windows), score='dot', "
+            "no key_edge or value_edge, no score_mod or message_fn and reduce='softmax'"
+        )
+    if mode == "dense" and return_attention:
+        raise ValueError("mode='dense' cannot return attention weights; use mode='scatter'")
+    if mode in ("sparse", "stream", "fused", "triton") and not builtin:
+        raise ValueError(
+            f"mode={mode!r} runs the softmax family with built-in scores and values; "
+            "score_mod, message_fn and other reductions need mode='scatter' or 'chunked'"
+        )
+    if mode in ("sparse", "stream") and spec.kind is None:
+        raise ValueError(f"mode={mode!r} needs a score term (score='dot', 'additive' or 'static')")
+    if mode == "fused":
+        _check_fused(pattern, dropout, fusable)
+    if mode == "triton":
+        _check_triton(pattern, spec, value, triton_dtype)
+
+
+def _check_fused(pattern, dropout, fusable) -> None:
+    if not fusable or dropout > 0 or pattern.device.type != "cpu":
+        raise ValueError(
+            "mode='fused' (the compiled CPU kernel) takes score='dot' or 'additive' with a "
+            "LeakyReLU, no dropout, on CPU tensors"
+        )
+    if not _fused_backend().available():
+        raise RuntimeError(
+            "mode='fused' needs the compiled CPU kernel, which is not available here (no "
+            "working compiler, or GTLIB_FUSED_CPU=0); use mode='auto' to fall back"
+        )
+
+
+def _check_triton(pattern, spec, value, triton_dtype) -> None:
+    if spec.kind not in ("dot", "additive"):
+        raise ValueError("mode='triton' takes score='dot' or 'additive'")
+    if not triton_dtype:
+        raise ValueError(
+            "mode='triton' computes in float32: it takes float32, bfloat16 or float16 "
+            f"tensors, got {None if value is None else value.dtype} (use mode='stream')"
+        )
+    if not _triton_backend().available(pattern.device):
+        raise RuntimeError(
+            "mode='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 with CPU "
+            f"tensors); the pattern is on {pattern.device}"
+        )
 
 
 def _check_user_inputs(pattern, src_inputs, dst_inputs, edge_inputs, score_mod, message_fn):
@@ -359,87 +417,115 @@ def _validate(
     value_edge, bias, scale, score_mod, message_fn, reduce, weights, dropout, mode, chunk_size,
     return_attention,
 ) -> tuple[ScoreSpec, int]:  # fmt: skip
-    if not isinstance(pattern, Pattern):
-        raise TypeError(f"pattern must be a gtlib.attention.Pattern, got {type(pattern).__name__}")
+    score = _check_options(score, reduce, mode, dropout, chunk_size, score_mod, message_fn,
+                           value, negative_slope)  # fmt: skip
+    check = _TensorCheck(pattern)
+    heads = None
+    if reduce == "softmax" and score in ("dot", "additive"):
+        heads = _check_query_key(check, pattern, score, query, key, att, key_edge)
+    elif reduce == "softmax" and score == "static":
+        heads = _check_static(check, pattern, src_score, dst_score, key_edge)
+    elif reduce == "softmax" and score is None and score_mod is None:
+        raise ValueError("score=None needs a score_mod to form the scores")
+    if reduce != "softmax" or score is None:
+        unused = {"query": query, "key": key, "att": att, "src_score": src_score,
+                  "dst_score": dst_score, "key_edge": key_edge}  # fmt: skip
+        for name, x in unused.items():
+            if x is not None:
+                raise ValueError(f"{name} is only used by a softmax with a score term")
+    heads = _check_values(check, pattern, heads, value, value_edge, bias, weights)
+    _check_reduction_arguments(reduce, weights, bias, dropout, return_attention)
+    if check.device is not None and check.device != pattern.device:
+        raise ValueError(f"the inputs are on {check.device} but the pattern on {pattern.device}")
+    if score == "dot" and scale is None and query is not None:
+        scale = 1.0 / math.sqrt(query.size(-1))
+    scale = 1.0 if scale is None else _check_scale(scale)
+    slope = None if negative_slope is None else float(negative_slope)
+    return ScoreSpec(score, scale, slope), (heads or 1)
+
+
+def _check_options(score, reduce, mode, dropout, chunk_size, score_mod, message_fn, value,
+                   negative_slope) -> str | None:  # fmt: skip
+    """The non-tensor arguments; returns the score's canonical name."""
     if score == "gatv2":
         score = "additive"
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES} (or 'gatv2'), got {score!r}")
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_choice(reduce, "reduce", REDUCTIONS)
+    check_choice(mode, "mode", MODES)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
         raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if chunk_size is not None:
+        check_int(chunk_size, "chunk_size", minimum=1)
     for name, fn in (("score_mod", score_mod), ("message_fn", message_fn)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
     if (value is None) == (message_fn is None):
         raise ValueError("pass exactly one of value and message_fn")
     if negative_slope is not None:
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-            raise TypeError(f"negative_slope must be a float or None, got {negative_slope!r}")
-        if not float(negative_slope) >= 0.0:
-            raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
-    num_edges = pattern.num_edges
-    dtype = device = heads = None
+        check_real(negative_slope, "negative_slope", nonnegative=True)
+    return score
 
-    def check(name, x, shape, what="a floating-point tensor"):
-        nonlocal dtype, device
+
+class _TensorCheck:
+    """Checks tensors one by one: floating point, the shape asked for, one dtype and device."""
+
+    def __init__(self, pattern: Pattern) -> None:
+        self.num_edges = pattern.num_edges
+        self.dtype = self.device = None
+
+    def __call__(self, name, x, shape, what="a floating-point tensor") -> None:
         if x is None:
             return
         if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
             raise TypeError(f"{name} must be {what} of shape {_shape_text(shape)}")
-        sizes = [s for s, _ in shape]
+        sizes = [size for size, _ in shape]
         if x.dim() != len(shape) or any(s is not None and s != d for s, d in zip(sizes, x.shape)):
             raise ValueError(f"{name} must have shape {_shape_text(shape)}, got {list(x.shape)}")
-        if dtype is None:
-            dtype, device = x.dtype, x.device
-        elif x.dtype != dtype:
-            raise TypeError(f"the inputs must share a dtype: {name} has {x.dtype}, others {dtype}")
-        if x.device != device:
-            raise ValueError(f"{name} is on {x.device} but the other inputs on {device}")
+        if self.dtype is None:
+            self.dtype, self.device = x.dtype, x.device
+        elif x.dtype != self.dtype:
+            raise TypeError(
+                f"the inputs must share a dtype: {name} has {x.dtype}, others {self.dtype}"
+            )
+        if x.device != self.device:
+            raise ValueError(f"{name} is on {x.device} but the other inputs on {self.device}")
 
-    if score in ("dot", "additive") and reduce == "softmax":
-        if query is None or key is None:
-            raise ValueError(f"score={score!r} needs query [N_dst, H, C] and key [N_src, H, C]")
-        check("query", query, ((pattern.num_dst, "receivers"), (None, "heads"), (None, "channels")))
-        heads, channels = query.size(1), query.size(2)
-        check("key", key, ((pattern.num_src, "senders"), (heads, "heads"), (channels, "channels")))
-        if score == "additive":
-            if att is None:
-                raise ValueError("score='additive' needs the attention vector att [H, C]")
-            check("att", att, ((heads, "heads"), (channels, "channels")))
-        elif att is not None:
-            raise ValueError("att is only used with score='additive'")
-        check(
-            "key_edge", key_edge, ((num_edges, "edges"), (heads, "heads"), (channels, "channels"))
-        )
-    elif score == "static" and reduce == "softmax":
-        if src_score is None:
-            raise ValueError("score='static' needs src_score [N_src, H]")
-        check("src_score", src_score, ((pattern.num_src, "senders"), (None, "heads")))
-        heads = src_score.size(1)
-        check("dst_score", dst_score, ((pattern.num_dst, "receivers"), (heads, "heads")))
-        check("key_edge", key_edge, ((num_edges, "edges"), (heads, "heads")))
-    elif reduce == "softmax" and score is None and score_mod is None:
-        raise ValueError("score=None needs a score_mod to form the scores")
-    unused = {"query": query, "key": key, "att": att, "src_score": src_score,
-              "dst_score": dst_score, "key_edge": key_edge}  # fmt: skip
-    if reduce != "softmax" or score is None:
-        for name, x in unused.items():
-            if x is not None:
-                raise ValueError(f"{name} is only used by a softmax with a score term")
+
+def _check_query_key(check, pattern, score, query, key, att, key_edge) -> int:
+    if query is None or key is None:
+        raise ValueError(f"score={score!r} needs query [N_dst, H, C] and key [N_src, H, C]")
+    check("query", query, ((pattern.num_dst, "receivers"), (None, "heads"), (None, "channels")))
+    heads, channels = query.size(1), query.size(2)
+    check("key", key, ((pattern.num_src, "senders"), (heads, "heads"), (channels, "channels")))
+    if score == "additive":
+        if att is None:
+            raise ValueError("score='additive' needs the attention vector att [H, C]")
+        check("att", att, ((heads, "heads"), (channels, "channels")))
+    elif att is not None:
+        raise ValueError("att is only used with score='additive'")
+    edge_shape = ((check.num_edges, "edges"), (heads, "heads"), (channels, "channels"))
+    check("key_edge", key_edge, edge_shape)
+    return heads
+
+
+def _check_static(check, pattern, src_score, dst_score, key_edge) -> int:
+    if src_score is None:
+        raise ValueError("score='static' needs src_score [N_src, H]")
+    check("src_score", src_score, ((pattern.num_src, "senders"), (None, "heads")))
+    heads = src_score.size(1)
+    check("dst_score", dst_score, ((pattern.num_dst, "receivers"), (heads, "heads")))
+    check("key_edge", key_edge, ((check.num_edges, "edges"), (heads, "heads")))
+    return heads
+
+
+def _check_values(check, pattern, heads, value, value_edge, bias, weights) -> int | None:
     if value is not None:
         check("value", value, ((pattern.num_src, "senders"), (heads, "heads"), (None, "channels")))
         heads = value.size(1) if heads is None else heads
-        edge_shape = ((num_edges, "edges"), (heads, "heads"), (value.size(2), "channels"))
+        edge_shape = ((check.num_edges, "edges"), (heads, "heads"), (value.size(2), "channels"))
         check("value_edge", value_edge, edge_shape)
     elif value_edge is not None:
         raise ValueError("value_edge needs value (a message_fn forms its own messages)")
@@ -447,8 +533,12 @@ def _validate(
         given = bias if bias is not None else weights
         if heads is None and isinstance(given, Tensor) and given.dim() == 2:
             heads = given.size(1)
-        check("bias", bias, ((num_edges, "edges"), (heads, "heads")))
-        check("weights", weights, ((num_edges, "edges"), (heads, "heads")))
+        check("bias", bias, ((check.num_edges, "edges"), (heads, "heads")))
+        check("weights", weights, ((check.num_edges, "edges"), (heads, "heads")))
+    return heads
+
+
+def _check_reduction_arguments(reduce, weights, bias, dropout, return_attention) -> None:
     if reduce == "weights" and weights is None:
         raise ValueError("reduce='weights' needs weights [E, H]")
     if reduce != "weights" and weights is not None:
@@ -459,18 +549,14 @@ def _validate(
         raise ValueError("dropout applies to softmax weights; use reduce='softmax'")
     if return_attention and reduce != "softmax":
         raise ValueError("return_attention needs reduce='softmax'")
-    if device is not None and device != pattern.device:
-        raise ValueError(f"the inputs are on {device} but the pattern on {pattern.device}")
-    if score in ("dot",) and scale is None and query is not None:
-        scale = 1.0 / math.sqrt(query.size(-1))
-    if scale is None:
-        scale = 1.0
+
+
+def _check_scale(scale) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float, got {scale!r}")
     if not math.isfinite(float(scale)):
         raise ValueError(f"scale must be finite, got {scale}")
-    slope = None if negative_slope is None else float(negative_slope)
-    return ScoreSpec(score, float(scale), slope), (heads or 1)
+    return float(scale)
 
 
 def _shape_text(shape) -> str:

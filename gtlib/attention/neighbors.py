@@ -27,6 +27,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from gtlib.validation import check_int, check_real
+
 __all__ = ["knn_edges", "minimum_image", "radius_edges"]
 
 BoxLike = Tensor | Sequence[float] | float
@@ -892,28 +894,11 @@ def _check_pos(pos: Tensor) -> Tensor:
 
 
 def _check_positive_real(value: float, name: str) -> float:
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or value.is_complex():
-            raise TypeError(f"{name} must be a real number, got a tensor of shape {value.shape}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return value
+    return check_real(value, name, positive=True)
 
 
 def _check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or value.is_floating_point() or value.is_complex():
-            raise TypeError(f"{name} must be an integer, got a tensor of dtype {value.dtype}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
+    return check_int(value, name, minimum=1)
 
 
 def _check_box(box: BoxLike | None, pos: Tensor) -> Tensor | None:

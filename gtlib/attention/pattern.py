@@ -18,6 +18,7 @@ from torch import Tensor
 from gtlib.attention import builders
 from gtlib.attention.builders import NumNodes
 from gtlib.attention.cache import pattern_cache
+from gtlib.validation import check_int
 
 BoxLike = Tensor | Sequence[float] | float
 
@@ -943,8 +944,4 @@ def _cached_csc(
 
 
 def _non_negative_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+    return check_int(value, name, minimum=0)

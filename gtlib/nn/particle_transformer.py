@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from gtlib.attention import Pattern, sparse_attention
 from gtlib.attention.cache import pattern_cache
 from gtlib.attention.neighbors import minimum_image
+from gtlib.validation import check_int
 
 BoxLike = Tensor | Sequence[float] | float
 
@@ -391,7 +392,4 @@ class _EncoderLayer(Module):
 
 
 def _check_int(value: int, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    check_int(value, name, minimum=minimum)

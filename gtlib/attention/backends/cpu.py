@@ -49,6 +49,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from gtlib.attention.pattern import Pattern
+from gtlib.validation import check_real
 
 ENV_VAR = "GTLIB_FUSED_CPU"
 BUILD_DIR_VAR = "GTLIB_BUILD_DIR"
@@ -399,6 +400,40 @@ def _prepare(query, key, value, pattern, score, att, negative_slope, key_edge, v
         raise TypeError(f"pattern must be a gtlib.attention.Pattern, got {type(pattern)}")
     if pattern.device.type != "cpu":
         raise ValueError(f"pattern must be on the CPU, got {pattern.device}")
+    _check_node_tensors(query, key, value, pattern)
+    dtype = query.dtype
+    heads, channels = query.size(1), query.size(2)
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    additive = score != "dot"
+    if additive and att is None:
+        raise ValueError(f"score={score!r} needs the attention vector att [H, C]")
+    if not additive and att is not None:
+        raise ValueError("att is only used with score='additive'")
+    num_edges = pattern.num_edges
+    shapes = {
+        "att": (heads, channels),
+        "key_edge": (num_edges, heads, channels),
+        "value_edge": (num_edges, heads, value.size(2)),
+        "bias": (num_edges, heads),
+    }
+    extras = {"att": att, "key_edge": key_edge, "value_edge": value_edge, "bias": bias}
+    for name, x in extras.items():
+        _check_extra(name, x, shapes[name], dtype)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float, got {scale!r}")
+    negative_slope = check_real(negative_slope, "negative_slope", nonnegative=True)
+
+    work = torch.float32 if dtype in _LOW_PRECISION else dtype
+
+    def ready(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x.to(work).contiguous()
+
+    tensors = [ready(x) for x in (query, key, value, att, key_edge, value_edge, bias)]
+    return (*tensors, additive, float(negative_slope), float(scale), dtype)
+
+
+def _check_node_tensors(query, key, value, pattern) -> None:
     for name, x in (("query", query), ("key", key), ("value", value)):
         if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
             raise TypeError(f"{name} must be a floating-point tensor [N, H, C]")
@@ -427,46 +462,19 @@ def _prepare(query, key, value, pattern, score, att, negative_slope, key_edge, v
         )
     if value.size(1) != heads:
         raise ValueError(f"value must have {heads} heads like query, got {value.size(1)}")
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    additive = score != "dot"
-    if additive and att is None:
-        raise ValueError(f"score={score!r} needs the attention vector att [H, C]")
-    if not additive and att is not None:
-        raise ValueError("att is only used with score='additive'")
-    num_edges = pattern.num_edges
-    shapes = {
-        "att": (heads, channels),
-        "key_edge": (num_edges, heads, channels),
-        "value_edge": (num_edges, heads, value.size(2)),
-        "bias": (num_edges, heads),
-    }
-    extras = {"att": att, "key_edge": key_edge, "value_edge": value_edge, "bias": bias}
-    for name, x in extras.items():
-        if x is None:
-            continue
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a tensor of shape {list(shapes[name])}")
-        if tuple(x.shape) != shapes[name]:
-            raise ValueError(f"{name} must have shape {list(shapes[name])}, got {list(x.shape)}")
-        if x.dtype != dtype:
-            raise TypeError(f"{name} must have dtype {dtype} like query, got {x.dtype}")
-        if x.device.type != "cpu":
-            raise ValueError(f"{name} must be on the CPU, got {x.device}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float, got {scale!r}")
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-        raise TypeError(f"negative_slope must be a float, got {negative_slope!r}")
-    if not float(negative_slope) >= 0.0:
-        raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
 
-    work = torch.float32 if dtype in _LOW_PRECISION else dtype
 
-    def ready(x: Tensor | None) -> Tensor | None:
-        return None if x is None else x.to(work).contiguous()
-
-    tensors = [ready(x) for x in (query, key, value, att, key_edge, value_edge, bias)]
-    return (*tensors, additive, float(negative_slope), float(scale), dtype)
+def _check_extra(name: str, x, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    if x is None:
+        return
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor of shape {list(shape)}")
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(x.shape)}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} like query, got {x.dtype}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU, got {x.device}")
 
 
 def _sorted_view(pattern: Pattern) -> Pattern:

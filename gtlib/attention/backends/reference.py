@@ -282,20 +282,8 @@ class _ChunkedAttend(torch.autograd.Function):
             by_name = dict(zip((name for name, _ in leaves), results[: len(leaves)]))
             for position, ((name, kind), _) in enumerate(zip(plan.layout, inputs)):
                 grad = by_name.get(name)
-                if grad is None or grads[position] is None:
-                    continue
-                target = grads[position]
-                if kind == "src":
-                    target.index_add_(0, chunk.src, grad)
-                elif kind == "dst":
-                    target[chunk.first : chunk.stop].index_add_(0, chunk.local, grad)
-                elif kind == "edge":
-                    if isinstance(chunk.edges, slice):
-                        target[chunk.edges] += grad
-                    else:
-                        target.index_add_(0, chunk.edges, grad)
-                else:
-                    target += grad
+                if grad is not None and grads[position] is not None:
+                    _accumulate(grads[position], kind, grad, chunk)
             wanted_grads = iter(results[len(leaves) :])
             for i, need in enumerate(captured_needs):
                 if need:
@@ -303,6 +291,20 @@ class _ChunkedAttend(torch.autograd.Function):
                     if grad is not None:
                         captured_grads[i] += grad
         return (None, *grads, *captured_grads)
+
+
+def _accumulate(target: Tensor, kind: str, grad: Tensor, chunk) -> None:
+    """Adds a chunk's gradient of a gathered input into the input's gradient."""
+    if kind == "src":
+        target.index_add_(0, chunk.src, grad)
+    elif kind == "dst":
+        target[chunk.first : chunk.stop].index_add_(0, chunk.local, grad)
+    elif kind == "edge" and isinstance(chunk.edges, slice):
+        target[chunk.edges] += grad
+    elif kind == "edge":
+        target.index_add_(0, chunk.edges, grad)
+    else:
+        target += grad
 
 
 def _edge_index(chunk) -> Tensor:
