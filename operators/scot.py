@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from gtlib.attention import Pattern, sparse_attention
 from gtlib.attention.cache import pattern_cache
-from gtlib.validation import renamed_arguments
+from gtlib.validation import check_int, renamed_arguments
 
 __all__ = ["ScOT"]
 
@@ -291,6 +291,43 @@ class _ConvNeXtBlock(nn.Module):
         return x + self.gamma * y
 
 
+def _check_stages(in_channels, out_channels, patch_size, embed_dim, window_size, depths, heads,
+                  skip_connection_blocks, mlp_ratio):  # fmt: skip
+    """ScOT's sizes: positive ints, one entry per stage, heads dividing each stage's width."""
+    for name, value in (
+        ("in_channels", in_channels),
+        ("out_channels", out_channels),
+        ("patch_size", patch_size),
+        ("embed_dim", embed_dim),
+        ("window_size", window_size),
+    ):
+        check_int(value, name, minimum=1)
+    depths, heads = tuple(depths), tuple(heads)
+    skip_connection_blocks = tuple(skip_connection_blocks)
+    n_stages = len(depths)
+    for name, value in (
+        ("heads", heads),
+        ("skip_connection_blocks", skip_connection_blocks),
+    ):
+        if len(value) != n_stages:
+            raise ValueError(f"{name} must have len(depths)={n_stages} entries, got {len(value)}")
+    if n_stages < 1 or any(d < 1 for d in depths):
+        raise ValueError(f"depths must be a non-empty sequence of positive ints, got {depths}")
+    if any(s < 0 for s in skip_connection_blocks):
+        raise ValueError(
+            f"skip_connection_blocks must be non-negative, got {skip_connection_blocks}"
+        )
+    for s, stage_heads in enumerate(heads):
+        if stage_heads < 1 or (embed_dim * 2**s) % stage_heads != 0:
+            raise ValueError(
+                f"heads[{s}]={stage_heads} must divide the stage width embed_dim * 2**{s} = "
+                f"{embed_dim * 2**s}"
+            )
+    if not mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
+    return depths, heads, skip_connection_blocks
+
+
 class ScOT(nn.Module):
     r"""The scalable operator transformer (scOT) of `"Poseidon: Efficient Foundation Models for
     PDEs" <https://arxiv.org/abs/2405.19101>`_ (Herde et al., NeurIPS 2024): a U-shaped SwinV2
@@ -375,42 +412,11 @@ class ScOT(nn.Module):
         periodic: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("patch_size", patch_size),
-            ("embed_dim", embed_dim),
-            ("window_size", window_size),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
-        depths, heads = tuple(depths), tuple(heads)
-        skip_connection_blocks = tuple(skip_connection_blocks)
+        depths, heads, skip_connection_blocks = _check_stages(
+            in_channels, out_channels, patch_size, embed_dim, window_size, depths, heads,
+            skip_connection_blocks, mlp_ratio,
+        )  # fmt: skip
         n_stages = len(depths)
-        for name, value in (
-            ("heads", heads),
-            ("skip_connection_blocks", skip_connection_blocks),
-        ):
-            if len(value) != n_stages:
-                raise ValueError(
-                    f"{name} must have len(depths)={n_stages} entries, got {len(value)}"
-                )
-        if n_stages < 1 or any(d < 1 for d in depths):
-            raise ValueError(f"depths must be a non-empty sequence of positive ints, got {depths}")
-        if any(s < 0 for s in skip_connection_blocks):
-            raise ValueError(
-                f"skip_connection_blocks must be non-negative, got {skip_connection_blocks}"
-            )
-        for s, stage_heads in enumerate(heads):
-            if stage_heads < 1 or (embed_dim * 2**s) % stage_heads != 0:
-                raise ValueError(
-                    f"heads[{s}]={stage_heads} must divide the stage width embed_dim * 2**{s} = "
-                    f"{embed_dim * 2**s}"
-                )
-        if not mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
 
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -10,9 +10,39 @@ from torch_geometric.data import Data
 from gtlib.attention import Pattern, attend, sparse_attention
 from gtlib.attention.cache import pattern_cache
 from gtlib.distributed import all_gather_cat
-from gtlib.validation import check_int, renamed_arguments
+from gtlib.validation import check_int, check_real, renamed_arguments
 
 MODES = ("full", "local", "global")
+
+
+def _check_arguments(in_channels, hidden_channels, out_channels, num_tokens, num_nodes, mode,
+                     heads, num_centroids, global_dim, pos_channels, dropout, attn_dropout,
+                     decay, local_chunk_size) -> None:  # fmt: skip
+    for name, value in (
+        ("in_channels", in_channels),
+        ("hidden_channels", hidden_channels),
+        ("out_channels", out_channels),
+        ("num_tokens", num_tokens),
+        ("heads", heads),
+        ("num_centroids", num_centroids),
+        ("global_dim", global_dim),
+        ("local_chunk_size", local_chunk_size),
+    ):
+        check_int(value, name, minimum=1)
+    check_int(pos_channels, "pos_channels", minimum=0)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if hidden_channels % heads != 0:
+        raise ValueError(
+            f"hidden_channels ({hidden_channels}) must be a multiple of heads ({heads})"
+        )
+    if mode != "local" and (not isinstance(num_nodes, int) or num_nodes < 1):
+        raise ValueError(f"mode={mode!r} needs num_nodes (a positive int), got {num_nodes!r}")
+    for name, value in (("dropout", dropout), ("attn_dropout", attn_dropout)):
+        if not 0.0 <= check_real(value, name) < 1.0:
+            raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    if not 0.0 < check_real(decay, "decay") < 1.0:
+        raise ValueError(f"decay must lie in (0, 1), got {decay}")
 
 
 class LargeGT(nn.Module):
@@ -121,31 +151,9 @@ class LargeGT(nn.Module):
         local_chunk_size: int = 1024,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_channels", in_channels),
-            ("hidden_channels", hidden_channels),
-            ("out_channels", out_channels),
-            ("num_tokens", num_tokens),
-            ("heads", heads),
-            ("num_centroids", num_centroids),
-            ("global_dim", global_dim),
-            ("local_chunk_size", local_chunk_size),
-        ):
-            check_int(value, name, minimum=1)
-        check_int(pos_channels, "pos_channels", minimum=0)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if hidden_channels % heads != 0:
-            raise ValueError(
-                f"hidden_channels ({hidden_channels}) must be a multiple of heads ({heads})"
-            )
-        if mode != "local" and (not isinstance(num_nodes, int) or num_nodes < 1):
-            raise ValueError(f"mode={mode!r} needs num_nodes (a positive int), got {num_nodes!r}")
-        for name, value in (("dropout", dropout), ("attn_dropout", attn_dropout)):
-            if not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {value}")
-        if not 0.0 < float(decay) < 1.0:
-            raise ValueError(f"decay must lie in (0, 1), got {decay}")
+        _check_arguments(in_channels, hidden_channels, out_channels, num_tokens, num_nodes, mode,
+                         heads, num_centroids, global_dim, pos_channels, dropout, attn_dropout,
+                         decay, local_chunk_size)  # fmt: skip
 
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
@@ -166,38 +174,9 @@ class LargeGT(nn.Module):
         self.uses_global = mode in ("global", "full")
 
         if self.uses_local:
-            self.seq_encoder = nn.Sequential(
-                nn.Linear(in_channels, hidden), nn.ReLU(), nn.Dropout(dropout),
-                nn.Linear(hidden, hidden),
-            )  # fmt: skip
-            self.token_embed = nn.Linear(hidden, hidden)
-            self.attn_norm = nn.LayerNorm(hidden)
-            self.lin_query = nn.Linear(hidden, hidden)
-            self.lin_key = nn.Linear(hidden, hidden)
-            self.lin_value = nn.Linear(hidden, hidden)
-            self.lin_out = nn.Linear(hidden, hidden)
-            self.ffn_norm = nn.LayerNorm(hidden)
-            self.ffn = nn.Sequential(
-                nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden)
-            )
-            self.final_norm = nn.LayerNorm(hidden)
-            self.readout = nn.Linear(2 * hidden, 1)
+            self._build_local(in_channels, hidden, dropout)
         if self.uses_global:
-            codebook_dim = global_dim + pos_channels
-            self.node_encoder = nn.Sequential(
-                nn.Linear(in_channels, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-                nn.Dropout(dropout), nn.Linear(hidden, hidden),
-            )  # fmt: skip
-            self.lin_proj_g = nn.Linear(hidden, global_dim)
-            self.lin_query_g = nn.Linear(codebook_dim, hidden)
-            self.lin_key_g = nn.Linear(codebook_dim, hidden)
-            self.lin_value_g = nn.Linear(global_dim, hidden)
-            self.codebook_norm = nn.BatchNorm1d(codebook_dim, affine=False)
-            self.register_buffer("codebook", torch.empty(num_centroids, codebook_dim))
-            self.register_buffer("codebook_output", torch.empty(num_centroids, codebook_dim))
-            self.register_buffer("ema_cluster_size", torch.empty(num_centroids))
-            self.register_buffer("ema_sum", torch.empty(num_centroids, codebook_dim))
-            self.register_buffer("node_centroid", torch.empty(num_nodes, dtype=torch.long))
+            self._build_global(in_channels, hidden, dropout, global_dim + pos_channels)
         branches = int(self.uses_local) + int(self.uses_global)
         self.head = nn.Sequential(
             nn.Linear(branches * hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
@@ -205,6 +184,44 @@ class LargeGT(nn.Module):
             nn.Dropout(dropout), nn.Linear(hidden, out_channels),
         )  # fmt: skip
         self.reset_parameters()
+
+    def _build_local(self, in_channels: int, hidden: int, dropout: float) -> None:
+        """The local branch: sequence encoder, token attention, feed-forward and readout."""
+        self.seq_encoder = nn.Sequential(
+            nn.Linear(in_channels, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+        )  # fmt: skip
+        self.token_embed = nn.Linear(hidden, hidden)
+        self.attn_norm = nn.LayerNorm(hidden)
+        self.lin_query = nn.Linear(hidden, hidden)
+        self.lin_key = nn.Linear(hidden, hidden)
+        self.lin_value = nn.Linear(hidden, hidden)
+        self.lin_out = nn.Linear(hidden, hidden)
+        self.ffn_norm = nn.LayerNorm(hidden)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden)
+        )
+        self.final_norm = nn.LayerNorm(hidden)
+        self.readout = nn.Linear(2 * hidden, 1)
+
+    def _build_global(
+        self, in_channels: int, hidden: int, dropout: float, codebook_dim: int
+    ) -> None:
+        """The global branch: node encoder, projections and the codebook buffers."""
+        self.node_encoder = nn.Sequential(
+            nn.Linear(in_channels, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Dropout(dropout), nn.Linear(hidden, hidden),
+        )  # fmt: skip
+        self.lin_proj_g = nn.Linear(hidden, self.global_dim)
+        self.lin_query_g = nn.Linear(codebook_dim, hidden)
+        self.lin_key_g = nn.Linear(codebook_dim, hidden)
+        self.lin_value_g = nn.Linear(self.global_dim, hidden)
+        self.codebook_norm = nn.BatchNorm1d(codebook_dim, affine=False)
+        self.register_buffer("codebook", torch.empty(self.num_centroids, codebook_dim))
+        self.register_buffer("codebook_output", torch.empty(self.num_centroids, codebook_dim))
+        self.register_buffer("ema_cluster_size", torch.empty(self.num_centroids))
+        self.register_buffer("ema_sum", torch.empty(self.num_centroids, codebook_dim))
+        self.register_buffer("node_centroid", torch.empty(self.num_nodes, dtype=torch.long))
 
     def reset_parameters(self) -> None:
         """Re-initialises weights, the codebook (random centroids) and random assignments."""
