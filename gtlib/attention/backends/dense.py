@@ -23,37 +23,51 @@ def dense_attention(query, key, value, pattern, scale, dropout, bias=None, flex=
         flex = query.is_cuda and dropout == 0 and several
     if flex:
         return flex_block_attention(query, key, value, pattern, scale, bias)
-    outputs, nodes = [], []
     heads = query.size(1)
+    if not pattern.blocks:  # no receivers
+        return value.new_zeros(pattern.num_dst, heads, value.size(-1))
+    # One gather of every block's nodes (a slice when they are one run in order), one split per
+    # block size and one scatter back: the backward then adds into one gradient per input
+    # instead of one full-size zero gradient per block size.
+    order, in_order = _block_order(pattern)
+    sizes = [block.numel() for block in pattern.blocks]
+    pieces = [x if in_order else x.index_select(0, order) for x in (query, key, value)]
+    pieces = [x.split(sizes) for x in pieces]
     positions = pattern.block_edge_positions() if bias is not None else None
-    starts = pattern.block_starts()
+    outputs = []
     for index, block in enumerate(pattern.blocks):
         num_blocks, size = block.shape
-        flat = block.reshape(-1)
-        start = starts[index]
 
-        def gather(x: Tensor, flat=flat, num_blocks=num_blocks, size=size, start=start) -> Tensor:
-            rows = x.index_select(0, flat) if start is None else x[start : start + flat.numel()]
-            return rows.view(num_blocks, size, heads, -1).transpose(1, 2)
+        def blocks(x: Tensor, num_blocks=num_blocks, size=size) -> Tensor:
+            return x.view(num_blocks, size, heads, -1).transpose(1, 2)
 
         mask = None
         if bias is not None:
             edge_bias = bias.to(query.dtype).index_select(0, positions[index].reshape(-1))
             mask = edge_bias.view(num_blocks, size, size, heads).permute(0, 3, 1, 2)
         out = F.scaled_dot_product_attention(
-            gather(query), gather(key), gather(value), attn_mask=mask, dropout_p=dropout,
-            scale=scale,
-        )  # fmt: skip
+            *(blocks(x[index]) for x in pieces), attn_mask=mask, dropout_p=dropout, scale=scale
+        )
         outputs.append(out.transpose(1, 2).reshape(num_blocks * size, heads, -1))
-        nodes.append(flat)
-    if not outputs:  # no receivers
-        return value.new_zeros(pattern.num_dst, heads, value.size(-1))
-    if len(outputs) == 1 and starts[0] == 0 and nodes[0].numel() == pattern.num_dst:
-        return outputs[0]  # the blocks tile the nodes in order
-    order = torch.cat(nodes)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    return torch.cat(outputs).index_select(0, inverse)
+    result = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    if in_order:
+        return result
+    return result.new_zeros(pattern.num_dst, *result.shape[1:]).index_copy(0, order, result)
+
+
+def _block_order(pattern) -> tuple[Tensor | None, bool]:
+    """The nodes of all blocks, block after block, and whether they are ``0..num_dst-1`` in
+    order (then no gather or scatter is needed)."""
+    starts = pattern.block_starts()
+    position = 0
+    for block, start in zip(pattern.blocks, starts, strict=True):
+        if start != position:
+            break
+        position += block.numel()
+    else:
+        if position == pattern.num_dst:
+            return None, True
+    return torch.cat([block.reshape(-1) for block in pattern.blocks]), False
 
 
 def flex_block_attention(query, key, value, pattern, scale, bias=None, compiled=None) -> Tensor:
