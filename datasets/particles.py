@@ -71,6 +71,7 @@ from gtlib.io import (
     HDF5_LIBVER,
     atomic_torch_save,
     atomic_write,
+    hdf5_member,
     read_hdf5,
     remove_stale_temporaries,
 )
@@ -1435,7 +1436,7 @@ def _finite_float(path: str, name: str, values: np.ndarray, where: str = "") -> 
 def _check_layout(path: str, handle: h5py.File) -> dict[str, Any]:
     nodes = {}
     for name in ("pos", "g", "time"):
-        node = _h5(path, f"dataset '{name}'", lambda name=name: handle.get(name))
+        node = _h5(path, f"dataset '{name}'", lambda name=name: hdf5_member(handle, name))
         if node is None:
             raise ValueError(f"{path}: missing dataset '{name}'")
         if not isinstance(node, h5py.Dataset):

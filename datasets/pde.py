@@ -64,7 +64,7 @@ import yaml
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from gtlib.io import HDF5_ERRORS, atomic_write_text, read_hdf5
+from gtlib.io import HDF5_ERRORS, atomic_write_text, hdf5_member, read_hdf5
 
 __all__ = ["PDEDataset", "PDEFormatError"]
 
@@ -188,15 +188,17 @@ def _parse_well(path: str, f: h5py.File) -> _FileInfo:
         spatial.append(int(_dataset(path, dims[d], f"dimensions/{d}", "iuf").shape[-1]))
     spatial_shape = tuple(spatial)
     n_samples = int(f.attrs.get("n_trajectories", -1))
-    time_node = dims.get("time")
+    time_node = hdf5_member(dims, "time")
+    if time_node is not None:
+        time_node = _dataset(path, time_node, "dimensions/time", "iuf")
     if isinstance(time_node, h5py.Dataset):
         n_times = int(time_node.shape[-1])
     else:  # steady files may omit dimensions/time: take T from a time-varying field, else 1
         n_times = 1
         for order in range(3):
-            group = f.get(f"t{order}_fields")
+            group = hdf5_member(f, f"t{order}_fields")
             for name in _as_str_list(group.attrs.get("field_names", [])) if group else []:
-                node = group.get(name)
+                node = hdf5_member(group, name)
                 if isinstance(node, h5py.Dataset) and bool(node.attrs.get("time_varying", False)):
                     n_times = int(node.shape[1 if node.attrs.get("sample_varying") else 0])
                     break
@@ -285,7 +287,7 @@ def _check_optional_names(path: str, f: h5py.File, spatial: tuple[int, ...]) -> 
 
 def _parse_pdebench(path: str, f: h5py.File) -> _FileInfo:
     def ds(name: str) -> h5py.Dataset | None:
-        node = f.get(name)
+        node = hdf5_member(f, name)
         if node is None:
             return None
         coordinate = name in _COORD_NAMES or name in ("t-coordinate", "t")
@@ -362,7 +364,7 @@ def _parse_pdebench(path: str, f: h5py.File) -> _FileInfo:
 def _parse_seeds(path: str, f: h5py.File, groups: list[str]) -> _FileInfo:
     shape = None
     for g in groups:
-        node = f[g].get("data")
+        node = hdf5_member(f[g], "data")
         if node is None:
             raise _err(path, f"group {g!r} has no 'data' dataset; keys: {sorted(f[g].keys())}")
         node = _dataset(path, node, f"{g}/data")
@@ -376,15 +378,17 @@ def _parse_seeds(path: str, f: h5py.File, groups: list[str]) -> _FileInfo:
     n_times, spatial = shape[0], shape[1:-1]
     nd = len(spatial)
     fields = {"data": _Field("data", "data", False, True, (True,) * nd, (shape[-1],))}
-    grid = f[groups[0]].get("grid")
+    grid = hdf5_member(f[groups[0]], "grid")
     coords: list[np.ndarray | None] = [None] * nd
     time = None
+    if grid is not None and not isinstance(grid, h5py.Group):
+        raise _err(path, f"'{groups[0]}/grid' is a {type(grid).__name__}, not a group")
     if isinstance(grid, h5py.Group):
         coords = [
-            _read_coord(path, grid.get(c), s, f"{groups[0]}/grid/{c}")
+            _read_coord(path, hdf5_member(grid, c), s, f"{groups[0]}/grid/{c}")
             for c, s in zip("xyz", spatial)
         ]
-        time = _read_time(path, grid.get("t"), n_times)
+        time = _read_time(path, hdf5_member(grid, "t"), n_times)
     info = _FileInfo(
         path, "pdebench-seeds", fields, len(groups), n_times, tuple(spatial), sample_keys=groups
     )
@@ -408,7 +412,7 @@ def _parse_file(path: str) -> _FileInfo:
             if "t0_fields" in f or "t1_fields" in f or "t2_fields" in f:
                 return _parse_well(path, f)
             groups = sorted(k for k in f.keys() if isinstance(f[k], h5py.Group))
-            if groups and any(isinstance(f[g].get("data"), h5py.Dataset) for g in groups):
+            if groups and any(isinstance(hdf5_member(f[g], "data"), h5py.Dataset) for g in groups):
                 return _parse_seeds(path, f, groups)
             return _parse_pdebench(path, f)
     except PDEFormatError:

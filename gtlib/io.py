@@ -39,6 +39,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write",
     "atomic_write_text",
+    "hdf5_member",
     "read_hdf5",
     "remove_stale_temporaries",
 ]
@@ -198,6 +199,18 @@ def _chunk_starts(selection: Any, shape: tuple[int, ...], chunks: tuple[int, ...
         else:  # index arrays and the like: every chunk of the axis
             starts.append(range(0, n, c))
     return starts
+
+
+def hdf5_member(group: Any, name: str) -> Any:
+    """``group[name]``, or ``None`` when ``group`` has no link ``name``.
+
+    Unlike :meth:`h5py.Group.get`, which returns ``None`` for a member that exists but cannot be
+    opened (a corrupt object header raises ``KeyError`` inside it), such a member raises here,
+    so corruption is never mistaken for an absent optional data set.
+    """
+    if name not in group:
+        return None
+    return group[name]
 
 
 def _check_standard_type(dataset: Any) -> None:
