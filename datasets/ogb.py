@@ -521,7 +521,14 @@ class _OGBBase(InMemoryDataset):
             super().__init__(
                 str(self.dataset_dir), transform, pre_transform, force_reload=force_reload, log=log
             )
-        self.load(self.processed_paths[0])
+        try:
+            self.load(self.processed_paths[0])
+        except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
+            reason = (str(exc).splitlines() or [""])[0][:200]
+            raise OGBFormatError(
+                f"{self.processed_paths[0]}: unreadable processed cache ({type(exc).__name__}: "
+                f"{reason}); delete it or pass force_reload=True to rebuild it from the raw files"
+            ) from exc
 
     @property
     def raw_file_names(self) -> list[str]:

@@ -312,6 +312,18 @@ def test_processed_cache_reused_and_invalidated(node_root: Path) -> None:
     assert inverse[0].edge_index.shape[1] == 2 * third[0].edge_index.shape[1]
 
 
+def test_corrupt_processed_cache_names_the_file(node_root: Path) -> None:
+    processed = Path(OGBNodeDataset(node_root, "ogbn-arxiv").processed_paths[0])
+    good = processed.read_bytes()
+    for content in (b"", good[: len(good) // 2], b"not a torch file"):
+        processed.write_bytes(content)
+        with pytest.raises(OGBFormatError, match=f"{processed}.*force_reload=True"):
+            OGBNodeDataset(node_root, "ogbn-arxiv")
+    rebuilt = OGBNodeDataset(node_root, "ogbn-arxiv", force_reload=True)
+    processed.write_bytes(good)
+    assert torch.equal(OGBNodeDataset(node_root, "ogbn-arxiv")[0].x, rebuilt[0].x)
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input
 # ------------------------------------------------------------------------------------------------
