@@ -170,6 +170,17 @@ def _read_time(path: str, node: Any, n_times: int) -> np.ndarray | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _well_steady_times(f: h5py.File) -> int:
+    """Steady files may omit dimensions/time: T of the first time-varying field, else 1."""
+    for order in range(3):
+        group = hdf5_member(f, f"t{order}_fields")
+        for name in _as_str_list(group.attrs.get("field_names", [])) if group else []:
+            node = hdf5_member(group, name)
+            if isinstance(node, h5py.Dataset) and bool(node.attrs.get("time_varying", False)):
+                return int(node.shape[1 if node.attrs.get("sample_varying") else 0])
+    return 1
+
+
 def _parse_well(path: str, f: h5py.File) -> _FileInfo:
     try:
         n_dims = int(f.attrs["n_spatial_dims"])
@@ -191,20 +202,9 @@ def _parse_well(path: str, f: h5py.File) -> _FileInfo:
     time_node = hdf5_member(dims, "time")
     if time_node is not None:
         time_node = _dataset(path, time_node, "dimensions/time", "iuf")
-    if isinstance(time_node, h5py.Dataset):
         n_times = int(time_node.shape[-1])
-    else:  # steady files may omit dimensions/time: take T from a time-varying field, else 1
-        n_times = 1
-        for order in range(3):
-            group = hdf5_member(f, f"t{order}_fields")
-            for name in _as_str_list(group.attrs.get("field_names", [])) if group else []:
-                node = hdf5_member(group, name)
-                if isinstance(node, h5py.Dataset) and bool(node.attrs.get("time_varying", False)):
-                    n_times = int(node.shape[1 if node.attrs.get("sample_varying") else 0])
-                    break
-            else:
-                continue
-            break
+    else:
+        n_times = _well_steady_times(f)
     fields: dict[str, _Field] = {}
     for order in range(3):
         gname = f"t{order}_fields"
