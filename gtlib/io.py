@@ -25,6 +25,7 @@ import itertools
 import numbers
 import os
 import re
+import shutil
 import socket
 import uuid
 from collections.abc import Callable
@@ -42,6 +43,7 @@ __all__ = [
     "hdf5_member",
     "read_hdf5",
     "remove_stale_temporaries",
+    "temporary_path",
 ]
 
 # Every exception h5py raises for a corrupt or unexpected file: byte flips in the metadata give
@@ -59,7 +61,11 @@ def _host_tag() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def _temporary_name(path: Path) -> Path:
+def temporary_path(path: str | os.PathLike[str]) -> Path:
+    """A fresh temporary name beside ``path`` marked with this host and process (nothing is
+    created): ``.<name>.<host>.<pid>.<hex>.tmp``, which :func:`remove_stale_temporaries` removes
+    once this process is gone. For writers that stage a folder and rename it into place."""
+    path = Path(path)
     return path.with_name(f".{path.name}.{_host_tag()}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
 
 
@@ -80,7 +86,8 @@ def _process_alive(pid: int) -> bool:
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporary files that interrupted writes of ``path`` left behind.
 
-    A temporary of ``path`` (``.<name>.<host>.<pid>.<hex>.tmp`` beside it) is stale when its
+    A temporary of ``path`` (``.<name>.<host>.<pid>.<hex>.tmp`` beside it, a file or a staged
+    folder, see :func:`temporary_path`) is stale when its
     writer, a process of this host, is no longer running; temporaries of live processes (a
     concurrent writer) and of other hosts sharing the folder are kept. Temporaries in the older
     ``.<name>.<hex>.tmp`` form, which carry no writer, are always removed. :func:`atomic_write`
@@ -106,7 +113,10 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
         if tag is not None and (tag != host or _process_alive(int(pid))):
             continue
         try:
-            candidate.unlink()
+            if candidate.is_dir() and not candidate.is_symlink():
+                shutil.rmtree(candidate)
+            else:
+                candidate.unlink()
         except FileNotFoundError:  # removed concurrently
             continue
         removed.append(candidate)
@@ -158,7 +168,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    tmp = _temporary_name(path)
+    tmp = temporary_path(path)
     try:
         write(tmp)
         _fsync(tmp)

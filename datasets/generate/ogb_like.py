@@ -18,7 +18,6 @@ import gzip
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gtlib.datasets.ogb import KNOWN_META, META_FILE_NAME, OGBMeta, dataset_dir_name
+from gtlib.io import remove_stale_temporaries, temporary_path
 
 __all__ = ["ogb_like"]
 
@@ -212,7 +212,11 @@ def ogb_like(
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target}: exists; pass overwrite=True to replace it")
     rng = np.random.default_rng(seed)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=root))
+    trash_name = target.with_name(target.name + ".old")
+    for stale in (target, trash_name):  # what killed runs left: staged and replaced folders
+        remove_stale_temporaries(stale)
+    staging = temporary_path(target)
+    staging.mkdir()
     try:
         for folder in ("raw", f"split/{split_type}", "mapping", "processed"):
             (staging / folder).mkdir(parents=True, exist_ok=True)
@@ -262,7 +266,8 @@ def ogb_like(
             f"{'node' if kind == 'node' else 'graph'} index i is synthetic id i.\n"
         )
         if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=root))
+            trash = temporary_path(trash_name)
+            trash.mkdir()
             os.replace(target, trash / "old")
             os.replace(staging, target)
             shutil.rmtree(trash, ignore_errors=True)

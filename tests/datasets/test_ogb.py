@@ -443,6 +443,25 @@ def test_generator_is_deterministic_and_atomic(tmp_path: Path) -> None:
         ogb_like(tmp_path, "ogbn-arxiv", kind="graph")
 
 
+def test_generator_removes_what_a_killed_run_left(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from gtlib import io as gtlib_io
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid is that of a finished process: a writer killed mid-run
+    host, hexes = gtlib_io._host_tag(), "ab" * 16
+    staged = tmp_path / f".ogbg_x.{host}.{child.pid}.{hexes}.tmp"
+    replaced = tmp_path / f".ogbg_x.old.{host}.{child.pid}.{hexes}.tmp"
+    live = tmp_path / f".ogbg_x.{host}.{os.getpid()}.{hexes}.tmp"  # a concurrent writer's
+    for folder in (staged, replaced / "old", live):
+        folder.mkdir(parents=True)
+        (folder / "edge.csv.gz").write_bytes(b"partial")
+    ogb_like(tmp_path, "ogbg-x", num_graphs=10, seed=1)
+    assert sorted(os.listdir(tmp_path)) == sorted(["ogbg_x", live.name])
+
+
 def test_generator_chunking_keeps_the_layout(tmp_path: Path) -> None:
     folder = ogb_like(tmp_path, "chunked", num_nodes=257, num_edges=1000, chunk_size=64, seed=4)
     data = OGBNodeDataset(tmp_path, "chunked")[0]
