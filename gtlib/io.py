@@ -199,16 +199,63 @@ def _chunk_starts(selection: Any, shape: tuple[int, ...], chunks: tuple[int, ...
         selection = (selection,)
     if any(item is Ellipsis for item in selection) or len(selection) > len(shape):
         selection = ()
-    starts: list[Any] = []
-    for axis, (n, c) in enumerate(zip(shape, chunks)):
-        item = selection[axis] if axis < len(selection) else slice(None)
-        if isinstance(item, slice):
-            starts.append(sorted({i // c * c for i in range(*item.indices(n))}))
-        elif isinstance(item, numbers.Integral) and -n <= int(item) < n:
-            starts.append([int(item) % n // c * c])
-        else:  # index arrays and the like: every chunk of the axis
-            starts.append(range(0, n, c))
-    return starts
+    return [
+        _axis_chunk_starts(selection[axis] if axis < len(selection) else slice(None), n, c)
+        for axis, (n, c) in enumerate(zip(shape, chunks))
+    ]
+
+
+_STANDARD_TYPES: dict[int, list[Any]] = {}
+_TYPE_VERDICTS: dict[bytes, bool] = {}  # encoded type -> standard (or not a number type)
+
+
+def _standard_types(h5t: Any) -> dict[int, list[Any]]:
+    if not _STANDARD_TYPES:
+        orders = ("LE", "BE")
+        _STANDARD_TYPES[h5t.FLOAT] = [
+            getattr(h5t, f"IEEE_F{b}{o}") for b in (16, 32, 64) for o in orders
+        ]
+        _STANDARD_TYPES[h5t.INTEGER] = [
+            getattr(h5t, f"STD_{s}{b}{o}") for s in "IU" for b in (8, 16, 32, 64) for o in orders
+        ]
+    return _STANDARD_TYPES
+
+
+def _check_standard_type(dataset: Any) -> None:
+    """Refuse a float or integer type that is not IEEE / two's complement of a usual size.
+
+    Such a type is what a flipped bit in a datatype message makes (a changed exponent bias halves
+    every value); h5py would convert it silently.
+    """
+    import h5py
+
+    kind = dataset.id.get_type()
+    key = kind.encode()
+    known = _TYPE_VERDICTS.get(key)
+    if known is None:
+        standard = _standard_types(h5py.h5t).get(kind.get_class())
+        known = standard is None or any(kind.equal(other) for other in standard)
+        if len(_TYPE_VERDICTS) < 1024:
+            _TYPE_VERDICTS[key] = known
+    if not known:
+        raise OSError(
+            f"data set {dataset.name!r}: non-standard stored number type (corrupt datatype "
+            "message?)"
+        )
+
+
+def _axis_chunk_starts(item: Any, n: int, c: int) -> Any:
+    if isinstance(item, slice):
+        indices = range(*item.indices(n))
+        if not indices:
+            return []
+        if abs(indices.step) <= c:  # every chunk between the first and the last index
+            low, high = sorted((indices[0], indices[-1]))
+            return range(low // c * c, high // c * c + 1, c)
+        return sorted({i // c * c for i in indices})
+    if isinstance(item, numbers.Integral) and -n <= int(item) < n:
+        return [int(item) % n // c * c]
+    return range(0, n, c)  # index arrays and the like: every chunk of the axis
 
 
 def hdf5_member(group: Any, name: str) -> Any:
@@ -221,30 +268,6 @@ def hdf5_member(group: Any, name: str) -> Any:
     if name not in group:
         return None
     return group[name]
-
-
-def _check_standard_type(dataset: Any) -> None:
-    """Refuse a float or integer type that is not IEEE / two's complement of a usual size.
-
-    Such a type is what a flipped bit in a datatype message makes (a changed exponent bias halves
-    every value); h5py would convert it silently.
-    """
-    import h5py
-
-    h5t = h5py.h5t
-    kind = dataset.id.get_type()
-    if kind.get_class() == h5t.FLOAT:
-        standard = [getattr(h5t, f"IEEE_F{b}{o}") for b in (16, 32, 64) for o in ("LE", "BE")]
-    elif kind.get_class() == h5t.INTEGER:
-        names = [f"STD_{s}{b}{o}" for s in "IU" for b in (8, 16, 32, 64) for o in ("LE", "BE")]
-        standard = [getattr(h5t, name) for name in names]
-    else:
-        return
-    if not any(kind.equal(other) for other in standard):
-        raise OSError(
-            f"data set {dataset.name!r}: non-standard stored number type (corrupt datatype "
-            "message?)"
-        )
 
 
 def read_hdf5(dataset: Any, selection: Any = ()) -> Any:
