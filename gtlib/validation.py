@@ -51,6 +51,8 @@ def check_int(
 ) -> int:
     """``value`` as an ``int`` (Python or NumPy integers, one-element integer tensors; not
     ``bool``), within ``[minimum, maximum]`` when given."""
+    if torch.compiler.is_compiling():  # checked eagerly; symbolic sizes must not be guarded
+        return value
     if isinstance(value, Tensor):
         if value.numel() != 1 or value.dtype.is_floating_point or value.is_complex():
             raise TypeError(f"{name} must be an int, got {describe(value)}")
@@ -79,6 +81,8 @@ def check_real(
 ) -> float:
     """``value`` as a ``float`` (any real number or one-element real tensor; not ``bool``),
     finite unless ``finite=False``, and ``> 0`` / ``>= 0`` / within bounds when asked."""
+    if torch.compiler.is_compiling():  # checked eagerly; symbolic floats must not be guarded
+        return value
     if isinstance(value, Tensor):
         if value.numel() != 1 or value.is_complex():
             raise TypeError(f"{name} must be a real number, got {describe(value)}")
