@@ -507,10 +507,14 @@ class Pattern:
         ``Random-d`` algorithm does (its ``exp_deg`` is ``degree``): a
         :math:`2 \cdot \text{degree}`-regular multigraph whose self-loops and repeated pairs
         are kept (the official code computes a self-loop filter but keeps the unfiltered
-        edges), so every real node has exactly ``2 * degree`` senders and receivers, counted
-        with multiplicity; a repeated pair weighs twice in a softmax, as in the official
-        multigraph. Unlike the official preprocessing there is no spectral-gap retry loop and
-        no complete-graph special case for graphs of at most 10 nodes.
+        edges), so every real node of a graph of more than ``degree`` nodes has exactly
+        ``2 * degree`` senders and receivers, counted with multiplicity; a repeated pair weighs
+        twice in a softmax, as in the official multigraph. As in the official preprocessing,
+        each graph's permutations are redrawn (up to 100 draws, the best kept) until the
+        spectral gap :math:`\lambda_2(D - A)` reaches
+        :math:`\max(0, 2d - 2\sqrt{2d - 1} - 0.1)`, checked for graphs of up to 20,000 nodes. A
+        graph of at most ``degree`` nodes gets the complete graph instead (every ordered pair
+        :math:`i \neq j` once; the official code does so for graphs of at most 10 nodes).
 
         With ``num_virtual > 0`` every graph gets that many virtual nodes after the real
         ones: real nodes keep their indices ``0 .. N - 1`` and virtual node ``v`` of graph
