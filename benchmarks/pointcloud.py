@@ -103,7 +103,7 @@ def child(spec: str, repeat: int) -> None:
         else:
             groups = level.window_groups(caller_order=True)  # serialisation folded in
             info["edges"] = level.pattern.num_edges
-            info["block_sizes"] = len(groups.patterns)
+            info["block_sizes"] = len(groups.pattern.blocks)
 
             def forward():
                 return groups.attend(v, q, k)

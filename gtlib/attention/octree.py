@@ -52,55 +52,33 @@ def morton_code(coords: Tensor) -> Tensor:
 
 
 class BlockGroups:
-    """A block pattern (every node in exactly one all-to-all block) run as one contiguous
-    block pattern per block size, through :func:`~gtlib.attention.attend`.
+    """A block pattern (every node in exactly one all-to-all block) in the order the caller
+    keeps its inputs, run through :func:`~gtlib.attention.attend` (the dense backend gathers
+    all blocks once, runs one SDPA per block size and scatters once, so many block sizes cost
+    no more than one).
 
-    The nodes are gathered once into block order (one ``index_select`` in, one back), split
-    into one contiguous run per block size (views, whose gradients are joined by one ``cat``),
-    and every run is a single-size block pattern that the engine's dense backend sends to SDPA
-    without further gathers. This keeps the backward pass linear in the number of nodes when a
-    pattern has many block sizes (octree windows have up to ``window_size`` sizes), where the
-    dense backend's per-size gathers allocate a full-size gradient per size.
+    ``outer``: ``[N]`` caller index of every node of ``pattern`` (e.g. a serialisation
+    ``perm``): the blocks are re-expressed in caller indices, so inputs and output stay in the
+    caller's order and the serialisation costs no gather of its own.
     """
 
     def __init__(self, pattern, outer: Tensor | None = None) -> None:
-        """``outer``: ``[N]`` caller index of every node of ``pattern`` (e.g. a serialisation
-        ``perm``), to take and return inputs in the caller's order with one gather each way."""
         from gtlib.attention.pattern import Pattern
 
         if pattern.blocks is None:
             raise ValueError("BlockGroups needs a block pattern")
-        device = pattern.device
-        nodes = [block.reshape(-1) for block in pattern.blocks]
-        self.num_nodes = pattern.num_dst
-        self.order = torch.cat(nodes) if nodes else torch.zeros(0, dtype=torch.long, device=device)
-        if self.order.numel() != self.num_nodes:
+        if sum(block.numel() for block in pattern.blocks) != pattern.num_dst:
             raise ValueError("BlockGroups needs every node in exactly one block")
-        if outer is not None:
-            self.order = outer[self.order]
-        self.inverse = torch.empty_like(self.order)
-        self.inverse[self.order] = torch.arange(self.order.numel(), device=device)
-        self.lengths = [n.numel() for n in nodes]
-        self.patterns = []
-        for block in pattern.blocks:
-            count, size = block.shape
-            local = torch.arange(count * size, device=device).view(count, size)
-            group = Pattern(None, None, count * size, count * size, blocks=[local])
-            group._unique_edges = True
-            self.patterns.append(group)
+        blocks = pattern.blocks if outer is None else [outer[b] for b in pattern.blocks]
+        n = pattern.num_dst
+        self.pattern = Pattern(None, None, n, n, blocks=list(blocks))
+        self.pattern._unique_edges = True
 
     def attend(self, value: Tensor, query: Tensor, key: Tensor, dropout: float = 0.0) -> Tensor:
         """Softmax dot-product attention over the blocks: ``[N, H, C]`` inputs -> ``[N, H, C]``."""
         from gtlib.attention.engine import attend
 
-        if not self.patterns:
-            return value.new_zeros(self.num_nodes, value.size(1), value.size(2))
-        parts = [t.index_select(0, self.order).split(self.lengths) for t in (value, query, key)]
-        outs = [
-            attend(pattern, v, query=q, key=k, dropout=dropout)
-            for pattern, v, q, k in zip(self.patterns, *parts)
-        ]
-        return torch.cat(outs).index_select(0, self.inverse)
+        return attend(self.pattern, value, query=query, key=key, dropout=dropout, mode="dense")
 
 
 @dataclass(eq=False)
