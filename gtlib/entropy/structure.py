@@ -92,10 +92,7 @@ def _counts_within(pos: Tensor, box_length: float, radius: float) -> Tensor:
     batches = flat.shape[0] // n
     batch = torch.arange(batches).repeat_interleave(n) if batches > 1 else None
     pattern = Pattern.radius(flat, radius, box=box_length, batch=batch)
-    counts = torch.zeros(flat.shape[0], dtype=torch.long).index_add(
-        0, pattern.row, torch.ones_like(pattern.row)
-    )
-    return counts.reshape(pos.shape[:-1])
+    return pattern.degree().reshape(pos.shape[:-1])
 
 
 def local_packing_fraction(
