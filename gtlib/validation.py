@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "all_finite",
     "check_choice",
     "check_finite",
     "check_index",
@@ -162,32 +163,54 @@ def check_index(index: Tensor, name: str, size: int | None = None) -> Tensor:
 
 
 def set_finite_checks(enabled: bool | None) -> None:
-    """Switches the whole-tensor finiteness checks on or off (``None``: follow the environment
-    variable ``GTLIB_CHECK_FINITE``, on unless it is ``0``)."""
+    """Switches the whole-tensor finiteness checks on or off everywhere (``None``: follow the
+    environment variable ``GTLIB_CHECK_FINITE``: ``1`` on every device, ``0`` off, unset or
+    ``auto`` on for CPU tensors only, since on an accelerator reading the result would
+    synchronise the device at every call)."""
     global _FINITE_CHECKS
     if enabled is not None and not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool or None, got {describe(enabled)}")
     _FINITE_CHECKS = enabled
 
 
-def finite_checks_enabled() -> bool:
-    """Whether :func:`check_finite` reads tensors (never inside ``torch.compile``)."""
+def finite_checks_enabled(device: torch.device | str | None = None) -> bool:
+    """Whether whole-tensor finiteness checks run for tensors on ``device`` (never inside
+    ``torch.compile``; see :func:`set_finite_checks`)."""
     if torch.compiler.is_compiling():
         return False
     if _FINITE_CHECKS is not None:
         return _FINITE_CHECKS
-    return os.environ.get("GTLIB_CHECK_FINITE", "1").strip().lower() not in ("0", "false", "off")
+    setting = os.environ.get("GTLIB_CHECK_FINITE", "auto").strip().lower()
+    if setting in ("0", "false", "off"):
+        return False
+    if setting in ("1", "true", "on"):
+        return True
+    return device is None or torch.device(device).type == "cpu"
+
+
+def all_finite(value: Tensor, allow_negative_infinity: bool = False) -> bool:
+    """Whether ``value`` holds no NaN or infinity (``-inf`` allowed on request, e.g. masked
+    scores): one summing pass, the exact elementwise test only when the sum is not finite (a
+    sum of finite values can overflow)."""
+    if value.numel() == 0 or not (value.dtype.is_floating_point or value.is_complex()):
+        return True
+    total = value.sum(dtype=torch.float32 if value.element_size() < 4 else None)
+    total = complex(total) if value.is_complex() else float(total)
+    if math.isfinite(abs(total)) or (allow_negative_infinity and total == -math.inf):
+        return True
+    if allow_negative_infinity:
+        return not bool((torch.isnan(value) | (value == math.inf)).any())
+    return bool(torch.isfinite(value).all())
 
 
 def check_finite(value: Tensor | None, name: str) -> Tensor | None:
     """``value`` if it holds no NaN or infinity (``None`` passes; skipped when the checks are
-    off, see :func:`set_finite_checks`)."""
-    if value is None or not finite_checks_enabled() or value.device.type == "meta":
+    off for its device, see :func:`set_finite_checks`)."""
+    if value is None or value.device.type == "meta" or not finite_checks_enabled(value.device):
         return value
-    if value.dtype.is_floating_point or value.is_complex():
-        if not bool(torch.isfinite(value).all()):
-            bad = int((~torch.isfinite(value)).sum())
-            raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+    if not all_finite(value):
+        bad = int((~torch.isfinite(value)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return value
 
 

@@ -8,6 +8,7 @@ import torch
 
 from gtlib.attention import Pattern, attend, segment_softmax, sparse_attention
 from gtlib.validation import (
+    all_finite,
     check_choice,
     check_finite,
     check_index,
@@ -95,6 +96,25 @@ def test_finite_checks_can_be_switched_off(monkeypatch):
         set_finite_checks(None)
     monkeypatch.setenv("GTLIB_CHECK_FINITE", "0")
     assert not finite_checks_enabled()
+    monkeypatch.delenv("GTLIB_CHECK_FINITE")  # default: CPU tensors only (no device syncs)
+    assert finite_checks_enabled("cpu") and not finite_checks_enabled("cuda")
+    monkeypatch.setenv("GTLIB_CHECK_FINITE", "1")
+    assert finite_checks_enabled("cuda")
+
+
+def test_all_finite_against_elementwise_isfinite():
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.complex64):
+        x = torch.randn(50, 3, generator=g).to(dtype)
+        assert all_finite(x)
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            y = x.clone()
+            y[7, 1] = bad
+            assert not all_finite(y)
+            assert all_finite(y, allow_negative_infinity=True) == (bad == float("-inf"))
+    huge = torch.full((4,), 3e38)  # finite values whose sum overflows
+    assert all_finite(huge) and all_finite(-huge, allow_negative_infinity=True)
+    assert all_finite(torch.empty(0)) and all_finite(torch.arange(3))
 
 
 # ----------------------------------------------------------------------- the core's promises

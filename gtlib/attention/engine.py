@@ -38,7 +38,13 @@ from gtlib.attention.backends.sparse import sparse_attention_csr
 from gtlib.attention.backends.stream import stream_attention, stream_attention_weights
 from gtlib.attention.pattern import Pattern
 from gtlib.attention.terms import ScoreSpec
-from gtlib.validation import check_choice, check_int, check_real, finite_checks_enabled
+from gtlib.validation import (
+    all_finite,
+    check_choice,
+    check_int,
+    check_real,
+    finite_checks_enabled,
+)
 
 __all__ = ["Edges", "attend", "MODES", "REDUCTIONS", "SCORES"]
 
@@ -163,7 +169,7 @@ def attend(
     out, alpha = _BACKENDS[mode](call, tensors)
     if out_dtype is not None:
         out = out.to(out_dtype)
-    if finite_checks_enabled() and not _finite(out):
+    if finite_checks_enabled(out.device) and not all_finite(out):
         _raise_not_finite(tensors)
     if return_attention:
         return out, pattern.to_caller(alpha).to(out.dtype)
@@ -257,14 +263,6 @@ def _run_chunk_plan(call: _Call, t: dict):
 _BACKENDS = {"dense": _run_dense, "scatter": _run_reference, "chunked": _run_reference,
              "fused": _run_fused, "triton": _run_triton, "sparse": _run_chunk_plan,
              "stream": _run_chunk_plan}  # fmt: skip
-
-
-def _finite(out: Tensor) -> bool:
-    """Whether ``out`` holds no NaN or infinity: one summing pass (a NaN or an infinity makes the
-    sum non-finite), the exact elementwise test only when the sum is not finite (it can
-    overflow)."""
-    total = out.sum(dtype=torch.float32 if out.dtype in _LOW_PRECISION else None)
-    return math.isfinite(float(total)) or bool(torch.isfinite(out).all())
 
 
 def _raise_not_finite(tensors: dict) -> None:

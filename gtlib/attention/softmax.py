@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from gtlib.attention.pattern import Pattern, _index_to_ptr
-from gtlib.validation import check_index, check_int, check_tensor, finite_checks_enabled
+from gtlib.validation import (
+    all_finite,
+    check_index,
+    check_int,
+    check_tensor,
+    finite_checks_enabled,
+)
 
 
 def segment_softmax(
@@ -39,7 +43,7 @@ def segment_softmax(
         raise TypeError("scores must be a floating-point tensor [E, *]")
     if scores.dim() == 0:
         raise ValueError("scores must have at least one dimension (edges first)")
-    if finite_checks_enabled() and _has_nan_or_positive_infinity(scores):
+    if finite_checks_enabled(scores.device) and not all_finite(scores, True):
         raise ValueError("scores contain NaN or +inf (-inf is allowed: it masks an edge)")
     if isinstance(pattern_or_index, Pattern):
         pattern = pattern_or_index
@@ -69,14 +73,6 @@ def segment_softmax(
         alpha = _csr_softmax(scores[order], _index_to_ptr(sorted_index, num_segments), sorted_index)
         return torch.empty_like(alpha).index_copy_(0, order, alpha)
     return _csr_softmax(scores, _index_to_ptr(index, num_segments), index)
-
-
-def _has_nan_or_positive_infinity(scores: Tensor) -> bool:
-    """One summing pass; the exact elementwise test only when the sum is NaN or +inf."""
-    total = float(scores.sum(dtype=torch.float32 if scores.element_size() < 4 else None))
-    if not (math.isnan(total) or total == math.inf):
-        return False
-    return bool(torch.isnan(scores).any() | (scores == math.inf).any())
 
 
 def _csr_softmax(scores: Tensor, ptr: Tensor, row: Tensor) -> Tensor:
