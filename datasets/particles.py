@@ -53,6 +53,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,6 +76,7 @@ from gtlib.io import (
     read_hdf5,
     remove_stale_temporaries,
 )
+from gtlib.validation import renamed_arguments
 
 __all__ = [
     "ActiveBrownianParticles",
@@ -161,6 +163,15 @@ def softplus_force_cutoff(
     r0 = _real(r0, "r0", positive=True)
     tolerance = _real(tolerance, "tolerance", positive=True)
     return 2.0 * r0 + max(0.0, math.log(1.0 / (beta * tolerance)) / beta)
+
+
+def _renamed_attribute(cls: type, old: str, new: str) -> None:
+    """The deprecation warning of an attribute renamed in the one vocabulary."""
+    warnings.warn(
+        f"{cls.__name__}.{old} is deprecated, use {cls.__name__}.{new}",
+        FutureWarning,
+        stacklevel=3,
+    )
 
 
 def _ball_volume(dim: int) -> float:
@@ -597,7 +608,8 @@ class ActiveOUParticles(_SoftDiscs):
 
 
 class ActiveBrownianParticles(_SoftDiscs):
-    r"""Active Brownian particles with soft repulsion in :math:`d = 2`.
+    r"""Active Brownian particles with soft repulsion in :math:`d = 2`; speed :math:`U`
+    (``v0``), translational diffusion :math:`D_t` (``eps``), rotational diffusion :math:`D_r`:
 
     .. math::
         dx_i = \Big[U e(\theta_i) + k \sum_{j\neq i} F(x_i - x_j) - A x_i\Big] dt
@@ -620,55 +632,75 @@ class ActiveBrownianParticles(_SoftDiscs):
     :math:`E|x|^2 = (U^2/(A + D_r) + 2 D_t)/A` give the closed form
     :meth:`trap_entropy_production`, :math:`\sigma = N U^2 D_r / (D_t (A + D_r))`.
 
+    Arguments share the names and the order of :class:`ActiveOUParticles` (``v0`` for the
+    speed :math:`U`, ``eps`` for :math:`D_t`; ``rotational_diffusion`` stands where the AOUP has
+    ``gamma``); those after ``box_length`` are keyword-only, so a call written for the former
+    order (``speed`` third) fails instead of meaning something else. The former names
+    ``speed`` and ``trans_diffusion`` still work, with a deprecation warning.
+
     Args:
         num_particles: ``N``.
         packing_fraction: :math:`\phi = N\pi r_0^2/L^2 \in (0, 1)`.
-        speed: ``U``.
+        box_length: ``L`` instead of ``packing_fraction``.
+        v0: the self-propulsion speed ``U``.
         rotational_diffusion: :math:`D_r > 0`.
         k, beta, r0: interaction as in :class:`ActiveOUParticles`.
-        trans_diffusion: :math:`D_t \geq 0`.
-        box_length: ``L`` instead of ``packing_fraction``.
-        cutoff: pair-force cutoff (default :func:`softplus_force_cutoff`).
         trap: harmonic trap stiffness :math:`A \geq 0` (as in :class:`ActiveOUParticles`; use
             free space, no box, for a trap).
+        eps: translational diffusion :math:`D_t \geq 0` (the AOUP's :math:`\varepsilon`).
+        cutoff: pair-force cutoff (default :func:`softplus_force_cutoff`).
 
     Shapes:
         pos, g: ``[..., N, 2]``; theta: ``[..., N]``; angle state: ``[..., N, 3]``.
     """
 
+    @renamed_arguments(speed="v0", trans_diffusion="eps")
     def __init__(
         self,
         num_particles: int,
         packing_fraction: float | None = None,
-        speed: float = 1.0,
+        box_length: float | None = None,
+        *,
+        v0: float = 1.0,
         rotational_diffusion: float = 1.0,
         k: float = 1.0,
         beta: float = 7.5,
         r0: float = 1.0,
-        trans_diffusion: float = 0.0,
-        box_length: float | None = None,
-        cutoff: float | None = None,
         trap: float = 0.0,
+        eps: float = 0.0,
+        cutoff: float | None = None,
     ) -> None:
-        self.speed = _real(speed, "speed")
+        self.v0 = _real(v0, "v0")
         self.rotational_diffusion = _real(
             rotational_diffusion, "rotational_diffusion", positive=True
         )
-        self.trans_diffusion = _real(trans_diffusion, "trans_diffusion", nonnegative=True)
+        self.eps = _real(eps, "eps", nonnegative=True)
         self._setup_geometry(
             num_particles, packing_fraction, box_length, 2, k, beta, r0, trap, cutoff
         )
 
     @property
+    def speed(self) -> float:
+        """Deprecated name of :attr:`v0`."""
+        _renamed_attribute(type(self), "speed", "v0")
+        return self.v0
+
+    @property
+    def trans_diffusion(self) -> float:
+        """Deprecated name of :attr:`eps`."""
+        _renamed_attribute(type(self), "trans_diffusion", "eps")
+        return self.eps
+
+    @property
     def diffusion(self) -> Tensor:
         """Diagonal of :math:`D` per particle in the ``[x, theta]`` layout: ``[D_t, D_t, D_r]``."""
-        dt, dr = self.trans_diffusion, self.rotational_diffusion
+        dt, dr = self.eps, self.rotational_diffusion
         return torch.tensor([dt, dt, dr], dtype=torch.float64)
 
     @property
     def aoup_equivalent(self) -> dict[str, float]:
         """The AOUP parameters with the same self-propulsion autocorrelation."""
-        return {"gamma": self.rotational_diffusion, "v0": self.speed / math.sqrt(2.0)}
+        return {"gamma": self.rotational_diffusion, "v0": self.v0 / math.sqrt(2.0)}
 
     @staticmethod
     def orientation(g: Tensor) -> Tensor:
@@ -683,7 +715,7 @@ class ActiveBrownianParticles(_SoftDiscs):
         )
 
     def _drift_x(self, pos: Tensor, g: Tensor, forces: Callable[[Tensor], Tensor]) -> Tensor:
-        b = self.speed * g
+        b = self.v0 * g
         if self.k != 0.0:
             b = b + self.k * forces(pos)
         if self.trap != 0.0:
@@ -771,14 +803,14 @@ class ActiveBrownianParticles(_SoftDiscs):
         :math:`v_0 = U/\sqrt 2`, :math:`\varepsilon = D_t` (the identity only sees second
         moments).
         """
-        if self.k != 0.0 or self.trap <= 0.0 or self.trans_diffusion <= 0.0:
+        if self.k != 0.0 or self.trap <= 0.0 or self.eps <= 0.0:
             raise ValueError(
                 "trap_entropy_production needs non-interacting particles in a trap with "
-                f"translational noise (k = 0, trap > 0, trans_diffusion > 0); got k={self.k:g}, "
-                f"trap={self.trap:g}, trans_diffusion={self.trans_diffusion:g}"
+                f"translational noise (k = 0, trap > 0, eps > 0); got k={self.k:g}, "
+                f"trap={self.trap:g}, eps={self.eps:g}"
             )
-        u, dr = self.speed, self.rotational_diffusion
-        return self.num_particles * u * u * dr / (self.trans_diffusion * (self.trap + dr))
+        u, dr = self.v0, self.rotational_diffusion
+        return self.num_particles * u * u * dr / (self.eps * (self.trap + dr))
 
     def _advance(
         self,
@@ -791,9 +823,9 @@ class ActiveBrownianParticles(_SoftDiscs):
         """Euler–Maruyama for ``x``, exact Brownian step for ``theta``; draws ``W`` (if
         ``D_t > 0``) then the angle increments."""
         new_pos = pos + dt * self._drift_x(pos, g, forces)
-        if self.trans_diffusion > 0.0:
+        if self.eps > 0.0:
             noise = torch.randn(pos.shape, generator=generator, dtype=pos.dtype, device=pos.device)
-            new_pos = new_pos + math.sqrt(2.0 * self.trans_diffusion * dt) * noise
+            new_pos = new_pos + math.sqrt(2.0 * self.eps * dt) * noise
         theta = self.orientation(g)
         increment = torch.randn(
             theta.shape, generator=generator, dtype=theta.dtype, device=theta.device
@@ -818,22 +850,22 @@ class ActiveBrownianParticles(_SoftDiscs):
         return {
             "num_particles": self.num_particles,
             "box_length": self.box_length,
-            "speed": self.speed,
+            "v0": self.v0,
             "rotational_diffusion": self.rotational_diffusion,
             "k": self.k,
             "beta": self.beta,
             "r0": self.r0,
-            "trans_diffusion": self.trans_diffusion,
-            "cutoff": self.cutoff,
             "trap": self.trap,
+            "eps": self.eps,
+            "cutoff": self.cutoff,
         }
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}({self._geometry_repr()}, speed={self.speed:g}, "
+            f"{type(self).__name__}({self._geometry_repr()}, v0={self.v0:g}, "
             f"rotational_diffusion={self.rotational_diffusion:g}, k={self.k:g}, "
-            f"beta={self.beta:g}, r0={self.r0:g}, trans_diffusion={self.trans_diffusion:g}, "
-            f"trap={self.trap:g}, cutoff={self.cutoff:.4g})"
+            f"beta={self.beta:g}, r0={self.r0:g}, trap={self.trap:g}, eps={self.eps:g}, "
+            f"cutoff={self.cutoff:.4g})"
         )
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gtlib.datasets.particles import ActiveBrownianParticles, simulate
+from gtlib.datasets import ActiveBrownianParticles, simulate
 from gtlib.entropy import entropy_production, score_free_entropy_production, train_score
 from gtlib.io import atomic_write_text
 
@@ -84,9 +84,9 @@ def learned_trap_epr(
     *,
     num_particles: int = 2000,
     n_snapshots: int = 12,
-    speed: float = 1.0,
+    v0: float = 1.0,
     rotational_diffusion: float = 1.0,
-    trans_diffusion: float = 0.5,
+    eps: float = 0.5,
     trap: float = 1.0,
     dt: float = 2e-3,
     steps: int = 1500,
@@ -98,19 +98,19 @@ def learned_trap_epr(
     torch.manual_seed(seed)
     many = ActiveBrownianParticles(
         num_particles,
-        speed=speed,
+        v0=v0,
         rotational_diffusion=rotational_diffusion,
         k=0.0,
-        trans_diffusion=trans_diffusion,
         trap=trap,
+        eps=eps,
     )
     one = ActiveBrownianParticles(
         1,
-        speed=speed,
+        v0=v0,
         rotational_diffusion=rotational_diffusion,
         k=0.0,
-        trans_diffusion=trans_diffusion,
         trap=trap,
+        eps=eps,
     )
     samples = trap_samples(many, n_snapshots, dt, seed)
     n_train = int(round((1 - holdout) * n_snapshots)) * num_particles
@@ -147,15 +147,15 @@ def learned_trap_epr(
         "learned_rel_error": learned.total / exact - 1.0,
         "score_free_rel_error": score_free / exact - 1.0,
         "e_dot_x": float((e * pos).sum(-1).mean()),
-        "e_dot_x_exact": speed / (trap + rotational_diffusion),
+        "e_dot_x_exact": v0 / (trap + rotational_diffusion),
         "x2": float((pos * pos).sum(-1).mean()),
-        "x2_exact": (speed**2 / (trap + rotational_diffusion) + 2 * trans_diffusion) / trap,
+        "x2_exact": (v0**2 / (trap + rotational_diffusion) + 2 * eps) / trap,
         "n_train": int(train.shape[0]),
         "n_test": int(test.shape[0]),
         "parameters": {
-            "speed": speed,
+            "v0": v0,
             "rotational_diffusion": rotational_diffusion,
-            "trans_diffusion": trans_diffusion,
+            "eps": eps,
             "trap": trap,
             "dt": dt,
             "steps": steps,
@@ -171,9 +171,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=str, default="runs/abp_trap")
     parser.add_argument("--num-particles", type=int, default=2000)
     parser.add_argument("--snapshots", type=int, default=12)
-    parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument("--v0", "--speed", type=float, default=1.0, help="speed U")
     parser.add_argument("--rotational-diffusion", type=float, default=1.0)
-    parser.add_argument("--trans-diffusion", type=float, default=0.5)
+    parser.add_argument(
+        "--eps", "--trans-diffusion", type=float, default=0.5, help="translational diffusion D_t"
+    )
     parser.add_argument("--trap", type=float, default=1.0)
     parser.add_argument("--dt", type=float, default=2e-3)
     parser.add_argument("--steps", type=int, default=1500)
@@ -183,9 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     result = learned_trap_epr(
         num_particles=args.num_particles,
         n_snapshots=args.snapshots,
-        speed=args.speed,
+        v0=args.v0,
         rotational_diffusion=args.rotational_diffusion,
-        trans_diffusion=args.trans_diffusion,
+        eps=args.eps,
         trap=args.trap,
         dt=args.dt,
         steps=args.steps,

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from gtlib.datasets.particles import ActiveOUParticles, simulate
+from gtlib.datasets import ActiveOUParticles, simulate
 from gtlib.entropy import ParticleScore, particle_entropy_production
 from gtlib.io import atomic_write_text
-from gtlib.nn.particle_transformer import ParticleTransformer
+from gtlib.nn import ParticleTransformer
 
 
 def main(argv: list[str] | None = None) -> dict:

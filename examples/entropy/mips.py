@@ -55,7 +55,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from gtlib.datasets.particles import ActiveOUParticles, load_trajectory, simulate  # noqa: E402
+from gtlib.datasets import ActiveOUParticles, load_trajectory, simulate  # noqa: E402
 from gtlib.distributed import (  # noqa: E402
     distributed_session,
     get_world_size,
@@ -66,14 +66,14 @@ from gtlib.distributed import (  # noqa: E402
     save_checkpoint,
     write_json,
 )
-from gtlib.entropy.particle_score import (  # noqa: E402
+from gtlib.entropy import (  # noqa: E402
     ParticleEntropyProduction,
     ParticleScore,
     particle_entropy_production,
+    train_score,
 )
-from gtlib.entropy.training import train_score  # noqa: E402
 from gtlib.io import atomic_write  # noqa: E402
-from gtlib.nn.particle_transformer import ParticleTransformer  # noqa: E402
+from gtlib.nn import ParticleTransformer  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -36,7 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from gtlib.datasets.particles import ActiveOUParticles, load_trajectory  # noqa: E402
+from gtlib.datasets import ActiveOUParticles, load_trajectory  # noqa: E402
 from gtlib.entropy import density_classes, local_packing_fraction  # noqa: E402
 from gtlib.io import atomic_write_text  # noqa: E402
 

@@ -37,8 +37,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gtlib.datasets.particles import load_trajectory  # noqa: E402
-from gtlib.entropy.structure import (  # noqa: E402
+from gtlib.datasets import load_trajectory  # noqa: E402
+from gtlib.entropy import (  # noqa: E402
     cluster_sizes,
     local_packing_fraction,
     structure_factor,

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from gtlib.datasets.particles import ActiveOUParticles, load_trajectory, simulate
+from gtlib.datasets import ActiveOUParticles, load_trajectory, simulate
 
 
 def point_path(root: Path, n: int, v0: float, gamma: float, phi: float) -> Path:

@@ -24,7 +24,7 @@ _spec.loader.exec_module(abp_trap)
 
 
 def _system(n=3, **kwargs):
-    params = dict(speed=1.3, rotational_diffusion=0.7, trans_diffusion=0.4, trap=0.9, k=1.0)
+    params = dict(v0=1.3, rotational_diffusion=0.7, eps=0.4, trap=0.9, k=1.0)
     params.update(kwargs)
     return ActiveBrownianParticles(n, **params)
 
@@ -75,7 +75,7 @@ def test_trapped_abp_moments_and_score_free_epr():
     # the score-free identity on the samples gives U^2 D_r / (D_t (A + D_r)) per particle.
     U, Dr, Dt, A, n = 1.0, 1.0, 0.5, 1.0, 4000
     many = ActiveBrownianParticles(
-        n, speed=U, rotational_diffusion=Dr, trans_diffusion=Dt, trap=A, k=0.0
+        n, v0=U, rotational_diffusion=Dr, eps=Dt, trap=A, k=0.0
     )
     run = simulate(many, 4, 5e-3, burn_in=10.0, spacing=3.0, seed=1, progress=False)
     samples = many.angle_state(run["pos"][:, 0], run["g"][:, 0]).reshape(-1, 3)
@@ -86,7 +86,7 @@ def test_trapped_abp_moments_and_score_free_epr():
         (U**2 / (A + Dr) + 2 * Dt) / A, rel=0.03
     )
     one = ActiveBrownianParticles(
-        1, speed=U, rotational_diffusion=Dr, trans_diffusion=Dt, trap=A, k=0.0
+        1, v0=U, rotational_diffusion=Dr, eps=Dt, trap=A, k=0.0
     )
     sigma, stderr = score_free_entropy_production(
         samples,

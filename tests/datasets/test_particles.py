@@ -287,7 +287,7 @@ def test_abp_orientation_autocorrelation_and_msd():
     U, Dr, Dt, dt = 1.0, 1.0, 0.1, 2e-3
     n = 6000
     system = ActiveBrownianParticles(
-        n, packing_fraction=0.001, speed=U, rotational_diffusion=Dr, k=0.0, trans_diffusion=Dt
+        n, packing_fraction=0.001, v0=U, rotational_diffusion=Dr, k=0.0, eps=Dt
     )
     assert system.aoup_equivalent == {"gamma": Dr, "v0": U / math.sqrt(2)}
     assert system.diffusion.tolist() == [Dt, Dt, Dr]
@@ -341,7 +341,7 @@ def test_resume_is_bit_for_bit_and_write_is_atomic(tmp_path, cls, monkeypatch):
     if cls == "aoup":
         system = _interacting_system()
     else:
-        system = ActiveBrownianParticles(64, 0.45, speed=3.0, trans_diffusion=0.1, k=2.0)
+        system = ActiveBrownianParticles(64, 0.45, v0=3.0, eps=0.1, k=2.0)
     kwargs = dict(
         burn_in=0.2, spacing=0.025, n_trajectories=2, seed=11, checkpoint_every=3, progress=False
     )
