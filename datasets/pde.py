@@ -44,452 +44,96 @@ with a sibling ``train`` folder, the files in ``train``; otherwise the trajector
 selects (for a PDEBench file split with ``samples=``, build the training set first and pass
 ``stats=train_set.stats`` to the others). Use :meth:`PDEDataset.denormalize_target` to bring
 predictions back to physical units.
+
+Modules
+-------
+The reader is split by job, as The Well splits datasets, normalisation and augmentation:
+``_pde_formats`` parses the three layouts (shapes and attributes only), ``_pde_windows`` selects
+fields, trajectories and time windows, ``_pde_normalization`` computes, caches and applies the
+statistics, and this module holds :class:`PDEDataset`, which reads the items.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from gtlib.io import HDF5_ERRORS, atomic_write_text, hdf5_member, read_hdf5
+from gtlib.io import HDF5_ERRORS, read_hdf5
+from gtlib.validation import check_choice, check_int, check_tensor, describe
+
+from ._pde_formats import (  # noqa: F401 - re-exported: gtlib.datasets.pde keeps these names
+    _CFD_NAMES,
+    _COORD_NAMES,
+    _NS_NAMES,
+    _PDEBENCH_NAMES,
+    PDEFormatError,
+    _as_str_list,
+    _check_optional_names,
+    _dataset,
+    _err,
+    _Field,
+    _FileInfo,
+    _finite,
+    _parse_file,
+    _parse_pdebench,
+    _parse_seeds,
+    _parse_well,
+    _read_coord,
+    _read_time,
+    _resolve_files,
+    _well_steady_times,
+)
+from ._pde_normalization import (  # noqa: F401 - re-exported as above
+    _CHUNK_ELEMENTS,
+    _STATS_VERSION,
+    _accumulate,
+    _atomic_yaml,
+    _cache_dir_for,
+    _file_stamp,
+    _Welford,
+    cached_stats,
+    load_stats,
+    norm_arrays,
+    standardize,
+    stats_sources,
+    well_stats_yaml,
+)
+from ._pde_windows import (
+    check_compatible,
+    parse_subsample,
+    select_fields,
+    select_trajectories,
+    window_pairs,
+    windows_per_trajectory,
+)
 
 __all__ = ["PDEDataset", "PDEFormatError"]
 
-_STATS_VERSION = 1
-_CHUNK_ELEMENTS = 1 << 22  # elements per read in the statistics pass
-_CFD_NAMES = ("density", "pressure", "Vx", "Vy", "Vz")
-_NS_NAMES = ("velocity", "particles", "force")
-_COORD_NAMES = ("x-coordinate", "y-coordinate", "z-coordinate")
+
+def _check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (NumPy bools too); ``gtlib.validation`` has no such check."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {describe(value)}")
 
 
-class PDEFormatError(ValueError):
-    """An HDF5 file that is not a readable PDEBench / The Well file (message names the file)."""
+def _check_path(value: Any, name: str) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {describe(value)}")
+    return os.fspath(value)
 
 
-@dataclass(frozen=True)
-class _Field:
-    """Where and how one physical field is stored.
-
-    Stored shape: ``[N if sample_axis] [T if time_axis] [S_d for d where dim_varying[d]]
-    [*comp_shape]``; ``channels = prod(comp_shape)``.
-    """
-
-    name: str
-    key: str
-    sample_axis: bool
-    time_axis: bool
-    dim_varying: tuple[bool, ...]
-    comp_shape: tuple[int, ...]
-
-    @property
-    def channels(self) -> int:
-        return int(np.prod(self.comp_shape, dtype=np.int64))
-
-
-@dataclass
-class _FileInfo:
-    path: str
-    layout: str
-    fields: dict[str, _Field]
-    n_samples: int
-    n_times: int
-    spatial_shape: tuple[int, ...]
-    sample_keys: list[str] | None = None
-    coords: list[np.ndarray | None] = field(default_factory=list)
-    time: np.ndarray | None = None  # [T] or [N, T]
-    steady_fields: tuple[str, ...] | None = None  # default (input, target) split of steady files
-    default_targets: tuple[str, ...] | None = None
-
-
-def _err(path: str | os.PathLike, msg: str) -> PDEFormatError:
-    return PDEFormatError(f"{os.fspath(path)}: {msg}")
-
-
-def _dataset(path: str, node: Any, what: str, kinds: str = "f") -> h5py.Dataset:
-    """``node`` checked to be a data set with a real dtype (``kinds``: numpy dtype kinds)."""
-    if not isinstance(node, h5py.Dataset):
-        raise _err(path, f"{what!r} is a {type(node).__name__}, not a dataset")
-    if node.dtype.kind not in kinds:
-        expected = "real floating point" if kinds == "f" else "real numbers"
-        raise _err(path, f"dataset {what!r} has dtype {node.dtype}, expected {expected}")
-    return node
-
-
-def _finite(path: str, values: np.ndarray, what: str) -> np.ndarray:
-    if not np.isfinite(values).all():
-        raise _err(path, f"dataset {what!r} holds NaN or infinite values")
-    return values
-
-
-def _as_str_list(value: Any) -> list[str]:
-    if isinstance(value, (str, bytes)):
-        value = [value]
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(value).ravel()]
-
-
-def _read_coord(path: str, node: Any, size: int, what: str) -> np.ndarray | None:
-    if node is None:
-        return None
-    node = _dataset(path, node, what, "iuf")
-    arr = _finite(path, np.asarray(read_hdf5(node), dtype=np.float64), what)
-    if arr.ndim == 2:  # sample-varying coordinates: the first sample's
-        arr = arr[0]
-    arr = arr.ravel()
-    if arr.shape[0] != size:
-        raise _err(path, f"coordinate {what!r} has {arr.shape[0]} entries, the grid has {size}")
-    return arr
-
-
-def _read_time(path: str, node: Any, n_times: int) -> np.ndarray | None:
-    """Time coordinate ``[T]`` or ``[N, T]``; PDEBench 1D stores ``T + 1`` entries (drop last)."""
-    if node is None:
-        return None
-    what = node.name
-    node = _dataset(path, node, what, "iuf")
-    if node.ndim not in (1, 2) or node.shape[-1] < n_times:
-        return None
-    values = read_hdf5(node, (Ellipsis, slice(None, n_times)))
-    return _finite(path, np.asarray(values, dtype=np.float64), what)
-
-
-# ---------------------------------------------------------------------------------------------
-# layout parsers: open once, read shapes and attrs only
-# ---------------------------------------------------------------------------------------------
-
-
-def _well_steady_times(f: h5py.File) -> int:
-    """Steady files may omit dimensions/time: T of the first time-varying field, else 1."""
-    for order in range(3):
-        group = hdf5_member(f, f"t{order}_fields")
-        for name in _as_str_list(group.attrs.get("field_names", [])) if group else []:
-            node = hdf5_member(group, name)
-            if isinstance(node, h5py.Dataset) and bool(node.attrs.get("time_varying", False)):
-                return int(node.shape[1 if node.attrs.get("sample_varying") else 0])
-    return 1
-
-
-def _parse_well(path: str, f: h5py.File) -> _FileInfo:
-    try:
-        n_dims = int(f.attrs["n_spatial_dims"])
-        dims = f["dimensions"]
-        names = _as_str_list(dims.attrs["spatial_dims"])
-    except KeyError as exc:
-        raise _err(path, f"The Well file lacks required metadata ({exc})") from None
-    if len(names) != n_dims:
-        raise _err(path, f"n_spatial_dims={n_dims} but spatial_dims={names}")
-    if not isinstance(dims, h5py.Group):
-        raise _err(path, f"'dimensions' is a {type(dims).__name__}, not a group")
-    spatial = []
-    for d in names:
-        if d not in dims:
-            raise _err(path, f"dimensions/{d} is missing")
-        spatial.append(int(_dataset(path, dims[d], f"dimensions/{d}", "iuf").shape[-1]))
-    spatial_shape = tuple(spatial)
-    n_samples = int(f.attrs.get("n_trajectories", -1))
-    time_node = hdf5_member(dims, "time")
-    if time_node is not None:
-        time_node = _dataset(path, time_node, "dimensions/time", "iuf")
-        n_times = int(time_node.shape[-1])
-    else:
-        n_times = _well_steady_times(f)
-    fields: dict[str, _Field] = {}
-    for order in range(3):
-        gname = f"t{order}_fields"
-        if gname not in f:
-            continue
-        group = f[gname]
-        for name in _as_str_list(group.attrs.get("field_names", [])):
-            if name not in group:
-                raise _err(
-                    path,
-                    f"{gname}/{name} is listed in field_names but missing; "
-                    f"stored: {sorted(group.keys())}",
-                )
-            ds = _dataset(path, group[name], f"{gname}/{name}")
-            try:
-                dv = tuple(bool(v) for v in np.asarray(ds.attrs["dim_varying"]).ravel())
-                sv = bool(ds.attrs["sample_varying"])
-                tv = bool(ds.attrs["time_varying"])
-            except KeyError as exc:
-                raise _err(path, f"{gname}/{name} lacks attribute {exc}") from None
-            if len(dv) != n_dims:
-                raise _err(path, f"{gname}/{name}: dim_varying has {len(dv)} flags, not {n_dims}")
-            comp = (n_dims,) * order
-            expected = (
-                ((n_samples,) if sv else ())
-                + ((n_times,) if tv else ())
-                + tuple(s for s, v in zip(spatial_shape, dv) if v)
-                + comp
-            )
-            shape = tuple(ds.shape)
-            if sv and n_samples < 0:
-                n_samples = shape[0]
-                expected = (n_samples,) + expected[1:]
-            if shape != expected:
-                raise _err(
-                    path, f"{gname}/{name} has shape {shape}, expected {expected} from its flags"
-                )
-            if name in fields:
-                raise _err(path, f"field {name!r} appears twice")
-            fields[name] = _Field(name, f"{gname}/{name}", sv, tv, dv, comp)
-    if not fields:
-        raise _err(path, "The Well file has no fields in t0_fields/t1_fields/t2_fields")
-    if n_samples < 0:
-        raise _err(path, "cannot tell the number of trajectories (no n_trajectories attr)")
-    coords = [_read_coord(path, dims[d], s, f"dimensions/{d}") for d, s in zip(names, spatial)]
-    time = _read_time(path, time_node, n_times)
-    info = _FileInfo(path, "well", fields, n_samples, n_times, spatial_shape, coords=coords)
-    info.time = time
-    if "input_fields" in f.attrs and "target_fields" in f.attrs:
-        info.steady_fields = tuple(_as_str_list(f.attrs["input_fields"]))
-        info.default_targets = tuple(_as_str_list(f.attrs["target_fields"]))
-    return info
-
-
-_PDEBENCH_NAMES = {
-    "tensor", "nu", "velocity", "particles", "force", "t", "t-coordinate",
-    *_CFD_NAMES, *_COORD_NAMES,
-}  # fmt: skip
-
-
-def _check_optional_names(path: str, f: h5py.File, spatial: tuple[int, ...]) -> None:
-    """Refuse a PDEBench file whose coordinates are absent while unknown names are present.
-
-    Coordinates and time are optional (absent: a unit grid and step indices), so a renamed one
-    (or one whose name a corrupt byte changed) would otherwise pass silently as a default grid.
-    """
-    wanted = [*_COORD_NAMES[: len(spatial)], "t-coordinate"]
-    missing = [name for name in wanted if name not in f]
-    if "t" in f and "t-coordinate" in missing:
-        missing.remove("t-coordinate")
-    unknown = sorted(set(f.keys()) - _PDEBENCH_NAMES)
-    if missing and unknown:
-        raise _err(
-            path,
-            f"unrecognised data set(s) {unknown} while {missing} is missing (renamed or "
-            "corrupt?); PDEBench files name their data sets "
-            f"{sorted(_PDEBENCH_NAMES)}",
-        )
-
-
-def _parse_pdebench(path: str, f: h5py.File) -> _FileInfo:
-    def ds(name: str) -> h5py.Dataset | None:
-        node = hdf5_member(f, name)
-        if node is None:
-            return None
-        coordinate = name in _COORD_NAMES or name in ("t-coordinate", "t")
-        return _dataset(path, node, name, "iuf" if coordinate else "f")
-
-    fields: dict[str, _Field] = {}
-    steady_in: tuple[str, ...] | None = None
-    steady_out: tuple[str, ...] | None = None
-    tensor, nu = ds("tensor"), ds("nu")
-    if tensor is not None:
-        if tensor.ndim < 3:
-            raise _err(path, f"'tensor' has shape {tensor.shape}; expected [N, T, *spatial]")
-        nd = tensor.ndim - 2
-        fields["tensor"] = _Field("tensor", "tensor", True, True, (True,) * nd, ())
-        n, n_times, spatial = tensor.shape[0], tensor.shape[1], tuple(tensor.shape[2:])
-        if nu is not None:
-            if tuple(nu.shape) != (n, *spatial):
-                raise _err(
-                    path,
-                    f"'nu' has shape {nu.shape}, 'tensor' {tensor.shape}: expected nu "
-                    f"[{n}, {', '.join(map(str, spatial))}]",
-                )
-            fields["nu"] = _Field("nu", "nu", True, False, (True,) * nd, ())
-            steady_in, steady_out = ("nu",), ("tensor",)
-    elif any(ds(k) is not None for k in _CFD_NAMES):
-        names = [k for k in _CFD_NAMES if ds(k) is not None]
-        ref = ds(names[0]).shape
-        if len(ref) < 3:
-            raise _err(path, f"{names[0]!r} has shape {ref}; expected [N, T, *spatial]")
-        for k in names:
-            if ds(k).shape != ref:
-                raise _err(path, f"{k!r} has shape {ds(k).shape} but {names[0]!r} has {ref}")
-            fields[k] = _Field(k, k, True, True, (True,) * (len(ref) - 2), ())
-        n, n_times, spatial = ref[0], ref[1], tuple(ref[2:])
-    elif ds("velocity") is not None:
-        vel = ds("velocity")
-        if vel.ndim < 4:
-            raise _err(path, f"'velocity' has shape {vel.shape}; expected [N, T, *spatial, D]")
-        n, n_times, spatial = vel.shape[0], vel.shape[1], tuple(vel.shape[2:-1])
-        nd = len(spatial)
-        fields["velocity"] = _Field(
-            "velocity", "velocity", True, True, (True,) * nd, (vel.shape[-1],)
-        )
-        part, force = ds("particles"), ds("force")
-        if part is not None:
-            if tuple(part.shape[:-1]) != (n, n_times, *spatial) or part.ndim != vel.ndim:
-                raise _err(path, f"'particles' has shape {part.shape}, 'velocity' {vel.shape}")
-            fields["particles"] = _Field(
-                "particles", "particles", True, True, (True,) * nd, (part.shape[-1],)
-            )
-        if force is not None:
-            if tuple(force.shape[:-1]) != (n, *spatial) or force.ndim != vel.ndim - 1:
-                raise _err(path, f"'force' has shape {force.shape}, 'velocity' {vel.shape}")
-            fields["force"] = _Field(
-                "force", "force", True, False, (True,) * nd, (force.shape[-1],)
-            )
-    else:
-        raise _err(
-            path,
-            "unrecognised layout: no The Well groups (t0_fields) and none of the PDEBench "
-            f"datasets tensor/nu/density/Vx/velocity; top-level keys: {sorted(f.keys())}",
-        )
-    _check_optional_names(path, f, spatial)
-    coords = [_read_coord(path, ds(c), s, c) for c, s in zip(_COORD_NAMES, spatial)]
-    time = _read_time(path, ds("t-coordinate"), n_times)
-    if time is None:
-        time = _read_time(path, ds("t"), n_times)
-    info = _FileInfo(path, "pdebench", fields, int(n), int(n_times), spatial, coords=coords)
-    info.time = time
-    info.steady_fields, info.default_targets = steady_in, steady_out
-    return info
-
-
-def _parse_seeds(path: str, f: h5py.File, groups: list[str]) -> _FileInfo:
-    shape = None
-    for g in groups:
-        node = hdf5_member(f[g], "data")
-        if node is None:
-            raise _err(path, f"group {g!r} has no 'data' dataset; keys: {sorted(f[g].keys())}")
-        node = _dataset(path, node, f"{g}/data")
-        if shape is None:
-            shape = tuple(node.shape)
-            if len(shape) < 3:
-                raise _err(path, f"{g}/data has shape {shape}; expected [T, *spatial, C]")
-        elif tuple(node.shape) != shape:
-            raise _err(path, f"{g}/data has shape {node.shape} but {groups[0]}/data has {shape}")
-    assert shape is not None
-    n_times, spatial = shape[0], shape[1:-1]
-    nd = len(spatial)
-    fields = {"data": _Field("data", "data", False, True, (True,) * nd, (shape[-1],))}
-    grid = hdf5_member(f[groups[0]], "grid")
-    coords: list[np.ndarray | None] = [None] * nd
-    time = None
-    if grid is not None and not isinstance(grid, h5py.Group):
-        raise _err(path, f"'{groups[0]}/grid' is a {type(grid).__name__}, not a group")
-    if isinstance(grid, h5py.Group):
-        coords = [
-            _read_coord(path, hdf5_member(grid, c), s, f"{groups[0]}/grid/{c}")
-            for c, s in zip("xyz", spatial)
-        ]
-        time = _read_time(path, hdf5_member(grid, "t"), n_times)
-    info = _FileInfo(
-        path, "pdebench-seeds", fields, len(groups), n_times, tuple(spatial), sample_keys=groups
-    )
-    info.coords, info.time = coords, time
-    return info
-
-
-def _parse_file(path: str) -> _FileInfo:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise _err(path, "is a directory, not an HDF5 file")
-    try:
-        is_hdf5 = h5py.is_hdf5(path)
-    except HDF5_ERRORS as exc:
-        raise _err(path, f"cannot read the file: {exc}") from exc
-    if not is_hdf5:
-        raise _err(path, "not an HDF5 file")
-    try:
-        with h5py.File(path, "r") as f:
-            if "t0_fields" in f or "t1_fields" in f or "t2_fields" in f:
-                return _parse_well(path, f)
-            groups = sorted(k for k in f.keys() if isinstance(f[k], h5py.Group))
-            if groups and any(isinstance(hdf5_member(f[g], "data"), h5py.Dataset) for g in groups):
-                return _parse_seeds(path, f, groups)
-            return _parse_pdebench(path, f)
-    except PDEFormatError:
-        raise
-    except HDF5_ERRORS as exc:
-        raise _err(
-            path,
-            f"cannot read the HDF5 file (truncated or corrupt?): {type(exc).__name__}: {exc}",
-        ) from exc
-
-
-def _resolve_files(path: str | os.PathLike, split: str | None) -> tuple[list[str], Path | None]:
-    """Files to read and, for The Well, the dataset folder ``<base>/<name>`` (or None)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or directory")
-    if p.is_file():
-        if split is not None:
-            raise ValueError(f"split={split!r} given but path {p} is a file, not a dataset folder")
-        return [str(p)], None
-    root = None
-    if split is not None:
-        if not isinstance(split, str):
-            raise TypeError(f"split must be a str, got {type(split).__name__}")
-        root, p = p, p / "data" / split
-        if not p.is_dir():
-            raise FileNotFoundError(f"{p}: no split folder {split!r} under {root}")
-    elif (p / "data").is_dir():
-        raise ValueError(
-            f"{p} looks like a The Well dataset folder; pass split='train'|'valid'|'test'"
-        )
-    files = sorted(str(q) for q in p.iterdir() if q.suffix in (".h5", ".hdf5") and q.is_file())
-    if not files:
-        raise FileNotFoundError(f"{p}: no .h5/.hdf5 files in this folder")
-    return files, root
-
-
-def _file_stamp(path: str) -> list[Any]:
-    st = os.stat(path)
-    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
-
-
-def _cache_dir_for(data_dir: str) -> str:
-    if os.access(data_dir, os.W_OK):
-        return data_dir
-    base = os.environ.get("GTLIB_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "gtlib"
-    )
-    out = os.path.join(base, "pde_stats")
-    os.makedirs(out, exist_ok=True)
-    return out
-
-
-def _atomic_yaml(path: str, obj: Any) -> None:
-    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
-
-
-class _Welford:
-    """Per-channel mean/variance merged chunk by chunk (Chan et al.), in float64."""
-
-    def __init__(self, channels: int) -> None:
-        self.n = 0
-        self.mean = np.zeros(channels)
-        self.m2 = np.zeros(channels)
-
-    def update(self, values: np.ndarray) -> None:
-        v = values.reshape(-1, self.mean.shape[0]).astype(np.float64)
-        nb = v.shape[0]
-        if nb == 0:
-            return
-        mb = v.mean(axis=0)
-        m2b = ((v - mb) ** 2).sum(axis=0)
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean = self.mean + delta * (nb / n)
-        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
-        self.n = n
+def _check_stats_arg(value: Any) -> Any:
+    if value is None or isinstance(value, (str, os.PathLike, Mapping)):
+        return value
+    raise TypeError(f"stats must be a dict or a yaml path, got {type(value).__name__}")
 
 
 class PDEDataset(Dataset):
@@ -570,85 +214,27 @@ class PDEDataset(Dataset):
         samples: slice | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        for name, val in (
-            ("n_steps_input", n_steps_input),
-            ("n_steps_output", n_steps_output),
-            ("time_stride", time_stride),
-        ):
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {type(val).__name__}")
-            if val < 1:
-                raise ValueError(f"{name} must be >= 1, got {val}")
-        if output not in ("grid", "data"):
-            raise ValueError(f"output must be 'grid' or 'data', got {output!r}")
-        if all2all and (n_steps_input != 1 or n_steps_output != 1):
-            raise ValueError(
-                "all2all=True pairs single snapshots: n_steps_input and n_steps_output must be 1, "
-                f"got {n_steps_input} and {n_steps_output}"
-            )
-        if max_lead_steps is not None:
-            if not all2all:
-                raise ValueError("max_lead_steps is only meaningful with all2all=True")
-            if int(max_lead_steps) < 0:
-                raise ValueError(f"max_lead_steps must be >= 0, got {max_lead_steps}")
-        self.n_steps_input = int(n_steps_input)
-        self.n_steps_output = int(n_steps_output)
-        self.time_stride = int(time_stride)
-        self.all2all = bool(all2all)
-        self.max_lead_steps = None if max_lead_steps is None else int(max_lead_steps)
-        self.output = output
-        self.normalize = bool(normalize)
-
-        files, self._well_root = _resolve_files(path, split)
-        self.path = os.fspath(path)
+        self._set_options(
+            n_steps_input, n_steps_output, time_stride, all2all, max_lead_steps, normalize, output
+        )
+        self.path = _check_path(path, "path")
+        if split is not None and not isinstance(split, str):
+            raise TypeError(f"split must be a str, got {describe(split)}")
         self.split = split
+        stats = _check_stats_arg(stats)
+        files, self._well_root = _resolve_files(path, split)
         self._infos = [_parse_file(p) for p in files]
+        check_compatible(self._infos)
         first = self._infos[0]
         self.layout = first.layout
-        for info in self._infos[1:]:
-            if info.layout != first.layout:
-                raise _err(info.path, f"layout {info.layout!r} differs from {first.path}")
-            if info.spatial_shape != first.spatial_shape:
-                raise _err(
-                    info.path,
-                    f"spatial shape {info.spatial_shape} differs from {first.spatial_shape} "
-                    f"in {first.path}",
-                )
-            mine = {k: (v.channels, v.time_axis) for k, v in info.fields.items()}
-            theirs = {k: (v.channels, v.time_axis) for k, v in first.fields.items()}
-            if mine != theirs:
-                raise _err(info.path, f"fields {mine} differ from {theirs} in {first.path}")
         self.fields = {k: v.channels for k, v in first.fields.items()}
-        self._select_fields(first, input_fields, target_fields)
-
-        nd = len(first.spatial_shape)
-        self._sub = self._parse_subsample(subsample, nd)
-        self.n_spatial_dims = nd
-        self.spatial_shape = tuple(-(-s // k) for s, k in zip(first.spatial_shape, self._sub))
-        self.coords = [
-            (c if c is not None else np.linspace(0.0, 1.0, s))[::k]
-            for c, s, k in zip(first.coords, first.spatial_shape, self._sub)
-        ]
-        if first.time is not None:
-            self.time = np.asarray(first.time[0] if first.time.ndim == 2 else first.time)
-        else:
-            self.time = np.arange(first.n_times, dtype=np.float64)
-
+        sel = select_fields(first, input_fields, target_fields, self.all2all)
+        self.steady = sel.steady
+        self.input_fields, self.constant_fields = sel.inputs, sel.constants
+        self.target_fields = sel.targets
+        self._set_grid(first, subsample)
         self._build_index(samples)
-        c_in = sum(self.fields[f] for f in self.input_fields)
-        c_const = sum(self.fields[f] for f in self.constant_fields)
-        c_out = sum(self.fields[f] for f in self.target_fields)
-        n_in, n_out = (
-            (1, 1)
-            if (self.steady or self.all2all)
-            else (
-                self.n_steps_input,
-                self.n_steps_output,
-            )
-        )
-        self.in_channels = n_in * c_in + c_const
-        self.out_channels = n_out * c_out
-
+        self._set_channels()
         self.stats: dict[str, dict[str, list[float]]] | None = None
         self.stats_path: str | None = None
         if stats is not None or self.normalize:
@@ -661,149 +247,81 @@ class PDEDataset(Dataset):
     # construction helpers
     # -------------------------------------------------------------------------------------
 
-    def _select_fields(
+    def _set_options(
         self,
-        info: _FileInfo,
-        input_fields: Sequence[str] | None,
-        target_fields: Sequence[str] | None,
+        n_steps_input: int,
+        n_steps_output: int,
+        time_stride: int,
+        all2all: bool,
+        max_lead_steps: int | None,
+        normalize: bool,
+        output: str,
     ) -> None:
-        avail = list(info.fields)
+        self.n_steps_input = check_int(n_steps_input, "n_steps_input", minimum=1)
+        self.n_steps_output = check_int(n_steps_output, "n_steps_output", minimum=1)
+        self.time_stride = check_int(time_stride, "time_stride", minimum=1)
+        self.all2all = _check_bool(all2all, "all2all")
+        self.normalize = _check_bool(normalize, "normalize")
+        self.output = check_choice(output, "output", ("grid", "data"))
+        if self.all2all and (self.n_steps_input != 1 or self.n_steps_output != 1):
+            raise ValueError(
+                "all2all=True pairs single snapshots: n_steps_input and n_steps_output must be 1, "
+                f"got {n_steps_input} and {n_steps_output}"
+            )
+        if max_lead_steps is not None:
+            max_lead_steps = check_int(max_lead_steps, "max_lead_steps", minimum=0)
+            if not self.all2all:
+                raise ValueError("max_lead_steps is only meaningful with all2all=True")
+        self.max_lead_steps = max_lead_steps
 
-        def check(names: Sequence[str] | None, arg: str) -> list[str] | None:
-            if names is None:
-                return None
-            if isinstance(names, str):
-                names = [names]
-            names = list(names)
-            bad = [n for n in names if n not in info.fields]
-            if bad:
-                raise ValueError(f"{info.path}: unknown {arg} {bad}; available fields: {avail}")
-            if not names:
-                raise ValueError(f"{arg} must name at least one field")
-            return names
-
-        ins, outs = check(input_fields, "input_fields"), check(target_fields, "target_fields")
-        varying = [n for n, fl in info.fields.items() if fl.time_axis]
-        dynamic = info.n_times > 1 and bool(varying)
-        if ins is None and outs is None:
-            if info.steady_fields is not None and info.default_targets is not None:
-                ins, outs = list(info.steady_fields), list(info.default_targets)
-            elif dynamic:
-                ins, outs = list(varying), list(varying)
-            elif varying and len(varying) < len(avail):
-                # steady, as PDEBench Darcy: time-invariant fields in, (length-1) time-axis out
-                ins, outs = [n for n in avail if n not in varying], list(varying)
-            else:
-                raise ValueError(
-                    f"{info.path}: steady data with fields {avail}: pass input_fields and/or "
-                    "target_fields (or store root attrs input_fields/target_fields)"
-                )
-        elif ins is None or outs is None:
-            given = ins if ins is not None else outs
-            assert given is not None
-            if dynamic and any(info.fields[n].time_axis for n in given):
-                # time-dependent: predict the time-varying inputs, or feed the targets back
-                if ins is None:
-                    ins = list(given)
-                else:
-                    outs = [n for n in given if info.fields[n].time_axis]
-            else:
-                rest = [n for n in avail if n not in given]
-                if not rest:
-                    raise ValueError(f"{info.path}: no fields left to pair with {given}")
-                if ins is None:
-                    ins = rest
-                else:
-                    outs = rest
-        assert ins is not None and outs is not None
-        self.steady = not (dynamic and any(info.fields[n].time_axis for n in ins + outs))
-        if self.steady:
-            if self.all2all:
-                raise ValueError(f"{info.path}: all2all=True needs time-dependent fields")
-            self.input_fields, self.constant_fields = ins, []
+    def _set_grid(self, first: _FileInfo, subsample: int | Sequence[int]) -> None:
+        nd = len(first.spatial_shape)
+        self._sub = parse_subsample(subsample, nd)
+        self.n_spatial_dims = nd
+        self.spatial_shape = tuple(-(-s // k) for s, k in zip(first.spatial_shape, self._sub))
+        self.coords = [
+            (c if c is not None else np.linspace(0.0, 1.0, s))[::k]
+            for c, s, k in zip(first.coords, first.spatial_shape, self._sub)
+        ]
+        if first.time is not None:
+            self.time = np.asarray(first.time[0] if first.time.ndim == 2 else first.time)
         else:
-            const_out = [n for n in outs if not info.fields[n].time_axis]
-            if const_out:
-                raise ValueError(
-                    f"{info.path}: target_fields {const_out} are time-invariant; "
-                    "targets of time-dependent data must vary in time"
-                )
-            self.input_fields = [n for n in ins if info.fields[n].time_axis]
-            self.constant_fields = [n for n in ins if not info.fields[n].time_axis]
-        self.target_fields = outs
+            self.time = np.arange(first.n_times, dtype=np.float64)
 
-    @staticmethod
-    def _parse_subsample(subsample: int | Sequence[int], nd: int) -> tuple[int, ...]:
-        if isinstance(subsample, (int, np.integer)) and not isinstance(subsample, bool):
-            sub = (int(subsample),) * nd
-        elif isinstance(subsample, Sequence) and not isinstance(subsample, str):
-            sub = tuple(int(s) for s in subsample)
-            if len(sub) != nd:
-                raise ValueError(f"subsample has {len(sub)} entries for {nd} spatial dims")
-        else:
-            raise TypeError(f"subsample must be an int or a sequence of ints, got {subsample!r}")
-        if any(s < 1 for s in sub):
-            raise ValueError(f"subsample entries must be >= 1, got {sub}")
-        return sub
+    def _set_channels(self) -> None:
+        c_in = sum(self.fields[f] for f in self.input_fields)
+        c_const = sum(self.fields[f] for f in self.constant_fields)
+        c_out = sum(self.fields[f] for f in self.target_fields)
+        one_step = self.steady or self.all2all
+        n_in = 1 if one_step else self.n_steps_input
+        n_out = 1 if one_step else self.n_steps_output
+        self.in_channels = n_in * c_in + c_const
+        self.out_channels = n_out * c_out
 
     def _items_per_traj(self, info: _FileInfo) -> int:
         if self.steady:
             return 1
         if self.all2all:
-            k = len(self._pairs(info.n_times))
-            return k
-        span = (self.n_steps_input + self.n_steps_output - 1) * self.time_stride
-        n = info.n_times - span
-        if n <= 0:
-            raise ValueError(
-                f"{info.path}: trajectories have {info.n_times} steps, fewer than a window of "
-                f"n_steps_input={self.n_steps_input} + n_steps_output={self.n_steps_output} "
-                f"steps with time_stride={self.time_stride} ({span + 1} steps)"
-            )
-        return n
+            return len(self._pairs(info.n_times))
+        return windows_per_trajectory(
+            info, self.n_steps_input, self.n_steps_output, self.time_stride
+        )
 
     def _pairs(self, n_times: int) -> np.ndarray:
         if n_times not in self._pair_cache:
-            snaps = np.arange(0, n_times, self.time_stride)
-            k = len(snaps)
-            pairs = [
-                (snaps[i], snaps[j])
-                for i in range(k)
-                for j in range(i, k)
-                if self.max_lead_steps is None or j - i <= self.max_lead_steps
-            ]
-            self._pair_cache[n_times] = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+            self._pair_cache[n_times] = window_pairs(n_times, self.time_stride, self.max_lead_steps)
         return self._pair_cache[n_times]
 
     def _build_index(self, samples: slice | Sequence[int] | None) -> None:
         self._pair_cache: dict[int, np.ndarray] = {}
-        trajs = [(fi, s) for fi, info in enumerate(self._infos) for s in range(info.n_samples)]
-        if samples is not None:
-            if isinstance(samples, slice):
-                trajs = trajs[samples]
-            elif isinstance(samples, Sequence) or isinstance(samples, np.ndarray):
-                sel = []
-                for i in samples:
-                    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-                        raise TypeError(f"samples must hold ints, got {i!r}")
-                    if not -len(trajs) <= i < len(trajs):
-                        raise ValueError(
-                            f"samples index {i} out of range for {len(trajs)} trajectories "
-                            f"in {self.path}"
-                        )
-                    sel.append(trajs[i])
-                trajs = sel
-            else:
-                raise TypeError(
-                    f"samples must be a slice or a sequence of ints, got {type(samples).__name__}"
-                )
+        trajs = select_trajectories(self._infos, samples, self.path)
         self._trajs = np.asarray(trajs, dtype=np.int64).reshape(-1, 2)
         per_file = [self._items_per_traj(info) for info in self._infos]
         counts = np.asarray([per_file[fi] for fi, _ in trajs], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     # -------------------------------------------------------------------------------------
-    # statistics
+    # statistics (computed, cached and applied in _pde_normalization)
     # -------------------------------------------------------------------------------------
 
     @property
@@ -815,155 +333,21 @@ class PDEDataset(Dataset):
         self, stats: str | os.PathLike | Mapping[str, Any] | None
     ) -> dict[str, dict[str, list[float]]]:
         if stats is None and self.layout == "well":
-            cand = self._well_stats_yaml()
-            if cand is not None:
-                stats = cand
+            stats = well_stats_yaml(self._well_root, self._infos[0].path)
         if stats is None:
-            return self._cached_stats()
-        source = "stats"
-        if isinstance(stats, (str, os.PathLike)):
-            source = os.fspath(stats)
-            if not os.path.isfile(source):
-                raise FileNotFoundError(f"{source}: stats file not found")
-            with open(source) as fh:
-                stats = yaml.safe_load(fh)
-            self.stats_path = source
-        if not isinstance(stats, Mapping):
-            raise TypeError(f"stats must be a dict or a yaml path, got {type(stats).__name__}")
-        out: dict[str, dict[str, list[float]]] = {"mean": {}, "std": {}}
-        for key in ("mean", "std"):
-            if not isinstance(stats.get(key), Mapping):
-                raise ValueError(f"{source}: stats need a {key!r} mapping of field -> value")
-            for name in self._stat_fields:
-                if name not in stats[key]:
-                    raise ValueError(
-                        f"{source}: stats[{key!r}] has no entry for field {name!r} "
-                        f"(has {sorted(stats[key])})"
-                    )
-                vals = np.asarray(stats[key][name], dtype=np.float64).ravel()
-                c = self.fields[name]
-                if vals.size == 1:
-                    vals = np.full(c, vals[0])
-                if vals.size != c:
-                    raise ValueError(
-                        f"{source}: stats[{key!r}][{name!r}] has {vals.size} values, "
-                        f"field has {c} channels"
-                    )
-                out[key][name] = [float(v) for v in vals]
+            sources = stats_sources(self.layout, self._infos, self._trajs)
+            out, self.stats_path = cached_stats(
+                sources, self._infos, self.fields, self._stat_fields
+            )
+            return out
+        out, path = load_stats(stats, self.fields, self._stat_fields)
+        if path is not None:
+            self.stats_path = path
         return out
-
-    def _well_stats_yaml(self) -> str | None:
-        roots = []
-        if self._well_root is not None:
-            roots.append(self._well_root)
-        p = Path(self._infos[0].path).resolve()
-        if p.parent.parent.name == "data":  # <base>/<name>/data/<split>/<file>
-            roots.append(p.parent.parent.parent)
-        for r in roots:
-            cand = r / "stats.yaml"
-            if cand.is_file():
-                return str(cand)
-        return None
-
-    def _stats_sources(self) -> list[tuple[str, list[int] | None]]:
-        """(file, sample indices or None for all) pairs holding the training trajectories."""
-        if self.layout == "well":
-            d = Path(self._infos[0].path).parent
-            train = d.parent / "train"
-            if d.name in ("valid", "test") and d.parent.name == "data" and train.is_dir():
-                files = sorted(str(q) for q in train.iterdir() if q.suffix in (".h5", ".hdf5"))
-                if files:
-                    return [(f, None) for f in files]
-        out: dict[int, list[int]] = {}
-        for fi, s in self._trajs.tolist():
-            out.setdefault(fi, []).append(s)
-        return [(self._infos[fi].path, sorted(set(v))) for fi, v in sorted(out.items())]
-
-    def _cached_stats(self) -> dict[str, dict[str, list[float]]]:
-        sources = self._stats_sources()
-        key = {
-            "version": _STATS_VERSION,
-            "files": [_file_stamp(p) + [s] for p, s in sources],
-            "fields": self._stat_fields,
-        }
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        first = sources[0][0]
-        stem = Path(first).stem if len(sources) == 1 else Path(first).parent.name
-        cache = os.path.join(
-            _cache_dir_for(os.path.dirname(os.path.abspath(first))),
-            f".gtlib_stats_{stem}_{digest}.yaml",
-        )
-        if os.path.isfile(cache):
-            with open(cache) as fh:
-                cached = yaml.safe_load(fh)
-            if isinstance(cached, dict) and cached.get("key") == json.loads(json.dumps(key)):
-                self.stats_path = cache
-                return {"mean": cached["mean"], "std": cached["std"]}
-        stats = self._compute_stats(sources)
-        _atomic_yaml(cache, {"key": key, **stats})
-        self.stats_path = cache
-        return stats
-
-    def _compute_stats(
-        self, sources: list[tuple[str, list[int] | None]]
-    ) -> dict[str, dict[str, list[float]]]:
-        acc = {n: _Welford(self.fields[n]) for n in self._stat_fields}
-        for path, sel in sources:
-            info = next((i for i in self._infos if i.path == path), None) or _parse_file(path)
-            try:
-                with h5py.File(path, "r") as f:
-                    for name in self._stat_fields:
-                        fl = info.fields.get(name)
-                        if fl is None:
-                            raise _err(path, f"field {name!r} missing (stats pass)")
-                        if info.sample_keys is not None:
-                            picks = range(info.n_samples) if sel is None else sel
-                            for s in picks:
-                                self._accumulate(f[f"{info.sample_keys[s]}/{fl.key}"], acc[name])
-                        elif fl.sample_axis:
-                            idx = list(range(info.n_samples)) if sel is None else sel
-                            self._accumulate(f[fl.key], acc[name], idx)
-                        else:
-                            self._accumulate(f[fl.key], acc[name])
-            except PDEFormatError:
-                raise
-            except HDF5_ERRORS as exc:
-                raise _err(
-                    path,
-                    f"read failed while computing statistics: {type(exc).__name__}: {exc}",
-                ) from exc
-        mean = {n: [float(v) for v in a.mean] for n, a in acc.items()}
-        std = {
-            n: [float(math.sqrt(max(v, 0.0) / max(a.n, 1))) for v in a.m2] for n, a in acc.items()
-        }
-        return {"mean": mean, "std": std}
-
-    @staticmethod
-    def _accumulate(ds: h5py.Dataset, acc: _Welford, rows: list[int] | None = None) -> None:
-        """Feed ``ds`` (restricted to ``rows`` of axis 0) to ``acc`` in chunks along axis 0."""
-        n0 = ds.shape[0]
-        row = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)))
-        step = max(1, _CHUNK_ELEMENTS // row)
-        rows = list(range(n0)) if rows is None else rows
-        # contiguous runs of rows, each read in chunks of `step` rows
-        start = 0
-        while start < len(rows):
-            end = start
-            while end + 1 < len(rows) and rows[end + 1] == rows[end] + 1 and end + 1 - start < step:
-                end += 1
-            block = np.asarray(read_hdf5(ds, slice(rows[start], rows[end] + 1)))
-            acc.update(_finite(ds.file.filename, block, ds.name))
-            start = end + 1
 
     def _norm_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         assert self.stats is not None
-        out = {}
-        for n in self._stat_fields:
-            mean = np.asarray(self.stats["mean"][n], dtype=np.float64)
-            std = np.asarray(self.stats["std"][n], dtype=np.float64)
-            std = np.where(std > 0, std, 1.0)
-            out[n] = (mean, std)
-        return out
+        return norm_arrays(self.stats, self._stat_fields)
 
     def normalize_fields(
         self,
@@ -985,24 +369,26 @@ class PDEDataset(Dataset):
         """
         if self.stats is None:
             raise ValueError(f"{self.path}: no statistics (build the dataset with normalize=True)")
+        check_tensor(values, "values", floating=True)
+        if isinstance(fields, str):
+            fields = [fields]
+        unknown = [f for f in fields if f not in self.stats["mean"]]
+        if unknown:
+            raise ValueError(
+                f"fields {unknown} have no statistics; known: {sorted(self.stats['mean'])}"
+            )
+        if not fields:
+            raise ValueError("fields must name at least one field")
+        inverse = _check_bool(inverse, "inverse")
+        if channel_dim is None:
+            channel_dim = -1 if self.output == "data" else -(self.n_spatial_dims + 1)
+        channel_dim = check_int(
+            channel_dim, "channel_dim", minimum=-values.dim(), maximum=values.dim() - 1
+        )
         norm = self._norm or self._norm_arrays()
         mean = np.concatenate([norm[f][0] for f in fields])
         std = np.concatenate([norm[f][1] for f in fields])
-        if channel_dim is None:
-            channel_dim = -1 if self.output == "data" else -(self.n_spatial_dims + 1)
-        c = values.shape[channel_dim]
-        if c % mean.size:
-            raise ValueError(
-                f"values have {c} channels along dim {channel_dim}, not a multiple of the "
-                f"{mean.size} channels of fields {list(fields)}"
-            )
-        reps = c // mean.size
-        shape = [1] * values.dim()
-        shape[channel_dim] = c
-        m = torch.as_tensor(np.tile(mean, reps), dtype=values.dtype, device=values.device)
-        s = torch.as_tensor(np.tile(std, reps), dtype=values.dtype, device=values.device)
-        m, s = m.reshape(shape), s.reshape(shape)
-        return values * s + m if inverse else (values - m) / s
+        return standardize(values, mean, std, channel_dim, inverse=inverse, fields=fields)
 
     def denormalize_target(self, y: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
         """Bring normalised targets (or predictions) back to physical units.
