@@ -43,6 +43,7 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 
 from gtlib.io import atomic_write
+from gtlib.validation import check_choice, check_int, describe
 
 __all__ = [
     "META_FILE_NAME",
@@ -173,6 +174,8 @@ KNOWN_META: dict[str, OGBMeta] = {
 
 def dataset_dir_name(name: str) -> str:
     """Return the folder name OGB uses for ``name`` (``'-'`` replaced by ``'_'``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {describe(name)}")
     return name.replace("-", "_")
 
 
@@ -185,6 +188,12 @@ def resolve_meta(
     Raises:
         OGBFormatError: the meta file is unreadable, or its level differs from ``level``.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {describe(name)}")
+    if not isinstance(dataset_dir, (str, os.PathLike)):
+        raise TypeError(f"dataset_dir must be a str or os.PathLike, got {describe(dataset_dir)}")
+    if level is not None:
+        check_choice(level, "level", ("node", "graph"))
     meta_path = Path(dataset_dir) / META_FILE_NAME
     meta: OGBMeta | None = None
     if meta_path.is_file():
@@ -274,6 +283,11 @@ def read_csv_gz(
         OGBMissingFileError: the file does not exist.
         OGBFormatError: corrupt gzip, wrong column counts, non-numeric (or non-integer) cells.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
+    integer = _check_bool(integer, "integer")
+    if num_columns is not None:
+        num_columns = check_int(num_columns, "num_columns", minimum=1)
     path = Path(path)
     text = _read_gzip_text(path)
     if not text.strip():
@@ -321,6 +335,82 @@ def _discover_extra(raw_dir: Path, prefix: str, listed: tuple[str, ...]) -> list
     return names
 
 
+def _read_counts(raw_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``num-node-list`` and ``num-edge-list``: one non-negative count per graph in both."""
+    node_list_path = raw_dir / "num-node-list.csv.gz"
+    edge_list_path = raw_dir / "num-edge-list.csv.gz"
+    num_node_list = read_csv_gz(node_list_path, integer=True, num_columns=1)[:, 0]
+    num_edge_list = read_csv_gz(edge_list_path, integer=True, num_columns=1)[:, 0]
+    for path, counts in ((node_list_path, num_node_list), (edge_list_path, num_edge_list)):
+        if counts.size == 0:
+            raise OGBFormatError(f"{path}: empty (needs one row per graph)")
+        if (counts < 0).any():
+            raise OGBFormatError(f"{path}: negative count at line {int(np.argmax(counts < 0)) + 1}")
+    if num_edge_list.size != num_node_list.size:
+        raise OGBFormatError(
+            f"{edge_list_path}: has {num_edge_list.size} rows but {node_list_path} has "
+            f"{num_node_list.size} (one row per graph in both)"
+        )
+    return num_node_list, num_edge_list
+
+
+def _read_edges(raw_dir: Path, num_node_list: np.ndarray, num_edge_list: np.ndarray) -> np.ndarray:
+    """``edge.csv.gz`` checked against the counts: per-graph local indices in range."""
+    edge_path = raw_dir / "edge.csv.gz"
+    edge = read_csv_gz(edge_path, integer=True, num_columns=2)
+    total_edges = int(num_edge_list.sum())
+    if edge.shape[0] != total_edges:
+        raise OGBFormatError(
+            f"{edge_path}: has {edge.shape[0]} edges but {raw_dir / 'num-edge-list.csv.gz'} "
+            f"sums to {total_edges}"
+        )
+    if total_edges:
+        nodes_of_edge_graph = np.repeat(num_node_list, num_edge_list)
+        bad = (edge < 0) | (edge >= nodes_of_edge_graph[:, None])
+        if bad.any():
+            row = int(np.argmax(bad.any(axis=1)))
+            graph = int(np.searchsorted(np.cumsum(num_edge_list), row, side="right"))
+            raise OGBFormatError(
+                f"{edge_path}: node index out of range at line {row + 1}: {edge[row].tolist()} "
+                f"(graph {graph} has {int(num_node_list[graph])} nodes, indices are local)"
+            )
+    return edge
+
+
+def _read_rows(path: Path, rows: int, what: str, optional: bool = False) -> np.ndarray | None:
+    """A CSV with ``rows`` rows (``None`` when ``optional`` and absent)."""
+    if optional and not path.exists():
+        return None
+    values = read_csv_gz(path)
+    _check_rows(path, values, rows, what)
+    return values
+
+
+def _read_extra(
+    raw_dir: Path, kind: str, listed: tuple[str, ...], rows: int, what: str
+) -> dict[str, np.ndarray]:
+    """The additional ``node_*`` / ``edge_*`` files (``kind``: ``"node"`` or ``"edge"``)."""
+    out: dict[str, np.ndarray] = {}
+    for extra in _discover_extra(raw_dir, f"{kind}_", listed):
+        if not extra.startswith(f"{kind}_"):
+            raise OGBFormatError(f"{raw_dir / extra}: additional {kind} files must start '{kind}_'")
+        path = raw_dir / f"{extra}.csv.gz"
+        if extra == "node_species" and not path.exists() and (raw_dir / "species.csv.gz").exists():
+            path = raw_dir / "species.csv.gz"  # ogbn-proteins ships it under this name
+        out[extra] = _read_rows(path, rows, what)
+    return out
+
+
+def _check_file_names(value: Any, name: str) -> tuple[str, ...]:
+    """A tuple of file stems (a list or tuple of str)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a tuple of str, got {describe(value)}")
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} must hold str, got {describe(item)}")
+    return tuple(value)
+
+
 def read_ogb_raw(
     raw_dir: str | os.PathLike,
     *,
@@ -339,91 +429,36 @@ def read_ogb_raw(
 
     Raises:
         OGBMissingFileError, OGBFormatError: see the module docstring.
+        TypeError, ValueError: a wrong argument (named in the message).
     """
+    if not isinstance(raw_dir, (str, os.PathLike)):
+        raise TypeError(f"raw_dir must be a str or os.PathLike, got {describe(raw_dir)}")
+    check_choice(level, "level", ("node", "graph"))
+    node_files = _check_file_names(additional_node_files, "additional_node_files")
+    edge_files = _check_file_names(additional_edge_files, "additional_edge_files")
     raw_dir = Path(raw_dir)
-    edge_path = raw_dir / "edge.csv.gz"
-    node_list_path = raw_dir / "num-node-list.csv.gz"
-    edge_list_path = raw_dir / "num-edge-list.csv.gz"
-    num_node_list = read_csv_gz(node_list_path, integer=True, num_columns=1)[:, 0]
-    num_edge_list = read_csv_gz(edge_list_path, integer=True, num_columns=1)[:, 0]
-    edge = read_csv_gz(edge_path, integer=True, num_columns=2)
-    for path, counts in ((node_list_path, num_node_list), (edge_list_path, num_edge_list)):
-        if counts.size == 0:
-            raise OGBFormatError(f"{path}: empty (needs one row per graph)")
-        if (counts < 0).any():
-            raise OGBFormatError(f"{path}: negative count at line {int(np.argmax(counts < 0)) + 1}")
-    if num_edge_list.size != num_node_list.size:
-        raise OGBFormatError(
-            f"{edge_list_path}: has {num_edge_list.size} rows but {node_list_path} has "
-            f"{num_node_list.size} (one row per graph in both)"
-        )
+    num_node_list, num_edge_list = _read_counts(raw_dir)
     if level == "node" and num_node_list.size != 1:
         raise OGBFormatError(
-            f"{node_list_path}: a node-level dataset has one graph, found {num_node_list.size} rows"
+            f"{raw_dir / 'num-node-list.csv.gz'}: a node-level dataset has one graph, found "
+            f"{num_node_list.size} rows"
         )
-    total_nodes = int(num_node_list.sum())
-    total_edges = int(num_edge_list.sum())
-    if edge.shape[0] != total_edges:
-        raise OGBFormatError(
-            f"{edge_path}: has {edge.shape[0]} edges but {edge_list_path} sums to {total_edges}"
-        )
-    if total_edges:
-        nodes_of_edge_graph = np.repeat(num_node_list, num_edge_list)
-        bad = (edge < 0) | (edge >= nodes_of_edge_graph[:, None])
-        if bad.any():
-            row = int(np.argmax(bad.any(axis=1)))
-            graph = int(np.searchsorted(np.cumsum(num_edge_list), row, side="right"))
-            raise OGBFormatError(
-                f"{edge_path}: node index out of range at line {row + 1}: {edge[row].tolist()} "
-                f"(graph {graph} has {int(num_node_list[graph])} nodes, indices are local)"
-            )
-
-    def optional(file_name: str, rows: int, what: str) -> np.ndarray | None:
-        path = raw_dir / file_name
-        if not path.exists():
-            return None
-        values = read_csv_gz(path)
-        _check_rows(path, values, rows, what)
-        return values
-
-    node_feat = optional("node-feat.csv.gz", total_nodes, "sum of num-node-list")
-    edge_feat = optional("edge-feat.csv.gz", total_edges, "sum of num-edge-list")
+    edge = _read_edges(raw_dir, num_node_list, num_edge_list)
+    total_nodes, total_edges = int(num_node_list.sum()), int(num_edge_list.sum())
+    nodes, edges = "sum of num-node-list", "sum of num-edge-list"
     if level == "node":
-        label_path = raw_dir / "node-label.csv.gz"
-        label = read_csv_gz(label_path)
-        _check_rows(label_path, label, total_nodes, "one row per node")
+        label = _read_rows(raw_dir / "node-label.csv.gz", total_nodes, "one row per node")
     else:
-        label_path = raw_dir / "graph-label.csv.gz"
-        label = read_csv_gz(label_path)
-        _check_rows(label_path, label, num_node_list.size, "one row per graph")
-
-    extra_node: dict[str, np.ndarray] = {}
-    for extra in _discover_extra(raw_dir, "node_", additional_node_files):
-        if not extra.startswith("node_"):
-            raise OGBFormatError(f"{raw_dir / extra}: additional node files must start 'node_'")
-        path = raw_dir / f"{extra}.csv.gz"
-        if extra == "node_species" and not path.exists() and (raw_dir / "species.csv.gz").exists():
-            path = raw_dir / "species.csv.gz"  # ogbn-proteins ships it under this name
-        values = read_csv_gz(path)
-        _check_rows(path, values, total_nodes, "sum of num-node-list")
-        extra_node[extra] = values
-    extra_edge: dict[str, np.ndarray] = {}
-    for extra in _discover_extra(raw_dir, "edge_", additional_edge_files):
-        if not extra.startswith("edge_"):
-            raise OGBFormatError(f"{raw_dir / extra}: additional edge files must start 'edge_'")
-        path = raw_dir / f"{extra}.csv.gz"
-        values = read_csv_gz(path)
-        _check_rows(path, values, total_edges, "sum of num-edge-list")
-        extra_edge[extra] = values
+        label = _read_rows(raw_dir / "graph-label.csv.gz", num_node_list.size, "one row per graph")
     return {
         "edge": edge,
         "num_node_list": num_node_list,
         "num_edge_list": num_edge_list,
-        "node_feat": node_feat,
-        "edge_feat": edge_feat,
+        "node_feat": _read_rows(raw_dir / "node-feat.csv.gz", total_nodes, nodes, optional=True),
+        "edge_feat": _read_rows(raw_dir / "edge-feat.csv.gz", total_edges, edges, optional=True),
         "label": label,
-        "extra_node": extra_node,
-        "extra_edge": extra_edge,
+        "extra_node": _read_extra(raw_dir, "node", node_files, total_nodes, nodes),
+        "extra_edge": _read_extra(raw_dir, "edge", edge_files, total_edges, edges),
     }
 
 
@@ -461,6 +496,46 @@ def _infer_task_type(label: np.ndarray) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (``gtlib.validation`` has no such check yet)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {describe(value)}")
+
+
+def _check_folder_name(value: Any, name: str) -> str:
+    """A single folder name: a non-empty str without path separators."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {describe(value)}")
+    if not value or value in (".", "..") or "/" in value or os.sep in value:
+        raise ValueError(f"{name} must be a folder name (no path separators), got {value!r}")
+    return value
+
+
+def _check_dataset_args(
+    root: Any,
+    name: Any,
+    add_inverse_edge: Any,
+    split: Any,
+    transform: Any,
+    pre_transform: Any,
+) -> None:
+    """The arguments of the OGB dataset classes, checked before any file is touched."""
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a str or os.PathLike, got {describe(root)}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {describe(name)}")
+    if not name.strip():
+        raise ValueError("name must be a non-empty dataset name, got ''")
+    if add_inverse_edge is not None:
+        _check_bool(add_inverse_edge, "add_inverse_edge")
+    if split is not None:
+        _check_folder_name(split, "split")
+    for arg, value in (("transform", transform), ("pre_transform", pre_transform)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{arg} must be callable or None, got {describe(value)}")
+
+
 def _fingerprint(paths: list[Path], extra: str) -> str:
     digest = hashlib.sha1(extra.encode())
     for path in paths:
@@ -485,6 +560,9 @@ class _OGBBase(InMemoryDataset):
         force_reload: bool = False,
         log: bool = False,
     ) -> None:
+        _check_dataset_args(root, name, add_inverse_edge, split, transform, pre_transform)
+        force_reload = _check_bool(force_reload, "force_reload")
+        log = _check_bool(log, "log")
         self.name = name
         self.dataset_dir = Path(root) / dataset_dir_name(name)
         if not self.dataset_dir.is_dir():
@@ -599,6 +677,8 @@ class _OGBBase(InMemoryDataset):
             OGBMissingFileError: a split file is missing.
             OGBFormatError: a split file is malformed or holds an index out of range.
         """
+        if split_type is not None:
+            split_type = _check_folder_name(split_type, "split_type")
         split_root = self.dataset_dir / "split"
         split_type = split_type or self.meta.split
         if not split_type:
@@ -763,11 +843,16 @@ class Evaluator:
         eval_metric: str | None = None,
         backend: str = "auto",
     ) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {describe(name)}")
+        if num_tasks is not None:
+            num_tasks = check_int(num_tasks, "num_tasks", minimum=1)
+        if eval_metric is not None:
+            check_choice(eval_metric, "eval_metric", _METRICS)
+        check_choice(backend, "backend", ("auto", "ogb", "gtlib"))
         known = KNOWN_META.get(name or "")
         self.name = name or "custom"
-        self.num_tasks = int(
-            num_tasks if num_tasks is not None else (known.num_tasks if known else 0)
-        )
+        self.num_tasks = num_tasks if num_tasks is not None else (known.num_tasks if known else 0)
         self.eval_metric = eval_metric or (known.eval_metric if known else "")
         if self.num_tasks <= 0:
             raise ValueError(
@@ -775,8 +860,6 @@ class Evaluator:
             )
         if self.eval_metric not in _METRICS:
             raise ValueError(f"eval_metric: must be one of {_METRICS}, got {self.eval_metric!r}")
-        if backend not in ("auto", "ogb", "gtlib"):
-            raise ValueError(f"backend: must be 'auto', 'ogb' or 'gtlib', got {backend!r}")
         self._ogb = None
         if backend != "gtlib" and self.eval_metric != "mae":
             self._ogb = _make_ogb_evaluator(self.name, self.num_tasks, self.eval_metric)
@@ -786,6 +869,10 @@ class Evaluator:
 
     def eval(self, input_dict: Mapping[str, Any]) -> dict[str, float]:
         """Evaluate ``{'y_true': [n, num_tasks], 'y_pred': [n, num_tasks]}`` (numpy or torch)."""
+        if not isinstance(input_dict, Mapping):
+            raise TypeError(
+                f"input_dict must be a dict with 'y_true' and 'y_pred', got {describe(input_dict)}"
+            )
         if self._ogb is not None:
             return self._ogb.eval(input_dict)
         y_true, y_pred = self._parse_and_check_input(input_dict)
