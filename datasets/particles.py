@@ -16,7 +16,7 @@ active matter", PNAS 2024; every variable even under time reversal, :math:`k_B =
 * :class:`ActiveBrownianParticles` -- active Brownian particles (ABP) in :math:`d = 2` with an
   orientation angle :math:`\theta_i` diffusing on the circle.
 * :class:`LinearSDE` -- :math:`dX = AX\,dt + \sqrt{2D}\,dW` with exact stationary sampling and the
-  exact Ornstein–Uhlenbeck transition.
+  exact Ornstein–Uhlenbeck transition (defined in :mod:`gtlib.entropy.reference`, re-exported).
 
 State layout. A snapshot of ``N`` particles in ``d`` dimensions is ``pos [N, d]`` and
 ``g [N, d]`` (self-propulsion); every function also takes a batch ``[B, N, d]`` (any leading
@@ -59,14 +59,13 @@ from typing import Any
 
 import h5py
 import numpy as np
-import scipy.linalg
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, Dataset
 
 from gtlib.attention.neighbors import minimum_image
 from gtlib.attention.pattern import Pattern
-from gtlib.entropy.reference import linear_stationary_covariance, stationary_sample_linear
+from gtlib.entropy.reference import LinearSDE
 from gtlib.io import (
     HDF5_ERRORS,
     HDF5_LIBVER,
@@ -867,85 +866,6 @@ class ActiveBrownianParticles(_SoftDiscs):
             f"beta={self.beta:g}, r0={self.r0:g}, trap={self.trap:g}, eps={self.eps:g}, "
             f"cutoff={self.cutoff:.4g})"
         )
-
-
-# ------------------------------------------------------------------------------------------------
-class LinearSDE:
-    r"""Linear SDE :math:`dX = AX\,dt + \sqrt{2D}\,dW` (Ornstein–Uhlenbeck process).
-
-    Stationary covariance :math:`C` solves :math:`AC + CA^\top + 2D = 0`. The exact transition
-    over a time :math:`t` is Gaussian with mean :math:`e^{At}x` and covariance
-    :math:`C - e^{At} C e^{A^\top t}`.
-
-    Args:
-        A: ``[n, n]`` stable drift matrix.
-        D: ``[n]`` diagonal or ``[n, n]`` symmetric positive semi-definite diffusion matrix.
-
-    Shapes:
-        x: ``[..., n]``.
-    """
-
-    def __init__(
-        self, A: Tensor | np.ndarray | Sequence, D: Tensor | np.ndarray | Sequence
-    ) -> None:
-        self.A = torch.as_tensor(np.asarray(A, dtype=np.float64))
-        D = torch.as_tensor(np.asarray(D, dtype=np.float64))
-        if D.dim() == 1:
-            D = torch.diag(D)
-        self.D = D
-        # Validates A and D (shapes, stability, symmetry, controllability).
-        self.stationary_covariance = linear_stationary_covariance(self.A, self.D)
-        self.dim = self.A.shape[0]
-
-    @property
-    def diffusion(self) -> Tensor:
-        """Diagonal of ``D``, ``[n]``."""
-        return torch.diagonal(self.D).clone()
-
-    def drift(self, x: Tensor) -> Tensor:
-        """:math:`b(x) = Ax`, ``[..., n]``."""
-        x = self._check_x(x)
-        return x @ self.A.to(x.dtype).T
-
-    def _check_x(self, x: Any) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"`x` must be a floating-point tensor, got {x.dtype}")
-        if x.dim() < 1 or x.shape[-1] != self.dim:
-            raise ValueError(f"`x` must have shape [..., {self.dim}], got {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("`x` contains NaN or infinite values")
-        return x
-
-    def sample_stationary(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` exact independent samples of :math:`\\mathcal N(0, C)`, ``[n, dim]`` float64."""
-        return stationary_sample_linear(self.A, self.D, n, generator)
-
-    def transition(self, dt: float) -> tuple[Tensor, Tensor]:
-        """``(expm(A dt), C - expm(A dt) C expm(A dt)^T)`` in float64."""
-        dt = _real(dt, "dt", positive=True)
-        E = torch.as_tensor(scipy.linalg.expm(self.A.numpy() * dt))
-        C = self.stationary_covariance
-        Q = C - E @ C @ E.T
-        return E, 0.5 * (Q + Q.T)
-
-    def step_exact(self, x: Tensor, dt: float, generator: torch.Generator | None = None) -> Tensor:
-        """Exact OU transition over ``dt``: ``x' = e^{A dt} x + Q^{1/2} z``.
-
-        Shapes:
-            x: ``[..., n]`` -> ``[..., n]``.
-        """
-        x = self._check_x(x)
-        E, Q = self.transition(dt)
-        eigval, eigvec = torch.linalg.eigh(Q)
-        root = eigvec * eigval.clamp(min=0.0).sqrt()
-        z = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-        out = x.double() @ E.T + z @ root.T
-        return out.to(x.dtype)
-
-    def __repr__(self) -> str:
-        return f"LinearSDE(dim={self.dim})"
 
 
 # ------------------------------------------------------------------------------------------------

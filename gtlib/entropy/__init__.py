@@ -23,7 +23,7 @@ from gtlib.entropy.particle_score import (
     particle_entropy_production,
 )
 from gtlib.entropy.reference import (
-    LinearSystem,
+    LinearSDE,
     aoup_harmonic_trap,
     bead_chain,
     brownian_gyrator,
@@ -50,7 +50,7 @@ from gtlib.entropy.training import TrainResult, train_score
 
 __all__ = [
     "EntropyProductionEstimate",
-    "LinearSystem",
+    "LinearSDE",
     "ParticleEntropyProduction",
     "ParticleScore",
     "TrainResult",
@@ -84,3 +84,9 @@ __all__ = [
     "score_free_entropy_production",
     "stationary_sample_linear",
 ]
+
+
+def __getattr__(name: str):
+    if name == "LinearSystem":  # deprecated alias of LinearSDE (warns)
+        return getattr(reference, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,15 +47,18 @@ All matrices are returned as ``torch.float64`` tensors and rates as Python float
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from typing import Any
 
 import numpy as np
 import scipy.linalg
 import torch
 from torch import Tensor
 
+from gtlib.validation import check_finite, check_index, check_int, check_real, check_tensor
+
 __all__ = [
-    "LinearSystem",
+    "LinearSDE",
     "aoup_harmonic_trap",
     "bead_chain",
     "brownian_gyrator",
@@ -73,7 +76,10 @@ ArrayLike = Tensor | np.ndarray | list | tuple
 def _to_numpy_matrix(value: ArrayLike, name: str) -> np.ndarray:
     if isinstance(value, Tensor):
         value = value.detach().cpu().numpy()
-    array = np.asarray(value, dtype=np.float64)
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`{name}` must be a real matrix or vector, got {value!r}") from error
     if not np.all(np.isfinite(array)):
         raise ValueError(f"`{name}` must contain only finite values")
     return array
@@ -212,8 +218,7 @@ def stationary_sample_linear(
     Returns:
         ``[n, d]`` float64 tensor.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ValueError(f"`n` must be a positive int, got {n!r}")
+    n = check_int(n, "n", minimum=1)
     A_np, D_np = _validate(A, D)
     C = _covariance_np(A_np, D_np)
     L = _tensor(np.linalg.cholesky(C))
@@ -221,42 +226,214 @@ def stationary_sample_linear(
     return z @ L.T
 
 
-@dataclass(frozen=True)
-class LinearSystem:
-    r"""A linear system :math:`dX = AX\,dt + \sqrt{2D}\,dW` with its closed-form EPR.
+class LinearSDE:
+    r"""The linear SDE :math:`dX = AX\,dt + \sqrt{2D}\,dW` (Ornstein–Uhlenbeck process) with
+    its closed forms.
 
-    Attributes:
-        A: drift matrix ``[d, d]`` (float64).
-        D: diffusion matrix ``[d, d]`` (float64, diagonal for every case here).
-        sigma: closed-form total entropy production rate (nats per unit time).
-        covariance: closed-form stationary covariance ``[d, d]`` where one is known, else ``None``.
+    Stationary law :math:`\mathcal N(0, C)`, :math:`AC + CA^\top + 2D = 0`; exact transition
+    over a time :math:`t`: Gaussian with mean :math:`e^{At}x` and covariance
+    :math:`C - e^{At} C e^{A^\top t}`; score :math:`-C^{-1}x`, probability-flow velocity
+    :math:`\Omega x`, entropy production rate :math:`\sigma` (see the module docstring).
+    The constructors of this module (:func:`rotating_particle`, :func:`brownian_gyrator`,
+    :func:`bead_chain`, :func:`aoup_harmonic_trap`) return one with the closed forms they know;
+    built from ``A`` and ``D`` alone, ``sigma`` comes from :func:`linear_entropy_production`
+    and the covariance from the Lyapunov equation. (Formerly two classes: ``LinearSystem``,
+    still importable with a deprecation warning, and ``LinearSDE``.)
+
+    Args:
+        A: ``[n, n]`` stable drift matrix (every eigenvalue with negative real part).
+        D: ``[n]`` diagonal or ``[n, n]`` symmetric positive semi-definite diffusion matrix,
+            with ``(A, D)`` controllable (the stationary covariance is positive definite).
+        sigma: closed-form total entropy production rate, if known (nats per unit time).
+        covariance: closed-form stationary covariance ``[n, n]``, if known; it must solve the
+            Lyapunov equation (checked).
         parts: further closed-form quantities by name (e.g. ``"sigma_g"`` for the AOUP).
         groups: integer labellings of the coordinates by name (e.g. ``"particle"``, ``"dof"``),
             ready for :func:`gtlib.entropy.entropy_production`'s ``groups``.
+
+    Attributes:
+        A, D: the matrices ``[n, n]`` (float64).
+        num_coordinates: ``n``.
+
+    Shapes:
+        x: ``[..., n]``.
     """
 
-    A: Tensor
-    D: Tensor
-    sigma: float
-    covariance: Tensor | None = None
-    parts: dict[str, float] = field(default_factory=dict)
-    groups: dict[str, Tensor] = field(default_factory=dict)
+    def __init__(
+        self,
+        A: ArrayLike,
+        D: ArrayLike,
+        *,
+        sigma: float | None = None,
+        covariance: ArrayLike | None = None,
+        parts: dict[str, float] | None = None,
+        groups: dict[str, Tensor] | None = None,
+    ) -> None:
+        A_np, D_np = _validate(A, D)
+        self._lyapunov = _covariance_np(A_np, D_np)  # raises unless (A, D) is controllable
+        self.A = _tensor(A_np)
+        self.D = _tensor(D_np)
+        self.num_coordinates = A_np.shape[0]
+        self._sigma = None if sigma is None else check_real(sigma, "sigma")
+        self._covariance = None
+        if covariance is not None:
+            self._covariance = _tensor(self._check_covariance(covariance))
+        self.parts = {} if parts is None else self._check_parts(parts)
+        self.groups = {} if groups is None else self._check_groups(groups)
+
+    # -------------------------------------------------------------- construction checks
+    def _check_covariance(self, covariance: ArrayLike) -> np.ndarray:
+        C = _to_numpy_matrix(covariance, "covariance")
+        n = self.num_coordinates
+        if C.shape != (n, n):
+            raise ValueError(f"`covariance` must have shape ({n}, {n}), got {tuple(C.shape)}")
+        A, D = self.A.numpy(), self.D.numpy()
+        residual = np.abs(A @ C + C @ A.T + 2.0 * D).max()
+        scale = max(np.abs(A).max() * np.abs(C).max(), np.abs(D).max(), 1e-300)
+        if residual > 1e-8 * scale:
+            raise ValueError(
+                f"`covariance` does not solve A C + C A^T + 2D = 0 (residual {residual:.3g})"
+            )
+        return C
+
+    @staticmethod
+    def _check_parts(parts: Any) -> dict[str, float]:
+        if not isinstance(parts, dict):
+            raise TypeError(f"`parts` must be a dict of floats, got {type(parts).__name__}")
+        return {str(key): check_real(value, f"parts[{key!r}]") for key, value in parts.items()}
+
+    def _check_groups(self, groups: Any) -> dict[str, Tensor]:
+        if not isinstance(groups, dict):
+            raise TypeError(f"`groups` must be a dict of tensors, got {type(groups).__name__}")
+        out = {}
+        for key, value in groups.items():
+            name = f"groups[{key!r}]"
+            check_tensor(value, name, integer=True, dim=1)
+            if value.numel() != self.num_coordinates:
+                raise ValueError(
+                    f"{name} must label the {self.num_coordinates} coordinates, got "
+                    f"{value.numel()} labels"
+                )
+            out[str(key)] = check_index(value, name)
+        return out
+
+    # -------------------------------------------------------------- closed forms
+    @property
+    def stationary_covariance(self) -> Tensor:
+        """:math:`C` ``[n, n]``: the closed form given to the constructor, else the solution
+        of the Lyapunov equation (float64)."""
+        if self._covariance is not None:
+            return self._covariance.clone()
+        return _tensor(self._lyapunov)
+
+    @property
+    def covariance(self) -> Tensor:
+        """Deprecated name of :attr:`stationary_covariance`."""
+        _deprecated(
+            "LinearSDE.covariance is deprecated, use LinearSDE.stationary_covariance", stacklevel=3
+        )
+        return self.stationary_covariance
+
+    @property
+    def dim(self) -> int:
+        """Deprecated name of :attr:`num_coordinates` (``dim`` is the spatial dimension
+        elsewhere in gtlib)."""
+        _deprecated("LinearSDE.dim is deprecated, use LinearSDE.num_coordinates", stacklevel=3)
+        return self.num_coordinates
+
+    @property
+    def sigma(self) -> float:
+        """Total entropy production rate: the closed form given to the constructor, else
+        :func:`linear_entropy_production`'s trace route."""
+        if self._sigma is None:
+            self._sigma = linear_entropy_production(self.A, self.D)[0]
+        return self._sigma
+
+    @property
+    def score_matrix(self) -> Tensor:
+        """:math:`S = -C^{-1}`: the score is :math:`s(x) = Sx` (:func:`linear_score`)."""
+        return _tensor(-np.linalg.inv(self._lyapunov))
+
+    @property
+    def velocity_matrix(self) -> Tensor:
+        r""":math:`\Omega = A + DC^{-1}`: :math:`v(x) = \Omega x`
+        (:func:`linear_velocity_matrix`)."""
+        return _tensor(self.A.numpy() + self.D.numpy() @ np.linalg.inv(self._lyapunov))
 
     @property
     def diffusion(self) -> Tensor:
-        """The diagonal of ``D`` as a ``[d]`` vector (the estimators' ``diffusion`` argument)."""
+        """The diagonal of ``D`` as a ``[n]`` vector (the estimators' ``diffusion`` argument)."""
         return torch.diagonal(self.D).clone()
 
+    # -------------------------------------------------------------- dynamics
+    def _check_x(self, x: Any) -> Tensor:
+        check_tensor(x, "x", floating=True)
+        if x.dim() < 1 or x.shape[-1] != self.num_coordinates:
+            raise ValueError(
+                f"`x` must have shape [..., {self.num_coordinates}], got {tuple(x.shape)}"
+            )
+        check_finite(x, "x")
+        return x
 
-def _positive(value: float, name: str, allow_zero: bool = False) -> float:
-    value = float(value)
-    if not np.isfinite(value) or value < 0.0 or (value == 0.0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"`{name}` must be finite and {kind}, got {value}")
-    return value
+    def drift(self, x: Tensor) -> Tensor:
+        """:math:`b(x) = Ax`, ``[..., n]`` -> ``[..., n]``."""
+        x = self._check_x(x)
+        return x @ self.A.to(dtype=x.dtype, device=x.device).T
+
+    def sample_stationary(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        r"""``n`` exact independent samples of :math:`\mathcal N(0, C)`, ``[n, num_coordinates]``
+        float64 (the numbers of :func:`stationary_sample_linear`)."""
+        n = check_int(n, "n", minimum=1)
+        L = _tensor(np.linalg.cholesky(self._lyapunov))
+        z = torch.randn(n, self.num_coordinates, generator=generator, dtype=torch.float64)
+        return z @ L.T
+
+    def transition(self, dt: float) -> tuple[Tensor, Tensor]:
+        """``(expm(A dt), C - expm(A dt) C expm(A dt)^T)`` in float64."""
+        dt = check_real(dt, "dt", positive=True)
+        E = scipy.linalg.expm(self.A.numpy() * dt)
+        C = self._lyapunov
+        Q = C - E @ C @ E.T
+        return _tensor(E), _tensor(0.5 * (Q + Q.T))
+
+    def step_exact(self, x: Tensor, dt: float, generator: torch.Generator | None = None) -> Tensor:
+        """Exact OU transition over ``dt``: ``x' = e^{A dt} x + Q^{1/2} z``.
+
+        Shapes:
+            x: ``[..., n]`` -> ``[..., n]``.
+        """
+        x = self._check_x(x)
+        E, Q = self.transition(dt)
+        eigval, eigvec = torch.linalg.eigh(Q)
+        root = eigvec * eigval.clamp(min=0.0).sqrt()
+        z = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        out = x.double().cpu() @ E.T + z @ root.T
+        return out.to(dtype=x.dtype, device=x.device)
+
+    def __repr__(self) -> str:
+        known = "closed form" if self._sigma is not None else "Lyapunov"
+        return f"LinearSDE(num_coordinates={self.num_coordinates}, sigma from {known})"
 
 
-def rotating_particle(k: float, a: float, d: float) -> LinearSystem:
+def _deprecated(message: str, stacklevel: int = 2) -> None:
+    warnings.warn(message, FutureWarning, stacklevel=stacklevel + 1)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LinearSystem":  # the former name of the linear systems' class
+        _deprecated(
+            "gtlib.entropy.reference.LinearSystem is deprecated, use LinearSDE (one class for "
+            "the linear SDE)"
+        )
+        return LinearSDE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _positive(value: Any, name: str, allow_zero: bool = False) -> float:
+    return check_real(value, name, positive=not allow_zero, nonnegative=allow_zero)
+
+
+def rotating_particle(k: float, a: float, d: float) -> LinearSDE:
     r"""Rotationally driven particle: :math:`A = [[-k, -a], [a, -k]]`, :math:`D = d I`.
 
     :math:`C = (d/k) I`, :math:`\Omega = [[0, -a], [a, 0]]`, :math:`\sigma = 2a^2/k` (independent of
@@ -264,10 +441,10 @@ def rotating_particle(k: float, a: float, d: float) -> LinearSystem:
     """
     k = _positive(k, "k")
     d = _positive(d, "d")
-    a = float(a)
+    a = check_real(a, "a")
     A = torch.tensor([[-k, -a], [a, -k]], dtype=torch.float64)
     D = d * torch.eye(2, dtype=torch.float64)
-    return LinearSystem(
+    return LinearSDE(
         A=A,
         D=D,
         sigma=2.0 * a * a / k,
@@ -275,7 +452,7 @@ def rotating_particle(k: float, a: float, d: float) -> LinearSystem:
     )
 
 
-def brownian_gyrator(K: ArrayLike, T1: float, T2: float) -> LinearSystem:
+def brownian_gyrator(K: ArrayLike, T1: float, T2: float) -> LinearSDE:
     r"""Brownian gyrator: :math:`A = -K` (``K`` symmetric positive definite), :math:`D =
     \operatorname{diag}(T_1, T_2)`.
 
@@ -292,10 +469,10 @@ def brownian_gyrator(K: ArrayLike, T1: float, T2: float) -> LinearSystem:
     T2 = _positive(T2, "T2")
     k11, k12, k22 = K_np[0, 0], K_np[0, 1], K_np[1, 1]
     sigma = k12**2 * (T1 - T2) ** 2 / (T1 * T2 * (k11 + k22))
-    return LinearSystem(A=_tensor(-K_np), D=_tensor(np.diag([T1, T2])), sigma=float(sigma))
+    return LinearSDE(A=_tensor(-K_np), D=_tensor(np.diag([T1, T2])), sigma=float(sigma))
 
 
-def bead_chain(num_beads: int, k: float, e: float, T1: float, T2: float) -> LinearSystem:
+def bead_chain(num_beads: int, k: float, e: float, T1: float, T2: float) -> LinearSDE:
     r"""Two-temperature bead-spring chain between walls.
 
     ``num_beads`` beads, springs of stiffness ``k`` between neighbours and to both walls, friction
@@ -309,8 +486,7 @@ def bead_chain(num_beads: int, k: float, e: float, T1: float, T2: float) -> Line
     For other ``num_beads`` no closed form is coded and ``sigma`` is computed by the Lyapunov route
     (:func:`linear_entropy_production`); ``parts["closed_form"]`` is 1.0 or 0.0 accordingly.
     """
-    if isinstance(num_beads, bool) or not isinstance(num_beads, int) or num_beads < 1:
-        raise ValueError(f"`num_beads` must be a positive int, got {num_beads!r}")
+    num_beads = check_int(num_beads, "num_beads", minimum=1)
     k = _positive(k, "k")
     e = _positive(e, "e")
     T1 = _positive(T1, "T1")
@@ -328,7 +504,7 @@ def bead_chain(num_beads: int, k: float, e: float, T1: float, T2: float) -> Line
         sigma, closed = numerator / denominator, True
     else:
         sigma, closed = linear_entropy_production(A, D)[0], False
-    return LinearSystem(
+    return LinearSDE(
         A=_tensor(A),
         D=_tensor(D),
         sigma=float(sigma),
@@ -344,7 +520,7 @@ def aoup_harmonic_trap(
     eps: float,
     num_particles: int = 1,
     dim: int = 1,
-) -> LinearSystem:
+) -> LinearSDE:
     r"""Independent active Ornstein–Uhlenbeck particles in a harmonic trap.
 
     Per particle and Cartesian dimension:
@@ -370,14 +546,11 @@ def aoup_harmonic_trap(
     kappa = _positive(kappa, "kappa")
     gamma = _positive(gamma, "gamma")
     eps = _positive(eps, "eps", allow_zero=True)
-    v0 = float(v0)
-    if not np.isfinite(v0):
-        raise ValueError(f"`v0` must be finite, got {v0}")
+    v0 = check_real(v0, "v0")
     if eps == 0.0 and v0 == 0.0:
         raise ValueError("with `eps` = 0, `v0` must be non-zero (else x has no stationary density)")
-    for name, value in (("num_particles", num_particles), ("dim", dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    num_particles = check_int(num_particles, "num_particles", minimum=1)
+    dim = check_int(dim, "dim", minimum=1)
     m = num_particles * dim
     eye = np.eye(m)
     A = np.block([[-kappa * eye, v0 * eye], [np.zeros((m, m)), -gamma * eye]])
@@ -392,7 +565,7 @@ def aoup_harmonic_trap(
         sigma_1 = sigma_g_1 = kappa
     sigma_x_1 = sigma_1 - sigma_g_1
     particle = torch.arange(num_particles).repeat_interleave(dim)
-    return LinearSystem(
+    return LinearSDE(
         A=_tensor(A),
         D=_tensor(D),
         sigma=float(m * sigma_1),

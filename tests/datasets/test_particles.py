@@ -206,7 +206,7 @@ def test_aoup_trap_stationary_covariance():
     x = run["pos"].reshape(-1).numpy()
     g = run["g"].reshape(-1).numpy()
     empirical = np.array([np.mean(x * x), np.mean(x * g), np.mean(g * g)])
-    closed = aoup_harmonic_trap(kappa, v0, gamma, eps).covariance.numpy()
+    closed = aoup_harmonic_trap(kappa, v0, gamma, eps).stationary_covariance.numpy()
     closed = np.array([closed[0, 0], closed[0, 1], closed[1, 1]])
     # Exact stationary covariance of the discrete scheme (EM in x, exact OU in g): its distance
     # to the closed form is the time-step bias, O(kappa dt) ~ 0.5% here. The burn-in (x starts at

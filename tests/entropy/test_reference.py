@@ -105,7 +105,7 @@ def test_rotating_particle(k, a, d):
     assert total == pytest.approx(system.sigma, rel=1e-10)
     np.testing.assert_allclose(per_coordinate.numpy(), [a * a / k] * 2, rtol=1e-10)
     C = linear_stationary_covariance(system.A, system.D)
-    torch.testing.assert_close(C, system.covariance, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(C, system.stationary_covariance, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ def test_aoup_harmonic_trap(eps, num_particles, dim):
     system = aoup_harmonic_trap(kappa, v0, gamma, eps, num_particles, dim)
     m = num_particles * dim
     C = linear_stationary_covariance(system.A, system.D)
-    torch.testing.assert_close(C, system.covariance, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(C, system.stationary_covariance, rtol=1e-9, atol=1e-12)
     total, per_coordinate = linear_entropy_production(system.A, system.D)
     assert total == pytest.approx(system.sigma, rel=1e-9)
     assert _omega_route(system.A, system.D) == pytest.approx(system.sigma, rel=1e-9)
@@ -222,3 +222,128 @@ def test_bad_special_case_parameters_raise():
         aoup_harmonic_trap(-1.0, 1.0, 1.0, 0.1)
     with pytest.raises(ValueError, match="n"):
         stationary_sample_linear([[-1.0]], [1.0], 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# One class for the linear SDE (formerly LinearSDE in gtlib.datasets and LinearSystem here)
+def test_one_linear_sde_class_under_every_name():
+    import gtlib.datasets
+    import gtlib.datasets.particles
+    import gtlib.entropy
+    from gtlib.entropy.reference import LinearSDE
+
+    assert gtlib.entropy.LinearSDE is LinearSDE
+    assert gtlib.datasets.LinearSDE is LinearSDE
+    assert gtlib.datasets.particles.LinearSDE is LinearSDE
+    with pytest.warns(FutureWarning, match="LinearSystem is deprecated, use LinearSDE"):
+        assert gtlib.entropy.LinearSystem is LinearSDE
+    with pytest.warns(FutureWarning, match="LinearSystem is deprecated, use LinearSDE"):
+        from gtlib.entropy.reference import LinearSystem
+    assert LinearSystem is LinearSDE
+    for system in (
+        rotating_particle(1.0, 2.0, 0.5),
+        brownian_gyrator([[2.0, 0.7], [0.7, 1.0]], 1.0, 3.0),
+        bead_chain(3, 1.0, 1.0, 1.0, 2.0),
+        aoup_harmonic_trap(1.3, 0.8, 0.4, 0.2),
+    ):
+        assert isinstance(system, LinearSDE) and isinstance(system, LinearSystem)
+    with pytest.raises(AttributeError, match="no attribute"):
+        gtlib.entropy.NoSuchName  # noqa: B018
+
+
+@pytest.mark.parametrize("k,a,d", [(1.0, 2.0, 0.5), (0.3, -0.7, 2.0)])
+def test_linear_sde_from_matrices_has_the_rotating_particle_closed_forms(k, a, d):
+    from gtlib.entropy import LinearSDE
+
+    A = [[-k, -a], [a, -k]]
+    sde = LinearSDE(A, [d, d])  # no closed form given: Lyapunov and trace routes
+    assert sde.num_coordinates == 2
+    assert sde.sigma == pytest.approx(2 * a * a / k, rel=1e-10)
+    eye = torch.eye(2, dtype=torch.float64)
+    torch.testing.assert_close(sde.stationary_covariance, (d / k) * eye, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sde.score_matrix, -(k / d) * eye, rtol=1e-10, atol=1e-12)
+    omega = torch.tensor([[0.0, -a], [a, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(sde.velocity_matrix, omega, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sde.score_matrix, linear_score(A, [d, d]))
+    torch.testing.assert_close(sde.velocity_matrix, linear_velocity_matrix(A, [d, d]))
+    # Exact transition: e^{At} = e^{-kt} R(at), Q = (d/k)(1 - e^{-2kt}) I.
+    t = 0.37
+    c, s = np.cos(a * t), np.sin(a * t)
+    E, Q = sde.transition(t)
+    expected_E = np.exp(-k * t) * torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    torch.testing.assert_close(E, expected_E, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(Q, (d / k) * (1 - np.exp(-2 * k * t)) * eye, rtol=1e-10, atol=1e-13)
+    # The same numbers as the constructor's system, which carries the closed forms.
+    closed = rotating_particle(k, a, d)
+    assert sde.sigma == pytest.approx(closed.sigma, rel=1e-10)
+    torch.testing.assert_close(closed.transition(t)[0], E)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(closed.drift(x), x @ torch.tensor(A, dtype=torch.float64).T)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_linear_sde_lyapunov_route_matches_the_aoup_closed_forms(eps):
+    from gtlib.entropy import LinearSDE
+
+    closed = aoup_harmonic_trap(1.3, 0.8, 0.4, eps, num_particles=2, dim=2)
+    plain = LinearSDE(closed.A, closed.D)
+    assert plain.sigma == pytest.approx(closed.sigma, rel=1e-9)
+    torch.testing.assert_close(
+        plain.stationary_covariance, closed.stationary_covariance, rtol=1e-9, atol=1e-12
+    )
+    assert plain.parts == {} and plain.groups == {}
+    assert closed.parts["sigma_g"] > 0 and set(closed.groups) == {"particle", "dof"}
+    torch.testing.assert_close(plain.diffusion, torch.diagonal(closed.D))
+    # Exact stationary samples: the numbers of stationary_sample_linear.
+    x = closed.sample_stationary(1000, torch.Generator().manual_seed(3))
+    y = stationary_sample_linear(closed.A, closed.D, 1000, torch.Generator().manual_seed(3))
+    assert torch.equal(x, y)
+    # The exact step keeps the input's dtype (its law: tests/datasets/test_particles.py).
+    z = closed.step_exact(x.float(), 0.1, torch.Generator().manual_seed(4))
+    assert z.dtype == torch.float32 and z.shape == x.shape
+
+
+def test_linear_sde_deprecated_attributes_warn():
+    system = rotating_particle(1.0, 2.0, 0.5)
+    with pytest.warns(FutureWarning, match="use LinearSDE.stationary_covariance"):
+        C = system.covariance
+    torch.testing.assert_close(C, system.stationary_covariance)
+    with pytest.warns(FutureWarning, match="use LinearSDE.num_coordinates"):
+        assert system.dim == 2
+
+
+def test_linear_sde_bad_inputs_raise():
+    from gtlib.entropy import LinearSDE
+
+    A, D = [[-1.0, 0.0], [0.0, -2.0]], [1.0, 1.0]
+    with pytest.raises(ValueError, match="covariance.*does not solve"):
+        LinearSDE(A, D, covariance=torch.eye(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"covariance.*shape"):
+        LinearSDE(A, D, covariance=torch.eye(3))
+    with pytest.raises(ValueError, match="sigma"):
+        LinearSDE(A, D, sigma=float("nan"))
+    with pytest.raises(TypeError, match="sigma"):
+        LinearSDE(A, D, sigma="1.0")
+    with pytest.raises(ValueError, match=r"groups\['particle'\]"):
+        LinearSDE(A, D, groups={"particle": torch.arange(3)})
+    with pytest.raises(TypeError, match=r"groups\['particle'\]"):
+        LinearSDE(A, D, groups={"particle": torch.zeros(2)})
+    with pytest.raises(TypeError, match="parts"):
+        LinearSDE(A, D, parts=[1.0])
+    with pytest.raises(TypeError, match="`A`"):
+        LinearSDE("not a matrix", D)
+    with pytest.raises(ValueError, match="controllable"):
+        LinearSDE(A, [1.0, 0.0])
+    sde = LinearSDE(A, D)
+    with pytest.raises(ValueError, match="x"):
+        sde.drift(torch.zeros(3, 3))
+    with pytest.raises(TypeError, match="x"):
+        sde.drift(torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="x"):
+        sde.step_exact(torch.full((3, 2), float("nan")), 0.1)
+    with pytest.raises(ValueError, match="dt"):
+        sde.transition(0.0)
+    with pytest.raises(ValueError, match="n"):
+        sde.sample_stationary(0)
+    with pytest.raises(TypeError, match="n"):
+        sde.sample_stationary(2.5)
