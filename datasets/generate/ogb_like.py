@@ -19,13 +19,16 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from gtlib.datasets.ogb import KNOWN_META, META_FILE_NAME, OGBMeta, dataset_dir_name
 from gtlib.io import remove_stale_temporaries, temporary_path
+from gtlib.validation import check_choice, check_int, check_real, describe
 
 __all__ = ["ogb_like"]
 
@@ -174,109 +177,208 @@ def ogb_like(
     Returns:
         the dataset folder.
     """
-    known = KNOWN_META.get(name)
-    kind = kind or (known.level if known else ("graph" if name.startswith("ogbg") else "node"))
-    if kind not in ("node", "graph"):
-        raise ValueError(f"kind: must be 'node' or 'graph', got {kind!r}")
-    if known is not None and known.level != kind:
-        raise ValueError(f"kind: {name!r} is a {known.level}-level OGB dataset, not {kind}")
-    if num_nodes is None:
-        num_nodes = 500 if kind == "node" else 20
-    if num_nodes < 2:
-        raise ValueError(f"num_nodes: need at least 2, got {num_nodes}")
-    if num_features < 1:
-        raise ValueError(f"num_features: need at least 1, got {num_features}")
-    if not 0.0 <= label_missing_rate < 1.0:
-        raise ValueError(f"label_missing_rate: must be in [0, 1), got {label_missing_rate}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size: must be positive, got {chunk_size}")
-    if add_inverse_edge is None:
-        add_inverse_edge = known.add_inverse_edge if known else kind == "graph"
-    split_type = split_type or (known.split if known else "random")
-    if additional_node_files is None:
-        additional_node_files = known.additional_node_files if known else ()
-    if additional_edge_files is None:
-        additional_edge_files = known.additional_edge_files if known else ()
-    for extra, prefix in [(f, "node_") for f in additional_node_files] + [
-        (f, "edge_") for f in additional_edge_files
-    ]:
-        if not extra.startswith(prefix):
-            raise ValueError(f"additional files: {extra!r} must start with {prefix!r}")
-    feature_dtype = feature_dtype or ("int" if kind == "graph" else "float")
-    if feature_dtype not in ("int", "float"):
-        raise ValueError(f"feature_dtype: must be 'int' or 'float', got {feature_dtype!r}")
-
+    spec = _resolve_spec(
+        root, name, kind, num_nodes=num_nodes, num_edges=num_edges, avg_degree=avg_degree,
+        num_graphs=num_graphs, num_features=num_features, num_edge_features=num_edge_features,
+        num_classes=num_classes, num_tasks=num_tasks, feature_dtype=feature_dtype,
+        add_inverse_edge=add_inverse_edge, split_type=split_type, split_sizes=split_sizes,
+        label_missing_rate=label_missing_rate, additional_node_files=additional_node_files,
+        additional_edge_files=additional_edge_files, seed=seed, chunk_size=chunk_size,
+        compresslevel=compresslevel, progress=progress,
+    )  # fmt: skip
+    overwrite = _check_bool(overwrite, "overwrite")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / dataset_dir_name(name)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target}: exists; pass overwrite=True to replace it")
-    rng = np.random.default_rng(seed)
     trash_name = target.with_name(target.name + ".old")
     for stale in (target, trash_name):  # what killed runs left: staged and replaced folders
         remove_stale_temporaries(stale)
     staging = temporary_path(target)
     staging.mkdir()
     try:
-        for folder in ("raw", f"split/{split_type}", "mapping", "processed"):
-            (staging / folder).mkdir(parents=True, exist_ok=True)
-        if kind == "node":
-            tasks = num_tasks or (known.num_tasks if known else 1)
-            classes = num_classes or (2 if tasks > 1 else (known.num_classes if known else 5))
-            task_type = "multiclass classification" if tasks == 1 else "binary classification"
-            metric = "acc" if tasks == 1 else "rocauc"
-            if tasks == 1 and classes < 2:
-                raise ValueError(f"num_classes: need at least 2, got {classes}")
-            count = _write_node_level(
-                staging, rng, num_nodes, num_edges, avg_degree, num_features, num_edge_features,
-                tasks, classes, feature_dtype, add_inverse_edge, additional_node_files,
-                additional_edge_files, chunk_size, compresslevel, progress,
-            )  # fmt: skip
-            sizes = split_sizes or (0.6, 0.2, 0.2)
-        else:
-            tasks = num_tasks or (known.num_tasks if known else 1)
-            classes, task_type = 2, "binary classification"
-            metric = (
-                known.eval_metric if known and known.eval_metric in ("ap", "rocauc") else ("rocauc")
-            )
-            count = _write_graph_level(
-                staging, rng, num_graphs, num_nodes, avg_degree, num_features, num_edge_features,
-                tasks, feature_dtype, label_missing_rate, additional_node_files,
-                additional_edge_files, compresslevel,
-            )  # fmt: skip
-            sizes = split_sizes or (0.8, 0.1, 0.1)
-        for part, index in _split_indices(count, sizes, rng).items():
-            _write_csv(staging / "split" / split_type / f"{part}.csv.gz", index, compresslevel)
-        meta = OGBMeta(
-            name=name,
-            level=kind,
-            add_inverse_edge=bool(add_inverse_edge),
-            split=split_type,
-            num_tasks=int(tasks),
-            num_classes=int(classes),
-            task_type=task_type,
-            eval_metric=metric,
-            additional_node_files=tuple(additional_node_files),
-            additional_edge_files=tuple(additional_edge_files),
-        )
-        (staging / META_FILE_NAME).write_text(json.dumps(meta.to_json_dict(), indent=2) + "\n")
-        (staging / "RELEASE_v1.txt").write_text(f"{name}: synthetic dataset written by gtlib\n")
-        (staging / "mapping" / "README.md").write_text(
-            f"Synthetic {kind}-level dataset {name} (seed {seed}); "
-            f"{'node' if kind == 'node' else 'graph'} index i is synthetic id i.\n"
-        )
-        if target.exists():
-            trash = temporary_path(trash_name)
-            trash.mkdir()
-            os.replace(target, trash / "old")
-            os.replace(staging, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        _write_dataset(staging, spec)
+        _replace_folder(staging, target, trash_name)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+@dataclass
+class _Spec:
+    """Every option of :func:`ogb_like` after defaults and checks."""
+
+    name: str
+    kind: str
+    num_nodes: int
+    num_edges: int | None
+    avg_degree: float
+    num_graphs: int
+    num_features: int
+    num_edge_features: int
+    num_classes: int | None
+    num_tasks: int | None
+    feature_dtype: str
+    add_inverse_edge: bool
+    split_type: str
+    split_sizes: tuple[float, float, float] | None
+    label_missing_rate: float
+    additional_node_files: tuple[str, ...]
+    additional_edge_files: tuple[str, ...]
+    seed: int
+    chunk_size: int
+    compresslevel: int
+    progress: bool
+    known: OGBMeta | None
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (``gtlib.validation`` has no such check yet)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {describe(value)}")
+
+
+def _check_files(value: Any, name: str, prefix: str) -> tuple[str, ...]:
+    """Extra file stems: a list or tuple of str starting with ``prefix``."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a tuple of str, got {describe(value)}")
+    for extra in value:
+        if not isinstance(extra, str):
+            raise TypeError(f"{name} must hold str, got {describe(extra)}")
+        if not extra.startswith(prefix):
+            raise ValueError(f"{name}: {extra!r} must start with {prefix!r}")
+    return tuple(value)
+
+
+def _check_split(split_type: Any, split_sizes: Any) -> None:
+    if not isinstance(split_type, str):
+        raise TypeError(f"split_type must be a str, got {describe(split_type)}")
+    if not split_type or split_type in (".", "..") or "/" in split_type or os.sep in split_type:
+        raise ValueError(f"split_type must be a folder name, got {split_type!r}")
+    if split_sizes is None:
+        return
+    if isinstance(split_sizes, str) or not isinstance(split_sizes, (list, tuple)):
+        raise TypeError(
+            f"split_sizes must be a tuple of three numbers, got {describe(split_sizes)}"
+        )
+    sizes = [check_real(v, "split_sizes", nonnegative=True) for v in split_sizes]
+    if len(sizes) != 3 or sum(sizes) <= 0:
+        raise ValueError(f"split_sizes: need three non-negative fractions, got {split_sizes}")
+
+
+def _check_counts(spec: dict[str, Any]) -> None:
+    """The numeric options of :func:`ogb_like` (``spec``: name -> value), in canonical form."""
+    minima = {"num_graphs": 1, "num_features": 1, "num_edge_features": 0, "seed": 0}
+    minima.update(chunk_size=1, num_nodes=2, num_edges=0, num_classes=2, num_tasks=1)
+    for key, low in minima.items():
+        if spec[key] is not None:
+            spec[key] = check_int(spec[key], key, minimum=low)
+    spec["compresslevel"] = check_int(spec["compresslevel"], "compresslevel", minimum=0, maximum=9)
+    spec["avg_degree"] = check_real(spec["avg_degree"], "avg_degree", nonnegative=True)
+    rate = check_real(spec["label_missing_rate"], "label_missing_rate", nonnegative=True)
+    if not rate < 1.0:
+        raise ValueError(f"label_missing_rate: must be in [0, 1), got {rate}")
+    spec["label_missing_rate"] = rate
+
+
+def _resolve_spec(root: Any, name: Any, kind: Any, **options: Any) -> _Spec:
+    """The options of :func:`ogb_like` checked and completed from the known OGB meta."""
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a str or os.PathLike, got {describe(root)}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {describe(name)}")
+    if not name.strip() or "/" in name or os.sep in name:
+        raise ValueError(f"name must be a dataset name (no path separators), got {name!r}")
+    known = KNOWN_META.get(name)
+    kind = kind or (known.level if known else ("graph" if name.startswith("ogbg") else "node"))
+    check_choice(kind, "kind", ("node", "graph"))
+    if known is not None and known.level != kind:
+        raise ValueError(f"kind: {name!r} is a {known.level}-level OGB dataset, not {kind}")
+    if options["num_nodes"] is None:
+        options["num_nodes"] = 500 if kind == "node" else 20
+    _check_counts(options)
+    options["progress"] = _check_bool(options["progress"], "progress")
+    inverse = options["add_inverse_edge"]
+    if inverse is None:
+        inverse = known.add_inverse_edge if known else kind == "graph"
+    options["add_inverse_edge"] = _check_bool(inverse, "add_inverse_edge")
+    options["split_type"] = options["split_type"] or (known.split if known else "random")
+    _check_split(options["split_type"], options["split_sizes"])
+    for key, prefix in (("additional_node_files", "node_"), ("additional_edge_files", "edge_")):
+        files = options[key]
+        if files is None:
+            files = getattr(known, key) if known else ()
+        options[key] = _check_files(files, key, prefix)
+    dtype = options["feature_dtype"] or ("int" if kind == "graph" else "float")
+    options["feature_dtype"] = check_choice(dtype, "feature_dtype", ("int", "float"))
+    return _Spec(name=name, kind=kind, known=known, **options)
+
+
+def _write_dataset(staging: Path, spec: _Spec) -> None:
+    """Every file of the dataset into the (empty) folder ``staging``."""
+    rng = np.random.default_rng(spec.seed)
+    known = spec.known
+    for folder in ("raw", f"split/{spec.split_type}", "mapping", "processed"):
+        (staging / folder).mkdir(parents=True, exist_ok=True)
+    tasks = spec.num_tasks or (known.num_tasks if known else 1)
+    if spec.kind == "node":
+        classes = spec.num_classes or (2 if tasks > 1 else (known.num_classes if known else 5))
+        task_type = "multiclass classification" if tasks == 1 else "binary classification"
+        metric = "acc" if tasks == 1 else "rocauc"
+        if tasks == 1 and classes < 2:
+            raise ValueError(f"num_classes: need at least 2, got {classes}")
+        count = _write_node_level(
+            staging, rng, spec.num_nodes, spec.num_edges, spec.avg_degree, spec.num_features,
+            spec.num_edge_features, tasks, classes, spec.feature_dtype, spec.add_inverse_edge,
+            spec.additional_node_files, spec.additional_edge_files, spec.chunk_size,
+            spec.compresslevel, spec.progress,
+        )  # fmt: skip
+        sizes = spec.split_sizes or (0.6, 0.2, 0.2)
+    else:
+        classes, task_type = 2, "binary classification"
+        metric = known.eval_metric if known and known.eval_metric in ("ap", "rocauc") else "rocauc"
+        count = _write_graph_level(
+            staging, rng, spec.num_graphs, spec.num_nodes, spec.avg_degree, spec.num_features,
+            spec.num_edge_features, tasks, spec.feature_dtype, spec.label_missing_rate,
+            spec.additional_node_files, spec.additional_edge_files, spec.compresslevel,
+        )  # fmt: skip
+        sizes = spec.split_sizes or (0.8, 0.1, 0.1)
+    split_dir = staging / "split" / spec.split_type
+    for part, index in _split_indices(count, sizes, rng).items():
+        _write_csv(split_dir / f"{part}.csv.gz", index, spec.compresslevel)
+    meta = OGBMeta(
+        name=spec.name,
+        level=spec.kind,
+        add_inverse_edge=spec.add_inverse_edge,
+        split=spec.split_type,
+        num_tasks=int(tasks),
+        num_classes=int(classes),
+        task_type=task_type,
+        eval_metric=metric,
+        additional_node_files=spec.additional_node_files,
+        additional_edge_files=spec.additional_edge_files,
+    )
+    (staging / META_FILE_NAME).write_text(json.dumps(meta.to_json_dict(), indent=2) + "\n")
+    (staging / "RELEASE_v1.txt").write_text(f"{spec.name}: synthetic dataset written by gtlib\n")
+    (staging / "mapping" / "README.md").write_text(
+        f"Synthetic {spec.kind}-level dataset {spec.name} (seed {spec.seed}); "
+        f"{spec.kind} index i is synthetic id i.\n"
+    )
+
+
+def _replace_folder(staging: Path, target: Path, trash_name: Path) -> None:
+    """Move ``staging`` to ``target``, the old ``target`` (if any) out of the way first."""
+    if target.exists():
+        trash = temporary_path(trash_name)
+        trash.mkdir()
+        os.replace(target, trash / "old")
+        os.replace(staging, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, target)
 
 
 def _write_node_level(
