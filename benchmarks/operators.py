@@ -107,11 +107,11 @@ def gno_problem(impl: str, num_points: int):
         pos_embedding_type=None,
         reduction="mean",
     )
-    pattern = gno.neighbors(pos, pos)
+    pattern = gno.neighbors(y=pos, x=pos)
     setup = time.perf_counter() - start
     info = {"num_edges": pattern.num_edges, "setup_s": setup, "radius": radius}
     if impl == "gtlib":
-        return f, gno, (lambda: gno(pos, pos, f, pattern=pattern)), info
+        return f, gno, (lambda: gno(y=pos, x=pos, f_y=f, pattern=pattern)), info
 
     from neuralop.layers.gno_block import GNOBlock
 

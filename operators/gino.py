@@ -239,12 +239,12 @@ class GINO(nn.Module):
             raise ValueError(f"f has {f.shape[-1]} channels but in_channels={self.in_channels}")
         batched = f.dim() == 3
         grid = self.latent_grid(latent_box, input_pos.dtype, input_pos.device)
-        latent = self.gno_in(grid, input_pos, f if batched else f.unsqueeze(0))  # [B, G, C]
+        latent = self.gno_in(y=input_pos, x=grid, f_y=f if batched else f.unsqueeze(0))  # [B, G, C]
         batch = latent.shape[0]
         latent = latent.transpose(1, 2).reshape(batch, -1, *self.latent_resolution)
         latent = self.fno(latent)  # [B, hidden, *resolution]
         latent = latent.reshape(batch, self.fno_hidden_channels, -1).transpose(1, 2)
-        out = self.projection(self.gno_out(output_pos, grid, latent))
+        out = self.projection(self.gno_out(y=grid, x=output_pos, f_y=latent))
         return out if batched else out.squeeze(0)
 
     def __repr__(self) -> str:

@@ -1,6 +1,7 @@
 """GNO and GINO against dense float64 O(N^2) references, neighbourhoods against brute force."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -23,10 +24,11 @@ def pattern_pairs(pattern):
 
 
 def dense_gno(gno, y, x, f):
-    """out_i = reduce_j mask_ij * k([e(x_j), e(y_i), f_j]) (* f_j): all pairs, full MLP."""
-    m, n = y.shape[0], x.shape[0]
-    mask = torch.linalg.vector_norm(y[:, None] - x[None], dim=-1) <= gno.radius  # [M, N]
-    ex, ey = gno.embed(x), gno.embed(y)
+    """out_i = reduce_j mask_ij * k([e(y_j), e(x_i), f_j]) (* f_j): all pairs, full MLP
+    (y the input points, x the queries, as neuraloperator names them)."""
+    m, n = x.shape[0], y.shape[0]
+    mask = torch.linalg.vector_norm(x[:, None] - y[None], dim=-1) <= gno.radius  # [M, N]
+    ex, ey = gno.embed(y), gno.embed(x)
     pairs = torch.cat([ex[None].expand(m, -1, -1), ey[:, None].expand(-1, n, -1)], dim=-1)
     batched = f is not None and f.dim() == 3
     fb = None if f is None else (f if batched else f[None])
@@ -107,22 +109,22 @@ def test_radius_pattern_exact_boundary_and_empty():
 @pytest.mark.parametrize("same_set", [False, True])
 def test_gno_matches_dense_reference(transform, reduction, same_set):
     torch.manual_seed(0)
-    x = torch.rand(60, 2, dtype=torch.float64, requires_grad=True)
-    y = x if same_set else torch.rand(45, 2, dtype=torch.float64).mul(1.2).requires_grad_()
+    y = torch.rand(60, 2, dtype=torch.float64, requires_grad=True)
+    x = y if same_set else torch.rand(45, 2, dtype=torch.float64).mul(1.2).requires_grad_()
     f = torch.randn(2, 60, 3, dtype=torch.float64, requires_grad=True)
     results = []
     for chunk in (None, 5, 64, 10**6):
         torch.manual_seed(1)
         gno = make_gno(transform, reduction, chunk)
-        out = gno(y, x, f)
+        out = gno(y=y, x=x, f_y=f)
         weights = torch.randn_like(out)
-        grads = grads_or_zeros((out * weights).sum(), [x, f, *gno.parameters()])
+        grads = grads_or_zeros((out * weights).sum(), [y, f, *gno.parameters()])
         results.append((out, grads))
     torch.manual_seed(1)
     ref_gno = make_gno(transform, reduction, None)
     ref = dense_gno(ref_gno, y, x, f)
-    assert ref.shape == (2, y.shape[0], 3)
-    ref_grads = grads_or_zeros((ref * weights).sum(), [x, f, *ref_gno.parameters()])
+    assert ref.shape == (2, x.shape[0], 3)
+    ref_grads = grads_or_zeros((ref * weights).sum(), [y, f, *ref_gno.parameters()])
     assert (ref.abs().sum(-1) > 0).sum() > 10
     for out, grads in results:
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
@@ -140,15 +142,15 @@ def test_gno_matches_dense_reference(transform, reduction, same_set):
 def test_gno_gradcheck_chunked(transform):
     torch.manual_seed(2)
     gno = make_gno(transform, "mean", 4, dim=2, radius=0.5, embedding=None)
-    x = torch.rand(9, 2, dtype=torch.float64, requires_grad=True)
-    y = torch.rand(7, 2, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(9, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.rand(7, 2, dtype=torch.float64, requires_grad=True)
     f = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
-    pattern = gno.neighbors(y, x)
+    pattern = gno.neighbors(y=y, x=x)
     assert pattern.num_edges > 10
 
     def run(y, x, f, w):
         params = {"kernel.1.weight": w}
-        return torch.func.functional_call(gno, params, (y, x, f), {"pattern": pattern})
+        return torch.func.functional_call(gno, params, (), dict(y=y, x=x, f_y=f, pattern=pattern))
 
     w = gno.kernel[1].weight.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(run, (y, x, f, w))
@@ -156,36 +158,36 @@ def test_gno_gradcheck_chunked(transform):
 
 def test_unbatched_features_and_kernel_only():
     torch.manual_seed(3)
-    x = torch.rand(50, 3, dtype=torch.float64)
-    y = torch.rand(30, 3, dtype=torch.float64)
+    y = torch.rand(50, 3, dtype=torch.float64)
+    x = torch.rand(30, 3, dtype=torch.float64)
     f = torch.randn(50, 3, dtype=torch.float64)
     gno = make_gno("linear", "sum", 16, dim=3, radius=0.35)
-    out = gno(y, x, f)
+    out = gno(y=y, x=x, f_y=f)
     assert out.shape == (30, 3)
     torch.testing.assert_close(out, dense_gno(gno, y, x, f), rtol=1e-10, atol=1e-10)
-    kernel_only = gno(y, x)  # f None: (a) the integral of the kernel alone
+    kernel_only = gno(y=y, x=x, f_y=None)  # f_y None: (a) the integral of the kernel alone
     torch.testing.assert_close(kernel_only, dense_gno(gno, y, x, None), rtol=1e-10, atol=1e-10)
     # One channel of f broadcasts over the kernel's channels.
-    out1 = gno(y, x, f[:, :1])
+    out1 = gno(y=y, x=x, f_y=f[:, :1])
     torch.testing.assert_close(out1, dense_gno(gno, y, x, f[:, :1]), rtol=1e-10, atol=1e-10)
 
 
 def test_points_without_neighbours_get_zeros():
     torch.manual_seed(4)
-    x = torch.rand(20, 2, dtype=torch.float64, requires_grad=True)
-    y = torch.tensor([[5.0, 5.0], [0.5, 0.5], [-3.0, 1.0]], dtype=torch.float64)
+    y = torch.rand(20, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[5.0, 5.0], [0.5, 0.5], [-3.0, 1.0]], dtype=torch.float64)
     f = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
     for reduction in ("sum", "mean"):
         gno = make_gno("nonlinear", reduction, 8, radius=0.4)
-        out = gno(y, x, f)
+        out = gno(y=y, x=x, f_y=f)
         assert torch.equal(out[0], torch.zeros(3, dtype=torch.float64))
         assert torch.equal(out[2], torch.zeros(3, dtype=torch.float64))
         assert out[1].abs().sum() > 0
         out.sum().backward()
-        assert torch.isfinite(x.grad).all() and torch.isfinite(f.grad).all()
-        x.grad = f.grad = None
+        assert torch.isfinite(y.grad).all() and torch.isfinite(f.grad).all()
+        y.grad = f.grad = None
     # No input points at all.
-    out = make_gno("linear", "mean", 8)(y, x[:0].detach(), f[:0].detach())
+    out = make_gno("linear", "mean", 8)(y=y[:0].detach(), x=x, f_y=f[:0].detach())
     assert torch.equal(out, torch.zeros(3, 3, dtype=torch.float64))
 
 
@@ -229,14 +231,14 @@ def test_embedding_matches_formula():
 
 
 def test_neighbourhoods_are_cached_per_geometry():
-    x, y = torch.rand(30, 2), torch.rand(20, 2)
+    y, x = torch.rand(30, 2), torch.rand(20, 2)
     gno = GNO(1, 1, 2, 0.3, channel_mlp_layers=[4])
-    p1 = gno.neighbors(y, x)
-    assert gno.neighbors(y, x) is p1
-    assert gno.neighbors(y.clone(), x) is not p1
-    p2 = gno.neighbors(y, x)
-    y.add_(0.1)  # in-place change of the geometry
-    assert gno.neighbors(y, x) is not p2
+    p1 = gno.neighbors(y=y, x=x)
+    assert gno.neighbors(y=y, x=x) is p1
+    assert gno.neighbors(y=y, x=x.clone()) is not p1
+    p2 = gno.neighbors(y=y, x=x)
+    x.add_(0.1)  # in-place change of the geometry
+    assert gno.neighbors(y=y, x=x) is not p2
 
 
 def test_kernel_integral_without_hidden_layers():
@@ -246,35 +248,35 @@ def test_kernel_integral_without_hidden_layers():
     a = torch.randn(20, 2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(20, 2, dtype=torch.float64, requires_grad=True)
     f = torch.randn(1, 20, 2, dtype=torch.float64)
-    out = kernel_integral(pattern, a, b, [], f=f, reduction="sum", chunk_size=7)
+    out = kernel_integral(pattern, a, b, [], f_y=f, reduction="sum", chunk_size=7)
     adjacency = torch.zeros(20, 20, dtype=torch.float64)
     adjacency[pattern.row, pattern.col] = 1.0
     ref = (adjacency[..., None] * (a[None] + b[:, None]) * f[0][None]).sum(1)
     torch.testing.assert_close(out[0], ref)
     assert torch.autograd.gradcheck(
-        lambda a, b: kernel_integral(pattern, a, b, [], f=f, chunk_size=7), (a, b)
+        lambda a, b: kernel_integral(pattern, a, b, [], f_y=f, chunk_size=7), (a, b)
     )
 
 
 def test_bad_inputs_raise():
     gno = GNO(2, 2, 2, 0.2, channel_mlp_layers=[4])
-    x, f = torch.rand(10, 2), torch.randn(10, 2)
-    with pytest.raises(ValueError, match="y must have shape"):
-        gno(torch.rand(5, 3), x, f)
+    y, f = torch.rand(10, 2), torch.randn(10, 2)
     with pytest.raises(ValueError, match="x must have shape"):
-        gno(x, torch.rand(10), f)
-    with pytest.raises(TypeError, match="x must be a floating-point"):
-        gno(x, torch.ones(10, 2, dtype=torch.long), f)
+        gno(y=y, x=torch.rand(5, 3), f_y=f)
+    with pytest.raises(ValueError, match="y must have shape"):
+        gno(y=torch.rand(10), x=y, f_y=f)
+    with pytest.raises(TypeError, match="y must be a floating-point"):
+        gno(y=torch.ones(10, 2, dtype=torch.long), x=y, f_y=f)
     with pytest.raises(ValueError, match="non-finite"):
-        gno(x, torch.full((10, 2), float("nan")), f)
-    with pytest.raises(ValueError, match="f must have shape"):
-        gno(x, x, torch.randn(9, 2))
+        gno(y=torch.full((10, 2), float("nan")), x=y, f_y=f)
+    with pytest.raises(ValueError, match="f_y must have shape"):
+        gno(y, y, torch.randn(9, 2))
     with pytest.raises(ValueError, match="1 or out_channels"):
-        gno(x, x, torch.randn(10, 5))
-    with pytest.raises(ValueError, match="needs features f"):
-        GNO(2, 2, 2, 0.2, transform_type="nonlinear", channel_mlp_layers=[4])(x, x)
+        gno(y, y, torch.randn(10, 5))
+    with pytest.raises(ValueError, match="needs features f_y"):
+        GNO(2, 2, 2, 0.2, transform_type="nonlinear", channel_mlp_layers=[4])(y, y)
     with pytest.raises(ValueError, match="pattern has"):
-        gno(x, x, f, pattern=radius_pattern(x[:4], x, 0.2))
+        gno(y, y, f, pattern=radius_pattern(y[:4], y, 0.2))
     with pytest.raises(ValueError, match="radius"):
         GNO(2, 2, 2, 0.0)
     with pytest.raises(ValueError, match="radius"):
@@ -323,10 +325,10 @@ def test_gino_shapes_and_dense_stages():
     grid = torch.stack(
         torch.meshgrid(*[torch.linspace(0, 1, 8, dtype=torch.float64)] * 2, indexing="ij"), -1
     ).reshape(-1, 2)
-    latent = dense_gno(model.gno_in, grid, x, f)  # [B, 64, 3]
+    latent = dense_gno(model.gno_in, x, grid, f)  # [B, 64, 3]
     latent = model.fno(latent.transpose(1, 2).reshape(3, 3, 8, 8))
     latent = latent.reshape(3, 8, 64).transpose(1, 2)
-    ref = model.projection(dense_gno(model.gno_out, out_pos, grid, latent))
+    ref = model.projection(dense_gno(model.gno_out, grid, out_pos, latent))
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
     # A latent box moves the grid.
@@ -335,9 +337,9 @@ def test_gino_shapes_and_dense_stages():
     assert moved.shape == out.shape and not torch.allclose(moved, out)
     assert model.latent_grid(box, torch.float64)[0].tolist() == [-0.5, -0.5]
     # Neighbourhoods are reused for the same geometry.
-    pattern = model.gno_in.neighbors(model.latent_grid(None, torch.float64), x)
+    pattern = model.gno_in.neighbors(y=x, x=model.latent_grid(None, torch.float64))
     model(x, f, out_pos)
-    assert model.gno_in.neighbors(model.latent_grid(None, torch.float64), x) is pattern
+    assert model.gno_in.neighbors(y=x, x=model.latent_grid(None, torch.float64)) is pattern
 
 
 def test_gino_bad_inputs():
@@ -400,3 +402,69 @@ def test_gino_learns_to_interpolate():
         pred = model(x, test_f, out_pos)
     relative = float(torch.linalg.vector_norm(pred - test_u) / torch.linalg.vector_norm(test_u))
     assert relative < 0.4, relative  # predicting zero (or the untrained model) gives ~1
+
+
+# ---------------------------------------------------------------- argument order (neuraloperator's)
+def test_argument_order_transition_never_swaps_silently():
+    """y = input points (where f_y lives), x = queries; old calls either keep their result
+    (the old keyword f=) or fail/warn, never compute the swapped integral silently."""
+    torch.manual_seed(9)
+    points = torch.rand(40, 2, dtype=torch.float64)
+    queries = torch.rand(25, 2, dtype=torch.float64)
+    f = torch.randn(40, 3, dtype=torch.float64)
+    gno = make_gno("linear", "sum", 16)
+    expected = dense_gno(gno, points, queries, f)
+    torch.testing.assert_close(gno(y=points, x=queries, f_y=f), expected, rtol=1e-10, atol=1e-10)
+    # Positional points could mean either order: refused, with the new order in the message.
+    with pytest.raises(TypeError, match=r"by keyword.*y=<input points>"):
+        gno(queries, points, f)
+    with pytest.raises(TypeError, match="by keyword"):
+        gno(points, queries)
+    with pytest.raises(TypeError, match="by keyword"):
+        gno.neighbors(queries, points)
+    # The old keyword f= marks an old call: read in the old order (queries first), with a warning.
+    with pytest.warns(FutureWarning, match="previous order"):
+        old = gno(y=queries, x=points, f=f)
+    torch.testing.assert_close(old, expected, rtol=1e-10, atol=1e-10)
+    with pytest.warns(FutureWarning, match="previous order"):
+        old_positional = gno(queries, points, f=f)
+    torch.testing.assert_close(old_positional, expected, rtol=1e-10, atol=1e-10)
+    with pytest.raises(TypeError, match="f_y only"):
+        gno(y=points, x=queries, f_y=f, f=f)
+    # A kernel-only keyword call looks the same in both orders: it warns until f_y is explicit.
+    with pytest.warns(FutureWarning, match="Pass f_y explicitly"):
+        kernel_only = gno(y=points, x=queries)
+    torch.testing.assert_close(
+        kernel_only, dense_gno(gno, points, queries, None), rtol=1e-10, atol=1e-10
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(gno(y=points, x=queries, f_y=None), kernel_only)
+        # Same tensor for both: the order cannot matter, positional calls stay allowed.
+        same = gno(points, points, f)
+        torch.testing.assert_close(same, dense_gno(gno, points, points, f), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(gno(y=points, x=points), gno(points, points, None))
+    # f_y on the wrong point set (an old positional order in keywords) is a clear error.
+    with pytest.raises(ValueError, match=r"f_y must have shape.*N = y.shape\[0\] = 25"):
+        gno(y=queries, x=points, f_y=f)
+    with pytest.raises(TypeError, match="needs x"):
+        gno(y=points, f_y=f)
+
+
+def test_renamed_keywords_of_radius_pattern_and_kernel_integral():
+    torch.manual_seed(10)
+    data, queries = torch.rand(30, 2), torch.rand(20, 2)
+    pattern = radius_pattern(data, queries, 0.3)
+    assert pattern.num_src == 30 and pattern.num_dst == 20
+    assert pattern_pairs(pattern) == brute_force_pairs(data, queries, 0.3)
+    assert pattern_pairs(radius_pattern(data=data, queries=queries, radius=0.3)) == pattern_pairs(
+        pattern
+    )
+    with pytest.warns(DeprecationWarning, match="x is deprecated, use data"):
+        old = radius_pattern(x=data, y=queries, radius=0.3)  # the old names, the old meaning
+    assert pattern_pairs(old) == pattern_pairs(pattern)
+    a, b = torch.randn(30, 2), torch.randn(20, 2)
+    f = torch.randn(1, 30, 2)
+    new = kernel_integral(pattern, a, b, [], f_y=f)
+    with pytest.warns(DeprecationWarning, match="f is deprecated, use f_y"):
+        torch.testing.assert_close(kernel_integral(pattern, a, b, [], f=f), new)

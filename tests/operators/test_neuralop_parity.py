@@ -101,9 +101,9 @@ def test_neighbourhoods_match_neuralop(dim):
 def test_gno_matches_neuralop_gnoblock(transform, reduction, embedding, batched):
     torch.manual_seed(0)
     dim, channels = 3, 4
-    x = torch.rand(400, dim)  # input points
-    y = torch.rand(150, dim)  # queries
-    radius = safe_radius(x, y, 0.2)
+    y = torch.rand(400, dim)  # input points (neuraloperator's names)
+    x = torch.rand(150, dim)  # queries
+    radius = safe_radius(y, x, 0.2)
     options = dict(
         transform_type=transform,
         reduction=reduction,
@@ -127,8 +127,8 @@ def test_gno_matches_neuralop_gnoblock(transform, reduction, embedding, batched)
 
     f = torch.randn(2, 400, channels) if batched else torch.randn(400, channels)
     f_arg = None if transform == "linear_kernelonly" else f  # neuralop multiplies by any f given
-    expected = theirs(y=x, x=y, f_y=f_arg)
-    out = ours(y, x, f_arg)
+    expected = theirs(y=y, x=x, f_y=f_arg)
+    out = ours(y=y, x=x, f_y=f_arg)  # the same call
     assert out.shape == expected.shape
     scale = float(expected.detach().abs().max())
     assert scale > 0
