@@ -12,6 +12,7 @@ from torch_geometric.utils.loop import compute_loop_attr
 
 from gtlib.attention import Pattern, attend
 from gtlib.attention.cache import pattern_cache
+from gtlib.validation import describe
 
 _FILL_REDUCTIONS = ("add", "sum", "mean", "min", "max", "mul")
 
@@ -40,6 +41,14 @@ def check_conv_arguments(in_channels, out_channels, heads, dropout, edge_dim, kw
             raise TypeError(f"unexpected keyword argument {name!r}")
         if value not in allowed[name]:
             raise ValueError(f"{name} must be one of {allowed[name]}, got {value!r}")
+
+
+def check_flag(value, name: str) -> bool:
+    """``value`` if it is a ``bool`` (``TypeError`` naming ``name`` otherwise). A local helper
+    until :mod:`gtlib.validation` has one."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {describe(value)}")
+    return value
 
 
 def check_fill_value(fill_value) -> None:

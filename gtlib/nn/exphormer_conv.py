@@ -11,7 +11,8 @@ from torch_geometric.nn.conv import MessagePassing
 
 from gtlib.attention import Edges, Pattern, attend
 from gtlib.attention.cache import pattern_cache
-from gtlib.nn._conv_common import run_attention
+from gtlib.nn._conv_common import check_flag, run_attention
+from gtlib.validation import check_finite, check_int, check_real, check_tensor
 
 ExphormerPattern = tuple[Pattern, Tensor, Tensor]
 
@@ -99,27 +100,19 @@ class ExphormerConv(MessagePassing):
         clamp: float | None = 5.0,
     ) -> None:
         super().__init__(aggr="add", node_dim=0)
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
-                            ("heads", heads)):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
-        for name, value in (("degree", degree), ("num_virtual", num_virtual)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if edge_dim is not None and (
-            isinstance(edge_dim, bool) or not isinstance(edge_dim, int) or edge_dim < 1
-        ):
-            raise ValueError(f"edge_dim must be None or a positive int, got {edge_dim!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-            raise TypeError(f"dropout must be a float, got {dropout!r}")
-        if not 0.0 <= dropout < 1.0:
+        in_channels = check_int(in_channels, "in_channels", minimum=1)
+        out_channels = check_int(out_channels, "out_channels", minimum=1)
+        heads = check_int(heads, "heads", minimum=1)
+        degree = check_int(degree, "degree", minimum=0)
+        num_virtual = check_int(num_virtual, "num_virtual", minimum=0)
+        if edge_dim is not None:
+            edge_dim = check_int(edge_dim, "edge_dim", minimum=1)
+        dropout = check_real(dropout, "dropout", minimum=0.0)
+        if not dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        if clamp is not None and not float(clamp) > 0:
-            raise ValueError(f"clamp must be None or positive, got {clamp}")
+        if clamp is not None:
+            clamp = check_real(clamp, "clamp", positive=True)
+        concat, bias = check_flag(concat, "concat"), check_flag(bias, "bias")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -188,33 +181,13 @@ class ExphormerConv(MessagePassing):
             return_attention_weights: also return the pattern's ``edge_index`` and the
                 ``[E', H]`` attention weights.
         """
-        if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
-            raise TypeError("x must be a floating-point tensor [N, in_channels]")
-        if x.dim() != 2 or x.size(1) != self.in_channels:
-            raise ValueError(f"x must have shape [N, {self.in_channels}], got {list(x.shape)}")
+        self._check_inputs(x, edge_index, batch, edge_attr)
         num_nodes = x.size(0)
-        if not isinstance(edge_index, Tensor):
-            raise TypeError(f"edge_index must be a tensor [2, E], got {type(edge_index)}")
-        if edge_attr is not None:
-            if self.lin_edge is None:
-                raise ValueError("edge_attr needs a layer built with edge_dim")
-            if edge_attr.dim() != 2 or edge_attr.shape != (edge_index.size(-1), self.edge_dim):
-                raise ValueError(
-                    f"edge_attr must have shape [{edge_index.size(-1)}, {self.edge_dim}], got "
-                    f"{list(edge_attr.shape)}"
-                )
         if pattern is None:
             pattern = self.exphormer_pattern(edge_index, batch, num_nodes)
-        if not isinstance(pattern, tuple) or len(pattern) != 3:
-            raise TypeError("pattern must be the (Pattern, edge_type, graph_edge) triple")
-        graph_pattern, edge_type, graph_edge = pattern
+        graph_pattern, edge_type, graph_edge = pattern = self._check_pattern(pattern, num_nodes)
         total = graph_pattern.num_dst
-        num_graphs, rest = divmod(total - num_nodes, max(self.num_virtual, 1))
-        if rest or total < num_nodes or (self.num_virtual == 0 and total != num_nodes):
-            raise ValueError(
-                f"pattern spans {total} nodes, not the {num_nodes} nodes of x plus "
-                f"{self.num_virtual} virtual nodes per graph"
-            )
+        num_graphs = (total - num_nodes) // max(self.num_virtual, 1)
 
         heads, channels = self.heads, self.out_channels
         hidden = x
@@ -224,34 +197,12 @@ class ExphormerConv(MessagePassing):
         query = self.lin_query(hidden).view(total, heads, channels)
         key = self.lin_key(hidden).view(total, heads, channels)
         value = self.lin_value(hidden).view(total, heads, channels)
-
-        if edge_attr is None:
-            edge_input = edge_type  # embedded per chunk inside the score
-        else:
-            edge_emb = self.edge_type_emb(edge_type)
-            is_graph = graph_edge >= 0
-            features = self.lin_edge(edge_attr).index_select(0, graph_edge[is_graph])
-            edge_emb = edge_emb.index_put((is_graph.nonzero().view(-1),), features,
-                                          accumulate=True)  # fmt: skip
-            edge_input = edge_emb.to(x.dtype).view(-1, heads, channels)
-
-        type_weight = self.edge_type_emb.weight
-        scale = 1.0 / math.sqrt(channels)
-        bound = self.clamp
-
-        def score_mod(_scores: Tensor, edges: Edges) -> Tensor:
-            (key_j,), (query_i,), (emb,) = edges.x_src, edges.x_dst, edges.x_edge
-            if not emb.dtype.is_floating_point:
-                emb = type_weight.to(key_j.dtype).index_select(0, emb).view(-1, heads, channels)
-            scores = (query_i * key_j * emb).sum(-1) * scale
-            return scores if bound is None else scores.clamp(-bound, bound)
-
         score = dict(
             score=None,
-            score_mod=score_mod,
+            score_mod=self._score_mod(),
             src_inputs=(key,),
             dst_inputs=(query,),
-            edge_inputs=(edge_input,),
+            edge_inputs=(self._edge_input(edge_type, graph_edge, edge_attr, x.dtype),),
             dropout=self.dropout if self.training else 0.0,
             return_attention=return_attention_weights,
         )
@@ -267,6 +218,78 @@ class ExphormerConv(MessagePassing):
         if return_attention_weights:
             return out, (graph_pattern.edge_index, weights)
         return out
+
+    def _check_inputs(
+        self, x: Tensor, edge_index: Tensor, batch: Tensor | None, edge_attr: Tensor | None
+    ) -> None:
+        """The forward's tensors: types, shapes and (where the checks are on) finiteness."""
+        check_tensor(x, "x", floating=True)
+        if x.dim() != 2 or x.size(1) != self.in_channels:
+            raise ValueError(f"x must have shape [N, {self.in_channels}], got {list(x.shape)}")
+        check_finite(x, "x")
+        check_tensor(edge_index, "edge_index", integer=True)
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
+        if batch is not None:
+            check_tensor(batch, "batch", integer=True, dim=1)
+            if batch.numel() != x.size(0):
+                raise ValueError(
+                    f"batch must have shape [N] = [{x.size(0)}], got {list(batch.shape)}"
+                )
+        if edge_attr is None:
+            return
+        if self.lin_edge is None:
+            raise ValueError("edge_attr needs a layer built with edge_dim")
+        check_tensor(edge_attr, "edge_attr", floating=True)
+        if edge_attr.dim() != 2 or edge_attr.shape != (edge_index.size(-1), self.edge_dim):
+            raise ValueError(
+                f"edge_attr must have shape [{edge_index.size(-1)}, {self.edge_dim}], got "
+                f"{list(edge_attr.shape)}"
+            )
+        check_finite(edge_attr, "edge_attr")
+
+    def _check_pattern(self, pattern: ExphormerPattern, num_nodes: int) -> ExphormerPattern:
+        """``pattern`` if it is a triple spanning ``x``'s nodes plus the virtual nodes."""
+        if not isinstance(pattern, tuple) or len(pattern) != 3:
+            raise TypeError("pattern must be the (Pattern, edge_type, graph_edge) triple")
+        total = pattern[0].num_dst
+        rest = (total - num_nodes) % max(self.num_virtual, 1)
+        if rest or total < num_nodes or (self.num_virtual == 0 and total != num_nodes):
+            raise ValueError(
+                f"pattern spans {total} nodes, not the {num_nodes} nodes of x plus "
+                f"{self.num_virtual} virtual nodes per graph"
+            )
+        return pattern
+
+    def _edge_input(
+        self, edge_type: Tensor, graph_edge: Tensor, edge_attr: Tensor | None, dtype: torch.dtype
+    ) -> Tensor:
+        """The edge types (embedded inside the score) or, with ``edge_attr``, the edge
+        embeddings ``[E', H, C]``."""
+        if edge_attr is None:
+            return edge_type  # embedded per chunk inside the score
+        edge_emb = self.edge_type_emb(edge_type)
+        is_graph = graph_edge >= 0
+        features = self.lin_edge(edge_attr).index_select(0, graph_edge[is_graph])
+        edge_emb = edge_emb.index_put((is_graph.nonzero().view(-1),), features, accumulate=True)
+        return edge_emb.to(dtype).view(-1, self.heads, self.out_channels)
+
+    def _score_mod(self):
+        """The score ``clamp(q_i . (k_j * E_ij) / sqrt(d), -c, c)`` as the core's
+        ``score_mod``."""
+        heads, channels = self.heads, self.out_channels
+        type_weight = self.edge_type_emb.weight
+        scale = 1.0 / math.sqrt(channels)
+        bound = self.clamp
+
+        def score_mod(_scores: Tensor, edges: Edges) -> Tensor:
+            (key_j,), (query_i,), (emb,) = edges.x_src, edges.x_dst, edges.x_edge
+            if not emb.dtype.is_floating_point:
+                emb = type_weight.to(key_j.dtype).index_select(0, emb).view(-1, heads, channels)
+            scores = (query_i * key_j * emb).sum(-1) * scale
+            return scores if bound is None else scores.clamp(-bound, bound)
+
+        return score_mod
 
     def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
         """The message ``alpha_ij * v_j`` (``[E, H, C]``); the forward computes it in
