@@ -18,7 +18,6 @@ that keeps the global batch.
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +45,16 @@ from gtlib.entropy.score_matching import (
     denoising_score_matching,
     implicit_score_matching,
     sliced_score_matching,
+)
+from gtlib.io import remove_stale_temporaries
+from gtlib.validation import (
+    all_finite,
+    check_choice,
+    check_finite,
+    check_int,
+    check_real,
+    check_tensor,
+    describe,
 )
 
 __all__ = ["TrainResult", "train_score"]
@@ -170,17 +179,462 @@ class _RankRows:
         return self._assemble(y, blocks, s), torch.cat(divs)
 
 
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {describe(value)}")
+    return value
+
+
+def _check_callable(value: Any, name: str, usage: str) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable as {usage}, got {describe(value)}")
+    return value
+
+
+def _optional_real(value: Any, name: str, **bounds: Any) -> float | None:
+    return None if value is None else check_real(value, name, **bounds)
+
+
+def _optional_path(value: Any, name: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(f"{name} must be a file path or None, got {describe(value)}")
+    return Path(value)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The validated scalar options of one :func:`train_score` run."""
+
+    loss: str
+    sigma: float | None
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    ema_decay: float | None
+    clip_grad_norm: float | None
+    lr_schedule: str | None
+    seed: int
+    checkpoint: Path | None
+    checkpoint_every: int
+    resume: bool
+    progress: bool
+    callback: Callable[[int, float, Module], None] | None
+    model_kwargs_fn: Callable[[Tensor], dict[str, Any]] | None
+    loss_kwargs: dict[str, Any]
+
+
+def _check_options(
+    *,
+    loss: Any,
+    sigma: Any,
+    steps: Any,
+    batch_size: Any,
+    lr: Any,
+    weight_decay: Any,
+    ema_decay: Any,
+    clip_grad_norm: Any,
+    lr_schedule: Any,
+    checkpoint: Any,
+    checkpoint_every: Any,
+    resume: Any,
+    progress: Any,
+    seed: Any,
+    callback: Any,
+    model_kwargs_fn: Any,
+    loss_kwargs: Any,
+) -> _Options:
+    """Argument checking of :func:`train_score` (everything but the model and the data)."""
+    loss = check_choice(loss, "loss", ("dsm", "implicit", "sliced"))
+    if loss == "dsm" and sigma is None:
+        raise ValueError("sigma is required for loss='dsm'")
+    if loss_kwargs is not None and not isinstance(loss_kwargs, dict):
+        raise TypeError(f"loss_kwargs must be a dict or None, got {describe(loss_kwargs)}")
+    return _Options(
+        loss=loss,
+        sigma=_optional_real(sigma, "sigma", positive=True),
+        steps=check_int(steps, "steps", minimum=1),
+        batch_size=check_int(batch_size, "batch_size", minimum=1),
+        lr=check_real(lr, "lr", positive=True),
+        weight_decay=check_real(weight_decay, "weight_decay", nonnegative=True),
+        ema_decay=_optional_ema_decay(ema_decay),
+        clip_grad_norm=_optional_real(clip_grad_norm, "clip_grad_norm", positive=True),
+        lr_schedule=check_choice(lr_schedule, "lr_schedule", ("cosine", None)),
+        seed=check_int(seed, "seed"),
+        checkpoint=_optional_path(checkpoint, "checkpoint"),
+        checkpoint_every=check_int(checkpoint_every, "checkpoint_every", minimum=1),
+        resume=_check_bool(resume, "resume"),
+        progress=_check_bool(progress, "progress"),
+        callback=_check_callable(callback, "callback", "callback(step, loss, model)"),
+        model_kwargs_fn=_check_callable(
+            model_kwargs_fn, "model_kwargs_fn", "model_kwargs_fn(batch) -> dict"
+        ),
+        loss_kwargs=dict(loss_kwargs or {}),
+    )
+
+
+def _optional_ema_decay(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = check_real(value, "ema_decay", minimum=0.0)
+    if not value < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) or None, got {value}")
+    return value
+
+
+def _check_model(model: Any) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of ``model``'s parameters (the batches are moved to them)."""
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    param = next(model.parameters(), None)
+    if param is None:
+        raise ValueError("model has no parameters")
+    return param.dtype, param.device
+
+
+def _check_samples(value: Any, name: str, rows: str) -> Tensor:
+    """A floating-point tensor ``[n, *event]`` with ``n >= 1`` and finite values."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [{rows}, *event], got {describe(value)}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if value.dim() < 2 or value.shape[0] < 1:
+        raise ValueError(f"{name} must have shape [{rows}, *event], got {tuple(value.shape)}")
+    check_tensor(value, name, values=True)
+    return check_finite(value, name)
+
+
+def _make_draw(
+    data: Any, global_batch: int, dtype: torch.dtype, device: torch.device
+) -> Callable[[torch.Generator], Tensor]:
+    """Data preparation: ``draw(generator)``, the global batch of one step."""
+    if isinstance(data, Tensor):
+        samples = _check_samples(data, "data", "n").to(device=device, dtype=dtype)
+
+        def draw(generator: torch.Generator) -> Tensor:
+            index = torch.randint(samples.shape[0], (global_batch,), generator=generator)
+            return samples[index.to(device)]
+
+        return draw
+    if not callable(data):
+        raise TypeError(f"data must be a Tensor or a callable, got {type(data).__name__}")
+
+    def draw_from(generator: torch.Generator) -> Tensor:
+        batch = data(global_batch, generator)
+        if not isinstance(batch, Tensor):
+            raise TypeError(f"data must return a Tensor, got {type(batch).__name__}")
+        return batch.to(device=device, dtype=dtype)
+
+    return draw_from
+
+
+def _make_loss(options: _Options, noisy: Any, device: torch.device) -> Callable[..., Tensor]:
+    """The loss as ``loss_fn(score_fn, batch, generator=...)``."""
+    loss_kwargs = dict(options.loss_kwargs)
+    if noisy is not None:
+        loss_kwargs["noisy"] = check_tensor(noisy, "noisy").to(device)
+    if options.loss == "dsm":
+        return partial(denoising_score_matching, sigma=options.sigma, **loss_kwargs)
+    if options.loss == "implicit":
+        return partial(implicit_score_matching, **loss_kwargs)
+    return partial(sliced_score_matching, **loss_kwargs)
+
+
 def _load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` (on the CPU), or ``None`` when there is none yet."""
+    """The checkpoint at ``path`` (on the CPU), or ``None`` when there is none yet; the
+    temporaries of writes killed before their rename are removed."""
+    remove_stale_temporaries(path)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or foreign file: name it
+        raise ValueError(
+            f"checkpoint {path} cannot be read as a train_score checkpoint: {err}"
+        ) from err
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}")
-    return value
+class _Monitor:
+    """Held-out monitoring: the loss (and ``eval_fn``) on held-out samples, history, best."""
+
+    def __init__(
+        self,
+        eval_data: Any,
+        data: Any,
+        *,
+        eval_every: Any,
+        eval_batch_size: Any,
+        eval_fn: Any,
+        best_checkpoint: Any,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.every = check_int(eval_every, "eval_every", minimum=1)
+        if eval_batch_size is None:
+            eval_batch_size = batch_size
+        self.batch_size = check_int(eval_batch_size, "eval_batch_size", minimum=1)
+        self.samples = None
+        if eval_data is not None:
+            eval_data = _check_samples(eval_data, "eval_data", "m")
+            if isinstance(data, Tensor) and eval_data.shape[1:] != data.shape[1:]:
+                raise ValueError(
+                    f"eval_data has event shape {tuple(eval_data.shape[1:])}, the training data "
+                    f"{tuple(data.shape[1:])}"
+                )
+            self.samples = eval_data.to(device=device, dtype=dtype)
+        elif eval_fn is not None or best_checkpoint is not None:
+            raise ValueError("eval_fn and best_checkpoint need eval_data")
+        self.eval_fn = _check_callable(eval_fn, "eval_fn", "eval_fn(model) -> dict")
+        self.best_path = _optional_path(best_checkpoint, "best_checkpoint")
+        self.generator = torch.Generator(device=device)
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, Any] = {"step": None, "loss": None, "state_dict": None}
+
+    def due(self, step: int, steps: int) -> bool:
+        return self.samples is not None and (step % self.every == 0 or step == steps)
+
+    def heldout_loss(self, monitored: Module, options: _Options, loss_fn: Callable) -> float:
+        """The mean loss over the held-out samples, with the draws of ``seed + 2``."""
+        self.generator.manual_seed(options.seed + 2)
+        total, count = 0.0, self.samples.shape[0]
+        for first_row in range(0, count, self.batch_size):
+            chunk = self.samples[first_row : first_row + self.batch_size]
+            score_fn = monitored
+            if options.model_kwargs_fn is not None:
+                score_fn = partial(monitored, **options.model_kwargs_fn(chunk))
+            value = loss_fn(score_fn, chunk, generator=self.generator)
+            total += float(value.detach()) * chunk.shape[0]
+        return total / count
+
+    def evaluate(self, monitored: Module, step: int, options: _Options, loss_fn: Callable) -> None:
+        """Held-out loss (and ``eval_fn``) of the weights the run returns, at ``step``."""
+        was_training = monitored.training
+        monitored.eval()
+        record = {"step": step, "heldout_loss": self.heldout_loss(monitored, options, loss_fn)}
+        if self.eval_fn is not None:
+            with torch.no_grad():
+                metrics = self.eval_fn(monitored)
+            if not isinstance(metrics, dict):
+                raise TypeError(f"eval_fn must return a dict, got {type(metrics).__name__}")
+            record.update({str(k): float(v) for k, v in metrics.items()})
+        monitored.train(was_training)
+        self.history.append(record)
+        self._keep_best(monitored, step, record["heldout_loss"])
+
+    def _keep_best(self, monitored: Module, step: int, heldout_loss: float) -> None:
+        if self.best["loss"] is not None and not heldout_loss < self.best["loss"]:
+            return
+        self.best["step"], self.best["loss"] = step, heldout_loss
+        self.best["state_dict"] = {k: v.detach().clone() for k, v in monitored.state_dict().items()}
+        if self.best_path is not None:
+            save_checkpoint(
+                {"step": step, "heldout_loss": heldout_loss, "model": self.best["state_dict"]},
+                self.best_path,
+            )
+
+
+class _Trainer:
+    """The optimiser, EMA copy, scheduler and generators of a run, and its step loop."""
+
+    def __init__(
+        self,
+        model: Module,
+        options: _Options,
+        draw: Callable[[torch.Generator], Tensor],
+        loss_fn: Callable[..., Tensor],
+        monitor: _Monitor,
+        device: torch.device,
+    ) -> None:
+        self.model, self.options, self.draw = model, options, draw
+        self.loss_fn, self.monitor = loss_fn, monitor
+        self.world_size = get_world_size()
+        self.global_batch = options.batch_size * self.world_size  # drawn on every rank
+        self.rows = shard_bounds(self.global_batch)  # this rank's rows of it
+        if is_distributed():  # every rank starts from rank 0's weights
+            broadcast_module(model)
+        self.generator = torch.Generator(device="cpu").manual_seed(options.seed)
+        self.noise_generator = self.generator
+        if device.type != "cpu":
+            self.noise_generator = torch.Generator(device=device)
+            self.noise_generator.manual_seed(options.seed + 1)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=options.lr, weight_decay=options.weight_decay
+        )
+        self.scheduler = self._scheduler()
+        self.ema = copy.deepcopy(model) if options.ema_decay is not None else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
+        self.losses: list[float] = []
+        self.start = 0
+
+    def _scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        if self.options.lr_schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, self.options.steps, eta_min=self.options.lr / 100
+            )
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self, step: int) -> dict[str, Any]:
+        """Everything a resume needs, at ``step``."""
+        options, ema = self.options, self.ema
+        return {
+            "step": step,
+            "model": self.model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "noise_generator": self.noise_generator.get_state(),
+            "losses": list(self.losses),
+            "history": [dict(h) for h in self.monitor.history],
+            "best": dict(self.monitor.best),
+            "config": {
+                "loss": options.loss,
+                "steps": options.steps,
+                "batch_size": options.batch_size,
+                "world_size": self.world_size,
+                "global_batch_size": self.global_batch,
+                "seed": options.seed,
+            },
+        }
+
+    def save(self, step: int) -> None:
+        if self.options.checkpoint is not None:
+            save_checkpoint(self.state(step), self.options.checkpoint)
+
+    def resume(self) -> None:
+        """Continue from ``options.checkpoint`` when it exists (rank 0 reads it and hands it to
+        the others: no shared disk needed)."""
+        path = self.options.checkpoint
+        if path is None or not self.options.resume:
+            return
+        saved = on_main(_load_checkpoint, path)
+        if saved is None:
+            return
+        saved_batch = saved.get("config", {}).get("global_batch_size", self.global_batch)
+        if saved_batch != self.global_batch:
+            raise ValueError(
+                f"batch_size: checkpoint {path} was written with a global batch of "
+                f"{saved_batch} samples (batch_size x world_size), this run has "
+                f"{self.global_batch}; resume with the same global batch"
+            )
+        self._restore(saved, path)
+
+    def _restore(self, saved: dict[str, Any], path: Path) -> None:
+        self.model.load_state_dict(saved["model"])
+        if self.ema is not None:
+            if saved["ema"] is None:
+                raise ValueError(f"checkpoint {path} has no EMA weights but ema_decay is set")
+            self.ema.load_state_dict(saved["ema"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"].cpu())
+        if self.noise_generator is not self.generator:
+            self.noise_generator.set_state(saved["noise_generator"].cpu())
+        self.losses = list(saved["losses"])
+        self.monitor.history = list(saved.get("history", []))
+        self.monitor.best.update(saved.get("best", {}))
+        self.start = int(saved["step"])
+        if self.start > self.options.steps:
+            raise ValueError(
+                f"checkpoint {path} is at step {self.start}, past steps = {self.options.steps}"
+            )
+
+    # -- the step loop -----------------------------------------------------------------------
+    def _loss(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """This rank's loss on ``batch`` (backpropagated) and the global mean (logged)."""
+        options = self.options
+        if self.world_size == 1:
+            score_fn = self.model
+            if options.model_kwargs_fn is not None:
+                score_fn = partial(self.model, **options.model_kwargs_fn(batch))
+            value = self.loss_fn(score_fn, batch, generator=self.noise_generator)
+            return value, value.detach()
+        # this rank's share of the global mean; the shares sum to it
+        first, last = self.rows
+        kwargs_fn = options.model_kwargs_fn
+        kwargs = kwargs_fn(batch[first:last]) if kwargs_fn is not None else {}
+        sigma = options.sigma if options.loss == "dsm" else None
+        score_fn = _RankRows(self.model, batch, first, last, sigma, kwargs)
+        value = self.loss_fn(score_fn, batch, generator=self.noise_generator)
+        return value, all_reduce(value.detach(), "sum")
+
+    def step(self, step: int) -> float:
+        """One optimisation step: draw, loss, gradient, clipping, AdamW, schedule, EMA."""
+        batch = self.draw(self.generator)
+        value, total = self._loss(batch)
+        if not torch.isfinite(total):
+            if not all_finite(batch):  # the data, not the model, is at fault
+                raise ValueError(f"data: the batch of step {step} contains NaN or infinity")
+            raise FloatingPointError(f"non-finite loss at step {step}: {float(total)}")
+        self.optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        all_reduce_gradients(self.model, op="sum")
+        if self.options.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            _ema_update(self.ema, self.model, _ema_decay(self.options.ema_decay, step))
+        self.losses.append(float(total))
+        return self.losses[-1]
+
+    def after_step(self, step: int) -> None:
+        """Held-out evaluation, checkpoint and callback (which checkpoints when it raises)."""
+        options = self.options
+        if self.monitor.due(step, options.steps):
+            monitored = self.ema if self.ema is not None else self.model
+            self.monitor.evaluate(monitored, step, options, self.loss_fn)
+        if step % options.checkpoint_every == 0 or step == options.steps:
+            self.save(step)
+        if options.callback is not None:
+            try:
+                options.callback(step, self.losses[-1], self.model)
+            except BaseException:
+                self.save(step)
+                raise
+
+    def run(self) -> None:
+        """Steps ``start + 1 .. steps`` with a progress bar of the running-mean loss."""
+        steps = self.options.steps
+        self.model.train()
+        show = self.options.progress and is_main()
+        bar = tqdm(total=steps, initial=self.start, disable=not show,
+                   desc=f"score ({self.options.loss})")  # fmt: skip
+        running = None
+        try:
+            for step in range(self.start + 1, steps + 1):
+                loss = self.step(step)
+                running = loss if running is None else 0.98 * running + 0.02 * loss
+                bar.update(1)
+                if show and (step % 10 == 0 or step == steps):
+                    bar.set_postfix(loss=f"{running:.4g}")
+                self.after_step(step)
+        finally:
+            bar.close()
+
+    def result(self) -> TrainResult:
+        """The EMA weights swapped into the model (in eval mode), and the record of the run."""
+        raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.state_dict())
+        self.model.eval()
+        best = self.monitor.best
+        return TrainResult(
+            model=self.model,
+            losses=self.losses,
+            raw_state_dict=raw,
+            steps=self.options.steps,
+            resumed_from=self.start,
+            history=self.monitor.history,
+            best_step=best["step"],
+            best_loss=best["loss"],
+            best_state_dict=best["state_dict"],
+        )
 
 
 def train_score(
@@ -294,250 +748,22 @@ def train_score(
     Returns:
         :class:`TrainResult`.
     """
-    if not isinstance(model, Module):
-        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
-    steps = _check_int(steps, "steps", 1)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
-    if loss not in ("dsm", "implicit", "sliced"):
-        raise ValueError(f"`loss` must be 'dsm', 'implicit' or 'sliced', got {loss!r}")
-    if loss == "dsm" and sigma is None:
-        raise ValueError("`sigma` is required for loss='dsm'")
-    if lr_schedule not in ("cosine", None):
-        raise ValueError(f"`lr_schedule` must be 'cosine' or None, got {lr_schedule!r}")
-    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"`ema_decay` must be in [0, 1) or None, got {ema_decay}")
-    if not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"`lr` must be positive, got {lr}")
-    if clip_grad_norm is not None and not clip_grad_norm > 0:
-        raise ValueError(f"`clip_grad_norm` must be positive or None, got {clip_grad_norm}")
-    param = next(model.parameters(), None)
-    if param is None:
-        raise ValueError("`model` has no parameters")
-    dtype, device = param.dtype, param.device
-    eval_every = _check_int(eval_every, "eval_every", 1)
-    eval_batch_size = _check_int(
-        batch_size if eval_batch_size is None else eval_batch_size, "eval_batch_size", 1
-    )
-    if eval_data is not None:
-        if not isinstance(eval_data, Tensor) or not eval_data.is_floating_point():
-            raise TypeError("`eval_data` must be a floating-point torch.Tensor [m, *event]")
-        if eval_data.dim() < 2 or eval_data.shape[0] < 1:
-            raise ValueError(
-                f"`eval_data` must have shape [m, *event], got {tuple(eval_data.shape)}"
-            )
-        if isinstance(data, Tensor) and eval_data.shape[1:] != data.shape[1:]:
-            raise ValueError(
-                f"`eval_data` has event shape {tuple(eval_data.shape[1:])}, the training data "
-                f"{tuple(data.shape[1:])}"
-            )
-        eval_samples = eval_data.to(device=device, dtype=dtype)
-    elif eval_fn is not None or best_checkpoint is not None:
-        raise ValueError("`eval_fn` and `best_checkpoint` need `eval_data`")
-    if eval_fn is not None and not callable(eval_fn):
-        raise TypeError("`eval_fn` must be callable as eval_fn(model) -> dict")
-    world_size = get_world_size()
-    global_batch = batch_size * world_size  # drawn on every rank, as one process draws it
-    first, last = shard_bounds(global_batch)  # this rank's rows of it
-    if isinstance(data, Tensor):
-        if data.dim() < 2 or data.shape[0] < 1:
-            raise ValueError(f"`data` must have shape [n, *event], got {tuple(data.shape)}")
-        if not data.is_floating_point():
-            raise TypeError(f"`data` must be a floating-point tensor, got {data.dtype}")
-        samples = data.to(device=device, dtype=dtype)
-
-        def draw(generator: torch.Generator) -> Tensor:
-            index = torch.randint(samples.shape[0], (global_batch,), generator=generator)
-            return samples[index.to(device)]
-
-    elif callable(data):
-
-        def draw(generator: torch.Generator) -> Tensor:
-            batch = data(global_batch, generator)
-            if not isinstance(batch, Tensor):
-                raise TypeError(f"`data` must return a Tensor, got {type(batch).__name__}")
-            return batch.to(device=device, dtype=dtype)
-
-    else:
-        raise TypeError(f"`data` must be a Tensor or a callable, got {type(data).__name__}")
-
-    loss_kwargs = dict(loss_kwargs or {})
-    if noisy is not None:
-        loss_kwargs["noisy"] = noisy.to(device)
-    if loss == "dsm":
-        loss_fn = partial(denoising_score_matching, sigma=float(sigma), **loss_kwargs)
-    elif loss == "implicit":
-        loss_fn = partial(implicit_score_matching, **loss_kwargs)
-    else:
-        loss_fn = partial(sliced_score_matching, **loss_kwargs)
-
-    if is_distributed():  # every rank starts from rank 0's weights
-        broadcast_module(model)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    noise_generator = generator if device.type == "cpu" else torch.Generator(device=device)
-    if noise_generator is not generator:
-        noise_generator.manual_seed(seed + 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    if lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=lr / 100)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    ema = copy.deepcopy(model) if ema_decay is not None else None
-    if ema is not None:
-        ema.requires_grad_(False)
-    losses: list[float] = []
-    history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"step": None, "loss": None, "state_dict": None}
-    start = 0
-    path = Path(checkpoint) if checkpoint is not None else None
-    best_path = Path(best_checkpoint) if best_checkpoint is not None else None
-    eval_generator = torch.Generator(device=device)
-
-    def evaluate(step: int) -> None:
-        """Held-out loss (and ``eval_fn``) of the weights the run returns, at ``step``."""
-        monitored = ema if ema is not None else model
-        was_training = monitored.training
-        monitored.eval()
-        eval_generator.manual_seed(seed + 2)
-        total, count = 0.0, eval_samples.shape[0]
-        for first_row in range(0, count, eval_batch_size):
-            chunk = eval_samples[first_row : first_row + eval_batch_size]
-            score_fn = monitored
-            if model_kwargs_fn is not None:
-                score_fn = partial(monitored, **model_kwargs_fn(chunk))
-            value = loss_fn(score_fn, chunk, generator=eval_generator)
-            total += float(value.detach()) * chunk.shape[0]
-        record = {"step": step, "heldout_loss": total / count}
-        if eval_fn is not None:
-            with torch.no_grad():
-                metrics = eval_fn(monitored)
-            if not isinstance(metrics, dict):
-                raise TypeError(f"`eval_fn` must return a dict, got {type(metrics).__name__}")
-            record.update({str(k): float(v) for k, v in metrics.items()})
-        monitored.train(was_training)
-        history.append(record)
-        if best["loss"] is None or record["heldout_loss"] < best["loss"]:
-            best["step"], best["loss"] = step, record["heldout_loss"]
-            best["state_dict"] = {k: v.detach().clone() for k, v in monitored.state_dict().items()}
-            if best_path is not None:
-                save_checkpoint(
-                    {"step": step, "heldout_loss": record["heldout_loss"],
-                     "model": best["state_dict"]},
-                    best_path,
-                )  # fmt: skip
-
-    def state(step: int) -> dict[str, Any]:
-        return {
-            "step": step,
-            "model": model.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "noise_generator": noise_generator.get_state(),
-            "losses": list(losses),
-            "history": [dict(h) for h in history],
-            "best": dict(best),
-            "config": {
-                "loss": loss,
-                "steps": steps,
-                "batch_size": batch_size,
-                "world_size": world_size,
-                "global_batch_size": global_batch,
-                "seed": seed,
-            },
-        }
-
-    # rank 0 reads the checkpoint and hands it to the others (no shared disk needed)
-    saved = None
-    if path is not None and resume:
-        saved = on_main(_load_checkpoint, path)
-    if saved is not None:
-        saved_batch = saved.get("config", {}).get("global_batch_size", global_batch)
-        if saved_batch != global_batch:
-            raise ValueError(
-                f"`batch_size`: checkpoint {path} was written with a global batch of "
-                f"{saved_batch} samples (batch_size x world_size), this run has {global_batch}; "
-                "resume with the same global batch"
-            )
-        model.load_state_dict(saved["model"])
-        if ema is not None:
-            if saved["ema"] is None:
-                raise ValueError(f"checkpoint {path} has no EMA weights but `ema_decay` is set")
-            ema.load_state_dict(saved["ema"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"].cpu())
-        if noise_generator is not generator:
-            noise_generator.set_state(saved["noise_generator"].cpu())
-        losses = list(saved["losses"])
-        history = list(saved.get("history", []))
-        best.update(saved.get("best", {}))
-        start = int(saved["step"])
-        if start > steps:
-            raise ValueError(f"checkpoint {path} is at step {start}, past `steps` = {steps}")
-
-    model.train()
-    show = progress and is_main()
-    bar = tqdm(total=steps, initial=start, disable=not show, desc=f"score ({loss})")
-    running = None
-    try:
-        for step in range(start + 1, steps + 1):
-            batch = draw(generator)
-            if world_size == 1:
-                score_fn = model
-                if model_kwargs_fn is not None:
-                    score_fn = partial(model, **model_kwargs_fn(batch))
-                value = loss_fn(score_fn, batch, generator=noise_generator)
-                total = value.detach()
-            else:  # this rank's share of the global mean; the shares sum to it
-                kwargs = model_kwargs_fn(batch[first:last]) if model_kwargs_fn is not None else {}
-                score_fn = _RankRows(model, batch, first, last, sigma if loss == "dsm" else None,
-                                     kwargs)  # fmt: skip
-                value = loss_fn(score_fn, batch, generator=noise_generator)
-                total = all_reduce(value.detach(), "sum")
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"non-finite loss at step {step}: {float(total)}")
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            all_reduce_gradients(model, op="sum")
-            if clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                _ema_update(ema, model, _ema_decay(ema_decay, step))
-            losses.append(float(total))
-            running = losses[-1] if running is None else 0.98 * running + 0.02 * losses[-1]
-            bar.update(1)
-            if show and (step % 10 == 0 or step == steps):
-                bar.set_postfix(loss=f"{running:.4g}")
-            if eval_data is not None and (step % eval_every == 0 or step == steps):
-                evaluate(step)
-            if path is not None and (step % checkpoint_every == 0 or step == steps):
-                save_checkpoint(state(step), path)
-            if callback is not None:
-                try:
-                    callback(step, losses[-1], model)
-                except BaseException:
-                    if path is not None:
-                        save_checkpoint(state(step), path)
-                    raise
-    finally:
-        bar.close()
-
-    raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if ema is not None:
-        model.load_state_dict(ema.state_dict())
-    model.eval()
-    return TrainResult(
-        model=model,
-        losses=losses,
-        raw_state_dict=raw,
-        steps=steps,
-        resumed_from=start,
-        history=history,
-        best_step=best["step"],
-        best_loss=best["loss"],
-        best_state_dict=best["state_dict"],
-    )
+    dtype, device = _check_model(model)
+    options = _check_options(
+        loss=loss, sigma=sigma, steps=steps, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, ema_decay=ema_decay, clip_grad_norm=clip_grad_norm,
+        lr_schedule=lr_schedule, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        resume=resume, progress=progress, seed=seed, callback=callback,
+        model_kwargs_fn=model_kwargs_fn, loss_kwargs=loss_kwargs,
+    )  # fmt: skip
+    monitor = _Monitor(
+        eval_data, data, eval_every=eval_every, eval_batch_size=eval_batch_size,
+        eval_fn=eval_fn, best_checkpoint=best_checkpoint, batch_size=options.batch_size,
+        dtype=dtype, device=device,
+    )  # fmt: skip
+    draw = _make_draw(data, options.batch_size * get_world_size(), dtype, device)
+    loss_fn = _make_loss(options, noisy, device)
+    trainer = _Trainer(model, options, draw, loss_fn, monitor, device)
+    trainer.resume()
+    trainer.run()
+    return trainer.result()
