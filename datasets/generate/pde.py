@@ -74,6 +74,7 @@ Where the files put things
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,6 +86,7 @@ from scipy.fft import idctn
 from tqdm.auto import tqdm
 
 from gtlib.datasets.generate import _pde_writers as writers
+from gtlib.validation import check_choice, check_int, check_real, describe
 
 __all__ = [
     "Burgers1D",
@@ -105,39 +107,24 @@ LAYOUTS = ("well", "pdebench")
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value}")
-    return value
-
-
 def _check_splits(splits: Sequence[float], n: int) -> tuple[float, float, float]:
-    if not isinstance(splits, Sequence) or len(splits) != 3:
+    if isinstance(splits, str) or not isinstance(splits, (Sequence, np.ndarray)):
+        raise TypeError(
+            f"splits must be three fractions (train, valid, test), got {describe(splits)}"
+        )
+    if len(splits) != 3:
         raise ValueError(f"splits must be three fractions (train, valid, test), got {splits!r}")
-    values = tuple(float(s) for s in splits)
-    if any(not math.isfinite(s) or s < 0 for s in values) or abs(sum(values) - 1) > 1e-6:
+    values = tuple(check_real(s, "splits", nonnegative=True) for s in splits)
+    if abs(sum(values) - 1) > 1e-6:
         raise ValueError(f"splits must be non-negative and sum to 1, got {splits!r}")
     return values  # type: ignore[return-value]
 
 
 def _check_output(out: str | Path | None, layout: str) -> Path | None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    check_choice(layout, "layout", LAYOUTS)
     if out is None:
         return None
-    if not isinstance(out, (str, Path)):
+    if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a str or Path, got {type(out).__name__}")
     return Path(out)
 
@@ -146,7 +133,7 @@ def _solve_grid(resolution: int, solve_resolution: int | None, *, nodal: bool) -
     """The solver's grid size and the subsampling stride onto ``resolution``."""
     if solve_resolution is None:
         return resolution, 1
-    solve_resolution = _check_int("solve_resolution", solve_resolution, resolution)
+    solve_resolution = check_int(solve_resolution, "solve_resolution", minimum=resolution)
     if nodal:
         if (solve_resolution - 1) % (resolution - 1):
             raise ValueError(
@@ -165,6 +152,13 @@ def _solve_grid(resolution: int, solve_resolution: int | None, *, nodal: bool) -
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
+    if seed is not None:
+        try:
+            seed = check_int(seed, "seed", minimum=0)
+        except TypeError:
+            raise TypeError(
+                f"seed must be an int, a numpy Generator or None, got {describe(seed)}"
+            ) from None
     return np.random.default_rng(seed)
 
 
@@ -202,11 +196,11 @@ def gaussian_random_field_2d(
 
     Shapes: returns float64 ``[n, R, R]``.
     """
-    n = _check_int("n", n, 1)
-    resolution = _check_int("resolution", resolution, 3)
-    alpha = _check_positive("alpha", alpha)
-    tau = _check_positive("tau", tau)
-    scale = tau ** (2 * alpha - 2) if scale is None else _check_positive("scale", scale)
+    n = check_int(n, "n", minimum=1)
+    resolution = check_int(resolution, "resolution", minimum=3)
+    alpha = check_real(alpha, "alpha", positive=True)
+    tau = check_real(tau, "tau", positive=True)
+    scale = tau ** (2 * alpha - 2) if scale is None else check_real(scale, "scale", positive=True)
     rng = _rng(seed)
     if boundary == "neumann":
         k = np.arange(resolution)
@@ -243,11 +237,11 @@ def gaussian_random_field_1d(
 
     Shapes: returns float64 ``[n, R]``.
     """
-    n = _check_int("n", n, 1)
-    resolution = _check_int("resolution", resolution, 3)
-    alpha = _check_positive("alpha", alpha)
-    tau = _check_positive("tau", tau)
-    scale = _check_positive("scale", scale)
+    n = check_int(n, "n", minimum=1)
+    resolution = check_int(resolution, "resolution", minimum=3)
+    alpha = check_real(alpha, "alpha", positive=True)
+    tau = check_real(tau, "tau", positive=True)
+    scale = check_real(scale, "scale", positive=True)
     return _periodic_grf(_rng(seed), (n,), (resolution,), alpha, tau, scale)
 
 
@@ -371,9 +365,9 @@ def darcy(
     writes them to ``out`` when given (``layout`` ``"well"``: ``out`` is a base directory;
     ``"pdebench"``: ``out`` is a file).
     """
-    n = _check_int("n", n, 1)
-    resolution = _check_int("resolution", resolution, 3)
-    alpha, tau = _check_positive("alpha", alpha), _check_positive("tau", tau)
+    n = check_int(n, "n", minimum=1)
+    resolution = check_int(resolution, "resolution", minimum=3)
+    alpha, tau = check_real(alpha, "alpha", positive=True), check_real(tau, "tau", positive=True)
     out_path = _check_output(out, layout)
     splits = _check_splits(splits, n)
     fine, stride = _solve_grid(resolution, solve_resolution, nodal=True)
@@ -460,8 +454,8 @@ class NavierStokes2D:
         *,
         dealias: bool = True,
     ) -> None:
-        self.resolution = _check_int("resolution", resolution, 4)
-        self.nu = _check_positive("nu", nu, allow_zero=True)
+        self.resolution = check_int(resolution, "resolution", minimum=4)
+        self.nu = check_real(nu, "nu", nonnegative=True)
         r = self.resolution
         mx = torch.fft.fftfreq(r, 1 / r, dtype=torch.float64)[:, None]
         my = torch.fft.rfftfreq(r, 1 / r, dtype=torch.float64)[None, :]
@@ -555,8 +549,8 @@ def solve_navier_stokes_2d(
     if times.ndim != 1 or times[0] != 0 or np.any(np.diff(times) <= 0):
         raise ValueError("times must be a 1-D increasing sequence starting at 0")
     if dt is not None:
-        dt = _check_positive("dt", dt)
-    cfl = _check_positive("cfl", cfl)
+        dt = check_real(dt, "dt", positive=True)
+    cfl = check_real(cfl, "cfl", positive=True)
     solver = NavierStokes2D(w0.shape[-1], nu, forcing)
     dx = 1.0 / w0.shape[-1]
     w_hat = solver.to_hat(w0)
@@ -596,6 +590,60 @@ def _ns_forcing(resolution: int) -> np.ndarray:
     return 0.1 * (np.sin(s) + np.cos(s))
 
 
+def _write_navier_stokes(
+    out_path: Path,
+    layout: str,
+    result: dict[str, np.ndarray],
+    times: np.ndarray,
+    nu: float,
+    ic_scale: float,
+    splits: tuple[float, float, float],
+    grid: tuple[int, int],
+) -> None:
+    """Write :func:`navier_stokes_2d`'s ``result`` (snapshots at ``times``) in ``layout``;
+    ``grid``: the solver's resolution and the stride onto the stored one."""
+    fine, stride = grid
+    n, n_snapshots, resolution = result["vorticity"].shape[:3]
+    forcing_fine = _ns_forcing(fine)
+    coords = np.arange(resolution) / resolution
+    if layout == "pdebench":
+        solver = NavierStokes2D(fine, nu)
+        force = solver.velocity(solver.to_hat(forcing_fine[None]))[0].numpy()
+        force = force[::stride, ::stride]
+        writers.write_pdebench(
+            out_path,
+            {
+                "velocity": result["velocity"],
+                "force": np.broadcast_to(force, (n, *force.shape)),
+                "t": np.broadcast_to(result["time"], (n, n_snapshots)),
+            },
+            {"nu": nu},
+        )
+        return
+    mask = np.zeros(resolution, dtype=bool)
+    mask[[0, -1]] = True
+    writers.write_well_dataset(
+        out_path,
+        "navier_stokes_2d",
+        fields=[
+            writers.WellField("vorticity", result["vorticity"]),
+            writers.WellField("velocity", result["velocity"], order=1),
+            writers.WellField(
+                "forcing", result["forcing"], sample_varying=False, time_varying=False
+            ),
+        ],
+        time=times,
+        coords={"x": coords, "y": coords},
+        boundaries=[
+            writers.WellBoundary(f"{d}_periodic", [d], "periodic", ["vorticity", "velocity"], mask)
+            for d in ("x", "y")
+        ],
+        parameters={"nu": nu, "ic_scale": ic_scale, "ic_alpha": 2.5, "ic_tau": 7.0},
+        n=n,
+        splits=splits,
+    )
+
+
 def navier_stokes_2d(
     n: int,
     resolution: int = 64,
@@ -625,12 +673,12 @@ def navier_stokes_2d(
     Returns float32 ``{"vorticity": [n, T, R, R], "velocity": [n, T, R, R, 2], "time": [T],
     "forcing": [R, R]}``.
     """
-    n = _check_int("n", n, 1)
-    resolution = _check_int("resolution", resolution, 4)
-    nu = _check_positive("nu", nu)
-    t_final = _check_positive("t_final", t_final)
-    n_snapshots = _check_int("n_snapshots", n_snapshots, 2)
-    ic_scale = _check_positive("ic_scale", ic_scale)
+    n = check_int(n, "n", minimum=1)
+    resolution = check_int(resolution, "resolution", minimum=4)
+    nu = check_real(nu, "nu", positive=True)
+    t_final = check_real(t_final, "t_final", positive=True)
+    n_snapshots = check_int(n_snapshots, "n_snapshots", minimum=2)
+    ic_scale = check_real(ic_scale, "ic_scale", positive=True)
     out_path = _check_output(out, layout)
     splits = _check_splits(splits, n)
     fine, stride = _solve_grid(resolution, solve_resolution, nodal=False)
@@ -649,45 +697,7 @@ def navier_stokes_2d(
         "forcing": forcing_fine[::stride, ::stride].astype(np.float32),
     }
     if out_path is not None:
-        coords = np.arange(resolution) / resolution
-        if layout == "pdebench":
-            solver = NavierStokes2D(fine, nu)
-            force = solver.velocity(solver.to_hat(forcing_fine[None]))[0].numpy()
-            force = force[::stride, ::stride]
-            writers.write_pdebench(
-                out_path,
-                {
-                    "velocity": result["velocity"],
-                    "force": np.broadcast_to(force, (n, *force.shape)),
-                    "t": np.broadcast_to(result["time"], (n, n_snapshots)),
-                },
-                {"nu": nu},
-            )
-        else:
-            mask = np.zeros(resolution, dtype=bool)
-            mask[[0, -1]] = True
-            writers.write_well_dataset(
-                out_path,
-                "navier_stokes_2d",
-                fields=[
-                    writers.WellField("vorticity", result["vorticity"]),
-                    writers.WellField("velocity", result["velocity"], order=1),
-                    writers.WellField(
-                        "forcing", result["forcing"], sample_varying=False, time_varying=False
-                    ),
-                ],
-                time=times,
-                coords={"x": coords, "y": coords},
-                boundaries=[
-                    writers.WellBoundary(
-                        f"{d}_periodic", [d], "periodic", ["vorticity", "velocity"], mask
-                    )
-                    for d in ("x", "y")
-                ],
-                parameters={"nu": nu, "ic_scale": ic_scale, "ic_alpha": 2.5, "ic_tau": 7.0},
-                n=n,
-                splits=splits,
-            )
+        _write_navier_stokes(out_path, layout, result, times, nu, ic_scale, splits, (fine, stride))
     return result
 
 
@@ -707,8 +717,8 @@ class Burgers1D:
     """
 
     def __init__(self, resolution: int, nu: float, *, dealias: bool = True) -> None:
-        self.resolution = _check_int("resolution", resolution, 4)
-        self.nu = _check_positive("nu", nu, allow_zero=True)
+        self.resolution = check_int(resolution, "resolution", minimum=4)
+        self.nu = check_real(nu, "nu", nonnegative=True)
         m = torch.fft.rfftfreq(self.resolution, 1 / self.resolution, dtype=torch.float64)
         k = 2 * math.pi * m
         self.lin = -self.nu * k**2
@@ -781,8 +791,8 @@ def solve_burgers_1d(
     if times.ndim != 1 or times[0] != 0 or np.any(np.diff(times) <= 0):
         raise ValueError("times must be a 1-D increasing sequence starting at 0")
     if dt is not None:
-        dt = _check_positive("dt", dt)
-    cfl = _check_positive("cfl", cfl)
+        dt = check_real(dt, "dt", positive=True)
+    cfl = check_real(cfl, "cfl", positive=True)
     solver = Burgers1D(u0.shape[-1], nu)
     dx = 1.0 / u0.shape[-1]
     v = solver.to_hat(u0)
@@ -827,12 +837,12 @@ def burgers_1d(
 
     Returns float32 ``{"u": [n, T, X], "time": [T]}``.
     """
-    n = _check_int("n", n, 1)
-    resolution = _check_int("resolution", resolution, 4)
-    nu = _check_positive("nu", nu)
-    t_final = _check_positive("t_final", t_final)
-    n_snapshots = _check_int("n_snapshots", n_snapshots, 2)
-    ic_scale = _check_positive("ic_scale", ic_scale)
+    n = check_int(n, "n", minimum=1)
+    resolution = check_int(resolution, "resolution", minimum=4)
+    nu = check_real(nu, "nu", positive=True)
+    t_final = check_real(t_final, "t_final", positive=True)
+    n_snapshots = check_int(n_snapshots, "n_snapshots", minimum=2)
+    ic_scale = check_real(ic_scale, "ic_scale", positive=True)
     out_path = _check_output(out, layout)
     splits = _check_splits(splits, n)
     fine, stride = _solve_grid(resolution, solve_resolution, nodal=False)
