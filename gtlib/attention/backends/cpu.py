@@ -360,8 +360,9 @@ def fused_attention_weights(pattern: Pattern, args: tuple) -> Tensor:
 
 
 class _FusedAttention(torch.autograd.Function):
-    """Autograd glue: the forward saves ``out`` and the weights ``[E, H]``; the backward calls the
-    C++ backward (first order only)."""
+    """Autograd glue: the forward saves the inputs and the weights ``[E, H]`` (not the output: the
+    backward forms FlashAttention's ``dO . O`` from the weights); the backward calls the C++
+    backward (first order only)."""
 
     @staticmethod
     def forward(ctx, query, key, value, att, key_edge, value_edge, bias, pattern, additive, slope,
@@ -371,20 +372,20 @@ class _FusedAttention(torch.autograd.Function):
             query, key, value, key_edge, value_edge, bias, att, pattern.ptr, pattern.col,
             additive, slope, scale, True,
         )  # fmt: skip
-        ctx.save_for_backward(query, key, value, att, key_edge, value_edge, bias, out, weights)
+        ctx.save_for_backward(query, key, value, att, key_edge, value_edge, bias, weights)
         ctx.pattern, ctx.additive, ctx.slope, ctx.scale = pattern, additive, slope, scale
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        query, key, value, att, key_edge, value_edge, bias, out, weights = ctx.saved_tensors
+        query, key, value, att, key_edge, value_edge, bias, weights = ctx.saved_tensors
         need_q, need_k, need_v, need_att, need_ek, need_ev, need_bias = ctx.needs_input_grad[:7]
         pattern = ctx.pattern
         transposed = pattern.transpose_csr() if need_k or need_v else (None, None, None)
         grads = _STATE.module.backward(
             grad_out.contiguous(), query, key, value, key_edge, value_edge, bias, att,
-            pattern.ptr, pattern.col, *transposed, out, weights, ctx.additive, ctx.slope,
+            pattern.ptr, pattern.col, *transposed, weights, ctx.additive, ctx.slope,
             ctx.scale,
             [need_q, need_k, need_v, need_ek, need_ev, need_bias, need_att],
         )  # fmt: skip

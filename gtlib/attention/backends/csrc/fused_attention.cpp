@@ -12,8 +12,9 @@
 // the requested per-edge gradients.
 //   forward   F1 receivers x key rows:    scores, softmax -> weights w [E, H], lse [N_dst, H]
 //             F2 receivers x value rows:  o_i
-//   backward  B1a receivers x value rows: ds_e = w_e (dO_i . (v_j + ev_e) - dO_i . o_i),
-//                                         grad value_edge = w_e dO_i
+//   backward  B1a receivers x value rows: ds_e = w_e (dO_i . (v_j + ev_e) - delta_i) with
+//                                         delta_i = sum_e w_e dO_i . (v_j + ev_e) (= dO_i . o_i,
+//                                         so o is not kept), grad value_edge = w_e dO_i
 //             B1b receivers x key rows:   grads of query, key_edge, att (from ds)
 //             B2a senders x dO rows:      grad value_j = sum w_e dO_i
 //             B2b senders x query rows:   grad key_j = sum ds_e scale q_i (additive: via the
@@ -547,7 +548,6 @@ struct ForwardValues {
 template <typename T>
 struct Grads {
   const T* dout = nullptr;  // [N_dst, H, Cv]
-  const T* out = nullptr;   // [N_dst, H, Cv]
   const T* w = nullptr;     // [E, H] softmax weights of the forward
   T* ds = nullptr;          // [E, H] score gradients (written by B1a, read by B1b and B2b)
   T* q = nullptr;
@@ -559,7 +559,9 @@ struct Grads {
 };
 
 // Sweep B1a, over receivers, reading the senders' value rows: ds_e = w_e (dO_i . (v_j + ev_e)
-// - dO_i . o_i) and the grad of value_edge, w_e dO_i.
+// - delta_i) and the grad of value_edge, w_e dO_i. FlashAttention's delta_i = dO_i . o_i is
+// formed as sum_e w_e dO_i . (v_j + ev_e) over the receiver's edges (the same sum, since o_i is
+// sum_e w_e (v_j + ev_e)), so the output itself need not be kept for the backward.
 template <typename T, int CK, int CV, bool ADD>
 struct BackwardScores {
   static void run(const Problem<T>& P, const Grads<T>& G, int threads) {
@@ -570,13 +572,11 @@ struct BackwardScores {
     std::vector<Scratch<T>> scratch(threads);
     for_rows(P.ptr, P.n_dst, threads, [&](idx_t begin, idx_t end, int tid) {
       Scratch<T>& S = scratch[tid];
-      S.m.resize(H);
       S.l.resize(H);
-      T* __restrict dps = S.m.data();
       T* __restrict delta = S.l.data();
       for (idx_t i = begin; i < end; ++i) {
         const T* __restrict gi = G.dout + i * rowv;
-        if (G.ds) edge_value_dots<T, CV>(gi, G.out + i * rowv, nullptr, H, Cv, delta);
+        for (idx_t h = 0; h < H; ++h) delta[h] = T(0);
         for (idx_t e = P.ptr[i]; e < P.ptr[i + 1]; ++e) {
           const T* __restrict we = G.w + e * H;
           if (G.ev) {
@@ -593,10 +593,17 @@ struct BackwardScores {
             prefetch_row(P.v + P.col[e + kPrefetch] * rowv, rowv * sizeof(T));
             if (P.ev) prefetch_row(P.ev + (e + kPrefetch) * rowv, rowv * sizeof(T));
           }
-          edge_value_dots<T, CV>(gi, P.v + P.col[e] * rowv, P.ev ? P.ev + e * rowv : nullptr, H,
-                                 Cv, dps);
+          // dO_i . (v_j + ev_e) parked in ds_e until delta_i is complete
           T* __restrict dse = G.ds + e * H;
-          for (idx_t h = 0; h < H; ++h) dse[h] = we[h] * (dps[h] - delta[h]);
+          edge_value_dots<T, CV>(gi, P.v + P.col[e] * rowv, P.ev ? P.ev + e * rowv : nullptr, H,
+                                 Cv, dse);
+          for (idx_t h = 0; h < H; ++h) delta[h] += we[h] * dse[h];
+        }
+        if (!G.ds) continue;
+        for (idx_t e = P.ptr[i]; e < P.ptr[i + 1]; ++e) {
+          const T* __restrict we = G.w + e * H;
+          T* __restrict dse = G.ds + e * H;
+          for (idx_t h = 0; h < H; ++h) dse[h] = we[h] * (dse[h] - delta[h]);
         }
       }
     });
@@ -875,15 +882,13 @@ std::vector<at::Tensor> backward(
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& att,
     const at::Tensor& ptr, const at::Tensor& col, const std::optional<at::Tensor>& ptr_t,
     const std::optional<at::Tensor>& receivers_t, const std::optional<at::Tensor>& order,
-    const at::Tensor& out, const at::Tensor& weights, bool additive, double slope, double scale,
+    const at::Tensor& weights, bool additive, double slope, double scale,
     std::vector<bool> needs) {
   TORCH_CHECK(needs.size() == 7, "needs must hold 7 flags");
   const Inputs in = check_inputs(q, k, v, ek, ev, bias, att, ptr, col, additive);
   const int64_t nd = q.size(0), ns = k.size(0), H = q.size(1), Cv = v.size(2), E = col.numel();
   check_float(grad_out, "grad_out", q);
   check_shape(grad_out, "grad_out", {nd, H, Cv});
-  check_float(out, "out", q);
-  check_shape(out, "out", {nd, H, Cv});
   check_float(weights, "weights", q);
   check_shape(weights, "weights", {E, H});
   const bool need_q = needs[0], need_k = needs[1], need_v = needs[2];
@@ -912,7 +917,6 @@ std::vector<at::Tensor> backward(
     const Problem<T> P = make_problem<T>(in, additive, slope, scale);
     Grads<T> G;
     G.dout = grad_out.data_ptr<T>();
-    G.out = out.data_ptr<T>();
     G.w = weights.data_ptr<T>();
     G.ds = need_ds ? ds.data_ptr<T>() : nullptr;
     G.q = need_q ? gq.data_ptr<T>() : nullptr;
@@ -952,7 +956,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("value"), pybind11::arg("key_edge"), pybind11::arg("value_edge"),
         pybind11::arg("bias"), pybind11::arg("att"), pybind11::arg("ptr"), pybind11::arg("col"),
         pybind11::arg("ptr_t"), pybind11::arg("receivers_t"), pybind11::arg("order"),
-        pybind11::arg("out"), pybind11::arg("weights"), pybind11::arg("additive"),
+        pybind11::arg("weights"), pybind11::arg("additive"),
         pybind11::arg("negative_slope"), pybind11::arg("scale"), pybind11::arg("needs"));
   m.def("num_threads", &num_threads, "threads a call uses (at::get_num_threads)");
 }
