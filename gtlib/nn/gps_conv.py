@@ -17,6 +17,7 @@ from torch_geometric.nn.resolver import activation_resolver, normalization_resol
 from gtlib.attention import Pattern, sparse_attention
 from gtlib.attention.cache import pattern_cache
 from gtlib.nn.exphormer_conv import ExphormerConv
+from gtlib.validation import check_choice, check_finite, check_int, check_real, describe
 
 ATTN_TYPES = ("multihead", "performer", "sparse", "exphormer")
 # attn_kwargs that shape the BigBird pattern of attn_type="sparse" (the rest go to the projections)
@@ -125,59 +126,41 @@ class GPSConv(Module):
         attn_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
-            raise ValueError(f"heads must be a positive int, got {heads!r}")
+        channels = check_int(channels, "channels", minimum=1)
+        heads = check_int(heads, "heads", minimum=1)
         if channels % heads != 0:
             raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
-        if not 0.0 <= float(dropout) < 1.0:
+        dropout = check_real(dropout, "dropout", minimum=0.0)
+        if not dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        if attn_type not in ATTN_TYPES:
-            raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r}")
+        attn_type = check_choice(attn_type, "attn_type", ATTN_TYPES)
         if conv is not None and not isinstance(conv, Module):
             raise TypeError(f"conv must be a torch.nn.Module or None, got {type(conv)}")
+        for name, value in (
+            ("act_kwargs", act_kwargs),
+            ("norm_kwargs", norm_kwargs),
+            ("attn_kwargs", attn_kwargs),
+        ):
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"{name} must be a dict or None, got {describe(value)}")
 
         self.channels = channels
         self.conv = conv
         self.heads = heads
         self.dropout = dropout
         self.attn_type = attn_type
-
-        attn_kwargs = dict(attn_kwargs or {})
         self.window = self.num_random = self.num_global = 0
-        if attn_type == "sparse":
-            for name, default in SPARSE_DEFAULTS.items():
-                setattr(self, name, _non_negative_int(attn_kwargs.pop(name, default), name))
-        if attn_type == "performer":
-            self.attn = PerformerAttention(channels=channels, heads=heads, **attn_kwargs)
-        elif attn_type == "exphormer":
-            unknown = set(attn_kwargs) - set(EXPHORMER_DEFAULTS)
-            if unknown:
-                raise ValueError(
-                    f"attn_kwargs of attn_type='exphormer' take {sorted(EXPHORMER_DEFAULTS)}, "
-                    f"got {sorted(unknown)}"
-                )
-            options = {**EXPHORMER_DEFAULTS, **attn_kwargs}
-            self.attn = ExphormerConv(channels, channels // heads, heads=heads, **options)
-        else:
-            self.attn = MultiheadAttention(channels, heads, batch_first=True, **attn_kwargs)
-            if self.attn.bias_k is not None or self.attn.add_zero_attn:
-                raise ValueError("attn_kwargs add_bias_kv and add_zero_attn are not supported")
-            if not self.attn._qkv_same_embed_dim:
-                raise ValueError("attn_kwargs kdim and vdim must equal channels (self-attention)")
-
+        self.attn = self._build_attention(dict(attn_kwargs or {}))
         self.mlp = Sequential(
             Linear(channels, channels * 2),
-            activation_resolver(act, **(act_kwargs or {})),
+            _resolve("act", activation_resolver, act, act_kwargs),
             Dropout(dropout),
             Linear(channels * 2, channels),
             Dropout(dropout),
         )
-        norm_kwargs = norm_kwargs or {}
-        self.norm1 = normalization_resolver(norm, channels, **norm_kwargs)
-        self.norm2 = normalization_resolver(norm, channels, **norm_kwargs)
-        self.norm3 = normalization_resolver(norm, channels, **norm_kwargs)
+        self.norm1 = _resolve("norm", normalization_resolver, norm, norm_kwargs, channels)
+        self.norm2 = _resolve("norm", normalization_resolver, norm, norm_kwargs, channels)
+        self.norm3 = _resolve("norm", normalization_resolver, norm, norm_kwargs, channels)
         self.norm_with_batch = False
         if self.norm1 is not None:
             self.norm_with_batch = "batch" in inspect.signature(self.norm1.forward).parameters
@@ -185,6 +168,31 @@ class GPSConv(Module):
         if conv is not None:
             parameters = inspect.signature(conv.forward).parameters
             self.conv_returns_attention = "return_attention_weights" in parameters
+
+    def _build_attention(self, attn_kwargs: dict[str, Any]) -> Module:
+        """The global attention module of ``attn_type`` (``"sparse"`` first takes its pattern
+        arguments out of ``attn_kwargs``)."""
+        channels, heads = self.channels, self.heads
+        if self.attn_type == "sparse":
+            for name, default in SPARSE_DEFAULTS.items():
+                setattr(self, name, _non_negative_int(attn_kwargs.pop(name, default), name))
+        if self.attn_type == "performer":
+            return PerformerAttention(channels=channels, heads=heads, **attn_kwargs)
+        if self.attn_type == "exphormer":
+            unknown = set(attn_kwargs) - set(EXPHORMER_DEFAULTS)
+            if unknown:
+                raise ValueError(
+                    f"attn_kwargs of attn_type='exphormer' take {sorted(EXPHORMER_DEFAULTS)}, "
+                    f"got {sorted(unknown)}"
+                )
+            options = {**EXPHORMER_DEFAULTS, **attn_kwargs}
+            return ExphormerConv(channels, channels // heads, heads=heads, **options)
+        attn = MultiheadAttention(channels, heads, batch_first=True, **attn_kwargs)
+        if attn.bias_k is not None or attn.add_zero_attn:
+            raise ValueError("attn_kwargs add_bias_kv and add_zero_attn are not supported")
+        if not attn._qkv_same_embed_dim:
+            raise ValueError("attn_kwargs kdim and vdim must equal channels (self-attention)")
+        return attn
 
     def reset_parameters(self) -> None:
         r"""Resets all learnable parameters of the module."""
@@ -364,6 +372,7 @@ class GPSConv(Module):
             raise TypeError("x must be a floating-point tensor [N, channels]")
         if x.dim() != 2 or x.size(1) != self.channels:
             raise ValueError(f"x must have shape [N, {self.channels}], got {list(x.shape)}")
+        check_finite(x, "x")
         num_nodes = x.size(0)
         if batch is not None:
             if not isinstance(batch, Tensor) or batch.dtype != torch.long:
@@ -403,11 +412,19 @@ class GPSConv(Module):
 
 
 def _non_negative_int(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+    return check_int(value, name, minimum=0)
+
+
+def _resolve(name: str, resolver, query: Any, kwargs: dict | None, *args: Any) -> Any:
+    """PyG's ``resolver(query, *args, **kwargs)`` with errors that name the argument."""
+    if query is None and name == "norm":
+        return None
+    if not (isinstance(query, str) or callable(query)):
+        raise TypeError(f"{name} must be a name or a callable, got {describe(query)}")
+    try:
+        return resolver(query, *args, **(kwargs or {}))
+    except ValueError as err:
+        raise ValueError(f"{name}={query!r} is not known ({err})") from None
 
 
 def _graph_blocks(batch: Tensor | None, num_nodes: int, device) -> list[Tensor]:
