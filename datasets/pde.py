@@ -218,8 +218,8 @@ class PDEDataset(Dataset):
             n_steps_input, n_steps_output, time_stride, all2all, max_lead_steps, normalize, output
         )
         self.path = _check_path(path, "path")
-        if split is not None and not isinstance(split, str):
-            raise TypeError(f"split must be a str, got {describe(split)}")
+        if split is not None:
+            check_choice(split, "split", ("train", "valid", "test"))
         self.split = split
         stats = _check_stats_arg(stats)
         files, self._well_root = _resolve_files(path, split)
@@ -397,6 +397,7 @@ class PDEDataset(Dataset):
             - ``y``: ``[..., C_out, *spatial]`` (grid) or ``[..., P, C_out]`` (data)
             - returns: same shape
         """
+        check_tensor(y, "y", floating=True)
         if not self.normalize:
             return y
         return self.normalize_fields(y, self.target_fields, inverse=True, channel_dim=channel_dim)

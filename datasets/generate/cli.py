@@ -17,6 +17,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,10 +34,13 @@ GENERATORS: dict[str, tuple[Callable[..., Any], ArgumentAdder]] = {}
 
 def register_generator(name: str, func: Callable[..., Any], add_arguments: ArgumentAdder) -> None:
     """Add (or replace) the subcommand ``gtlib-data generate <name>``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
-    if not callable(func) or not callable(add_arguments):
-        raise TypeError("func and add_arguments must be callable")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if not name or any(c.isspace() for c in name):
+        raise ValueError(f"name must be a non-empty word (a subcommand), got {name!r}")
+    for arg, value in (("func", func), ("add_arguments", add_arguments)):
+        if not callable(value):
+            raise TypeError(f"{arg} must be callable, got {type(value).__name__}")
     GENERATORS[name] = (func, add_arguments)
 
 
@@ -55,8 +59,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {value}")
     return value
 
 
