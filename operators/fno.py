@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gtlib.validation import check_int, renamed_arguments, resolve_act
+from gtlib.validation import check_choice, check_int, check_real, renamed_arguments, resolve_act
 
 from .spectral_conv import SpectralConv, check_input, check_modes
 
@@ -66,7 +67,6 @@ class FNO(nn.Module):
         act (str or callable, optional): Pointwise nonlinearity, a name PyG's
             ``activation_resolver`` knows or a callable (``activation`` is its deprecated name).
             (default: :obj:`"gelu"`)
-            (default: :func:`torch.nn.functional.gelu`)
         skip (str, optional): ``"linear"`` (pointwise linear map without bias), ``"identity"``
             or :obj:`None`. (default: ``"linear"``)
         fft_norm (str, optional): FFT normalisation. (default: ``"forward"``)
@@ -104,23 +104,12 @@ class FNO(nn.Module):
             if value is not None:
                 check_int(value, name, minimum=1)
         modes = check_modes(n_modes)
-        if positional_embedding not in ("grid", None):
-            raise ValueError(
-                f"positional_embedding must be 'grid' or None, got {positional_embedding!r}"
-            )
-        if skip not in ("linear", "identity", None):
-            raise ValueError(f"skip must be 'linear', 'identity' or None, got {skip!r}")
-        dim = len(modes)
-        pad = (
-            (float(domain_padding),) * dim
-            if isinstance(domain_padding, (int, float))
-            else tuple(float(p) for p in domain_padding)
+        positional_embedding = check_choice(
+            positional_embedding, "positional_embedding", ("grid", None)
         )
-        if len(pad) != dim or any(p < 0 for p in pad):
-            raise ValueError(
-                f"domain_padding must be a non-negative float or {dim} of them, "
-                f"got {domain_padding!r}"
-            )
+        skip = check_choice(skip, "skip", ("linear", "identity", None))
+        dim = len(modes)
+        pad = _check_padding(domain_padding, dim)
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -135,12 +124,7 @@ class FNO(nn.Module):
 
         conv = _CONV[dim]
         lift_in = in_channels + (dim if positional_embedding == "grid" else 0)
-        if lifting_channels:
-            self.lifting = nn.ModuleList(
-                [conv(lift_in, lifting_channels, 1), conv(lifting_channels, hidden_channels, 1)]
-            )
-        else:
-            self.lifting = nn.ModuleList([conv(lift_in, hidden_channels, 1)])
+        self.lifting = _pointwise_mlp(conv, lift_in, lifting_channels, hidden_channels)
         self.spectral_convs = nn.ModuleList(
             [
                 SpectralConv(
@@ -160,15 +144,7 @@ class FNO(nn.Module):
             )
         else:
             self.skips = None
-        if projection_channels:
-            self.projection = nn.ModuleList(
-                [
-                    conv(hidden_channels, projection_channels, 1),
-                    conv(projection_channels, out_channels, 1),
-                ]
-            )
-        else:
-            self.projection = nn.ModuleList([conv(hidden_channels, out_channels, 1)])
+        self.projection = _pointwise_mlp(conv, hidden_channels, projection_channels, out_channels)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -229,3 +205,32 @@ class FNO(nn.Module):
             f"n_modes={self.n_modes}, hidden_channels={self.hidden_channels}, "
             f"n_layers={self.n_layers})"
         )
+
+
+def _check_padding(domain_padding: float | Sequence[float], dim: int) -> tuple[float, ...]:
+    """``domain_padding`` as ``dim`` non-negative fractions."""
+    if isinstance(domain_padding, (str, bytes)) or not isinstance(
+        domain_padding, (numbers.Real, Sequence)
+    ):
+        raise TypeError(
+            f"domain_padding must be a float or a sequence of floats, got {domain_padding!r}"
+        )
+    if isinstance(domain_padding, numbers.Real):
+        pad = (check_real(domain_padding, "domain_padding", nonnegative=True),) * dim
+    else:
+        pad = tuple(
+            check_real(p, f"domain_padding[{i}]", nonnegative=True)
+            for i, p in enumerate(domain_padding)
+        )
+    if len(pad) != dim:
+        raise ValueError(
+            f"domain_padding must be a non-negative float or {dim} of them, got {domain_padding!r}"
+        )
+    return pad
+
+
+def _pointwise_mlp(conv, in_channels: int, hidden: int | None, out_channels: int) -> nn.ModuleList:
+    """One pointwise (kernel-size-1) convolution, or two through ``hidden`` channels."""
+    if hidden:
+        return nn.ModuleList([conv(in_channels, hidden, 1), conv(hidden, out_channels, 1)])
+    return nn.ModuleList([conv(in_channels, out_channels, 1)])
