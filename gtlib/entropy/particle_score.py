@@ -35,6 +35,7 @@ from gtlib.entropy.estimators import (
     score_free_entropy_production_hypoelliptic,
     spatial_decomposition,
 )
+from gtlib.validation import all_finite, check_int, check_tensor
 
 __all__ = ["ParticleEntropyProduction", "ParticleScore", "particle_entropy_production"]
 
@@ -377,21 +378,32 @@ class ParticleEntropyProduction:
 
 def _check_snapshots(pos: Any, g: Any, dim: int) -> tuple[Tensor, Tensor]:
     for name, value in (("pos", pos), ("g", g)):
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            raise TypeError(f"`{name}` must be a floating-point tensor [..., N, d]")
+        check_tensor(value, name, floating=True, values=True)
     if pos.shape != g.shape or pos.dim() < 3 or pos.shape[-1] != dim:
         raise ValueError(
-            f"`pos` and `g` must have the same shape [S, N, {dim}] (or [S, B, N, {dim}]), got "
+            f"pos and g must have the same shape [S, N, {dim}] (or [S, B, N, {dim}]), got "
             f"{tuple(pos.shape)} and {tuple(g.shape)}"
         )
     num_particles = pos.shape[-2]
     pos = pos.reshape(-1, num_particles, dim)
     g = g.reshape(-1, num_particles, dim)
     if pos.shape[0] < 2:
-        raise ValueError(f"need at least 2 snapshots, got {pos.shape[0]}")
-    if not (torch.isfinite(pos).all() and torch.isfinite(g).all()):
-        raise ValueError("`pos` and `g` must be finite")
+        raise ValueError(f"pos and g: need at least 2 snapshots, got {pos.shape[0]}")
+    for name, value in (("pos", pos), ("g", g)):
+        if not all_finite(value):  # always: evaluation, not a hot path
+            raise ValueError(f"{name} contains NaN or infinite values")
     return pos, g
+
+
+def _check_bins(bins: Any, dim: int) -> int | tuple[int, ...] | None:
+    """``None``, a positive int or ``dim`` positive ints."""
+    if bins is None:
+        return None
+    if isinstance(bins, tuple | list):
+        if len(bins) != dim:
+            raise ValueError(f"bins must be a positive int or {dim} positive ints, got {bins!r}")
+        return tuple(check_int(b, "bins", minimum=1) for b in bins)
+    return check_int(bins, "bins", minimum=1)
 
 
 def _hutchinson_divergence(
@@ -410,6 +422,125 @@ def _hutchinson_divergence(
 def _stats(values: Tensor) -> tuple[float, float]:
     values = values.to(torch.float64)
     return float(values.mean()), float(values.std() / math.sqrt(values.shape[0]))
+
+
+class _LocalEPR:
+    """The score-based local EPR of snapshot chunks and their Hutchinson :math:`\\nabla\\cdot v`."""
+
+    def __init__(
+        self, score_model: Callable[[Tensor], Tensor], system: ParticleSystem, pos: Tensor
+    ) -> None:
+        param = None
+        if isinstance(score_model, Module):
+            param = next(iter(score_model.parameters()), None)
+        self.dtype = param.dtype if param is not None else pos.dtype
+        self.device = param.device if param is not None else pos.device
+        self.score_model, self.system = score_model, system
+        self.dim, self.num_particles = int(system.dim), pos.shape[1]
+        self.diffusion = torch.as_tensor(system.diffusion, dtype=self.dtype, device=self.device)
+        self.noisy = self.diffusion > 0
+        self.safe = torch.where(self.noisy, self.diffusion, torch.ones_like(self.diffusion))
+        self.gamma, self.hypoelliptic = float(system.gamma), float(system.eps) == 0.0
+        self.parametrised = isinstance(score_model, ParticleScore) and score_model.parametrise
+
+    def local(self, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        """The state of a chunk and its local EPR ``[b, N, 2]`` (x and g parts, float64)."""
+        state = torch.cat([p, q], dim=-1)
+        noisy, diffusion = self.noisy, self.diffusion
+        with torch.no_grad():
+            s = self.score_model(state)
+            if not isinstance(s, Tensor) or s.shape != state.shape:
+                raise ValueError(f"score_model must map {tuple(state.shape)} to the same shape")
+            b = torch.cat(self.system.drift(p, q), dim=-1)
+            v = torch.where(noisy, b - diffusion * torch.where(noisy, s, 0.0), b)
+            local = torch.where(noisy, v * v / self.safe, 0.0)
+        return state, local.reshape(*local.shape[:-1], 2, self.dim).sum(-1).to(torch.float64)
+
+    def divergence(
+        self, state: Tensor, p: Tensor, probes: int, generator: torch.Generator
+    ) -> Tensor:
+        r"""Per-snapshot Hutchinson estimate of :math:`\nabla\cdot v`, ``[b]`` (float64)."""
+        if self.parametrised:
+            field, constant = self.score_model.net_output, 0.0
+        else:
+            field, constant = self.score_model, -self.gamma * self.num_particles * self.dim
+        div = torch.zeros(state.shape[0], dtype=torch.float64, device=self.device)
+        weight = torch.where(self.noisy, self.diffusion, 0.0)
+        for _ in range(probes):
+            div -= _hutchinson_divergence(field, state, weight, generator).to(torch.float64)
+        div /= probes
+        with torch.no_grad():
+            force_div = self.system.force_divergence(p).to(torch.float64)
+        if self.hypoelliptic or not self.parametrised:
+            div += force_div + constant
+        return div
+
+    def run(
+        self, pos: Tensor, g: Tensor, batch_size: int, probes: int, seed: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """The local EPR ``[S, N, 2]`` of every snapshot and the divergences ``[S]`` (or
+        ``None`` without probes)."""
+        generator = torch.Generator().manual_seed(seed)
+        local_chunks, divergence_chunks = [], []
+        for start in range(0, pos.shape[0], batch_size):
+            p = pos[start : start + batch_size].to(device=self.device, dtype=self.dtype)
+            q = g[start : start + batch_size].to(device=self.device, dtype=self.dtype)
+            state, local = self.local(p, q)
+            local_chunks.append(local)
+            if probes:
+                divergence_chunks.append(self.divergence(state, p, probes, generator))
+        local = torch.cat(local_chunks)
+        if not torch.isfinite(local).all():
+            raise ValueError("non-finite local entropy production: check score_model")
+        return local, torch.cat(divergence_chunks) if divergence_chunks else None
+
+
+def _spatial_maps(
+    per_particle: Tensor, pos: Tensor, system: ParticleSystem, bins: Any
+) -> tuple[tuple[Tensor | None, ...], Tensor | None]:
+    """The maps of :func:`spatial_decomposition` and the box they cover (``None``s without
+    ``bins``)."""
+    if bins is None:
+        return (None, None, None), None
+    dim = pos.shape[-1]
+    box = system.box
+    if box is None:
+        extent = 2.0 * float(pos.abs().max()) * (1.0 + 1e-6)
+        spatial_box = torch.full((dim,), extent, dtype=torch.float64)
+    else:
+        spatial_box = torch.as_tensor(box, dtype=torch.float64).expand(dim).clone()
+    maps = spatial_decomposition(per_particle, pos.to(torch.float64), spatial_box, bins)
+    return maps, spatial_box
+
+
+def _score_free(
+    system: ParticleSystem, pos: Tensor, g: Tensor, batch_size: int
+) -> tuple[float, float, str]:
+    """The score-free estimate, its standard error and the identity used."""
+    num_snapshots, num_particles, dim = pos.shape
+    if float(system.eps) == 0.0:
+        with torch.no_grad():
+            values = torch.cat(
+                [
+                    system.force_divergence(pos[i : i + batch_size])
+                    for i in range(0, len(pos), batch_size)
+                ]
+            )
+        return (*score_free_entropy_production_hypoelliptic(values), "hypoelliptic")
+    gamma = float(system.gamma)
+
+    def flat_drift(x: Tensor) -> Tensor:
+        state = x.reshape(-1, num_particles, 2 * dim)
+        return torch.cat(system.drift(state[..., :dim], state[..., dim:]), -1).reshape(x.shape)
+
+    def flat_divergence(x: Tensor) -> Tensor:
+        p = x.reshape(-1, num_particles, 2 * dim)[..., :dim]
+        return system.force_divergence(p) - gamma * num_particles * dim
+
+    flat = torch.cat([pos, g], dim=-1).reshape(num_snapshots, -1)
+    flat_diffusion = torch.as_tensor(system.diffusion, dtype=flat.dtype).repeat(num_particles)
+    estimate = score_free_entropy_production(flat, flat_drift, flat_divergence, flat_diffusion)
+    return (*estimate, "full_noise")
 
 
 def particle_entropy_production(
@@ -461,114 +592,35 @@ def particle_entropy_production(
     Returns:
         :class:`ParticleEntropyProduction`.
     """
+    if not callable(score_model):
+        raise TypeError(f"score_model must be callable, got {type(score_model).__name__}")
     _check_system(system)
-    dim = int(system.dim)
-    pos, g = _check_snapshots(pos, g, dim)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
-    if isinstance(divergence_probes, bool) or not isinstance(divergence_probes, int):
-        raise TypeError(f"`divergence_probes` must be an int, got {divergence_probes!r}")
-    if divergence_probes < 0:
-        raise ValueError(f"`divergence_probes` must be >= 0, got {divergence_probes}")
-    param = next(iter(score_model.parameters()), None) if isinstance(score_model, Module) else None
-    dtype = param.dtype if param is not None else pos.dtype
-    device = param.device if param is not None else pos.device
+    pos, g = _check_snapshots(pos, g, int(system.dim))
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    divergence_probes = check_int(divergence_probes, "divergence_probes", minimum=0)
+    seed = check_int(seed, "seed")
+    bins = _check_bins(bins, int(system.dim))
     num_snapshots, num_particles, _ = pos.shape
-    diffusion = torch.as_tensor(system.diffusion, dtype=dtype, device=device)
-    noisy = diffusion > 0
-    safe = torch.where(noisy, diffusion, torch.ones_like(diffusion))
-    gamma, hypoelliptic = float(system.gamma), float(system.eps) == 0.0
-    parametrised = isinstance(score_model, ParticleScore) and score_model.parametrise
-    generator = torch.Generator().manual_seed(seed)
-
-    local_chunks, divergence_chunks = [], []
-    for start in range(0, num_snapshots, batch_size):
-        p = pos[start : start + batch_size].to(device=device, dtype=dtype)
-        q = g[start : start + batch_size].to(device=device, dtype=dtype)
-        state = torch.cat([p, q], dim=-1)
-        with torch.no_grad():
-            s = score_model(state)
-            if not isinstance(s, Tensor) or s.shape != state.shape:
-                raise ValueError(f"`score_model` must map {tuple(state.shape)} to the same shape")
-            b = torch.cat(system.drift(p, q), dim=-1)
-            v = torch.where(noisy, b - diffusion * torch.where(noisy, s, 0.0), b)
-            local = torch.where(noisy, v * v / safe, 0.0)
-        local_chunks.append(local.reshape(*local.shape[:-1], 2, dim).sum(-1).to(torch.float64))
-        if divergence_probes:
-            if parametrised:
-                field, constant = score_model.net_output, 0.0
-            else:
-                field, constant = score_model, -gamma * num_particles * dim
-            div = torch.zeros(state.shape[0], dtype=torch.float64, device=device)
-            weight = torch.where(noisy, diffusion, 0.0)
-            for _ in range(divergence_probes):
-                div -= _hutchinson_divergence(field, state, weight, generator).to(torch.float64)
-            div /= divergence_probes
-            with torch.no_grad():
-                force_div = system.force_divergence(p).to(torch.float64)
-            if hypoelliptic or not parametrised:
-                div += force_div + constant
-            divergence_chunks.append(div)
-    local = torch.cat(local_chunks)
-    if not torch.isfinite(local).all():
-        raise ValueError("non-finite local entropy production: check `score_model`")
+    local, divergences = _LocalEPR(score_model, system, pos).run(
+        pos, g, batch_size, divergence_probes, seed
+    )
     per_particle = local.sum(-1)
     per_snapshot = per_particle.sum(-1)
     total, stderr = _stats(per_snapshot)
     per_dof_samples = local.sum(1)
-    per_dof = per_dof_samples.mean(0)
-    per_dof_stderr = per_dof_samples.std(0) / math.sqrt(num_snapshots)
-
-    spatial = (None, None, None)
-    spatial_box = None
-    if bins is not None:
-        box = system.box
-        if box is None:
-            extent = 2.0 * float(pos.abs().max()) * (1.0 + 1e-6)
-            spatial_box = torch.full((dim,), extent, dtype=torch.float64)
-        else:
-            spatial_box = torch.as_tensor(box, dtype=torch.float64).expand(dim).clone()
-        spatial = spatial_decomposition(per_particle, pos.to(torch.float64), spatial_box, bins)
-
-    if hypoelliptic:
-        with torch.no_grad():
-            values = torch.cat(
-                [
-                    system.force_divergence(pos[i : i + batch_size])
-                    for i in range(0, len(pos), batch_size)
-                ]
-            )
-        score_free, score_free_stderr = score_free_entropy_production_hypoelliptic(values)
-        method = "hypoelliptic"
-    else:
-
-        def flat_drift(x: Tensor) -> Tensor:
-            state = x.reshape(-1, num_particles, 2 * dim)
-            return torch.cat(system.drift(state[..., :dim], state[..., dim:]), -1).reshape(x.shape)
-
-        def flat_divergence(x: Tensor) -> Tensor:
-            p = x.reshape(-1, num_particles, 2 * dim)[..., :dim]
-            return system.force_divergence(p) - gamma * num_particles * dim
-
-        flat = torch.cat([pos, g], dim=-1).reshape(num_snapshots, -1)
-        flat_diffusion = torch.as_tensor(system.diffusion, dtype=flat.dtype).repeat(num_particles)
-        score_free, score_free_stderr = score_free_entropy_production(
-            flat, flat_drift, flat_divergence, flat_diffusion
-        )
-        method = "full_noise"
-
+    spatial, spatial_box = _spatial_maps(per_particle, pos, system, bins)
+    score_free, score_free_stderr, method = _score_free(system, pos, g, batch_size)
     divergence = divergence_stderr = None
-    if divergence_chunks:
-        divergence, divergence_stderr = _stats(torch.cat(divergence_chunks))
-
+    if divergences is not None:
+        divergence, divergence_stderr = _stats(divergences)
     root = math.sqrt(num_snapshots)
     return ParticleEntropyProduction(
         total=total,
         stderr=stderr,
         per_particle_mean=total / num_particles,
         per_particle_stderr=float(per_particle.mean(1).std() / root),
-        per_dof=per_dof,
-        per_dof_stderr=per_dof_stderr,
+        per_dof=per_dof_samples.mean(0),
+        per_dof_stderr=per_dof_samples.std(0) / root,
         per_particle=per_particle,
         local=local,
         per_snapshot=per_snapshot,
