@@ -102,11 +102,11 @@ class _Kill:
         import h5py
         import torch
 
-        import gtlib.datasets.particles as particles
+        import gtlib.datasets._particle_simulate as simulator  # where simulate() looks it up
 
         kill = self
         if self.kind == "append":
-            real_append = particles._append_snapshots
+            real_append = simulator._append_snapshots
 
             def append(path: str, offset: int, data: bytes) -> None:
                 if kill.due():
@@ -117,7 +117,7 @@ class _Kill:
                     kill.now()
                 real_append(path, offset, data)
 
-            particles._append_snapshots = append
+            simulator._append_snapshots = append
         elif self.kind == "torch.save":
             real_save = torch.save
 
@@ -175,7 +175,7 @@ class _Counter:
         import h5py
         import torch
 
-        import gtlib.datasets.particles as particles
+        import gtlib.datasets._particle_simulate as simulator  # where simulate() looks it up
 
         def counting(kind: str, owner: Any, name: str) -> tuple[Any, str, Any]:
             real = getattr(owner, name)
@@ -188,7 +188,7 @@ class _Counter:
             return owner, name, real
 
         self.saved = [
-            counting("append", particles, "_append_snapshots"),
+            counting("append", simulator, "_append_snapshots"),
             counting("torch.save", torch, "save"),
             counting("replace", os, "replace"),
             counting("fsync", os, "fsync"),

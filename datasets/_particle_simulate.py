@@ -1,0 +1,464 @@
+r"""The restartable simulator of :mod:`gtlib.datasets.particles`: :func:`simulate` and its
+checkpoint (snapshot bytes in ``out + ".partial"``, integrator state in the sidecar
+``out + ".partial.state"``, cross-checked on resume)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gtlib.datasets._particle_io import _write_trajectory, load_trajectory
+from gtlib.datasets._particle_neighbours import _NeighbourCache
+from gtlib.datasets._particle_systems import (
+    ActiveBrownianParticles,
+    ActiveOUParticles,
+    ParticleSystem,
+    _SoftDiscs,
+)
+from gtlib.io import atomic_torch_save, remove_stale_temporaries
+from gtlib.validation import check_int, check_real
+
+__all__ = ["simulate"]
+
+# Default Verlet skin of the simulator, in units of r0 (fastest in timings at phi = 0.55).
+DEFAULT_SKIN = 0.5
+
+
+def _initial_positions(
+    system: _SoftDiscs, batch: int, generator: torch.Generator, dtype: torch.dtype
+) -> Tensor:
+    """Jittered lattice: ``N`` random sites of a cubic lattice filling the box (free space: of
+    spacing ``2.5 r0`` around the origin), each moved by up to ``5%`` of the spacing."""
+    n, d = system.num_particles, system.dim
+    per_side = math.ceil(n ** (1.0 / d) - 1e-9)
+    if system.box_length is not None:
+        spacing = system.box_length / per_side
+        origin = -0.5 * system.box_length + 0.5 * spacing
+    else:
+        spacing = 2.5 * system.r0
+        origin = -0.5 * spacing * (per_side - 1)
+    axes = [torch.arange(per_side, dtype=dtype) for _ in range(d)]
+    sites = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, d)
+    out = []
+    for _ in range(batch):
+        chosen = sites[torch.randperm(sites.shape[0], generator=generator)[:n]]
+        jitter = 0.1 * (torch.rand(n, d, generator=generator, dtype=dtype) - 0.5)
+        out.append(origin + spacing * (chosen + jitter))
+    return system.wrap(torch.stack(out))
+
+
+def _run_signature(
+    system: _SoftDiscs,
+    dt: float,
+    seed: int,
+    n_snapshots: int,
+    batch: int,
+    burn_steps: int,
+    spacing_steps: int,
+    dtype: torch.dtype,
+    initial_hash: str,
+) -> str:
+    return json.dumps(
+        {
+            "system": type(system).__name__,
+            "parameters": system.parameters(),
+            "dt": dt,
+            "seed": seed,
+            "n_snapshots": n_snapshots,
+            "n_trajectories": batch,
+            "burn_steps": burn_steps,
+            "spacing_steps": spacing_steps,
+            "dtype": str(dtype),
+            "initial": initial_hash,
+        },
+        sort_keys=True,
+    )
+
+
+_CHECKPOINT_FORMAT = "gtlib.datasets.simulate/2"
+
+
+def _run_files(path: str) -> tuple[str, str]:
+    """The snapshot file and the integrator-state sidecar of an unfinished run of ``path``."""
+    return path + ".partial", path + ".partial.state"
+
+
+def _discard_run_files(path: str) -> None:
+    """Remove what an unfinished run of ``path`` left: snapshots, sidecar, stale temporaries."""
+    for name in (path, *_run_files(path)):
+        remove_stale_temporaries(name)
+    for name in _run_files(path):
+        try:
+            os.remove(name)
+        except FileNotFoundError:
+            pass
+
+
+def _snapshot_bytes(all_pos: Tensor, all_g: Tensor, start: int, stop: int) -> bytes:
+    """Snapshots ``start:stop`` as raw bytes, per snapshot ``pos`` then ``g`` (C order)."""
+    return b"".join(
+        all_pos[s].numpy().tobytes() + all_g[s].numpy().tobytes() for s in range(start, stop)
+    )
+
+
+def _append_snapshots(path: str, offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` of the snapshot file, drop what lies beyond (bytes of a write
+    the last checkpoint does not cover) and flush it to disk before the sidecar records it."""
+    with open(path, "r+b" if os.path.exists(path) else "wb") as handle:
+        handle.seek(offset)
+        handle.write(data)
+        handle.truncate()
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's content (torch.load checks no CRC: a flipped bit would load)."""
+    digest = hashlib.sha256()
+    for key in ("format", "run_signature", "step", "n_done", "snapshot_bytes", "snapshot_sha256"):
+        digest.update(f"{key}={state.get(key)!r}\n".encode())
+    for key in ("pos", "g", "generator_state"):
+        value = state.get(key)
+        if isinstance(value, Tensor):
+            digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}\n".encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            digest.update(f"{key}:{type(value).__name__}\n".encode())
+    return digest.hexdigest()
+
+
+def _checkpoint_error(sidecar: str, problem: str) -> ValueError:
+    return ValueError(
+        f"{sidecar}: {problem}; the checkpoint of this unfinished run is inconsistent (delete "
+        "it or pass resume=False to start over)"
+    )
+
+
+def _read_checkpoint(
+    path: str,
+    signature: str,
+    snapshot_shape: tuple[int, ...],
+    dtype: torch.dtype,
+    snapshot_steps: Sequence[int],
+) -> dict[str, Any]:
+    """Load and cross-check the checkpoint of an unfinished run of ``path`` (``{}``: none).
+
+    The sidecar (written atomically) is the truth: its step must match its snapshot count under
+    the run's schedule, and the snapshot file must hold at least the bytes it records, with the
+    recorded SHA-256; bytes beyond (a write the kill interrupted) are ignored and overwritten.
+    """
+    snapshots, sidecar = _run_files(path)
+    if not os.path.exists(sidecar):
+        return {}
+    try:
+        state = torch.load(sidecar, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - whatever an unreadable pickle raises
+        raise _checkpoint_error(sidecar, f"unreadable ({type(error).__name__}: {error})") from error
+    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+        raise _checkpoint_error(sidecar, "not a checkpoint written by simulate()")
+    if state.get("state_sha256") != _state_digest(state):
+        raise _checkpoint_error(sidecar, "the checkpoint fails its SHA-256 check (corrupt)")
+    if state.get("run_signature") != signature:
+        raise ValueError(
+            f"{path}: an unfinished run with different settings exists; delete it or "
+            "pass resume=False"
+        )
+    step, n_done = state.get("step"), state.get("n_done")
+    if not isinstance(step, int) or not isinstance(n_done, int) or step < 0:
+        raise _checkpoint_error(sidecar, f"step {step!r} and snapshot count {n_done!r}")
+    expected = sum(1 for t in snapshot_steps if t <= step)
+    if n_done != expected:
+        raise _checkpoint_error(
+            sidecar,
+            f"step {step} and snapshot count {n_done} disagree (the schedule takes {expected} "
+            f"snapshots by step {step})",
+        )
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_snapshot = 2 * math.prod(snapshot_shape) * itemsize
+    nbytes = state.get("snapshot_bytes")
+    if nbytes != n_done * per_snapshot:
+        raise _checkpoint_error(
+            sidecar,
+            f"{nbytes!r} snapshot bytes recorded for {n_done} snapshots of {per_snapshot} bytes",
+        )
+    for name in ("pos", "g"):
+        value = state.get(name)
+        if not isinstance(value, Tensor) or value.shape != snapshot_shape or value.dtype != dtype:
+            raise _checkpoint_error(sidecar, f"bad integrator state '{name}'")
+    try:
+        with open(snapshots, "rb") as handle:
+            data = handle.read(nbytes)
+    except OSError as error:
+        raise _checkpoint_error(
+            sidecar, f"snapshot file {snapshots} unreadable ({error})"
+        ) from error
+    if len(data) != nbytes:
+        raise _checkpoint_error(
+            sidecar, f"snapshot file {snapshots} holds {len(data)} bytes, {nbytes} recorded"
+        )
+    digest = hashlib.sha256(data)
+    if digest.hexdigest() != state.get("snapshot_sha256"):
+        raise _checkpoint_error(sidecar, f"snapshot file {snapshots} fails its SHA-256 check")
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    snaps = torch.from_numpy(
+        np.frombuffer(data, dtype=np_dtype).reshape(n_done, 2, *snapshot_shape).copy()
+    )
+    return {
+        "pos": state["pos"],
+        "g": state["g"],
+        "step": step,
+        "generator_state": state["generator_state"],
+        "n_done": n_done,
+        "snap_pos": snaps[:, 0],
+        "snap_g": snaps[:, 1],
+        "digest": digest,
+    }
+
+
+def simulate(
+    system: ParticleSystem,
+    n_snapshots: int,
+    dt: float,
+    *,
+    burn_in: float = 0.0,
+    spacing: float | None = None,
+    n_trajectories: int = 1,
+    initial: tuple[Tensor, Tensor] | None = None,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    checkpoint_every: int = 100,
+    skin: float | None = None,
+    dtype: torch.dtype = torch.float64,
+    callback: Callable[[int, dict[str, Tensor]], None] | None = None,
+) -> dict[str, Tensor]:
+    r"""Simulates ``n_trajectories`` independent copies and records ``n_snapshots`` snapshots.
+
+    Integrator (per step ``dt``): Euler–Maruyama for positions,
+    :math:`x \leftarrow x + b_x\,dt + \sqrt{2\varepsilon\,dt}\,\xi`, and the exact
+    Ornstein–Uhlenbeck update :math:`g \leftarrow e^{-\gamma dt} g +
+    \sqrt{1 - e^{-2\gamma dt}}\,\zeta` (ABP: exact angle increments), so ``g`` keeps its law
+    :math:`\mathcal N(0, I)` for any ``dt``. Positions are wrapped into the box after each step.
+    Pair forces use a Verlet list of radius ``cutoff + skin`` from cell lists, rebuilt when a
+    particle has moved ``skin / 2`` and at every checkpoint; forces equal a fresh search.
+
+    Snapshot ``s`` is taken after ``round(burn_in / dt) + s * round(spacing / dt)`` steps.
+    Initial positions: a jittered lattice (``initial`` overrides), ``g`` from its stationary law.
+
+    With ``out``, every ``checkpoint_every`` snapshots (and every ``checkpoint_every * spacing``
+    steps of burn-in) the new snapshots are appended to ``out + ".partial"`` and flushed to disk,
+    then the full integrator state (positions, ``g``, step, generator state, snapshot count and
+    the SHA-256 of the snapshot bytes) replaces the sidecar ``out + ".partial.state"``
+    atomically (:func:`gtlib.io.atomic_torch_save`). A kill at any instant therefore leaves the
+    previous or the next checkpoint, and ``resume=True`` continues to exactly the numbers of an
+    uninterrupted run; a checkpoint whose step, snapshot count and snapshot bytes disagree raises
+    a :class:`ValueError` naming the file instead of resuming wrongly. The complete run is
+    written to ``out`` atomically (HDF5, Fletcher-32 checksums on every data set), then the
+    ``.partial`` files are removed; stale temporaries of killed writes are removed on the next
+    call. An existing complete ``out`` with the same settings is read back instead of simulated
+    again.
+
+    Args:
+        system: an :class:`ActiveOUParticles` or :class:`ActiveBrownianParticles`.
+        n_snapshots: ``S >= 1``.
+        dt: time step.
+        burn_in: time simulated before the first snapshot.
+        spacing: time between snapshots (default ``dt``).
+        n_trajectories: independent copies ``B`` run as one batch.
+        initial: ``(pos, g)`` of shape ``[N, d]`` or ``[B, N, d]``.
+        seed: seeds the ``torch.Generator`` used for everything random.
+        out: HDF5 path, or ``None`` to keep the result in memory only.
+        resume: continue a matching ``.partial`` file (else start over).
+        progress: show a tqdm progress bar.
+        checkpoint_every: snapshots between checkpoints.
+        skin: Verlet skin (default ``0.5 r0``; ``0`` searches every step). The skin changes
+            the cost only, never the numbers.
+        dtype: floating-point type of the simulation and the stored arrays.
+        callback: called as ``callback(s, {"pos", "g", "time"})`` after snapshot ``s``.
+
+    Returns:
+        ``{"pos": [S, B, N, d], "g": [S, B, N, d], "time": [S]}``.
+    """
+    if not isinstance(system, ActiveOUParticles | ActiveBrownianParticles):
+        raise TypeError(
+            "`system` must be an ActiveOUParticles or ActiveBrownianParticles, got "
+            f"{type(system).__name__}"
+        )
+    n_snapshots = check_int(n_snapshots, "n_snapshots", minimum=1)
+    dt = check_real(dt, "dt", positive=True)
+    burn_in = check_real(burn_in, "burn_in", nonnegative=True)
+    spacing = dt if spacing is None else check_real(spacing, "spacing", positive=True)
+    batch = check_int(n_trajectories, "n_trajectories", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
+    checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
+    skin = DEFAULT_SKIN * system.r0 if skin is None else check_real(skin, "skin", nonnegative=True)
+    burn_steps = round(burn_in / dt)
+    spacing_steps = round(spacing / dt)
+    if spacing_steps < 1:
+        raise ValueError(f"`spacing`={spacing} must be at least `dt`={dt}")
+
+    generator = torch.Generator().manual_seed(seed)
+    n, d = system.num_particles, system.dim
+    if initial is not None:
+        if not isinstance(initial, tuple | list) or len(initial) != 2:
+            raise TypeError("`initial` must be a (pos, g) pair of tensors")
+        pos0, g0 = system._check_pair(initial[0], initial[1])
+        if pos0.dim() not in (2, 3) or (pos0.dim() == 3 and pos0.shape[0] != batch):
+            raise ValueError(
+                f"`initial` tensors must have shape [{n}, {d}] or [{batch}, {n}, {d}], got "
+                f"{tuple(pos0.shape)}"
+            )
+        pos0 = system.wrap(pos0.detach().to(dtype).expand(batch, n, d).clone())
+        g0 = g0.detach().to(dtype).expand(batch, n, d).clone()
+        initial_hash = hashlib.sha256(pos0.numpy().tobytes() + g0.numpy().tobytes()).hexdigest()
+    else:
+        pos0 = _initial_positions(system, batch, generator, dtype)
+        g0 = system._initial_g((batch, n, d), generator, dtype)
+        initial_hash = "lattice"
+
+    signature = _run_signature(
+        system,
+        dt,
+        seed,
+        n_snapshots,
+        batch,
+        burn_steps,
+        spacing_steps,
+        dtype,
+        initial_hash,
+    )
+    time = torch.tensor(
+        [(burn_steps + s * spacing_steps) * dt for s in range(n_snapshots)], dtype=torch.float64
+    )
+    all_pos = torch.empty(n_snapshots, batch, n, d, dtype=dtype)
+    all_g = torch.empty(n_snapshots, batch, n, d, dtype=dtype)
+
+    path = sidecar = snapshots = None
+    if out is not None:
+        path = os.fspath(out)
+        snapshots, sidecar = _run_files(path)
+        if os.path.exists(path) and resume:
+            finished = load_trajectory(path)
+            if finished["attrs"].get("run_signature") != signature:
+                raise ValueError(
+                    f"{path} exists and holds a different run; delete it or pass resume=False"
+                )
+            _discard_run_files(path)  # leftovers of a kill after the final rename
+            return {key: finished[key] for key in ("pos", "g", "time")}
+
+    step, n_done = 0, 0
+    pos, g = pos0, g0
+    state: dict[str, Any] = {}
+    snapshot_shape = (batch, n, d)
+    if path is not None:
+        if resume:
+            state = _read_checkpoint(
+                path,
+                signature,
+                snapshot_shape,
+                dtype,
+                [burn_steps + s * spacing_steps for s in range(n_snapshots)],
+            )
+        if not state:  # a fresh start (or interrupted before the first checkpoint)
+            _discard_run_files(path)
+    digest = state.get("digest", hashlib.sha256())
+    if state:
+        pos, g, step, n_done = state["pos"], state["g"], state["step"], state["n_done"]
+        generator.set_state(state["generator_state"])
+        all_pos[:n_done] = state["snap_pos"]
+        all_g[:n_done] = state["snap_g"]
+    run_attrs = {
+        "dt": dt,
+        "seed": seed,
+        "burn_in": burn_steps * dt,
+        "spacing": spacing_steps * dt,
+        "n_snapshots": n_snapshots,
+        "n_trajectories": batch,
+        "run_signature": signature,
+        "complete": True,
+    }
+
+    snap_steps = {burn_steps + s * spacing_steps: s for s in range(n_snapshots)}
+    unit = checkpoint_every * spacing_steps
+    checkpoints = set(range(0, burn_steps, unit)) | {burn_steps}
+    checkpoints |= {
+        burn_steps + s * spacing_steps
+        for s in range(n_snapshots)
+        if (s + 1) % checkpoint_every == 0 or s == n_snapshots - 1
+    }
+    final_step = burn_steps + (n_snapshots - 1) * spacing_steps
+    written = n_done
+
+    def save_checkpoint(current: int) -> None:
+        nonlocal written
+        if sidecar is None:
+            return
+        itemsize = all_pos.element_size()
+        data = _snapshot_bytes(all_pos, all_g, written, n_done)
+        _append_snapshots(snapshots, 2 * written * math.prod(snapshot_shape) * itemsize, data)
+        digest.update(data)
+        written = n_done
+        checkpoint = {
+            "format": _CHECKPOINT_FORMAT,
+            "run_signature": signature,
+            "step": current,
+            "n_done": n_done,
+            "snapshot_bytes": 2 * n_done * math.prod(snapshot_shape) * itemsize,
+            "snapshot_sha256": digest.hexdigest(),
+            "pos": pos.clone(),
+            "g": g.clone(),
+            "generator_state": generator.get_state(),
+        }
+        checkpoint["state_sha256"] = _state_digest(checkpoint)
+        atomic_torch_save(checkpoint, sidecar)
+
+    cache = _NeighbourCache(system, skin)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=final_step, initial=step, desc=type(system).__name__, unit="step")
+
+    def record(current: int) -> None:
+        nonlocal n_done
+        s = snap_steps.get(current)
+        if s is not None and s == n_done:
+            all_pos[s] = pos
+            all_g[s] = g
+            n_done += 1
+            if callback is not None:
+                callback(s, {"pos": pos, "g": g, "time": time[s]})
+
+    if step == 0 and n_done == 0:
+        record(0)
+        save_checkpoint(0)
+    try:
+        while step < final_step:
+            pos, g = system._advance(pos, g, dt, generator, cache.forces)
+            step += 1
+            record(step)
+            if step in checkpoints:
+                cache.invalidate()
+                save_checkpoint(step)
+            if bar is not None and (step % 256 == 0 or step == final_step):
+                bar.n = step
+                bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if path is not None:
+        _write_trajectory(path, system, run_attrs, all_pos, all_g, time)
+        _discard_run_files(path)
+    return {"pos": all_pos, "g": all_g, "time": time}
