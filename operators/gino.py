@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from gtlib.attention.cache import pattern_cache
-from gtlib.validation import renamed_arguments, resolve_act
+from gtlib.validation import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_real,
+    check_tensor,
+    describe,
+    renamed_arguments,
+    resolve_act,
+)
 
 from .fno import FNO
-from .gno import GNO, _check_points
+from .gno import GNO, TRANSFORM_TYPES, _check_points, _check_widths
 
 __all__ = ["GINO"]
 
@@ -110,56 +119,38 @@ class GINO(nn.Module):
         act: str | Callable[[Tensor], Tensor] = "gelu",
     ) -> None:
         super().__init__()
-        if isinstance(latent_resolution, int):
-            if coord_dim is None:
-                raise ValueError("coord_dim is required when latent_resolution is an int")
-            resolution = (latent_resolution,) * coord_dim
-        else:
-            resolution = tuple(int(n) for n in latent_resolution)
-        if not 1 <= len(resolution) <= 3 or any(n < 2 for n in resolution):
-            raise ValueError(
-                f"latent_resolution must be 1 to 3 sizes >= 2, got {latent_resolution!r}"
-            )
-        if coord_dim is not None and coord_dim != len(resolution):
-            raise ValueError(f"coord_dim={coord_dim} does not match latent_resolution {resolution}")
+        resolution = _latent_resolution(latent_resolution, coord_dim)
         dim = len(resolution)
-        if fno_n_modes is None:
-            fno_n_modes = tuple(min(8, n) for n in resolution)
-        elif isinstance(fno_n_modes, int):
-            fno_n_modes = (fno_n_modes,) * dim
-        if len(fno_n_modes) != dim:
-            raise ValueError(f"fno_n_modes must have {dim} entries, got {fno_n_modes!r}")
+        fno_n_modes = _fno_modes(fno_n_modes, resolution)
+        in_channels = check_int(in_channels, "in_channels", minimum=1)
+        out_channels = check_int(out_channels, "out_channels", minimum=1)
+        gno_in_channels = check_int(gno_in_channels, "gno_in_channels", minimum=1)
+        fno_hidden_channels = check_int(fno_hidden_channels, "fno_hidden_channels", minimum=1)
+        projection_channels = check_int(projection_channels, "projection_channels", minimum=1)
+        if fno_kwargs is not None and not isinstance(fno_kwargs, dict):
+            raise TypeError(f"fno_kwargs must be a dict or None, got {describe(fno_kwargs)}")
+        stage_in = _gno_stage(
+            "in", radius, "radius", in_gno_transform_type, in_gno_channel_mlp_layers,
+            in_gno_reduction,
+        )  # fmt: skip
+        stage_out = _gno_stage(
+            "out", radius if out_radius is None else out_radius,
+            "radius" if out_radius is None else "out_radius", out_gno_transform_type,
+            out_gno_channel_mlp_layers, out_gno_reduction,
+        )  # fmt: skip
 
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.latent_resolution = resolution
         self.coord_dim = dim
-        if in_gno_transform_type.startswith("nonlinear"):
-            gno_in_channels = in_channels
-        elif in_gno_transform_type == "linear" and in_channels not in (1, gno_in_channels):
-            raise ValueError(
-                f"the linear input GNO multiplies its kernel by f, so in_channels={in_channels} "
-                f"must be 1 or gno_in_channels={gno_in_channels}"
-            )
+        gno_in_channels = _gno_in_channels(stage_in["transform_type"], in_channels, gno_in_channels)
         self.gno_in_channels = gno_in_channels
         self.fno_hidden_channels = fno_hidden_channels
         self.act = resolve_act(act)
-        common = dict(
-            coord_dim=dim,
-            channel_mlp_non_linearity=self.act,
-            pos_embedding_type=gno_pos_embedding_type,
-            pos_embedding_channels=gno_pos_embedding_channels,
-            chunk_size=gno_chunk_size,
+        common = _gno_common(
+            dim, self.act, gno_pos_embedding_type, gno_pos_embedding_channels, gno_chunk_size
         )
-        self.gno_in = GNO(
-            in_channels,
-            gno_in_channels,
-            radius=radius,
-            transform_type=in_gno_transform_type,
-            channel_mlp_layers=in_gno_channel_mlp_layers,
-            reduction=in_gno_reduction,
-            **common,
-        )
+        self.gno_in = GNO(in_channels, gno_in_channels, **stage_in, **common)
         self.fno = FNO(
             gno_in_channels,
             fno_hidden_channels,
@@ -169,15 +160,7 @@ class GINO(nn.Module):
             act=self.act,
             **(fno_kwargs or {}),
         )
-        self.gno_out = GNO(
-            fno_hidden_channels,
-            fno_hidden_channels,
-            radius=radius if out_radius is None else out_radius,
-            transform_type=out_gno_transform_type,
-            channel_mlp_layers=out_gno_channel_mlp_layers,
-            reduction=out_gno_reduction,
-            **common,
-        )
+        self.gno_out = GNO(fno_hidden_channels, fno_hidden_channels, **stage_out, **common)
         self.projection = nn.Sequential(
             nn.Linear(fno_hidden_channels, projection_channels),
             _Activation(self.act),
@@ -233,10 +216,15 @@ class GINO(nn.Module):
     ) -> Tensor:
         _check_points(input_pos, "input_pos", self.coord_dim)
         _check_points(output_pos, "output_pos", self.coord_dim)
-        if not isinstance(f, Tensor) or f.dim() not in (2, 3):
-            raise ValueError("f must be a tensor of shape [N, C] or [B, N, C]")
+        check_tensor(f, "f", floating=True)
+        if f.dim() not in (2, 3) or f.shape[-2] != input_pos.shape[0]:
+            raise ValueError(
+                f"f must have shape [N, C] or [B, N, C] with N = input_pos.shape[0] = "
+                f"{input_pos.shape[0]}, got {list(f.shape)}"
+            )
         if f.shape[-1] != self.in_channels:
             raise ValueError(f"f has {f.shape[-1]} channels but in_channels={self.in_channels}")
+        check_finite(f, "f")
         batched = f.dim() == 3
         grid = self.latent_grid(latent_box, input_pos.dtype, input_pos.device)
         latent = self.gno_in(y=input_pos, x=grid, f_y=f if batched else f.unsqueeze(0))  # [B, G, C]
@@ -253,6 +241,104 @@ class GINO(nn.Module):
             f"latent_resolution={self.latent_resolution}, radius={self.gno_in.radius}, "
             f"out_radius={self.gno_out.radius})"
         )
+
+
+def _latent_resolution(
+    latent_resolution: int | Sequence[int], coord_dim: int | None
+) -> tuple[int, ...]:
+    """The latent grid's points per dimension, 1 to 3 sizes >= 2."""
+    if coord_dim is not None:
+        coord_dim = check_int(coord_dim, "coord_dim", minimum=1)
+    if _is_sizes(latent_resolution):
+        resolution = tuple(
+            check_int(n, f"latent_resolution[{i}]") for i, n in enumerate(latent_resolution)
+        )
+    else:
+        size = check_int(latent_resolution, "latent_resolution")
+        if coord_dim is None:
+            raise ValueError("coord_dim is required when latent_resolution is an int")
+        resolution = (size,) * coord_dim
+    if not 1 <= len(resolution) <= 3 or any(n < 2 for n in resolution):
+        raise ValueError(f"latent_resolution must be 1 to 3 sizes >= 2, got {latent_resolution!r}")
+    if coord_dim is not None and coord_dim != len(resolution):
+        raise ValueError(f"coord_dim={coord_dim} does not match latent_resolution {resolution}")
+    return resolution
+
+
+def _is_sizes(value: object) -> bool:
+    """Whether ``value`` is a collection of sizes rather than one (a tensor with one
+    dimension counts; strings do not)."""
+    if isinstance(value, Tensor):
+        return value.dim() > 0
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+
+
+def _fno_modes(
+    fno_n_modes: int | Sequence[int] | None, resolution: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The FNO's kept modes per dimension (default: up to 8)."""
+    if fno_n_modes is None:
+        return tuple(min(8, n) for n in resolution)
+    if _is_sizes(fno_n_modes):
+        modes = tuple(fno_n_modes)
+    else:
+        modes = (check_int(fno_n_modes, "fno_n_modes", minimum=1),) * len(resolution)
+    if len(modes) != len(resolution):
+        raise ValueError(f"fno_n_modes must have {len(resolution)} entries, got {fno_n_modes!r}")
+    return modes
+
+
+def _gno_stage(
+    stage: str,
+    radius: float,
+    radius_name: str,
+    transform_type: str,
+    channel_mlp_layers: Sequence[int],
+    reduction: str,
+) -> dict:
+    """One GNO's own arguments, checked under GINO's names (GNO would name its own)."""
+    prefix = f"{stage}_gno_"
+    return dict(
+        radius=check_real(radius, radius_name, positive=True),
+        transform_type=check_choice(transform_type, prefix + "transform_type", TRANSFORM_TYPES),
+        channel_mlp_layers=_check_widths(channel_mlp_layers, prefix + "channel_mlp_layers"),
+        reduction=check_choice(reduction, prefix + "reduction", ("sum", "mean")),
+    )
+
+
+def _gno_in_channels(transform_type: str, in_channels: int, gno_in_channels: int) -> int:
+    """The input GNO's output channels (``in_channels`` for the nonlinear transforms)."""
+    if transform_type.startswith("nonlinear"):
+        return in_channels
+    if transform_type == "linear" and in_channels not in (1, gno_in_channels):
+        raise ValueError(
+            f"the linear input GNO multiplies its kernel by f, so in_channels={in_channels} "
+            f"must be 1 or gno_in_channels={gno_in_channels}"
+        )
+    return gno_in_channels
+
+
+def _gno_common(
+    dim: int,
+    act: Callable[[Tensor], Tensor],
+    pos_embedding_type: str | None,
+    pos_embedding_channels: int,
+    chunk_size: int | None,
+) -> dict:
+    """The arguments both GNOs share, checked under GINO's names."""
+    if chunk_size is not None:
+        chunk_size = check_int(chunk_size, "gno_chunk_size", minimum=1)
+    return dict(
+        coord_dim=dim,
+        channel_mlp_non_linearity=act,
+        pos_embedding_type=check_choice(
+            pos_embedding_type, "gno_pos_embedding_type", ("transformer", "nerf", None)
+        ),
+        pos_embedding_channels=check_int(
+            pos_embedding_channels, "gno_pos_embedding_channels", minimum=1
+        ),
+        chunk_size=chunk_size,
+    )
 
 
 class _Activation(nn.Module):
