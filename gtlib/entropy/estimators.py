@@ -20,10 +20,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from gtlib.validation import (
+    all_finite,
+    check_choice,
+    check_finite,
+    check_index,
+    check_int,
+    check_real,
+    check_tensor,
+    describe,
+)
 
 __all__ = [
     "EntropyProductionEstimate",
@@ -68,40 +79,70 @@ class EntropyProductionEstimate:
 
 
 def _check_samples(x: Tensor) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2 or x.shape[0] < 2 or x.shape[1] < 1:
-        raise ValueError(f"`x` must have shape [n, d] with n >= 2, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"`x` must be a floating-point tensor, got {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise ValueError("`x` contains NaN or infinite values")
-    return x
+    check_tensor(x, "x", floating=True, dim=2, values=True)
+    if x.shape[0] < 2 or x.shape[1] < 1:
+        raise ValueError(f"x must have shape [n, d] with n >= 2, d >= 1, got {tuple(x.shape)}")
+    return check_finite(x, "x")
+
+
+def _real_tensor(value: Any, name: str, like: Tensor) -> Tensor:
+    """A real scalar or tensor (or a sequence of numbers) as a tensor of ``like``'s dtype."""
+    if isinstance(value, Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be real, got {describe(value)}")
+        check_tensor(value, name, values=True)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_real(item, name, finite=False)
+    else:
+        value = check_real(value, name, finite=False)
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
 def _check_diffusion(diffusion: Tensor | float, x: Tensor) -> Tensor:
     d = x.shape[1]
-    diffusion = torch.as_tensor(diffusion, dtype=x.dtype, device=x.device)
+    diffusion = _real_tensor(diffusion, "diffusion", x)
     if diffusion.dim() == 0:
         diffusion = diffusion.expand(d)
     if diffusion.shape != (d,):
         raise ValueError(
-            f"`diffusion` must be the diagonal of D, shape [{d}] to match `x`, "
+            f"diffusion must be the diagonal of D, shape [{d}] to match x, "
             f"got {tuple(diffusion.shape)}"
         )
-    if not torch.isfinite(diffusion).all() or (diffusion < 0).any():
-        raise ValueError("`diffusion` must be finite and non-negative")
+    if not all_finite(diffusion) or (diffusion < 0).any():
+        raise ValueError("diffusion must be finite and non-negative")
     if not (diffusion > 0).any():
-        raise ValueError("`diffusion` is zero everywhere: there is no noisy coordinate")
+        raise ValueError("diffusion is zero everywhere: there is no noisy coordinate")
     return diffusion
+
+
+def _check_callables(**fields: Any) -> None:
+    for name, field in fields.items():
+        if not callable(field):
+            raise TypeError(f"{name} must be callable [n, d] -> [n, d], got {describe(field)}")
 
 
 def _evaluate(field: VectorField, x: Tensor, name: str) -> Tensor:
     out = field(x)
-    if not isinstance(out, Tensor) or out.shape != x.shape:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"`{name}` must map [n, d] to [n, d] = {tuple(x.shape)}, got {shape}")
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(
+            f"{name} must map [n, d] to [n, d] = {tuple(x.shape)}, got {tuple(out.shape)}"
+        )
     return out
+
+
+def _check_groups(groups: Any, d: int, device: torch.device) -> Tensor:
+    """An integer tensor ``[d]`` of non-negative group indices (a list is converted)."""
+    if isinstance(groups, list | tuple):
+        groups = torch.as_tensor(groups)
+    check_tensor(groups, "groups", dim=1)
+    if groups.dtype not in (torch.int32, torch.int64):  # ValueError, as before the convention
+        raise ValueError(f"groups must be an int32 or int64 tensor, got {groups.dtype}")
+    if groups.shape != (d,):
+        raise ValueError(f"groups must have shape [{d}], got {tuple(groups.shape)}")
+    return check_index(groups.to(device), "groups")
 
 
 def _velocity(x: Tensor, drift: VectorField, score: VectorField, diffusion: Tensor) -> Tensor:
@@ -129,6 +170,7 @@ def probability_current(
     """
     x = _check_samples(x)
     diffusion = _check_diffusion(diffusion, x)
+    _check_callables(drift=drift, score=score)
     return _velocity(x, drift, score, diffusion)
 
 
@@ -161,6 +203,7 @@ def probability_current_divergence(
     """
     x = _check_samples(x)
     diffusion = _check_diffusion(diffusion, x)
+    _check_callables(drift=drift, score=score)
     return _jacobian_diagonal(x, lambda y: _velocity(y, drift, score, diffusion))
 
 
@@ -172,11 +215,6 @@ def _summarise(local: Tensor, groups: Tensor | None, form: str) -> EntropyProduc
     per_sample = local.sum(dim=1)
     per_group = per_group_stderr = None
     if groups is not None:
-        groups = torch.as_tensor(groups, device=local.device)
-        if groups.shape != (d,) or groups.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"`groups` must be an integer tensor of shape [{d}]")
-        if (groups < 0).any():
-            raise ValueError("`groups` must be non-negative")
         count = int(groups.max()) + 1
         grouped = local.new_zeros(n, count).index_add_(1, groups.long(), local)
         per_group = grouped.mean(dim=0)
@@ -212,21 +250,30 @@ def local_entropy_production(
     """
     x = _check_samples(x)
     diffusion = _check_diffusion(diffusion, x)
+    _check_callables(drift=drift, score=score)
+    form = check_choice(form, "form", ("quadratic", "divergence"))
+    return _local(x, drift, score, diffusion, form)
+
+
+def _local(
+    x: Tensor, drift: VectorField, score: VectorField, diffusion: Tensor, form: str
+) -> Tensor:
+    """:func:`local_entropy_production` on checked arguments."""
     noisy = diffusion > 0
     safe = torch.where(noisy, diffusion, torch.ones_like(diffusion))
     if form == "quadratic":
         with torch.no_grad():
             v = _velocity(x, drift, score, diffusion)
         local = torch.where(noisy, v * v / safe, torch.zeros_like(v))
-    elif form == "divergence":
+    else:
         v, div = _jacobian_diagonal(x, lambda y: _velocity(y, drift, score, diffusion))
         with torch.no_grad():
             b = _evaluate(drift, x, "drift")
         local = torch.where(noisy, b * v / safe + div, torch.zeros_like(v))
-    else:
-        raise ValueError(f"`form` must be 'quadratic' or 'divergence', got {form!r}")
-    if not torch.isfinite(local).all():
-        raise ValueError("non-finite local entropy production: check `drift` and `score`")
+    if not all_finite(local):
+        if not all_finite(x):  # finiteness checks off for x's device: blame x, not the fields
+            raise ValueError("x contains NaN or infinite values")
+        raise ValueError("non-finite local entropy production: check drift and score")
     return local.detach()
 
 
@@ -272,7 +319,13 @@ def entropy_production(
     Returns:
         :class:`EntropyProductionEstimate`; ``per_coordinate`` sums to ``total``.
     """
-    local = local_entropy_production(x, drift, score, diffusion, form=form)
+    x = _check_samples(x)
+    diffusion = _check_diffusion(diffusion, x)
+    _check_callables(drift=drift, score=score)
+    form = check_choice(form, "form", ("quadratic", "divergence"))
+    if groups is not None:
+        groups = _check_groups(groups, x.shape[1], x.device)
+    local = _local(x, drift, score, diffusion, form)
     return _summarise(local.detach(), groups, form)
 
 
@@ -308,16 +361,24 @@ def score_free_entropy_production(
     diffusion = _check_diffusion(diffusion, x)
     if not (diffusion > 0).all():
         raise ValueError(
-            "score_free_entropy_production needs noise on every coordinate (all `diffusion` > 0)"
+            "diffusion: score_free_entropy_production needs noise on every coordinate "
+            "(all diffusion > 0)"
         )
+    _check_callables(drift=drift, drift_divergence=drift_divergence)
     with torch.no_grad():
         b = _evaluate(drift, x, "drift")
         div_b = drift_divergence(x)
-    if not isinstance(div_b, Tensor) or div_b.shape != (x.shape[0],):
-        raise ValueError(f"`drift_divergence` must map [n, d] to [n] = [{x.shape[0]}]")
+    if not isinstance(div_b, Tensor):
+        raise TypeError(f"drift_divergence must return a torch.Tensor, got {describe(div_b)}")
+    if div_b.shape != (x.shape[0],):
+        raise ValueError(
+            f"drift_divergence must map [n, d] to [n] = [{x.shape[0]}], got {tuple(div_b.shape)}"
+        )
     local = ((b * b / diffusion).sum(dim=1) + div_b).to(torch.float64)
-    if not torch.isfinite(local).all():
-        raise ValueError("non-finite values: check `drift` and `drift_divergence`")
+    if not all_finite(local):
+        if not all_finite(x):
+            raise ValueError("x contains NaN or infinite values")
+        raise ValueError("non-finite values: check drift and drift_divergence")
     return float(local.mean()), float(local.std() / x.shape[0] ** 0.5)
 
 
@@ -345,18 +406,16 @@ def particle_groups(
         An int64 tensor ``[N * 2d]`` for :func:`entropy_production`'s ``groups`` or
         :func:`group_sum`.
     """
-    for name, value in (("num_particles", num_particles), ("dim", dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    num_particles = check_int(num_particles, "num_particles", minimum=1)
+    dim = check_int(dim, "dim", minimum=1)
+    by = check_choice(by, "by", ("particle", "dof", "particle_dof"))
     particle = torch.arange(num_particles).repeat_interleave(2 * dim)
     dof = torch.arange(2).repeat_interleave(dim).repeat(num_particles)
     if by == "particle":
         return particle
     if by == "dof":
         return dof
-    if by == "particle_dof":
-        return 2 * particle + dof
-    raise ValueError(f"`by` must be 'particle', 'dof' or 'particle_dof', got {by!r}")
+    return 2 * particle + dof
 
 
 def group_sum(local: Tensor, groups: Tensor) -> Tensor:
@@ -365,15 +424,35 @@ def group_sum(local: Tensor, groups: Tensor) -> Tensor:
     ``G = groups.max() + 1``; e.g. the local EPR per particle from
     :func:`local_entropy_production` and :func:`particle_groups`.
     """
-    if not isinstance(local, Tensor) or local.dim() != 2:
-        raise ValueError("`local` must be a tensor of shape [n, D]")
-    groups = torch.as_tensor(groups, device=local.device)
-    if groups.shape != (local.shape[1],) or groups.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"`groups` must be an integer tensor of shape [{local.shape[1]}]")
-    if (groups < 0).any():
-        raise ValueError("`groups` must be non-negative")
+    check_tensor(local, "local", dim=2)
+    if local.is_complex() or local.dtype == torch.bool:
+        raise TypeError(f"local must be real, got {describe(local)}")
+    groups = _check_groups(groups, local.shape[1], local.device)
     count = int(groups.max()) + 1
     return local.new_zeros(local.shape[0], count).index_add_(1, groups.long(), local)
+
+
+def _box_vector(value: Any, name: str, pos: Tensor, positive: bool = False) -> Tensor:
+    """A finite scalar or ``[d]`` vector (``positive``: every entry ``> 0``) as ``[d]``."""
+    d = pos.shape[-1]
+    vector = _real_tensor(value, name, pos)
+    if vector.dim() == 0 or vector.shape == (1,):
+        vector = vector.expand(d)
+    if vector.shape != (d,):
+        raise ValueError(f"{name} must be a scalar or of shape [{d}], got {describe(value)}")
+    if not all_finite(vector) or (positive and bool((vector <= 0).any())):
+        kind = "positive" if positive else "finite"
+        raise ValueError(f"{name} must be {kind}, a scalar or [{d}], got {describe(value)}")
+    return vector
+
+
+def _bins_tuple(bins: Any, d: int) -> tuple[int, ...]:
+    """``bins`` as ``d`` positive ints."""
+    if isinstance(bins, list | tuple):
+        if len(bins) != d:
+            raise ValueError(f"bins must be a positive int or {d} positive ints, got {bins!r}")
+        return tuple(check_int(b, "bins", minimum=1) for b in bins)
+    return (check_int(bins, "bins", minimum=1),) * d
 
 
 def spatial_decomposition(
@@ -408,31 +487,19 @@ def spatial_decomposition(
     Returns:
         ``(mean_per_particle, sum_per_area, counts)``, each of shape ``bins`` (``counts`` int64).
     """
-    if not isinstance(local_per_particle, Tensor) or local_per_particle.dim() != 2:
-        raise ValueError("`local_per_particle` must be a tensor of shape [S, N]")
-    if not isinstance(pos, Tensor) or pos.dim() != 3 or pos.shape[:2] != local_per_particle.shape:
+    check_tensor(local_per_particle, "local_per_particle", dim=2)
+    check_tensor(pos, "pos", floating=True, dim=3)
+    if pos.shape[:2] != local_per_particle.shape:
         raise ValueError(
-            f"`pos` must have shape [S, N, d] = [{local_per_particle.shape[0]}, "
-            f"{local_per_particle.shape[1]}, d], got "
-            f"{tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__}"
+            f"pos must have shape [S, N, d] = [{local_per_particle.shape[0]}, "
+            f"{local_per_particle.shape[1]}, d], got {tuple(pos.shape)}"
         )
-    if not pos.is_floating_point() or not torch.isfinite(pos).all():
-        raise ValueError("`pos` must be a finite floating-point tensor")
+    check_finite(pos, "pos")
     num_snapshots, _, d = pos.shape
-    dtype, device = pos.dtype, pos.device
-    box_t = torch.as_tensor(box, dtype=dtype, device=device)
-    box_t = box_t.expand(d) if box_t.dim() == 0 else box_t
-    if box_t.shape != (d,) or not torch.isfinite(box_t).all() or (box_t <= 0).any():
-        raise ValueError(f"`box` must be positive, a scalar or of shape [{d}]")
-    if isinstance(bins, int) and not isinstance(bins, bool):
-        bins = (bins,) * d
-    bins = tuple(bins)
-    if len(bins) != d or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins):
-        raise ValueError(f"`bins` must be a positive int or {d} positive ints, got {bins!r}")
-    if origin is None:
-        origin_t = -box_t / 2
-    else:
-        origin_t = torch.as_tensor(origin, dtype=dtype, device=device).expand(d)
+    device = pos.device
+    box_t = _box_vector(box, "box", pos, positive=True)
+    bins = _bins_tuple(bins, d)
+    origin_t = -box_t / 2 if origin is None else _box_vector(origin, "origin", pos)
     bins_t = torch.tensor(bins, device=device)
     frac = torch.remainder(pos - origin_t, box_t) / box_t
     cell = (frac * bins_t).long().clamp_(min=0).minimum(bins_t - 1)
@@ -479,25 +546,29 @@ def score_free_entropy_production_hypoelliptic(
     Returns:
         ``(sigma, stderr)`` with ``stderr = std / sqrt(n)`` (independent samples).
     """
+    if x is not None:
+        check_tensor(x, "x", floating=True)
     if callable(force_divergence):
-        if not isinstance(x, Tensor):
-            raise ValueError("`x` is required when `force_divergence` is a callable")
+        if x is None:
+            raise ValueError("x is required when force_divergence is a callable")
         values = force_divergence(x)
     else:
         values = force_divergence
     if not isinstance(values, Tensor):
         raise TypeError(
-            f"`force_divergence` must be a Tensor or return one, got {type(values).__name__}"
+            f"force_divergence must be a Tensor or return one, got {type(values).__name__}"
         )
+    if values.is_complex() or values.dtype == torch.bool:
+        raise TypeError(f"force_divergence values must be real, got {describe(values)}")
     if values.dim() != 1 or values.shape[0] < 2:
         raise ValueError(
-            f"`force_divergence` values must have shape [n], n >= 2, got {tuple(values.shape)}"
+            f"force_divergence values must have shape [n], n >= 2, got {tuple(values.shape)}"
         )
-    if isinstance(x, Tensor) and values.shape[0] != x.shape[0]:
+    if x is not None and values.shape[0] != x.shape[0]:
         raise ValueError(
-            f"`force_divergence` gives {values.shape[0]} values for {x.shape[0]} samples"
+            f"force_divergence gives {values.shape[0]} values for {x.shape[0]} samples"
         )
     local = -values.detach().to(torch.float64)
-    if not torch.isfinite(local).all():
-        raise ValueError("`force_divergence` has non-finite values")
+    if not all_finite(local):
+        raise ValueError("force_divergence has non-finite values")
     return float(local.mean()), float(local.std() / local.shape[0] ** 0.5)
