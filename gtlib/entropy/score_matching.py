@@ -27,13 +27,14 @@ divergences from the data score, which is what the tests check against closed fo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.autograd import forward_ad
+
+from gtlib.validation import check_choice, check_finite, check_int, check_real, check_tensor
 
 __all__ = [
     "denoising_score_matching",
@@ -44,44 +45,49 @@ __all__ = [
 ScoreFn = Callable[[Tensor], Tensor]
 
 
-def _check_x(x: Tensor) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"`x` must be a floating-point tensor, got {x.dtype}")
+def _check_inputs(score_fn: Any, x: Any, generator: Any) -> Tensor:
+    """The arguments every loss shares: a callable model, samples ``[B, *event]``, a
+    generator or ``None``."""
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable, got {type(score_fn).__name__}")
+    check_tensor(x, "x", floating=True)
     if x.dim() < 2 or x.shape[0] < 1 or x[0].numel() < 1:
-        raise ValueError(f"`x` must have shape [B, *event] with B >= 1, got {tuple(x.shape)}")
-    return x
+        raise ValueError(f"x must have shape [B, *event] with B >= 1, got {tuple(x.shape)}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    return check_finite(x, "x")
 
 
 def _check_mask(noisy: Tensor | None, x: Tensor) -> Tensor | None:
     """The noisy mask as a float tensor of the event shape, or ``None`` for all coordinates."""
     if noisy is None:
         return None
-    if not isinstance(noisy, Tensor):
-        raise TypeError(
-            f"`noisy` must be a boolean torch.Tensor or None, got {type(noisy).__name__}"
-        )
+    check_tensor(noisy, "noisy", values=True)
     if noisy.dtype != torch.bool:
-        raise TypeError(f"`noisy` must be a boolean tensor, got {noisy.dtype}")
+        raise TypeError(f"noisy must be a boolean tensor, got {noisy.dtype}")
     event = x.shape[1:]
     try:
         mask = torch.broadcast_to(noisy.to(x.device), event)
     except RuntimeError:
         raise ValueError(
-            f"`noisy` of shape {tuple(noisy.shape)} does not broadcast to the event shape "
-            f"{tuple(event)} of `x`"
+            f"noisy of shape {tuple(noisy.shape)} does not broadcast to the event shape "
+            f"{tuple(event)} of x"
         ) from None
     if not mask.any():
-        raise ValueError("`noisy` selects no coordinate")
+        raise ValueError("noisy selects no coordinate")
     return mask.to(x.dtype)
 
 
 def _score(score_fn: ScoreFn, x: Tensor) -> Tensor:
     out = score_fn(x)
-    if not isinstance(out, Tensor) or out.shape != x.shape:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"`score_fn` must map {tuple(x.shape)} to the same shape, got {shape}")
+    if not isinstance(out, Tensor):
+        raise TypeError(f"score_fn must return a torch.Tensor, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(
+            f"score_fn must map {tuple(x.shape)} to the same shape, got {tuple(out.shape)}"
+        )
     return out
 
 
@@ -96,12 +102,6 @@ def _masked(values: Tensor, mask: Tensor | None) -> Tensor:
 def _rademacher(like: Tensor, generator: torch.Generator | None) -> Tensor:
     bits = torch.randint(0, 2, like.shape, generator=generator, device=like.device)
     return (2 * bits - 1).to(like.dtype)
-
-
-def _check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-    return value
 
 
 def denoising_score_matching(
@@ -143,11 +143,10 @@ def denoising_score_matching(
     Returns:
         The scalar batch-mean loss (differentiable in the model's parameters).
     """
-    x = _check_x(x)
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise TypeError(f"`sigma` must be a float, got {type(sigma).__name__}")
-    if not math.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"`sigma` must be finite and positive, got {sigma}")
+    x = _check_inputs(score_fn, x, generator)
+    sigma = check_real(sigma, "sigma", positive=True)
+    if not isinstance(antithetic, bool):
+        raise TypeError(f"antithetic must be a bool, got {type(antithetic).__name__}")
     mask = _check_mask(noisy, x)
     z = _masked(torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device), mask)
     target = z / sigma
@@ -213,13 +212,10 @@ def implicit_score_matching(
     Returns:
         The scalar batch-mean loss.
     """
-    x = _check_x(x)
+    x = _check_inputs(score_fn, x, generator)
     mask = _check_mask(noisy, x)
-    if divergence not in ("exact", "hutchinson", "model"):
-        raise ValueError(
-            f"`divergence` must be 'exact', 'hutchinson' or 'model', got {divergence!r}"
-        )
-    n_probes = _check_positive_int(n_probes, "n_probes")
+    divergence = check_choice(divergence, "divergence", ("exact", "hutchinson", "model"))
+    n_probes = check_int(n_probes, "n_probes", minimum=1)
     if divergence == "model":
         method = getattr(score_fn, "score_and_divergence", None)
         if not callable(method):
@@ -288,11 +284,10 @@ def sliced_score_matching(
     Returns:
         The scalar batch-mean loss.
     """
-    x = _check_x(x)
+    x = _check_inputs(score_fn, x, generator)
     mask = _check_mask(noisy, x)
-    n_projections = _check_positive_int(n_projections, "n_projections")
-    if probe not in ("gaussian", "rademacher"):
-        raise ValueError(f"`probe` must be 'gaussian' or 'rademacher', got {probe!r}")
+    n_projections = check_int(n_projections, "n_projections", minimum=1)
+    probe = check_choice(probe, "probe", ("gaussian", "rademacher"))
     x = x.detach()
     total = x.new_zeros(x.shape[0])
     for _ in range(n_projections):

@@ -325,7 +325,7 @@ def _make_draw(
         batch = data(global_batch, generator)
         if not isinstance(batch, Tensor):
             raise TypeError(f"data must return a Tensor, got {type(batch).__name__}")
-        return batch.to(device=device, dtype=dtype)
+        return check_finite(batch.to(device=device, dtype=dtype), "data (the drawn batch)")
 
     return draw_from
 
