@@ -12,35 +12,52 @@ from torch_geometric.utils.loop import compute_loop_attr
 
 from gtlib.attention import Pattern, attend
 from gtlib.attention.cache import pattern_cache
-from gtlib.validation import describe
+from gtlib.validation import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_real,
+    check_tensor,
+    describe,
+)
 
 _FILL_REDUCTIONS = ("add", "sum", "mean", "min", "max", "mul")
 
 
-def check_conv_arguments(in_channels, out_channels, heads, dropout, edge_dim, kwargs) -> None:
-    """Validates the constructor arguments common to the attention convolutions."""
-    channels = in_channels if isinstance(in_channels, tuple | list) else (in_channels,)
-    if isinstance(in_channels, tuple | list) and len(in_channels) != 2:
-        raise ValueError(f"in_channels must be an int or a pair of ints, got {in_channels!r}")
-    for value in channels:
-        if not isinstance(value, int) or (value < 1 and value != -1):
-            raise ValueError(f"in_channels must be positive ints (or -1), got {in_channels!r}")
-    if not isinstance(out_channels, int) or out_channels < 1:
-        raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
-    if not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"heads must be a positive int, got {heads!r}")
-    if not 0.0 <= float(dropout) < 1.0:
+def check_conv_arguments(
+    in_channels, out_channels, heads, dropout, edge_dim, kwargs, flags=None
+) -> None:
+    """Validates the constructor arguments common to the attention convolutions (``flags``:
+    the layer's boolean arguments by name)."""
+    if isinstance(in_channels, tuple | list):
+        if len(in_channels) != 2:
+            raise ValueError(f"in_channels must be an int or a pair of ints, got {in_channels!r}")
+        for i, value in enumerate(in_channels):
+            _check_channels(value, f"in_channels[{i}]")
+    else:
+        _check_channels(in_channels, "in_channels")
+    check_int(out_channels, "out_channels", minimum=1)
+    check_int(heads, "heads", minimum=1)
+    dropout = check_real(dropout, "dropout", minimum=0.0)
+    if not dropout < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-    if edge_dim is not None and (
-        not isinstance(edge_dim, int) or (edge_dim < 1 and edge_dim != -1)
-    ):
-        raise ValueError(f"edge_dim must be None or a positive int, got {edge_dim!r}")
+    if edge_dim is not None:
+        _check_channels(edge_dim, "edge_dim")
+    for name, value in (flags or {}).items():
+        check_flag(value, name)
     allowed = {"aggr": ("add", "sum"), "flow": ("source_to_target",)}
     for name, value in kwargs.items():
         if name not in allowed:
             raise TypeError(f"unexpected keyword argument {name!r}")
-        if value not in allowed[name]:
-            raise ValueError(f"{name} must be one of {allowed[name]}, got {value!r}")
+        check_choice(value, name, allowed[name])
+
+
+def _check_channels(value, name: str) -> int:
+    """A positive int, or ``-1`` (lazy initialisation, as PyG's ``Linear``)."""
+    value = check_int(value, name)
+    if value < 1 and value != -1:
+        raise ValueError(f"{name} must be a positive int (or -1 for lazy), got {value}")
+    return value
 
 
 def check_flag(value, name: str) -> bool:
@@ -99,6 +116,7 @@ def _check_features(name: str, x, layers: list[Module | None]) -> None:
         expected = getattr(layer, "in_channels", -1)
         if expected != -1 and x.size(1) != expected:
             raise ValueError(f"{name} must have {expected} features, got {x.size(1)}")
+    check_finite(x, name)
 
 
 def check_edge_attr(
@@ -130,6 +148,7 @@ def check_edge_attr(
         raise ValueError(
             f"edge_attr must have edge_dim={edge_dim} columns, got {edge_attr.size(1)}"
         )
+    check_finite(edge_attr, "edge_attr")
     return edge_attr
 
 
@@ -162,8 +181,7 @@ def _check_edge_index(edge_index) -> None:
             "edge_index must be a [2, E] integer tensor, a PyG EdgeIndex or a gtlib Pattern, "
             f"got {type(edge_index)}"
         )
-    if edge_index.dtype.is_floating_point or edge_index.dtype in (torch.bool, torch.complex64):
-        raise TypeError(f"edge_index must have an integer dtype, got {edge_index.dtype}")
+    check_tensor(edge_index, "edge_index", integer=True)
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
 

@@ -18,6 +18,7 @@ from gtlib.nn._conv_common import (
     run_attention,
     split_node_features,
 )
+from gtlib.validation import check_real
 
 
 class GATv2Conv(MessagePassing):
@@ -97,7 +98,12 @@ class GATv2Conv(MessagePassing):
         residual: bool = False,
         **kwargs,
     ) -> None:
-        check_conv_arguments(in_channels, out_channels, heads, dropout, edge_dim, kwargs)
+        check_conv_arguments(
+            in_channels, out_channels, heads, dropout, edge_dim, kwargs,
+            flags=dict(concat=concat, add_self_loops=add_self_loops, bias=bias,
+            share_weights=share_weights, residual=residual,),
+        )  # fmt: skip
+        negative_slope = check_real(negative_slope, "negative_slope")
         check_fill_value(fill_value)
         super().__init__(node_dim=0, **{"aggr": "add", **kwargs})
         self.in_channels = in_channels

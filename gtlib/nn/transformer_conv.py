@@ -86,7 +86,10 @@ class TransformerConv(MessagePassing):
         root_weight: bool = True,
         **kwargs,
     ) -> None:
-        check_conv_arguments(in_channels, out_channels, heads, dropout, edge_dim, kwargs)
+        check_conv_arguments(
+            in_channels, out_channels, heads, dropout, edge_dim, kwargs,
+            flags=dict(concat=concat, beta=beta, bias=bias, root_weight=root_weight),
+        )  # fmt: skip
         super().__init__(node_dim=0, **{"aggr": "add", **kwargs})
         self.in_channels = in_channels
         self.out_channels = out_channels
