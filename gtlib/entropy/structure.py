@@ -27,7 +27,6 @@ Shapes: ``pos [N, d]`` or a batch ``[..., N, d]`` where stated; the box is ``[-L
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor
 
 from gtlib.attention.pattern import Pattern
+from gtlib.validation import all_finite, check_int, check_real, check_tensor, describe
 
 __all__ = [
     "GAS",
@@ -50,36 +50,26 @@ __all__ = [
 ]
 
 GAS, INTERFACE, BULK = 0, 1, 2
+MAX_WAVE_VECTORS = 2**24  # structure_factor refuses larger grids (memory)
 
 
 def _check_pos(pos: Any, name: str = "pos") -> Tensor:
-    if not isinstance(pos, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(pos).__name__}")
-    if not pos.is_floating_point():
-        raise TypeError(f"`{name}` must be a floating-point tensor, got {pos.dtype}")
+    check_tensor(pos, name, floating=True, values=True)
     if pos.dim() < 2 or pos.shape[-2] < 1 or pos.shape[-1] < 1:
         raise ValueError(
-            f"`{name}` must have shape [..., N, d] with N, d >= 1, got {tuple(pos.shape)}"
+            f"{name} must have shape [..., N, d] with N, d >= 1, got {tuple(pos.shape)}"
         )
-    if not bool(torch.isfinite(pos).all()):
-        raise ValueError(f"`{name}` contains NaN or infinite values")
+    # Always checked: these diagnostics read the positions back to the host anyway.
+    if not all_finite(pos):
+        raise ValueError(f"{name} contains NaN or infinite values")
     return pos
 
 
-def _positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"`{name}` must be finite and > 0, got {value}")
-    return value
-
-
 def _check_radius(radius: Any, box_length: float, name: str) -> float:
-    radius = _positive(radius, name)
+    radius = check_real(radius, name, positive=True)
     if radius > box_length / 2:
         raise ValueError(
-            f"`{name}`={radius:g} exceeds half the box length {box_length:g} (the minimum "
+            f"{name}={radius:g} exceeds half the box length {box_length:g} (the minimum "
             "image would be ambiguous)"
         )
     return radius
@@ -116,9 +106,9 @@ def local_packing_fraction(
         pos: ``[..., N, d]`` -> ``[..., N]`` (float64).
     """
     pos = _check_pos(pos)
-    box_length = _positive(box_length, "box_length")
+    box_length = check_real(box_length, "box_length", positive=True)
     radius = _check_radius(radius, box_length, "radius")
-    r0 = _positive(r0, "r0")
+    r0 = check_real(r0, "r0", positive=True)
     counts = _counts_within(pos, box_length, radius) + 1
     return counts.double() * (r0 / radius) ** pos.shape[-1]
 
@@ -137,8 +127,8 @@ def cluster_labels(pos: Tensor, box_length: float, contact: float = 2.0) -> Tens
     """
     pos = _check_pos(pos)
     if pos.dim() != 2:
-        raise ValueError(f"`pos` must be one snapshot [N, d], got {tuple(pos.shape)}")
-    box_length = _positive(box_length, "box_length")
+        raise ValueError(f"pos must be one snapshot [N, d], got {tuple(pos.shape)}")
+    box_length = check_real(box_length, "box_length", positive=True)
     contact = _check_radius(contact, box_length, "contact")
     n = pos.shape[0]
     pattern = Pattern.radius(pos.detach().double(), contact, box=box_length)
@@ -184,15 +174,20 @@ def structure_factor(
         dropped).
     """
     pos = _check_pos(pos)
-    box_length = _positive(box_length, "box_length")
-    if isinstance(n_max, bool) or not isinstance(n_max, numbers.Integral) or n_max < 1:
-        raise ValueError(f"`n_max` must be an int >= 1, got {n_max!r}")
+    box_length = check_real(box_length, "box_length", positive=True)
+    n_max = check_int(n_max, "n_max", minimum=1)
     dq = 2.0 * math.pi / box_length
-    q_max = dq * n_max if q_max is None else _positive(q_max, "q_max")
+    name = "n_max" if q_max is None else "q_max"
+    q_max = dq * n_max if q_max is None else check_real(q_max, "q_max", positive=True)
     m = int(math.floor(q_max / dq + 0.5))
     if m < 1:
-        raise ValueError(f"`q_max`={q_max:g} is below the smallest wave vector 2 pi / L = {dq:g}")
+        raise ValueError(f"q_max={q_max:g} is below the smallest wave vector 2 pi / L = {dq:g}")
     d = pos.shape[-1]
+    if (2 * m + 1) ** d > MAX_WAVE_VECTORS:
+        raise ValueError(
+            f"{name}: {m} shells in {d} dimensions need a grid of (2 * {m} + 1)**{d} wave "
+            f"vectors, more than {MAX_WAVE_VECTORS}; lower {name}"
+        )
     axis = torch.arange(-m, m + 1, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(*([axis] * d), indexing="ij"), dim=-1).reshape(-1, d)
     norm = torch.linalg.vector_norm(grid, dim=-1)
@@ -218,12 +213,15 @@ def structure_factor(
 def density_classes(local_phi: Tensor, gas_below: float, bulk_above: float) -> Tensor:
     """Labels :data:`GAS` (``phi < gas_below``), :data:`BULK` (``phi >= bulk_above``) and
     :data:`INTERFACE` (in between) from a local packing fraction ``[...]`` -> ``[...]`` int64."""
-    if not isinstance(local_phi, Tensor):
-        raise TypeError(f"`local_phi` must be a torch.Tensor, got {type(local_phi).__name__}")
-    gas_below = _positive(gas_below, "gas_below")
-    bulk_above = _positive(bulk_above, "bulk_above")
+    check_tensor(local_phi, "local_phi", values=True)
+    if local_phi.is_complex() or local_phi.dtype == torch.bool:
+        raise TypeError(f"local_phi must be real, got {describe(local_phi)}")
+    if not all_finite(local_phi):  # NaN would be labelled INTERFACE silently
+        raise ValueError("local_phi contains NaN or infinite values")
+    gas_below = check_real(gas_below, "gas_below", positive=True)
+    bulk_above = check_real(bulk_above, "bulk_above", positive=True)
     if bulk_above <= gas_below:
-        raise ValueError(f"`bulk_above`={bulk_above:g} must exceed `gas_below`={gas_below:g}")
+        raise ValueError(f"bulk_above={bulk_above:g} must exceed gas_below={gas_below:g}")
     out = torch.full(local_phi.shape, INTERFACE, dtype=torch.long, device=local_phi.device)
     out[local_phi < gas_below] = GAS
     out[local_phi >= bulk_above] = BULK
