@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gtlib.datasets.ogb import KNOWN_META, META_FILE_NAME, OGBMeta, dataset_dir_name
+from gtlib.datasets.ogb import (
+    KNOWN_META,
+    META_FILE_NAME,
+    OGBMeta,
+    _check_bool,
+    dataset_dir_name,
+)
 from gtlib.io import remove_stale_temporaries, temporary_path
 from gtlib.validation import check_choice, check_int, check_real, describe
 
@@ -232,13 +238,6 @@ class _Spec:
     compresslevel: int
     progress: bool
     known: OGBMeta | None
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    """``value`` if it is a bool (``gtlib.validation`` has no such check yet)."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise TypeError(f"{name} must be a bool, got {describe(value)}")
 
 
 def _check_files(value: Any, name: str, prefix: str) -> tuple[str, ...]:
