@@ -57,6 +57,13 @@ HDF5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 HDF5_LIBVER = ("v110", "v110")
 
 
+def _as_path(path: Any, name: str = "path") -> Path:
+    """``path`` (a string or an ``os.PathLike``) as a :class:`~pathlib.Path`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or an os.PathLike, got {type(path).__name__}")
+    return Path(path)
+
+
 def _host_tag() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
@@ -65,7 +72,7 @@ def temporary_path(path: str | os.PathLike[str]) -> Path:
     """A fresh temporary name beside ``path`` marked with this host and process (nothing is
     created): ``.<name>.<host>.<pid>.<hex>.tmp``, which :func:`remove_stale_temporaries` removes
     once this process is gone. For writers that stage a folder and rename it into place."""
-    path = Path(path)
+    path = _as_path(path)
     return path.with_name(f".{path.name}.{_host_tag()}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
 
 
@@ -96,7 +103,7 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     Returns:
         The removed files.
     """
-    path = Path(path)
+    path = _as_path(path)
     folder = path.parent
     if not folder.is_dir():
         return []
@@ -165,7 +172,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         Whatever ``write`` or :func:`os.replace` raises. Before re-raising, the temporary file is
         removed; nothing new is left under ``path`` and a pre-existing file there is untouched.
     """
-    path = Path(path)
+    path = _as_path(path)
+    if not callable(write):
+        raise TypeError(f"write must be callable, got {type(write).__name__}")
+    if path.is_dir():
+        raise ValueError(f"path {str(path)!r} is a folder; atomic_write writes a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = temporary_path(path)
@@ -182,6 +193,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))
 
 
@@ -265,6 +278,12 @@ def hdf5_member(group: Any, name: str) -> Any:
     opened (a corrupt object header raises ``KeyError`` inside it), such a member raises here,
     so corruption is never mistaken for an absent optional data set.
     """
+    import h5py
+
+    if not isinstance(group, h5py.Group):
+        raise TypeError(f"group must be an h5py.Group or h5py.File, got {type(group).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
     if name not in group:
         return None
     return group[name]
@@ -285,6 +304,10 @@ def read_hdf5(dataset: Any, selection: Any = ()) -> Any:
         OSError: a chunk of the selection is not allocated (or whatever h5py raises; see
             :data:`HDF5_ERRORS`).
     """
+    import h5py
+
+    if not isinstance(dataset, h5py.Dataset):
+        raise TypeError(f"dataset must be an h5py.Dataset, got {type(dataset).__name__}")
     _check_standard_type(dataset)
     chunks = dataset.chunks
     if chunks is not None and dataset.size > 0:

@@ -19,14 +19,18 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "all_finite",
+    "check_bool",
     "check_choice",
+    "check_device",
     "check_finite",
     "check_index",
+    "check_input",
     "check_int",
     "check_real",
     "check_tensor",
@@ -106,6 +110,32 @@ def check_real(
     return value
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a ``bool`` (NumPy bools and one-element bool tensors too); a string
+    such as ``"no"`` or an int is refused rather than read by its truth value."""
+    if isinstance(value, Tensor) and value.dtype == torch.bool and value.numel() == 1:
+        if value.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor and has no value")
+        return bool(value.item())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {describe(value)}")
+
+
+def check_device(value: Any, name: str = "device") -> torch.device | None:
+    """``value`` as a :class:`torch.device` (``None`` passes): a device, a string such as
+    ``"cpu"`` or ``"cuda:0"``, or a device index."""
+    if value is None or isinstance(value, torch.device):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"{name} must be a torch.device, a string or an index, got "
+                        f"{describe(value)}")  # fmt: skip
+    try:
+        return torch.device(value)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"{name}={value!r} is not a device ({err})") from None
+
+
 def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
     """``value`` if it is one of ``choices`` (``TypeError`` for a value of a type no choice
     has, ``ValueError`` otherwise)."""
@@ -162,6 +192,30 @@ def check_index(index: Tensor, name: str, size: int | None = None) -> Tensor:
     return index
 
 
+def check_input(
+    value: Any,
+    name: str,
+    like: Tensor | None = None,
+    *,
+    dim: int | None = None,
+    owner: str = "module",
+) -> Tensor:
+    """A module's floating-point input: a real floating tensor (``dim`` dimensions when given)
+    in the dtype and on the device of ``like`` (e.g. the module's first parameter), finite
+    (see :func:`check_finite`). ``owner`` names the module in the messages."""
+    check_tensor(value, name, floating=True, dim=dim)
+    if like is not None and value.dtype != like.dtype:
+        raise TypeError(
+            f"{name} has dtype {value.dtype} but the {owner}'s parameters are {like.dtype}: "
+            f"convert one of them (e.g. {owner}.to({value.dtype}) or {name}.to({like.dtype}))"
+        )
+    if like is not None and value.device != like.device:
+        raise ValueError(f"{name} is on {value.device} but the {owner}'s parameters on "
+                         f"{like.device}")  # fmt: skip
+    check_finite(value, name)
+    return value
+
+
 def set_finite_checks(enabled: bool | None) -> None:
     """Switches the whole-tensor finiteness checks on or off everywhere (``None``: follow the
     environment variable ``GTLIB_CHECK_FINITE``: ``1`` on every device, ``0`` off, unset or
@@ -191,7 +245,11 @@ def finite_checks_enabled(device: torch.device | str | None = None) -> bool:
 def all_finite(value: Tensor, allow_negative_infinity: bool = False) -> bool:
     """Whether ``value`` holds no NaN or infinity (``-inf`` allowed on request, e.g. masked
     scores): one summing pass, the exact elementwise test only when the sum is not finite (a
-    sum of finite values can overflow)."""
+    sum of finite values can overflow). Meta tensors have no values and count as finite."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
+    if value.device.type == "meta":
+        return True
     if value.numel() == 0 or not (value.dtype.is_floating_point or value.is_complex()):
         return True
     total = value.sum(dtype=torch.float32 if value.element_size() < 4 else None)
@@ -206,7 +264,11 @@ def all_finite(value: Tensor, allow_negative_infinity: bool = False) -> bool:
 def check_finite(value: Tensor | None, name: str) -> Tensor | None:
     """``value`` if it holds no NaN or infinity (``None`` passes; skipped when the checks are
     off for its device, see :func:`set_finite_checks`)."""
-    if value is None or value.device.type == "meta" or not finite_checks_enabled(value.device):
+    if value is None:
+        return value
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device.type == "meta" or not finite_checks_enabled(value.device):
         return value
     if not all_finite(value):
         bad = int((~torch.isfinite(value)).sum())

@@ -8,10 +8,22 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from gtlib.validation import (
+    check_bool,
+    check_choice,
+    check_finite,
+    check_int,
+    check_real,
+    check_tensor,
+    finite_checks_enabled,
+)
+
 __all__ = ["LpLoss", "H1Loss"]
 
 
 def _check_pair(pred: Tensor, target: Tensor, d: int) -> None:
+    check_tensor(pred, "pred", floating=True)
+    check_tensor(target, "target", floating=True)
     if pred.shape != target.shape:
         raise ValueError(
             f"pred and target must have the same shape, got {tuple(pred.shape)} and "
@@ -22,16 +34,43 @@ def _check_pair(pred: Tensor, target: Tensor, d: int) -> None:
             f"pred must have shape [B, ..., *spatial] with d={d} spatial dimension(s), "
             f"got shape {tuple(pred.shape)}"
         )
+    check_finite(pred, "pred")
+    check_finite(target, "target")
+
+
+def _check_options(d, reduction, relative) -> int:
+    check_choice(reduction, "reduction", ("mean", "sum"))
+    check_bool(relative, "relative")
+    return check_int(d, "d", minimum=1)
 
 
 def _lengths(L: float | Sequence[float], d: int) -> tuple[float, ...]:
-    lengths = (float(L),) * d if isinstance(L, (int, float)) else tuple(float(v) for v in L)
-    if len(lengths) != d or any(v <= 0 for v in lengths):
+    if isinstance(L, Sequence) and not isinstance(L, str):
+        lengths = tuple(check_real(v, "L", positive=True) for v in L)
+    else:
+        lengths = (check_real(L, "L", positive=True),) * d
+    if len(lengths) != d:
         raise ValueError(f"L must be a positive float or {d} of them, got {L!r}")
     return lengths
 
 
+def _relative(error: Tensor, norm: Tensor) -> Tensor:
+    """``error / norm`` per sample; a target of norm zero has no relative error (CPU check, or
+    any device when the finite checks are on; see :func:`gtlib.validation.set_finite_checks`)."""
+    if finite_checks_enabled(norm.device) and bool((norm == 0).any()):
+        raise ValueError(
+            f"target is zero in {int((norm == 0).sum())} sample(s): the relative loss divides by "
+            "its norm; use relative=False for such targets"
+        )
+    return error / norm
+
+
 def _reduce(values: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean" and values.numel() == 0:
+        raise ValueError(
+            "pred and target hold no samples: the mean over an empty batch is undefined "
+            "(reduction='sum' gives 0)"
+        )
     return values.sum() if reduction == "sum" else values.mean()
 
 
@@ -71,12 +110,8 @@ class LpLoss(nn.Module):
         L: float | Sequence[float] = 1.0,
     ) -> None:
         super().__init__()
-        if d < 1:
-            raise ValueError(f"d must be positive, got {d}")
-        if p <= 0:
-            raise ValueError(f"p must be positive, got {p}")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        d = _check_options(d, reduction, relative)
+        p = check_real(p, "p", positive=True, finite=False)
         self.d = d
         self.p = p
         self.relative = relative
@@ -86,10 +121,12 @@ class LpLoss(nn.Module):
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         _check_pair(pred, target, self.d)
         batch = pred.shape[0]
+        if batch == 0:
+            return _reduce(pred.new_zeros(0), self.reduction)
         diff = torch.linalg.vector_norm((pred - target).reshape(batch, -1), ord=self.p, dim=1)
         if self.relative:
             norm = torch.linalg.vector_norm(target.reshape(batch, -1), ord=self.p, dim=1)
-            values = diff / norm
+            values = _relative(diff, norm)
         else:
             h = math.prod(length / n for length, n in zip(self.L, pred.shape[-self.d :]))
             values = h ** (1.0 / self.p) * diff
@@ -141,15 +178,12 @@ class H1Loss(nn.Module):
         periodic: bool = True,
     ) -> None:
         super().__init__()
-        if d < 1:
-            raise ValueError(f"d must be positive, got {d}")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        d = _check_options(d, reduction, relative)
         self.d = d
         self.relative = relative
         self.reduction = reduction
         self.L = _lengths(L, d)
-        self.periodic = periodic
+        self.periodic = check_bool(periodic, "periodic")
 
     def _spacing(self, sizes: Sequence[int]) -> list[float]:
         if self.periodic:
@@ -172,10 +206,12 @@ class H1Loss(nn.Module):
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         _check_pair(pred, target, self.d)
+        if pred.shape[0] == 0:
+            return _reduce(pred.new_zeros(0), self.reduction)
         spacing = self._spacing(pred.shape[-self.d :])
         err = self._squared_norm(pred - target, spacing)
         if self.relative:
-            values = (err / self._squared_norm(target, spacing)).sqrt()
+            values = _relative(err, self._squared_norm(target, spacing)).sqrt()
         else:
             values = (math.prod(spacing) * err).sqrt()
         return _reduce(values, self.reduction)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gtlib.validation import renamed_arguments, resolve_act
+from gtlib.validation import check_choice, check_input, check_int, renamed_arguments, resolve_act
 
 __all__ = ["MgNO"]
 
@@ -17,14 +18,10 @@ PADDING_MODES = ("zeros", "circular", "reflect")
 
 
 def _per_level(value: int | Sequence[int], n_levels: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
-    if isinstance(value, int):
-        counts = (value,) * n_levels
-    elif isinstance(value, Sequence) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        counts = tuple(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        counts = (int(value),) * n_levels
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        counts = tuple(check_int(v, name) for v in value)
     else:
         raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
     if len(counts) != n_levels:
@@ -210,24 +207,22 @@ class MgNO(nn.Module):
         act: str | Callable[[Tensor], Tensor] = "gelu",
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("hidden_channels", hidden_channels),
-            ("n_layers", n_layers),
-            ("n_levels", n_levels),
-            ("dim", dim),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if dim > 3:
-            raise ValueError(f"dim must be 1, 2 or 3, got {dim}")
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        in_channels, out_channels, hidden_channels, n_layers, n_levels = (
+            check_int(value, name, minimum=1)
+            for name, value in (
+                ("in_channels", in_channels),
+                ("out_channels", out_channels),
+                ("hidden_channels", hidden_channels),
+                ("n_layers", n_layers),
+                ("n_levels", n_levels),
+            )
+        )
+        dim = check_int(dim, "dim", minimum=1, maximum=3)
+        check_choice(padding_mode, "padding_mode", PADDING_MODES)
         pre = _per_level(n_smoothing, n_levels, "n_smoothing")
-        if isinstance(n_post_smoothing, int) and not isinstance(n_post_smoothing, bool):
+        if isinstance(n_post_smoothing, numbers.Integral) and not isinstance(
+            n_post_smoothing, bool
+        ):
             n_post_smoothing = (n_post_smoothing,) * (n_levels - 1) + (0,)
         post = _per_level(n_post_smoothing, n_levels, "n_post_smoothing")
         if pre[-1] < 1:
@@ -294,6 +289,7 @@ class MgNO(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
             raise TypeError("x must be a floating-point tensor [B, C, *spatial]")
+        check_input(x, "x", self.projection.weight, owner="operator")
         if x.dim() != self.dim + 2:
             raise ValueError(
                 f"x must have shape [B, C, *spatial] with {self.dim} spatial dimension(s), "

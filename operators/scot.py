@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gtlib.attention import Pattern, sparse_attention
 from gtlib.attention.cache import pattern_cache
-from gtlib.validation import check_int, renamed_arguments
+from gtlib.validation import check_finite, check_input, check_int, check_real, renamed_arguments
 
 __all__ = ["ScOT"]
 
@@ -36,7 +37,19 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 
 def _as_time(lead_time: Tensor | float, batch: int, like: Tensor) -> Tensor:
     """``lead_time`` (scalar or ``[B]``) as ``[B, 1]`` in ``like``'s dtype and device."""
-    t = torch.as_tensor(lead_time, dtype=like.dtype, device=like.device)
+    if isinstance(lead_time, Tensor):
+        if not (lead_time.dtype.is_floating_point or _is_integer(lead_time.dtype)):
+            raise TypeError(f"lead_time must be a real number or tensor, got {lead_time.dtype}")
+        t = lead_time.to(dtype=like.dtype, device=like.device)
+    elif isinstance(lead_time, (list, tuple, np.ndarray)):
+        try:
+            t = torch.as_tensor(np.asarray(lead_time, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"lead_time must hold real numbers, got {lead_time!r}") from err
+        t = t.to(dtype=like.dtype, device=like.device)
+    else:
+        t = torch.tensor(check_real(lead_time, "lead_time"), dtype=like.dtype, device=like.device)
+    check_finite(t, "lead_time")
     if t.dim() == 0:
         t = t.expand(batch)
     if t.dim() != 1 or t.numel() != batch:
@@ -44,6 +57,10 @@ def _as_time(lead_time: Tensor | float, batch: int, like: Tensor) -> Tensor:
             f"lead_time must be a scalar or have shape [B] = [{batch}], got {list(t.shape)}"
         )
     return t.reshape(batch, 1)
+
+
+def _is_integer(dtype: torch.dtype) -> bool:
+    return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
 
 
 class _TimeLayerNorm(nn.Module):
@@ -302,8 +319,11 @@ def _check_stages(in_channels, out_channels, patch_size, embed_dim, window_size,
         ("window_size", window_size),
     ):
         check_int(value, name, minimum=1)
-    depths, heads = tuple(depths), tuple(heads)
-    skip_connection_blocks = tuple(skip_connection_blocks)
+    depths, heads, skip_connection_blocks = (
+        _int_sequence(value, name)
+        for name, value in (("depths", depths), ("heads", heads),
+                            ("skip_connection_blocks", skip_connection_blocks))
+    )  # fmt: skip
     n_stages = len(depths)
     for name, value in (
         ("heads", heads),
@@ -323,9 +343,14 @@ def _check_stages(in_channels, out_channels, patch_size, embed_dim, window_size,
                 f"heads[{s}]={stage_heads} must divide the stage width embed_dim * 2**{s} = "
                 f"{embed_dim * 2**s}"
             )
-    if not mlp_ratio > 0:
-        raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
+    check_real(mlp_ratio, "mlp_ratio", positive=True)
     return depths, heads, skip_connection_blocks
+
+
+def _int_sequence(value, name: str) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
+    return tuple(check_int(v, name) for v in value)
 
 
 class ScOT(nn.Module):
@@ -522,6 +547,7 @@ class ScOT(nn.Module):
     def forward(self, x: Tensor, lead_time: Tensor | float | None = None) -> Tensor:
         if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
             raise TypeError("x must be a floating-point tensor [B, C, H, W]")
+        check_input(x, "x", self.patch_embed.weight, owner="operator")
         if x.dim() != 4:
             raise ValueError(f"x must have shape [B, C, H, W], got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:

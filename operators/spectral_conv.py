@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gtlib.validation import check_finite, check_int, check_tensor
+from gtlib import validation
+from gtlib.validation import check_bool, check_int
 
 __all__ = ["SpectralConv"]
 
@@ -28,16 +29,8 @@ def check_modes(n_modes: Any) -> tuple[int, ...]:
 
 def check_input(x: Any, parameter: Tensor) -> None:
     """``x`` a finite real floating-point tensor in the dtype and on the device of the
-    operator's ``parameter``."""
-    check_tensor(x, "x", floating=True)
-    if x.dtype != parameter.dtype:
-        raise TypeError(
-            f"x has dtype {x.dtype} but the operator's parameters are {parameter.dtype}: convert "
-            "one of them (e.g. model.to(x.dtype) or x.to(model's dtype))"
-        )
-    if x.device != parameter.device:
-        raise ValueError(f"x is on {x.device} but the operator's parameters on {parameter.device}")
-    check_finite(x, "x")
+    operator's ``parameter`` (:func:`gtlib.validation.check_input`)."""
+    validation.check_input(x, "x", parameter, owner="operator")
 
 
 def _tucker_ranks(shape: Sequence[int], fraction: float) -> tuple[int, ...]:
@@ -138,6 +131,9 @@ class SpectralConv(nn.Module):
         in_channels = check_int(in_channels, "in_channels", minimum=1)
         out_channels = check_int(out_channels, "out_channels", minimum=1)
         modes = check_modes(n_modes)
+        bias = check_bool(bias, "bias")
+        if factorization is not None and not isinstance(factorization, str):
+            raise TypeError(f"factorization must be None or 'tucker', got {factorization!r}")
         if factorization is not None and factorization.lower() != "tucker":
             raise ValueError(f"factorization must be None or 'tucker', got {factorization!r}")
         if fft_norm not in ("forward", "backward", "ortho"):
@@ -165,7 +161,9 @@ class SpectralConv(nn.Module):
                     raise ValueError(f"rank as a fraction must lie in (0, 1], got {rank}")
                 ranks = _tucker_ranks(self.weight_shape, float(rank))
             else:
-                ranks = tuple(int(r) for r in rank)
+                if isinstance(rank, (str, bytes)) or not isinstance(rank, Sequence):
+                    raise TypeError(f"rank must be a fraction or a sequence of ints, got {rank!r}")
+                ranks = tuple(check_int(r, "rank") for r in rank)
                 if len(ranks) != len(self.weight_shape) or any(
                     not 1 <= r <= n for r, n in zip(ranks, self.weight_shape)
                 ):
@@ -333,6 +331,8 @@ class SpectralConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         sizes = tuple(x.shape[2:])
+        if x.shape[0] == 0:  # an empty batch (the FFT libraries refuse it)
+            return x.new_zeros((0, self.out_channels, *sizes))
         fft_dims = tuple(range(-self.dim, 0))
         x_ft = torch.fft.rfftn(x, dim=fft_dims, norm=self.fft_norm)
 

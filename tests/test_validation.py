@@ -216,7 +216,7 @@ def test_operator_inputs_dtype_device_and_finiteness():
     f = torch.randn(20, 2)
     assert torch.isfinite(gno(points, points, f)).all()
     f[3, 1] = float("nan")
-    with pytest.raises(ValueError, match="f contains 1 NaN"):
+    with pytest.raises(ValueError, match="f_y contains 1 NaN"):  # GNO names it f_y now
         gno(points, points, f)
     with pytest.raises(ValueError, match="radius must be > 0"):
         GNO(2, 2, coord_dim=2, radius=-1.0)

@@ -98,7 +98,13 @@ def ptr_to_row(ptr: Tensor, num_edges: int) -> Tensor:
 
 def index_to_ptr(sorted_index: Tensor, size: int) -> Tensor:
     """CSR offsets ``[size + 1]`` of a sorted index."""
-    ptr = torch.zeros(size + 1, dtype=torch.long, device=sorted_index.device)
+    try:
+        ptr = torch.zeros(size + 1, dtype=torch.long, device=sorted_index.device)
+    except RuntimeError as err:  # includes torch.OutOfMemoryError
+        raise ValueError(
+            f"cannot allocate the {size + 1} receiver offsets of a pattern with {size} receivers "
+            f"({8 * (size + 1) / 1e9:.3g} GB): check num_nodes (or num_segments)"
+        ) from err
     if sorted_index.numel():
         ptr[1:] = torch.cumsum(torch.bincount(sorted_index, minlength=size), 0)
     return ptr
@@ -225,18 +231,18 @@ def full_blocks(batch: Tensor) -> list[Tensor]:
 
 
 def per_dim(value, dims: int, name: str, kind=int) -> list:
+    """``value`` (one for all ``dims`` dimensions, or a sequence of ``dims``) as a list of ints
+    (``kind=int``, integers only) or bools (``kind=bool``, bools only)."""
+    from gtlib.validation import check_bool, check_int
+
     if isinstance(value, (list, tuple)):
         if len(value) != dims:
             raise ValueError(f"{name} must have {dims} entries, got {len(value)}")
         values = list(value)
     else:
         values = [value] * dims
-    if kind is int and any(isinstance(v, float) and not v.is_integer() for v in values):
-        raise TypeError(f"{name} must be int values, got {value!r}")
-    try:
-        return [kind(v) for v in values]
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be {kind.__name__} values, got {value!r}") from err
+    check = check_bool if kind is bool else check_int
+    return [check(v, name) for v in values]
 
 
 def window_segments(

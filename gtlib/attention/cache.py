@@ -80,6 +80,8 @@ class PatternCache:
             TypeError: ``key`` is not hashable or a source cannot be weakly referenced.
         """
         sources = _as_tuple(sources)
+        if not callable(build):
+            raise TypeError(f"build must be callable, got {type(build).__name__}")
         try:
             hash(key)
         except TypeError as error:

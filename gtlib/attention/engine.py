@@ -40,6 +40,7 @@ from gtlib.attention.pattern import Pattern
 from gtlib.attention.terms import ScoreSpec
 from gtlib.validation import (
     all_finite,
+    check_bool,
     check_choice,
     check_int,
     check_real,
@@ -416,7 +417,7 @@ def _validate(
     return_attention,
 ) -> tuple[ScoreSpec, int]:  # fmt: skip
     score = _check_options(score, reduce, mode, dropout, chunk_size, score_mod, message_fn,
-                           value, negative_slope)  # fmt: skip
+                           value, negative_slope, return_attention)  # fmt: skip
     check = _TensorCheck(pattern)
     heads = None
     if reduce == "softmax" and score in ("dot", "additive"):
@@ -443,7 +444,7 @@ def _validate(
 
 
 def _check_options(score, reduce, mode, dropout, chunk_size, score_mod, message_fn, value,
-                   negative_slope) -> str | None:  # fmt: skip
+                   negative_slope, return_attention) -> str | None:  # fmt: skip
     """The non-tensor arguments; returns the score's canonical name."""
     if score == "gatv2":
         score = "additive"
@@ -460,6 +461,7 @@ def _check_options(score, reduce, mode, dropout, chunk_size, score_mod, message_
     for name, fn in (("score_mod", score_mod), ("message_fn", message_fn)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+    check_bool(return_attention, "return_attention")
     if (value is None) == (message_fn is None):
         raise ValueError("pass exactly one of value and message_fn")
     if negative_slope is not None:

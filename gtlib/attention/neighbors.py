@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from gtlib.validation import check_int, check_real
+from gtlib.validation import check_bool, check_int, check_real, finite_checks_enabled
 
 __all__ = ["knn_edges", "minimum_image", "radius_edges"]
 
@@ -68,10 +68,12 @@ def minimum_image(delta: Tensor, box: BoxLike | None) -> Tensor:
         if box.is_complex() or box.dtype == torch.bool:
             raise TypeError(f"box must be real, got dtype {box.dtype}")
         lengths = box.detach().to(device=delta.device, dtype=delta.dtype)
+        if finite_checks_enabled(lengths.device):  # a device tensor is not read back (no sync)
+            _check_lengths(lengths)
     elif isinstance(box, bool):
         raise TypeError("box must be a number, a sequence of numbers or a tensor, got bool")
     elif isinstance(box, numbers.Real):
-        lengths = float(box)
+        lengths = check_real(box, "box", positive=True)
     else:
         try:
             lengths = torch.as_tensor(box, dtype=delta.dtype, device=delta.device)
@@ -79,7 +81,15 @@ def minimum_image(delta: Tensor, box: BoxLike | None) -> Tensor:
             raise TypeError(
                 f"box must be a number, a sequence of numbers or a tensor, got {box!r}"
             ) from error
+        if any(isinstance(v, bool) for v in box):
+            raise TypeError(f"box must hold numbers, got {box!r}")
+        _check_lengths(lengths)
     return delta - lengths * torch.round(delta.detach() / lengths)
+
+
+def _check_lengths(lengths: Tensor) -> None:
+    if lengths.numel() and not bool((torch.isfinite(lengths) & (lengths > 0)).all()):
+        raise ValueError(f"box lengths must be finite and > 0, got {lengths.tolist()}")
 
 
 def radius_edges(
@@ -137,6 +147,7 @@ def radius_edges(
     pos = _check_pos(pos)
     pos_dst = _check_pos_dst(pos_dst, pos)
     radius = _check_positive_real(r, "r")
+    loop = check_bool(loop, "loop")
     box_lengths = _check_box(box, pos)
     graph, graph_dst, num_graphs = _check_graphs(batch, pos, batch_dst, pos_dst)
     if max_num_neighbors is not None:
@@ -238,6 +249,7 @@ def knn_edges(
     pos = _check_pos(pos)
     pos_dst = _check_pos_dst(pos_dst, pos)
     k = _check_positive_int(k, "k")
+    loop = check_bool(loop, "loop")
     box_lengths = _check_box(box, pos)
     graph, graph_dst, num_graphs = _check_graphs(batch, pos, batch_dst, pos_dst)
     receivers_pos = pos if pos_dst is None else pos_dst
@@ -848,7 +860,8 @@ def _scale_factor(pos: Tensor, pos_dst: Tensor | None, box: Tensor | None, r: fl
         largest = max(largest, float(box.abs().max()))
     if largest == 0.0 or 2.0**-_SCALE_RANGE <= largest <= 2.0**_SCALE_RANGE:
         return 1.0
-    return math.ldexp(1.0, -math.frexp(largest)[1])
+    # at most 2**1000 per step (2**1074 would overflow); the search recurses on the rest
+    return math.ldexp(1.0, max(-1000, min(1000, -math.frexp(largest)[1])))
 
 
 def _scaled(pos, pos_dst, box, factor: float):
@@ -906,6 +919,9 @@ def _check_box(box: BoxLike | None, pos: Tensor) -> Tensor | None:
     if box is None:
         return None
     dim = pos.shape[1]
+    if isinstance(box, bool) or (isinstance(box, (list, tuple)) and
+                                 any(isinstance(v, bool) for v in box)):  # fmt: skip
+        raise TypeError(f"box must be a number, a sequence or a tensor of lengths, got {box!r}")
     if isinstance(box, Tensor):
         if box.is_complex():
             raise TypeError("box must be real")

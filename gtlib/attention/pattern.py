@@ -18,7 +18,7 @@ from torch import Tensor
 from gtlib.attention import builders
 from gtlib.attention.builders import NumNodes
 from gtlib.attention.cache import pattern_cache
-from gtlib.validation import check_int
+from gtlib.validation import check_device, check_int, check_tensor
 
 BoxLike = Tensor | Sequence[float] | float
 
@@ -253,8 +253,9 @@ class Pattern:
         builders.check_ptr(ptr, num_dst, col.numel(), name)
         builders.check_index_range(col, num_src, f"{name} senders")
         row = builders.ptr_to_row(ptr, col.numel())
-        key = row * max(num_src, 1) + col
-        if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
+        # rows are sorted (they come from ptr); no row * num_src key, which could overflow
+        in_order = (row[1:] != row[:-1]) | (col[1:] >= col[:-1])
+        if col.numel() > 1 and not bool(in_order.all()):
             return cls._from_sorted_or_unsorted(col, row, num_src, num_dst)
         return cls(ptr, col, num_src, num_dst, row=row)
 
@@ -296,6 +297,7 @@ class Pattern:
             if num_nodes is None:
                 raise ValueError("Pattern.full needs batch or a non-negative num_nodes")
             n = builders.as_size(num_nodes, "num_nodes")
+            device = check_device(device)
             blocks = [torch.arange(n, device=device)[None]] if n else []
         else:
             batch = builders.batch_or_single_graph(batch, num_nodes, None, "Pattern.full")
@@ -334,6 +336,8 @@ class Pattern:
             periodic: whether each dimension wraps around.
             device: where to build the pattern (default: torch's default device).
         """
+        if not isinstance(grid_shape, (list, tuple, torch.Size)):
+            raise TypeError(f"grid_shape must be a sequence of ints, got {grid_shape!r}")
         grid_shape = builders.per_dim(list(grid_shape), len(grid_shape), "grid_shape")
         dims = len(grid_shape)
         if dims == 0 or any(g < 1 for g in grid_shape):
@@ -350,7 +354,7 @@ class Pattern:
                     f"periodic windows need grid_shape[{d}]={size} to be a multiple of "
                     f"window[{d}]={w}"
                 )
-        device = torch.device(device) if device is not None else None
+        device = check_device(device)
         blocks = builders.window_blocks(grid_shape, window, shift, periodic, device)
         num_nodes = math.prod(grid_shape)
         pattern = cls(None, None, num_nodes, num_nodes, blocks=blocks)
@@ -479,7 +483,8 @@ class Pattern:
         num_global = _non_negative_int(num_global, "num_global")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator)}")
-        batch = builders.batch_or_single_graph(batch, num_nodes, device, "Pattern.bigbird")
+        batch = builders.batch_or_single_graph(batch, num_nodes, check_device(device),
+                                               "Pattern.bigbird")  # fmt: skip
         edge_index = builders.bigbird_edges(batch, window, num_random, num_global, generator)
         n = batch.numel()
         ptr = builders.index_to_ptr(edge_index[1], n)
@@ -544,7 +549,8 @@ class Pattern:
         num_virtual = _non_negative_int(num_virtual, "num_virtual")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator)}")
-        batch = builders.batch_or_single_graph(batch, num_nodes, device, "Pattern.expander")
+        batch = builders.batch_or_single_graph(batch, num_nodes, check_device(device),
+                                               "Pattern.expander")  # fmt: skip
         num_graphs = builders.graph_sizes(batch).numel()
         edges = torch.cat(
             [
@@ -599,8 +605,7 @@ class Pattern:
             if not isinstance(edge_index, Tensor):
                 raise TypeError(f"edge_index must be a tensor [2, E], got {type(edge_index)}")
             edge_index = builders.plain_tensor(edge_index)
-            if edge_index.dtype.is_floating_point or edge_index.dtype == torch.bool:
-                raise TypeError(f"edge_index must have an integer dtype, got {edge_index.dtype}")
+            check_tensor(edge_index, "edge_index", integer=True, values=True)
             if edge_index.dim() != 2 or edge_index.size(0) != 2:
                 raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
             if batch is None and num_nodes is None:
@@ -722,8 +727,12 @@ class Pattern:
     def unique_edges(self) -> bool:
         """Whether no (sender, receiver) pair occurs twice (computed once and cached)."""
         if self._unique_edges is None:
-            key = self.row * max(self.num_src, 1) + self.col
-            self._unique_edges = torch.unique(key).numel() == key.numel()
+            row, col = self.row, self.col
+            order = _pair_sort(row, col, self.num_dst, self.num_src)  # no int64 key overflow
+            if order is not None:
+                row, col = row[order], col[order]
+            repeated = (row[1:] == row[:-1]) & (col[1:] == col[:-1])
+            self._unique_edges = not bool(repeated.any())
         return self._unique_edges
 
     def degree(self) -> Tensor:

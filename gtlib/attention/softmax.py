@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gtlib.attention.pattern import Pattern, _index_to_ptr
+from gtlib.attention.pattern import _MAX_INFERRED_NODES, Pattern, _index_to_ptr
 from gtlib.validation import (
     all_finite,
     check_index,
@@ -65,6 +65,12 @@ def segment_softmax(
     index = index.long()
     if num_segments is None:
         num_segments = int(index.max()) + 1 if index.numel() else 0
+        if num_segments > _MAX_INFERRED_NODES:
+            raise ValueError(
+                f"index holds receiver {num_segments - 1}: inferring num_segments = "
+                f"{num_segments} would allocate {8 * num_segments / 1e9:.3g} GB of offsets; pass "
+                "num_segments explicitly if there really are that many receivers"
+            )
     num_segments = check_int(num_segments, "num_segments", minimum=0)
     check_index(index, "index", num_segments)
     if index.numel() > 1 and not bool((index[1:] >= index[:-1]).all()):

@@ -11,7 +11,7 @@ from torch_geometric.data import Data
 
 from gtlib.attention import Pattern
 from gtlib.distributed import ShardedBatchSampler
-from gtlib.validation import check_finite, check_int
+from gtlib.validation import check_finite, check_index, check_int, check_tensor
 
 
 class LargeGTLoader(DataLoader):
@@ -97,8 +97,11 @@ class LargeGTLoader(DataLoader):
             raise TypeError("distributed=True builds its own batch_sampler; pass neither sampler")
         num_tokens = check_int(num_tokens, "num_tokens", minimum=1)
         max_two_hop_paths = check_int(max_two_hop_paths, "max_two_hop_paths", minimum=1)
+        seed = check_int(seed, "seed")
         if not _is_preprocessed(data):
             data = self.preprocess(data, chunk_size=chunk_size)
+        else:
+            _check_preprocessed(data)
         num_nodes = data.hop_x.size(0)
         self.data = data
         self.num_tokens = num_tokens
@@ -131,20 +134,16 @@ class LargeGTLoader(DataLoader):
         """
         if not isinstance(data, Data):
             raise TypeError(f"data must be a torch_geometric.data.Data, got {type(data)}")
-        x = getattr(data, "x", None)
-        if not isinstance(x, Tensor) or not x.dtype.is_floating_point or x.dim() != 2:
-            raise TypeError("data.x must be a floating-point tensor [N, F]")
+        x = check_tensor(getattr(data, "x", None), "data.x", floating=True, dim=2, values=True)
         check_finite(x, "data.x")
         num_nodes = x.size(0)
-        edge_index = getattr(data, "edge_index", None)
-        if not isinstance(edge_index, Tensor) or edge_index.dtype not in (torch.long, torch.int):
-            raise TypeError("data.edge_index must be an integer tensor [2, E]")
-        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        edge_index = check_tensor(getattr(data, "edge_index", None), "data.edge_index",
+                                  integer=True, dim=2)  # fmt: skip
+        if edge_index.size(0) != 2:
             raise ValueError(
                 f"data.edge_index must have shape [2, E], got {list(edge_index.shape)}"
             )
-        if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
-            raise ValueError(f"data.edge_index must hold node ids in [0, {num_nodes})")
+        check_index(edge_index, "data.edge_index", num_nodes)
         chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
         rowptr, col = build_csr(edge_index.cpu(), num_nodes)
         hop_x = hop_features(rowptr, col, x.detach().cpu(), chunk_size=chunk_size)
@@ -316,6 +315,28 @@ def _is_preprocessed(data) -> bool:
     )
 
 
+def _check_preprocessed(data: Data) -> None:
+    """The fields of :meth:`LargeGTLoader.preprocess`'s output: a CSR (``rowptr``, ``col``)
+    over the ``N`` rows of ``hop_x [N, 3, F]`` (finite floats)."""
+    hop_x = check_tensor(data.hop_x, "data.hop_x", floating=True, dim=3, values=True)
+    if hop_x.size(1) != 3:
+        raise ValueError(f"data.hop_x must have shape [N, 3, F], got {list(hop_x.shape)}")
+    check_finite(hop_x, "data.hop_x")
+    num_nodes = hop_x.size(0)
+    rowptr = check_tensor(data.rowptr, "data.rowptr", integer=True, dim=1, values=True)
+    col = check_tensor(data.col, "data.col", integer=True, dim=1, values=True)
+    bad = rowptr.numel() != num_nodes + 1
+    if not bad:
+        bad = int(rowptr[0]) != 0 or int(rowptr[-1]) != col.numel()
+        bad = bad or bool((rowptr[1:] < rowptr[:-1]).any())
+    if bad:
+        raise ValueError(
+            f"data.rowptr must be {num_nodes + 1} non-decreasing offsets from 0 to "
+            f"len(data.col) = {col.numel()}"
+        )
+    check_index(col, "data.col", num_nodes)
+
+
 def _check_input_nodes(input_nodes, num_nodes: int) -> Tensor:
     if input_nodes is None:
         return torch.arange(num_nodes)
@@ -327,9 +348,7 @@ def _check_input_nodes(input_nodes, num_nodes: int) -> Tensor:
         if input_nodes.shape != (num_nodes,):
             raise ValueError(f"input_nodes as a mask must have shape [{num_nodes}]")
         return input_nodes.nonzero().flatten()
-    if input_nodes.dtype.is_floating_point or input_nodes.dim() != 1:
-        raise TypeError("input_nodes must be a 1-D integer index tensor or a bool mask")
+    check_tensor(input_nodes, "input_nodes", integer=True, dim=1)
     input_nodes = input_nodes.long().cpu()
-    if input_nodes.numel() and (int(input_nodes.min()) < 0 or int(input_nodes.max()) >= num_nodes):
-        raise ValueError(f"input_nodes must lie in [0, {num_nodes})")
+    check_index(input_nodes, "input_nodes", num_nodes)
     return input_nodes

@@ -10,7 +10,15 @@ from torch_geometric.data import Data
 from gtlib.attention import Pattern, attend, sparse_attention
 from gtlib.attention.cache import pattern_cache
 from gtlib.distributed import all_gather_cat
-from gtlib.validation import check_int, check_real, renamed_arguments
+from gtlib.validation import (
+    check_finite,
+    check_index,
+    check_input,
+    check_int,
+    check_real,
+    check_tensor,
+    renamed_arguments,
+)
 
 MODES = ("full", "local", "global")
 
@@ -36,8 +44,10 @@ def _check_arguments(in_channels, hidden_channels, out_channels, num_tokens, num
         raise ValueError(
             f"hidden_channels ({hidden_channels}) must be a multiple of heads ({heads})"
         )
-    if mode != "local" and (not isinstance(num_nodes, int) or num_nodes < 1):
-        raise ValueError(f"mode={mode!r} needs num_nodes (a positive int), got {num_nodes!r}")
+    if mode != "local" and num_nodes is None:
+        raise ValueError(f"mode={mode!r} needs num_nodes (a positive int), got None")
+    if num_nodes is not None:
+        check_int(num_nodes, "num_nodes", minimum=1)
     for name, value in (("dropout", dropout), ("attn_dropout", attn_dropout)):
         if not 0.0 <= check_real(value, name) < 1.0:
             raise ValueError(f"{name} must lie in [0, 1), got {value}")
@@ -242,33 +252,40 @@ class LargeGT(nn.Module):
         if not isinstance(batch, Data):
             raise TypeError(f"batch must be a torch_geometric.data.Data, got {type(batch)}")
         outputs = []
+        like = next(self.parameters())
         if self.uses_local:
-            tokens = getattr(batch, "tokens", None)
+            tokens = check_input(getattr(batch, "tokens", None), "batch.tokens", like, dim=3)
             expected = (3 * self.num_tokens, self.in_channels)
-            if not isinstance(tokens, Tensor) or tokens.dim() != 3 or tokens.shape[1:] != expected:
+            if tokens.shape[1:] != expected:
                 raise ValueError(
                     f"batch.tokens must be a tensor [B, {expected[0]}, {expected[1]}], got "
-                    f"{None if not isinstance(tokens, Tensor) else list(tokens.shape)}"
+                    f"{list(tokens.shape)}"
                 )
             outputs.append(self.local_forward(tokens))
         if self.uses_global:
-            x = getattr(batch, "x", None)
-            if not isinstance(x, Tensor) or x.dim() != 2 or x.size(1) != self.in_channels:
-                raise ValueError(f"batch.x must be a tensor [B, {self.in_channels}]")
-            n_id = getattr(batch, "n_id", None)
-            if not isinstance(n_id, Tensor) or n_id.shape != (x.size(0),):
-                raise ValueError(f"batch.n_id must be an index tensor [{x.size(0)}]")
-            if n_id.numel() and (int(n_id.min()) < 0 or int(n_id.max()) >= self.num_nodes):
-                raise ValueError(f"batch.n_id must lie in [0, num_nodes={self.num_nodes})")
-            pos_enc = getattr(batch, "pos_enc", None) if self.pos_channels else None
-            if self.pos_channels and (
-                not isinstance(pos_enc, Tensor) or pos_enc.shape != (x.size(0), self.pos_channels)
-            ):
-                raise ValueError(f"batch.pos_enc must be a tensor [B, {self.pos_channels}]")
-            outputs.append(self.global_forward(x, n_id, pos_enc))
+            outputs.append(self.global_forward(*self._global_inputs(batch, like)))
         if len(outputs) == 2 and outputs[0].size(0) != outputs[1].size(0):
             raise ValueError("batch.tokens and batch.x must have the same number of seeds")
         return self.head(torch.cat(outputs, dim=-1))
+
+    def _global_inputs(self, batch: Data, like: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``batch.x``, ``batch.n_id`` and ``batch.pos_enc`` checked for the global branch."""
+        x = check_input(getattr(batch, "x", None), "batch.x", like, dim=2)
+        if x.size(1) != self.in_channels:
+            raise ValueError(f"batch.x must be a tensor [B, {self.in_channels}], got "
+                             f"{list(x.shape)}")  # fmt: skip
+        n_id = check_tensor(getattr(batch, "n_id", None), "batch.n_id", integer=True)
+        if n_id.shape != (x.size(0),):
+            raise ValueError(f"batch.n_id must be an index tensor [{x.size(0)}], got "
+                             f"{list(n_id.shape)}")  # fmt: skip
+        check_index(n_id, "batch.n_id", self.num_nodes)
+        if not self.pos_channels:
+            return x, n_id, None
+        pos_enc = getattr(batch, "pos_enc", None)
+        if not isinstance(pos_enc, Tensor) or pos_enc.shape != (x.size(0), self.pos_channels):
+            raise ValueError(f"batch.pos_enc must be a tensor [B, {self.pos_channels}]")
+        check_finite(pos_enc, "batch.pos_enc")
+        return x, n_id, pos_enc
 
     def local_forward(self, tokens: Tensor) -> Tensor:
         """``[B, 3K, F]`` token sequences -> ``[B, hidden]`` readouts."""
@@ -290,7 +307,7 @@ class LargeGT(nn.Module):
             parts.append(
                 sparse_attention(query[rows], key[rows], value[rows], pattern, dropout=attn_p)
             )
-        attended = torch.cat(parts).reshape(-1, hidden)
+        attended = (torch.cat(parts) if parts else value[:0]).reshape(-1, hidden)
         z = z + F.dropout(self.lin_out(attended), self.dropout, self.training)
         z = z + F.dropout(self.ffn(self.ffn_norm(z)), self.dropout, self.training)
         out = self.final_norm(z).view(num_seqs, seq_len, hidden)

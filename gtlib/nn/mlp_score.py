@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import GELU, Linear, Module, ModuleList, SiLU
 
-from gtlib.validation import check_choice, check_int, renamed_arguments
+from gtlib.validation import check_bool, check_choice, check_input, check_int, renamed_arguments
 
 _ACTIVATIONS = {"gelu": GELU, "silu": SiLU}
 
@@ -74,6 +74,7 @@ class MLPScore(Module):
         ):
             check_int(value, name, minimum=1)
         check_choice(act, "act", sorted(_ACTIVATIONS))
+        linear_skip = check_bool(linear_skip, "linear_skip")
         if (drift is None) != (diffusion is None):
             raise ValueError("`drift` and `diffusion` must be given together")
         if drift is not None and not callable(drift):
@@ -88,7 +89,7 @@ class MLPScore(Module):
         self.act = _ACTIVATIONS[act]()
         self.skip = Linear(dim, dim) if linear_skip else None
         if diffusion is not None:
-            diffusion = torch.as_tensor(diffusion, dtype=torch.get_default_dtype())
+            diffusion = _as_diffusion(diffusion)
             if diffusion.dim() == 0:
                 diffusion = diffusion.expand(dim)
             if diffusion.shape != (dim,):
@@ -120,7 +121,8 @@ class MLPScore(Module):
             torch.nn.init.zeros_(self.skip.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 2 or x.shape[1] != self.dim:
+        check_input(x, "x", self.lins[0].weight, dim=2)
+        if x.shape[1] != self.dim:
             raise ValueError(f"`x` must have shape [B, {self.dim}], got {tuple(x.shape)}")
         h = x
         for i, lin in enumerate(self.lins):
@@ -139,3 +141,18 @@ class MLPScore(Module):
             f"num_layers={self.num_layers}, act={self.act_name!r}, "
             f"linear_skip={self.skip is not None}, drift_parametrised={self.drift is not None})"
         )
+
+
+def _as_diffusion(diffusion) -> Tensor:
+    """``diffusion`` (a real number, a sequence of them or a real tensor) as a tensor of the
+    default dtype."""
+    if isinstance(diffusion, Tensor):
+        if diffusion.is_complex() or diffusion.dtype == torch.bool:
+            raise TypeError(f"`diffusion` must be real, got dtype {diffusion.dtype}")
+        return diffusion.detach().to(torch.get_default_dtype())
+    if isinstance(diffusion, (str, bytes, bool)):
+        raise TypeError(f"`diffusion` must be a number or a tensor, got {diffusion!r}")
+    try:
+        return torch.as_tensor(diffusion, dtype=torch.get_default_dtype())
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"`diffusion` must be a number or a tensor, got {diffusion!r}") from err

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from gtlib.attention import Pattern, sparse_attention
 from gtlib.attention.cache import pattern_cache
 from gtlib.attention.neighbors import minimum_image
-from gtlib.validation import check_int
+from gtlib.validation import check_finite, check_input, check_int
 
 BoxLike = Tensor | Sequence[float] | float
 
@@ -299,7 +299,8 @@ class ParticleTransformer(Module):
             raise ValueError(
                 f"pos must have shape [N, {self.dim}] or [B, N, {self.dim}], got {list(pos.shape)}"
             )
-        if not bool(torch.isfinite(pos).all()):
+        check_input(pos, "pos", self.embed[0].weight)
+        if not bool(torch.isfinite(pos).all()):  # the neighbour search needs it on any device
             raise ValueError("pos must contain only finite values")
         batched = pos.dim() == 3
         num_systems = pos.size(0) if batched else 1
@@ -331,6 +332,7 @@ class ParticleTransformer(Module):
             raise ValueError(f"{name} must have shape {expected}, got {list(h.shape)}")
         if h.device != pos.device:
             raise ValueError(f"{name} must be on the device of pos ({pos.device}), got {h.device}")
+        check_finite(h, name)
         return h
 
     def _check_box(self, box: BoxLike | None, pos: Tensor) -> Tensor | None:
