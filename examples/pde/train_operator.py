@@ -133,11 +133,8 @@ positive_float = _number(float, 1e-300, "a positive number")
 non_negative_float = _number(float, 0.0, "a non-negative number")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", choices=MODELS, default="fno", help="operator to train")
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data options of :func:`parse_args`."""
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data",
@@ -195,6 +192,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "channel and grid point (default; the FNO paper's UnitGaussianNormalizer, resampled "
         "linearly for --eval-resolution), per channel, or none",
     )
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model options of :func:`parse_args`."""
     model = parser.add_argument_group("model")
     model.add_argument(
         "--width",
@@ -234,6 +235,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--latent-resolution", type=positive_int, default=16, help="gino latent grid size"
     )
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training options of :func:`parse_args`."""
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=positive_int, default=500, help="training epochs")
     train.add_argument(
@@ -255,6 +260,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
     train.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     train.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1'")
+
+
+def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation and output options of :func:`parse_args`."""
     evaluation = parser.add_argument_group("evaluation and outputs")
     evaluation.add_argument(
         "--eval-resolution",
@@ -277,6 +286,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--epochs)",
     )
     evaluation.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", choices=MODELS, default="fno", help="operator to train")
+    _add_data_arguments(parser)
+    _add_model_arguments(parser)
+    _add_training_arguments(parser)
+    _add_evaluation_arguments(parser)
     args = parser.parse_args(argv)
     if args.data is not None and not args.data.exists():
         parser.error(f"--data {args.data}: no such file or folder")
@@ -783,7 +803,6 @@ def train(
     x_train = x_norm.encode(train_data.x).to(args.device)
     y_train, lead_train = train_data.y.to(args.device), train_data.lead.to(args.device)
     world_size = get_world_size()
-    global_batch = args.batch_size * world_size
     unused = world_size > 1 and _has_unused_parameters(model, x_train[:1], lead_train[:1])
     ddp = wrap_ddp(model, find_unused_parameters=unused)
     last = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
@@ -793,25 +812,8 @@ def train(
         start = time.perf_counter()
         model.train()
         order = torch.randperm(len(train_data), generator=shuffle)  # the same on every rank
-        total, count = 0.0, 0
-        batches = range(0, len(order), global_batch)
-        for first in progress(batches, enabled=show, desc=f"epoch {epoch}", leave=False):
-            batch = order[first : first + global_batch]
-            index = shard(batch)  # this rank's part of the global batch
-            placeholder = index.numel() == 0  # a short last batch: nothing left for this rank
-            weight = index.numel() * world_size / batch.numel()  # 1.0 in one process
-            index = (batch[:1] if placeholder else index).to(args.device)
-            optimizer.zero_grad(set_to_none=True)
-            pred = y_norm.decode(ddp(x_train[index], lead_train[index]))
-            if placeholder:  # takes part in the gradient all-reduce with zeros
-                loss = pred.sum() * 0.0
-            else:
-                loss = loss_fn(pred, y_train[index])
-                total += loss.item() * len(index)
-                count += len(index)
-            (loss if world_size == 1 else loss * weight).backward()
-            optimizer.step()
-        total, count = all_reduce(total), all_reduce(count)
+        total, count = _train_epoch(args, ddp, optimizer, order, (x_train, y_train, lead_train),
+                                    y_norm, loss_fn, epoch)  # fmt: skip
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         train_time = time.perf_counter() - start
@@ -850,6 +852,36 @@ def train(
         )
     bar.close()
     return state
+
+
+def _train_epoch(
+    args, ddp: nn.Module, optimizer, order: Tensor, tensors: tuple, y_norm, loss_fn, epoch: int
+) -> tuple[float, int]:
+    """One epoch's optimisation steps over ``order``: ``(sum of sample losses, samples)`` over
+    all ranks."""
+    x_train, y_train, lead_train = tensors
+    world_size = get_world_size()
+    global_batch = args.batch_size * world_size
+    show = not args.no_progress
+    total, count = 0.0, 0
+    batches = range(0, len(order), global_batch)
+    for first in progress(batches, enabled=show, desc=f"epoch {epoch}", leave=False):
+        batch = order[first : first + global_batch]
+        index = shard(batch)  # this rank's part of the global batch
+        placeholder = index.numel() == 0  # a short last batch: nothing left for this rank
+        weight = index.numel() * world_size / batch.numel()  # 1.0 in one process
+        index = (batch[:1] if placeholder else index).to(args.device)
+        optimizer.zero_grad(set_to_none=True)
+        pred = y_norm.decode(ddp(x_train[index], lead_train[index]))
+        if placeholder:  # takes part in the gradient all-reduce with zeros
+            loss = pred.sum() * 0.0
+        else:
+            loss = loss_fn(pred, y_train[index])
+            total += loss.item() * len(index)
+            count += len(index)
+        (loss if world_size == 1 else loss * weight).backward()
+        optimizer.step()
+    return all_reduce(total), all_reduce(count)
 
 
 def _has_unused_parameters(model: nn.Module, x: Tensor, lead: Tensor) -> bool:
