@@ -13,6 +13,7 @@ from torch_geometric.utils.loop import compute_loop_attr
 from gtlib.attention import Pattern, attend
 from gtlib.attention.cache import pattern_cache
 from gtlib.validation import (
+    check_bool,
     check_choice,
     check_finite,
     check_int,
@@ -44,7 +45,7 @@ def check_conv_arguments(
     if edge_dim is not None:
         _check_channels(edge_dim, "edge_dim")
     for name, value in (flags or {}).items():
-        check_flag(value, name)
+        check_bool(value, name)
     allowed = {"aggr": ("add", "sum"), "flow": ("source_to_target",)}
     for name, value in kwargs.items():
         if name not in allowed:
@@ -57,14 +58,6 @@ def _check_channels(value, name: str) -> int:
     value = check_int(value, name)
     if value < 1 and value != -1:
         raise ValueError(f"{name} must be a positive int (or -1 for lazy), got {value}")
-    return value
-
-
-def check_flag(value, name: str) -> bool:
-    """``value`` if it is a ``bool`` (``TypeError`` naming ``name`` otherwise). A local helper
-    until :mod:`gtlib.validation` has one."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {describe(value)}")
     return value
 
 
@@ -109,7 +102,7 @@ def split_node_features(
 
 def _check_features(name: str, x, layers: list[Module | None]) -> None:
     if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor [N, F], got {_describe(x)}")
+        raise TypeError(f"{name} must be a floating-point tensor [N, F], got {describe(x)}")
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape [N, F], got {list(x.shape)}")
     for layer in layers:
@@ -134,7 +127,7 @@ def check_edge_attr(
         )
     if not isinstance(edge_attr, Tensor) or not edge_attr.dtype.is_floating_point:
         raise TypeError(
-            f"edge_attr must be a floating-point tensor [E, D], got {_describe(edge_attr)}"
+            f"edge_attr must be a floating-point tensor [E, D], got {describe(edge_attr)}"
         )
     num_edges = _num_input_edges(edge_index)
     one_dim = edge_attr.dim() == 1 and edge_dim in (1, -1)
@@ -184,12 +177,6 @@ def _check_edge_index(edge_index) -> None:
     check_tensor(edge_index, "edge_index", integer=True)
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
-
-
-def _describe(x) -> str:
-    if isinstance(x, Tensor):
-        return f"a {x.dtype} tensor of shape {list(x.shape)}"
-    return str(type(x))
 
 
 def attention_mode(returns_weights: bool) -> str:

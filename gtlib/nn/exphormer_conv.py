@@ -11,8 +11,8 @@ from torch_geometric.nn.conv import MessagePassing
 
 from gtlib.attention import Edges, Pattern, attend
 from gtlib.attention.cache import pattern_cache
-from gtlib.nn._conv_common import check_flag, run_attention
-from gtlib.validation import check_finite, check_int, check_real, check_tensor
+from gtlib.nn._conv_common import run_attention
+from gtlib.validation import check_bool, check_finite, check_int, check_real, check_tensor
 
 ExphormerPattern = tuple[Pattern, Tensor, Tensor]
 
@@ -112,7 +112,7 @@ class ExphormerConv(MessagePassing):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         if clamp is not None:
             clamp = check_real(clamp, "clamp", positive=True)
-        concat, bias = check_flag(concat, "concat"), check_flag(bias, "bias")
+        concat, bias = check_bool(concat, "concat"), check_bool(bias, "bias")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
