@@ -510,6 +510,8 @@ class _Trainer:
         """Continue from ``options.checkpoint`` when it exists (rank 0 reads it and hands it to
         the others: no shared disk needed)."""
         path = self.options.checkpoint
+        if self.monitor.best_path is not None and is_main():  # a kill inside its last save
+            remove_stale_temporaries(self.monitor.best_path)
         if path is None or not self.options.resume:
             return
         saved = on_main(_load_checkpoint, path)

@@ -497,6 +497,21 @@ def test_stale_checkpoint_temporaries_removed_on_resume(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
 
 
+def test_stale_best_checkpoint_temporaries_removed(tmp_path: Path) -> None:
+    """The run is complete, so the restart writes nothing: the stale temporary of the best
+    checkpoint is removed all the same."""
+    best, checkpoint = tmp_path / "best.pt", tmp_path / "ck.pt"
+    kwargs = {"eval_data": _data(6, seed=3), "best_checkpoint": best, "checkpoint": checkpoint}
+    first = _train(**kwargs)
+    stale = tmp_path / f".best.pt.{'f' * 32}.tmp"
+    stale.write_bytes(b"half a best checkpoint")
+    again = _train(**kwargs)
+    assert again.resumed_from == 2 and again.best_step == first.best_step
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "ck.pt"]
+    saved = torch.load(best, weights_only=False)
+    assert saved["step"] == first.best_step and saved["heldout_loss"] == first.best_loss
+
+
 # ------------------------------------------------------------------------------ valid edges
 def _same_result(a, b) -> None:
     assert a.losses == b.losses
