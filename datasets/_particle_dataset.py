@@ -12,7 +12,7 @@ import h5py
 import torch
 from torch_geometric.data import Data, Dataset
 
-from gtlib.datasets._particle_io import _h5, _open_checked, _read_array
+from gtlib.datasets._particle_io import _check_path, _h5, _open_checked, _read_array
 
 __all__ = ["ParticleDataset"]
 
@@ -43,7 +43,7 @@ class ParticleDataset(Dataset):
     def __init__(
         self, path: str | os.PathLike, *, transform: Callable[[Data], Data] | None = None
     ) -> None:
-        self.path = os.fspath(path)
+        self.path = _check_path(path)
         handle, self.attrs = _open_checked(self.path)
         with handle:
             self.n_snapshots, self.n_trajectories, self.num_particles, self.dim = handle[

@@ -90,6 +90,18 @@ def _write_trajectory(
 
 # ------------------------------------------------------------------------------------------------
 # Reading
+def _check_path(path: Any, name: str = "path") -> str:
+    """``path`` as a ``str`` (a ``str`` or an ``os.PathLike`` to one)."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"`{name}` must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise TypeError(f"`{name}` must name a file by a str path, got {type(path).__name__}")
+    if not path:
+        raise ValueError(f"`{name}` is empty")
+    return path
+
+
 def _h5(path: str, what: str, read: Callable[[], Any]) -> Any:
     """``read()``, with every h5py/HDF5 error turned into a ValueError naming the file."""
     try:
@@ -187,7 +199,7 @@ def load_trajectory(path: str | os.PathLike) -> dict[str, Any]:
             inconsistent shapes, or holds an incomplete run; the message names the file and the
             data set.
     """
-    path = os.fspath(path)
+    path = _check_path(path)
     handle, attrs = _open_checked(path)
     with handle:
         return {

@@ -9,13 +9,14 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from gtlib.datasets._particle_io import _write_trajectory, load_trajectory
+from gtlib.datasets._particle_io import _check_path, _write_trajectory, load_trajectory
 from gtlib.datasets._particle_neighbours import _NeighbourCache
 from gtlib.datasets._particle_systems import (
     ActiveBrownianParticles,
@@ -55,28 +56,20 @@ def _initial_positions(
     return system.wrap(torch.stack(out))
 
 
-def _run_signature(
-    system: _SoftDiscs,
-    dt: float,
-    seed: int,
-    n_snapshots: int,
-    batch: int,
-    burn_steps: int,
-    spacing_steps: int,
-    dtype: torch.dtype,
-    initial_hash: str,
-) -> str:
+def _run_signature(system: _SoftDiscs, settings: _Settings, initial_hash: str) -> str:
+    """What makes two runs the same (JSON): the system, the schedule, the seed, the dtype and
+    the initial state."""
     return json.dumps(
         {
             "system": type(system).__name__,
             "parameters": system.parameters(),
-            "dt": dt,
-            "seed": seed,
-            "n_snapshots": n_snapshots,
-            "n_trajectories": batch,
-            "burn_steps": burn_steps,
-            "spacing_steps": spacing_steps,
-            "dtype": str(dtype),
+            "dt": settings.dt,
+            "seed": settings.seed,
+            "n_snapshots": settings.n_snapshots,
+            "n_trajectories": settings.batch,
+            "burn_steps": settings.burn_steps,
+            "spacing_steps": settings.spacing_steps,
+            "dtype": str(settings.dtype),
             "initial": initial_hash,
         },
         sort_keys=True,
@@ -288,6 +281,83 @@ def simulate(
     Returns:
         ``{"pos": [S, B, N, d], "g": [S, B, N, d], "time": [S]}``.
     """
+    settings = _check_arguments(
+        system,
+        n_snapshots,
+        dt,
+        burn_in,
+        spacing,
+        n_trajectories,
+        seed,
+        checkpoint_every,
+        dtype,
+        callback,
+    )
+    skin = DEFAULT_SKIN * system.r0 if skin is None else check_real(skin, "skin", nonnegative=True)
+    generator = torch.Generator().manual_seed(settings.seed)
+    pos0, g0, initial_hash = _initial_state(system, initial, settings, generator)
+    signature = _run_signature(system, settings, initial_hash)
+    path = None if out is None else _check_path(out, "out")
+    if path is not None and resume and os.path.exists(path):
+        return _finished_run(path, signature)
+    run = _Run(system, settings, signature, path, generator, pos0, g0)
+    if path is not None:
+        run.restore(resume)
+    bar = _progress_bar(progress, run.final_step, run.step, type(system).__name__)
+    try:
+        run.integrate(_NeighbourCache(system, skin), bar, callback)
+    finally:
+        if bar is not None:
+            bar.close()
+    if path is not None:
+        _write_trajectory(path, system, run.attributes(), run.all_pos, run.all_g, run.time)
+        _discard_run_files(path)
+    return {"pos": run.all_pos, "g": run.all_g, "time": run.time}
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The checked arguments of one :func:`simulate` call, times in whole steps."""
+
+    n_snapshots: int
+    dt: float
+    burn_steps: int
+    spacing_steps: int
+    batch: int
+    seed: int
+    checkpoint_every: int
+    dtype: torch.dtype
+
+    @property
+    def snapshot_steps(self) -> list[int]:
+        """The step of each snapshot."""
+        return [self.burn_steps + s * self.spacing_steps for s in range(self.n_snapshots)]
+
+    @property
+    def checkpoint_steps(self) -> set[int]:
+        """Steps after which a checkpoint is written: every ``checkpoint_every`` snapshots
+        (and as often during the burn-in), at the end of the burn-in and at the last snapshot."""
+        unit = self.checkpoint_every * self.spacing_steps
+        steps = set(range(0, self.burn_steps, unit)) | {self.burn_steps}
+        return steps | {
+            t
+            for s, t in enumerate(self.snapshot_steps)
+            if (s + 1) % self.checkpoint_every == 0 or s == self.n_snapshots - 1
+        }
+
+
+def _check_arguments(
+    system: Any,
+    n_snapshots: Any,
+    dt: Any,
+    burn_in: Any,
+    spacing: Any,
+    n_trajectories: Any,
+    seed: Any,
+    checkpoint_every: Any,
+    dtype: Any,
+    callback: Any,
+) -> _Settings:
     if not isinstance(system, ActiveOUParticles | ActiveBrownianParticles):
         raise TypeError(
             "`system` must be an ActiveOUParticles or ActiveBrownianParticles, got "
@@ -302,163 +372,187 @@ def simulate(
     checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
-    skin = DEFAULT_SKIN * system.r0 if skin is None else check_real(skin, "skin", nonnegative=True)
-    burn_steps = round(burn_in / dt)
-    spacing_steps = round(spacing / dt)
-    if spacing_steps < 1:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"`callback` must be callable, got {type(callback).__name__}")
+    if round(spacing / dt) < 1:
         raise ValueError(f"`spacing`={spacing} must be at least `dt`={dt}")
-
-    generator = torch.Generator().manual_seed(seed)
-    n, d = system.num_particles, system.dim
-    if initial is not None:
-        if not isinstance(initial, tuple | list) or len(initial) != 2:
-            raise TypeError("`initial` must be a (pos, g) pair of tensors")
-        pos0, g0 = system._check_pair(initial[0], initial[1])
-        if pos0.dim() not in (2, 3) or (pos0.dim() == 3 and pos0.shape[0] != batch):
-            raise ValueError(
-                f"`initial` tensors must have shape [{n}, {d}] or [{batch}, {n}, {d}], got "
-                f"{tuple(pos0.shape)}"
-            )
-        pos0 = system.wrap(pos0.detach().to(dtype).expand(batch, n, d).clone())
-        g0 = g0.detach().to(dtype).expand(batch, n, d).clone()
-        initial_hash = hashlib.sha256(pos0.numpy().tobytes() + g0.numpy().tobytes()).hexdigest()
-    else:
-        pos0 = _initial_positions(system, batch, generator, dtype)
-        g0 = system._initial_g((batch, n, d), generator, dtype)
-        initial_hash = "lattice"
-
-    signature = _run_signature(
-        system,
-        dt,
-        seed,
+    return _Settings(
         n_snapshots,
+        dt,
+        round(burn_in / dt),
+        round(spacing / dt),
         batch,
-        burn_steps,
-        spacing_steps,
+        seed,
+        checkpoint_every,
         dtype,
-        initial_hash,
     )
-    time = torch.tensor(
-        [(burn_steps + s * spacing_steps) * dt for s in range(n_snapshots)], dtype=torch.float64
-    )
-    all_pos = torch.empty(n_snapshots, batch, n, d, dtype=dtype)
-    all_g = torch.empty(n_snapshots, batch, n, d, dtype=dtype)
 
-    path = sidecar = snapshots = None
-    if out is not None:
-        path = os.fspath(out)
-        snapshots, sidecar = _run_files(path)
-        if os.path.exists(path) and resume:
-            finished = load_trajectory(path)
-            if finished["attrs"].get("run_signature") != signature:
-                raise ValueError(
-                    f"{path} exists and holds a different run; delete it or pass resume=False"
-                )
-            _discard_run_files(path)  # leftovers of a kill after the final rename
-            return {key: finished[key] for key in ("pos", "g", "time")}
 
-    step, n_done = 0, 0
-    pos, g = pos0, g0
-    state: dict[str, Any] = {}
-    snapshot_shape = (batch, n, d)
-    if path is not None:
+def _initial_state(
+    system: _SoftDiscs, initial: Any, settings: _Settings, generator: torch.Generator
+) -> tuple[Tensor, Tensor, str]:
+    """``(pos [B, N, d], g [B, N, d], hash)``: ``initial`` checked and broadcast to the batch
+    (hash of its bytes), or the jittered lattice and stationary ``g`` (hash ``"lattice"``)."""
+    batch, dtype = settings.batch, settings.dtype
+    n, d = system.num_particles, system.dim
+    if initial is None:
+        pos0 = _initial_positions(system, batch, generator, dtype)
+        return pos0, system._initial_g((batch, n, d), generator, dtype), "lattice"
+    if not isinstance(initial, tuple | list) or len(initial) != 2:
+        raise TypeError("`initial` must be a (pos, g) pair of tensors")
+    pos0, g0 = system._check_pair(initial[0], initial[1])
+    if pos0.dim() not in (2, 3) or (pos0.dim() == 3 and pos0.shape[0] != batch):
+        raise ValueError(
+            f"`initial` tensors must have shape [{n}, {d}] or [{batch}, {n}, {d}], got "
+            f"{tuple(pos0.shape)}"
+        )
+    pos0 = system.wrap(pos0.detach().to(dtype).expand(batch, n, d).clone())
+    g0 = g0.detach().to(dtype).expand(batch, n, d).clone()
+    initial_hash = hashlib.sha256(pos0.numpy().tobytes() + g0.numpy().tobytes()).hexdigest()
+    return pos0, g0, initial_hash
+
+
+def _finished_run(path: str, signature: str) -> dict[str, Tensor]:
+    """The complete run already at ``path`` (it must be this run); leftovers of a kill after
+    the final rename are removed."""
+    finished = load_trajectory(path)
+    if finished["attrs"].get("run_signature") != signature:
+        raise ValueError(f"{path} exists and holds a different run; delete it or pass resume=False")
+    _discard_run_files(path)
+    return {key: finished[key] for key in ("pos", "g", "time")}
+
+
+def _progress_bar(progress: bool, total: int, initial: int, name: str) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=name, unit="step")
+
+
+class _Run:
+    """The state of one :func:`simulate` run: integrator state, recorded snapshots and the
+    checkpoint files (``path`` ``None``: in memory only)."""
+
+    def __init__(
+        self,
+        system: _SoftDiscs,
+        settings: _Settings,
+        signature: str,
+        path: str | None,
+        generator: torch.Generator,
+        pos: Tensor,
+        g: Tensor,
+    ) -> None:
+        self.system, self.settings, self.signature = system, settings, signature
+        self.path, self.generator = path, generator
+        self.pos, self.g = pos, g
+        self.step = self.n_done = self.written = 0
+        self.digest = hashlib.sha256()
+        self.snapshot_shape = (settings.batch, system.num_particles, system.dim)
+        shape = (settings.n_snapshots, *self.snapshot_shape)
+        self.all_pos = torch.empty(shape, dtype=settings.dtype)
+        self.all_g = torch.empty(shape, dtype=settings.dtype)
+        self.time = torch.tensor(
+            [t * settings.dt for t in settings.snapshot_steps], dtype=torch.float64
+        )
+        self.snap_steps = {t: s for s, t in enumerate(settings.snapshot_steps)}
+        self.checkpoints = settings.checkpoint_steps
+        self.final_step = settings.snapshot_steps[-1]
+
+    def restore(self, resume: bool) -> None:
+        """Continue from the checkpoint of an unfinished run (if ``resume`` and one exists),
+        else clear what an earlier run left."""
+        state = {}
         if resume:
+            settings = self.settings
             state = _read_checkpoint(
-                path,
-                signature,
-                snapshot_shape,
-                dtype,
-                [burn_steps + s * spacing_steps for s in range(n_snapshots)],
+                self.path,
+                self.signature,
+                self.snapshot_shape,
+                settings.dtype,
+                settings.snapshot_steps,
             )
         if not state:  # a fresh start (or interrupted before the first checkpoint)
-            _discard_run_files(path)
-    digest = state.get("digest", hashlib.sha256())
-    if state:
-        pos, g, step, n_done = state["pos"], state["g"], state["step"], state["n_done"]
-        generator.set_state(state["generator_state"])
-        all_pos[:n_done] = state["snap_pos"]
-        all_g[:n_done] = state["snap_g"]
-    run_attrs = {
-        "dt": dt,
-        "seed": seed,
-        "burn_in": burn_steps * dt,
-        "spacing": spacing_steps * dt,
-        "n_snapshots": n_snapshots,
-        "n_trajectories": batch,
-        "run_signature": signature,
-        "complete": True,
-    }
-
-    snap_steps = {burn_steps + s * spacing_steps: s for s in range(n_snapshots)}
-    unit = checkpoint_every * spacing_steps
-    checkpoints = set(range(0, burn_steps, unit)) | {burn_steps}
-    checkpoints |= {
-        burn_steps + s * spacing_steps
-        for s in range(n_snapshots)
-        if (s + 1) % checkpoint_every == 0 or s == n_snapshots - 1
-    }
-    final_step = burn_steps + (n_snapshots - 1) * spacing_steps
-    written = n_done
-
-    def save_checkpoint(current: int) -> None:
-        nonlocal written
-        if sidecar is None:
+            _discard_run_files(self.path)
             return
-        itemsize = all_pos.element_size()
-        data = _snapshot_bytes(all_pos, all_g, written, n_done)
-        _append_snapshots(snapshots, 2 * written * math.prod(snapshot_shape) * itemsize, data)
-        digest.update(data)
-        written = n_done
+        self.pos, self.g, self.step = state["pos"], state["g"], state["step"]
+        self.n_done = self.written = state["n_done"]
+        self.generator.set_state(state["generator_state"])
+        self.all_pos[: self.n_done] = state["snap_pos"]
+        self.all_g[: self.n_done] = state["snap_g"]
+        self.digest = state["digest"]
+
+    def record(self, callback: Callable[[int, dict[str, Tensor]], None] | None) -> None:
+        """Store the snapshot due at the current step, if any."""
+        s = self.snap_steps.get(self.step)
+        if s is None or s != self.n_done:
+            return
+        self.all_pos[s] = self.pos
+        self.all_g[s] = self.g
+        self.n_done += 1
+        if callback is not None:
+            callback(s, {"pos": self.pos, "g": self.g, "time": self.time[s]})
+
+    def save_checkpoint(self) -> None:
+        """Append the new snapshots to the snapshot file (flushed), then replace the sidecar
+        atomically: a kill leaves the previous or this checkpoint."""
+        if self.path is None:
+            return
+        snapshots, sidecar = _run_files(self.path)
+        per_snapshot = 2 * math.prod(self.snapshot_shape) * self.all_pos.element_size()
+        data = _snapshot_bytes(self.all_pos, self.all_g, self.written, self.n_done)
+        _append_snapshots(snapshots, self.written * per_snapshot, data)
+        self.digest.update(data)
+        self.written = self.n_done
         checkpoint = {
             "format": _CHECKPOINT_FORMAT,
-            "run_signature": signature,
-            "step": current,
-            "n_done": n_done,
-            "snapshot_bytes": 2 * n_done * math.prod(snapshot_shape) * itemsize,
-            "snapshot_sha256": digest.hexdigest(),
-            "pos": pos.clone(),
-            "g": g.clone(),
-            "generator_state": generator.get_state(),
+            "run_signature": self.signature,
+            "step": self.step,
+            "n_done": self.n_done,
+            "snapshot_bytes": self.n_done * per_snapshot,
+            "snapshot_sha256": self.digest.hexdigest(),
+            "pos": self.pos.clone(),
+            "g": self.g.clone(),
+            "generator_state": self.generator.get_state(),
         }
         checkpoint["state_sha256"] = _state_digest(checkpoint)
         atomic_torch_save(checkpoint, sidecar)
 
-    cache = _NeighbourCache(system, skin)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=final_step, initial=step, desc=type(system).__name__, unit="step")
-
-    def record(current: int) -> None:
-        nonlocal n_done
-        s = snap_steps.get(current)
-        if s is not None and s == n_done:
-            all_pos[s] = pos
-            all_g[s] = g
-            n_done += 1
-            if callback is not None:
-                callback(s, {"pos": pos, "g": g, "time": time[s]})
-
-    if step == 0 and n_done == 0:
-        record(0)
-        save_checkpoint(0)
-    try:
-        while step < final_step:
-            pos, g = system._advance(pos, g, dt, generator, cache.forces)
-            step += 1
-            record(step)
-            if step in checkpoints:
+    def integrate(
+        self,
+        cache: _NeighbourCache,
+        bar: Any,
+        callback: Callable[[int, dict[str, Tensor]], None] | None,
+    ) -> None:
+        """Step to the last snapshot, recording snapshots and writing checkpoints."""
+        if self.step == 0 and self.n_done == 0:
+            self.record(callback)
+            self.save_checkpoint()
+        dt = self.settings.dt
+        while self.step < self.final_step:
+            self.pos, self.g = self.system._advance(
+                self.pos, self.g, dt, self.generator, cache.forces
+            )
+            self.step += 1
+            self.record(callback)
+            if self.step in self.checkpoints:
                 cache.invalidate()
-                save_checkpoint(step)
-            if bar is not None and (step % 256 == 0 or step == final_step):
-                bar.n = step
+                self.save_checkpoint()
+            if bar is not None and (self.step % 256 == 0 or self.step == self.final_step):
+                bar.n = self.step
                 bar.refresh()
-    finally:
-        if bar is not None:
-            bar.close()
 
-    if path is not None:
-        _write_trajectory(path, system, run_attrs, all_pos, all_g, time)
-        _discard_run_files(path)
-    return {"pos": all_pos, "g": all_g, "time": time}
+    def attributes(self) -> dict[str, Any]:
+        """The run's root attributes of the HDF5 file."""
+        settings = self.settings
+        return {
+            "dt": settings.dt,
+            "seed": settings.seed,
+            "burn_in": settings.burn_steps * settings.dt,
+            "spacing": settings.spacing_steps * settings.dt,
+            "n_snapshots": settings.n_snapshots,
+            "n_trajectories": settings.batch,
+            "run_signature": self.signature,
+            "complete": True,
+        }
