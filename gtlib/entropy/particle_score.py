@@ -35,7 +35,7 @@ from gtlib.entropy.estimators import (
     score_free_entropy_production_hypoelliptic,
     spatial_decomposition,
 )
-from gtlib.validation import all_finite, check_int, check_tensor
+from gtlib.validation import all_finite, check_choice, check_int, check_tensor
 
 __all__ = ["ParticleEntropyProduction", "ParticleScore", "particle_entropy_production"]
 
@@ -66,6 +66,10 @@ def _check_system(system: Any) -> None:
                 f"`system` must be an active OU particle system (e.g. ActiveOUParticles); "
                 f"it has no attribute {name!r}"
             )
+
+
+def _flag(value: Any, name: str) -> bool:
+    return bool(check_choice(value, name, (True, False)))
 
 
 class ParticleScore(Module):
@@ -138,9 +142,9 @@ class ParticleScore(Module):
         self.net = net
         self.system = system
         self.dim = int(system.dim)
-        self.parametrise = bool(parametrise)
-        self.position_features = bool(position_features)
-        self.force_features = bool(force_features)
+        self.parametrise = _flag(parametrise, "parametrise")
+        self.position_features = _flag(position_features, "position_features")
+        self.force_features = _flag(force_features, "force_features")
         if self.force_features and not hasattr(system, "force_jacobian"):
             raise TypeError("`force_features=True` needs `system.force_jacobian(pos)`")
         out_channels = getattr(net, "out_channels", None)
@@ -168,7 +172,7 @@ class ParticleScore(Module):
         # float64 here, cast per call, so that .float()/.double() keep 1/D exact to the dtype.
         self._inverse_diffusion = torch.where(noisy, 1.0 / torch.where(noisy, diffusion, 1.0), 0.0)
         self.register_buffer("noisy", noisy, persistent=False)
-        if zero_init:
+        if _flag(zero_init, "zero_init"):
             last = None
             for module in net.modules():
                 if isinstance(module, Linear):

@@ -145,8 +145,7 @@ def denoising_score_matching(
     """
     x = _check_inputs(score_fn, x, generator)
     sigma = check_real(sigma, "sigma", positive=True)
-    if not isinstance(antithetic, bool):
-        raise TypeError(f"antithetic must be a bool, got {type(antithetic).__name__}")
+    antithetic = check_choice(antithetic, "antithetic", (True, False))
     mask = _check_mask(noisy, x)
     z = _masked(torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device), mask)
     target = z / sigma

@@ -179,12 +179,6 @@ class _RankRows:
         return self._assemble(y, blocks, s), torch.cat(divs)
 
 
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {describe(value)}")
-    return value
-
-
 def _check_callable(value: Any, name: str, usage: str) -> Any:
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be callable as {usage}, got {describe(value)}")
@@ -265,8 +259,8 @@ def _check_options(
         seed=check_int(seed, "seed"),
         checkpoint=_optional_path(checkpoint, "checkpoint"),
         checkpoint_every=check_int(checkpoint_every, "checkpoint_every", minimum=1),
-        resume=_check_bool(resume, "resume"),
-        progress=_check_bool(progress, "progress"),
+        resume=bool(check_choice(resume, "resume", (True, False))),
+        progress=bool(check_choice(progress, "progress", (True, False))),
         callback=_check_callable(callback, "callback", "callback(step, loss, model)"),
         model_kwargs_fn=_check_callable(
             model_kwargs_fn, "model_kwargs_fn", "model_kwargs_fn(batch) -> dict"

@@ -147,7 +147,7 @@ CASES = [
     ("train/checkpoint-type", lambda: _train(checkpoint=5), TypeError, "checkpoint"),
     ("train/checkpoint-every", lambda: _train(checkpoint_every=0), ValueError, "checkpoint_every"),
     ("train/resume-type", lambda: _train(resume="yes"), TypeError, "resume"),
-    ("train/progress-type", lambda: _train(progress=1), TypeError, "progress"),
+    ("train/progress-type", lambda: _train(progress="yes"), TypeError, "progress"),
     ("train/seed-type", lambda: _train(seed="0"), TypeError, "seed"),
     ("train/callback-type", lambda: _train(callback=1), TypeError, "callback"),
     ("train/kwargs-fn-type", lambda: _train(model_kwargs_fn={}), TypeError, "model_kwargs_fn"),
@@ -369,6 +369,18 @@ CASES = [
         "score_model",
     ),
     ("particle-score/net", lambda: ParticleScore(3, _system()), TypeError, r"\bnet\b"),
+    (
+        "particle-score/zero-init",
+        lambda: ParticleScore(torch.nn.Linear(2, 2), _system(), zero_init="no"),
+        TypeError,
+        "zero_init",
+    ),
+    (
+        "particle-score/parametrise",
+        lambda: ParticleScore(torch.nn.Linear(2, 2), _system(), parametrise=None),
+        TypeError,
+        "parametrise",
+    ),
     # structure
     (
         "phi/box-length",
