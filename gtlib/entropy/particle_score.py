@@ -595,6 +595,11 @@ def particle_entropy_production(
 
     Returns:
         :class:`ParticleEntropyProduction`.
+
+    Raises:
+        TypeError: an argument of the wrong type (the message names it).
+        ValueError: a wrong value: shapes, fewer than 2 snapshots, NaN or infinity in ``pos`` or
+            ``g``, or a non-finite local EPR (``score_model`` is named).
     """
     if not callable(score_model):
         raise TypeError(f"score_model must be callable, got {type(score_model).__name__}")

@@ -743,6 +743,15 @@ def train_score(
 
     Returns:
         :class:`TrainResult`.
+
+    Raises:
+        TypeError: an argument of the wrong type (the message names it).
+        ValueError: an argument with a wrong value, e.g. ``data`` or ``eval_data`` holding NaN
+            or infinity (tensors are checked up front, batches drawn from a callable at every
+            step; with the finiteness checks off, see :func:`gtlib.validation.set_finite_checks`,
+            a non-finite batch is still named when the loss turns out non-finite), or a
+            checkpoint that cannot be read or was written with another global batch.
+        FloatingPointError: a non-finite loss on finite data (the model diverged).
     """
     dtype, device = _check_model(model)
     options = _check_options(
