@@ -607,7 +607,7 @@ def particle_entropy_production(
     pos, g = _check_snapshots(pos, g, int(system.dim))
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     divergence_probes = check_int(divergence_probes, "divergence_probes", minimum=0)
-    seed = check_int(seed, "seed")
+    seed = check_int(seed, "seed", minimum=-(2**63), maximum=2**64 - 1)  # torch.Generator
     bins = _check_bins(bins, int(system.dim))
     num_snapshots, num_particles, _ = pos.shape
     local, divergences = _LocalEPR(score_model, system, pos).run(

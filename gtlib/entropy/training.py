@@ -256,7 +256,7 @@ def _check_options(
         ema_decay=_optional_ema_decay(ema_decay),
         clip_grad_norm=_optional_real(clip_grad_norm, "clip_grad_norm", positive=True),
         lr_schedule=check_choice(lr_schedule, "lr_schedule", ("cosine", None)),
-        seed=check_int(seed, "seed"),
+        seed=check_int(seed, "seed", minimum=-(2**63), maximum=2**64 - 3),  # seed + 2 too
         checkpoint=_optional_path(checkpoint, "checkpoint"),
         checkpoint_every=check_int(checkpoint_every, "checkpoint_every", minimum=1),
         resume=bool(check_choice(resume, "resume", (True, False))),

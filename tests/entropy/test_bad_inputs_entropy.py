@@ -149,6 +149,7 @@ CASES = [
     ("train/resume-type", lambda: _train(resume="yes"), TypeError, "resume"),
     ("train/progress-type", lambda: _train(progress="yes"), TypeError, "progress"),
     ("train/seed-type", lambda: _train(seed="0"), TypeError, "seed"),
+    ("train/seed-huge", lambda: _train(seed=2**64), ValueError, "seed"),
     ("train/callback-type", lambda: _train(callback=1), TypeError, "callback"),
     ("train/kwargs-fn-type", lambda: _train(model_kwargs_fn={}), TypeError, "model_kwargs_fn"),
     ("train/loss-kwargs-type", lambda: _train(loss_kwargs=[1]), TypeError, "loss_kwargs"),
@@ -362,6 +363,7 @@ CASES = [
     ("pep/probes", lambda: _epr(divergence_probes=-1), ValueError, "divergence_probes"),
     ("pep/bins-length", lambda: _epr(bins=(2,)), ValueError, "bins"),
     ("pep/seed", lambda: _epr(seed=1.0), TypeError, "seed"),
+    ("pep/seed-huge", lambda: _epr(seed=-(2**64)), ValueError, "seed"),
     (
         "pep/returns-wrong-shape",
         lambda: _epr(score_model=lambda s: s[..., :2]),
