@@ -62,7 +62,10 @@ class BlockGroups:
     caller's order and the serialisation costs no gather of its own.
     """
 
-    def __init__(self, pattern, outer: Tensor | None = None) -> None:
+    def __init__(
+        self, pattern, outer: Tensor | None = None, windows: tuple[Tensor, Tensor] | None = None
+    ) -> None:
+        from gtlib.attention.backends.windows import register_layout
         from gtlib.attention.pattern import Pattern
 
         if pattern.blocks is None:
@@ -73,6 +76,9 @@ class BlockGroups:
         n = pattern.num_dst
         self.pattern = Pattern(None, None, n, n, blocks=list(blocks))
         self.pattern._unique_edges = True
+        if windows is not None:  # the blocks as windows in serial order, for the window kernel
+            ptr, index = windows
+            register_layout(self.pattern, ptr, index if outer is None else outer[index])
 
     def attend(self, value: Tensor, query: Tensor, key: Tensor, dropout: float = 0.0) -> Tensor:
         """Softmax dot-product attention over the blocks: ``[N, H, C]`` inputs -> ``[N, H, C]``."""
@@ -185,14 +191,31 @@ class OctreeLevel:
         if key not in self._relay_cache:
             pattern = self.with_relays() if relays else self.pattern
             outer = self.perm if caller_order else None
-            self._relay_cache[key] = BlockGroups(pattern, outer)
+            self._relay_cache[key] = BlockGroups(pattern, outer, self._window_layout(relays))
         return self._relay_cache[key]
+
+    def _window_layout(self, relays: bool) -> tuple[Tensor, Tensor]:
+        """The windows in serial order as ``(ptr, index)``; with ``relays`` every window is
+        followed by its relay token ``N + w``."""
+        n, device = self.num_points, self.perm.device
+        if not relays:
+            return self.window_ptr, torch.arange(n, device=device)
+        num_windows = self.num_windows
+        ptr = self.window_ptr + torch.arange(num_windows + 1, device=device)
+        index = torch.empty(n + num_windows, dtype=torch.long, device=device)
+        relay_slot = ptr[1:] - 1
+        is_point = torch.ones(n + num_windows, dtype=torch.bool, device=device)
+        is_point[relay_slot] = False
+        index[is_point] = torch.arange(n, device=device)
+        index[relay_slot] = n + torch.arange(num_windows, device=device)
+        return ptr, index
 
     def with_relays(self):
         """Windows with their relay tokens: a block pattern over ``N + W`` tokens (the ``N``
         serialised points, then the ``W`` relays), each block being the points of window ``w``
         and relay ``N + w``, all-to-all (HOTFormerLoc's window attention with the relay token
         appended)."""
+        from gtlib.attention.backends.windows import register_layout
         from gtlib.attention.pattern import Pattern
 
         if "joint" not in self._relay_cache:
@@ -201,6 +224,7 @@ class OctreeLevel:
             pattern = Pattern(None, None, n + num_windows, n + num_windows, blocks=blocks,
                               device=self.perm.device)  # fmt: skip
             pattern._unique_edges = True
+            register_layout(pattern, *self._window_layout(relays=True))
             self._relay_cache["joint"] = pattern
         return self._relay_cache["joint"]
 
@@ -329,6 +353,10 @@ def _level(code: Tensor, batch: Tensor, depth: int, shift: bool, window_size: in
         pattern = Pattern(torch.zeros(n + 1, dtype=torch.long, device=device), empty, n, n,
                           row=empty, blocks=[])  # fmt: skip
     pattern._unique_edges = True
+    if blocks:
+        from gtlib.attention.backends.windows import register_layout
+
+        register_layout(pattern, window_ptr, None)
     return OctreeLevel(
         depth=depth,
         shift=shift,

@@ -6,9 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gtlib.attention.backends import windows as _windows
+
 
 def dense_attention(query, key, value, pattern, scale, dropout, bias=None, flex=None) -> Tensor:
     """Softmax attention of a block pattern, block size by block size, with SDPA.
+
+    On the CPU, blocks of at most :data:`~gtlib.attention.backends.windows.MAX_WINDOW` nodes
+    without bias or dropout go to the fused window kernel instead (one call for all blocks,
+    whatever their sizes; :mod:`gtlib.attention.backends.windows`) when it is built.
 
     A per-edge ``bias [E, H]`` (caller order) is gathered into each block's ``[H, size, size]``
     additive mask (e.g. Swin's relative position bias); contiguous blocks are sliced.
@@ -23,6 +29,9 @@ def dense_attention(query, key, value, pattern, scale, dropout, bias=None, flex=
         flex = query.is_cuda and dropout == 0 and several
     if flex:
         return flex_block_attention(query, key, value, pattern, scale, bias)
+    if bias is None and dropout == 0 and _windows.routes(query, pattern):
+        ptr, index, _ = _windows.block_layout(pattern)
+        return _windows.window_attention(query, key, value, ptr, index, scale, compiled=True)
     heads = query.size(1)
     if not pattern.blocks:  # no receivers
         return value.new_zeros(pattern.num_dst, heads, value.size(-1))

@@ -1,0 +1,352 @@
+"""Window attention: softmax dot-product attention inside disjoint windows of a serialised order.
+
+A window is a run ``ptr[w]:ptr[w + 1]`` of serial positions; position ``t`` is row ``index[t]``
+of the ``[N, H, C]`` inputs (row ``t`` without ``index``), and every token of a window attends
+to every token of it (itself included). Octree windows (:meth:`Pattern.octree
+<gtlib.attention.Pattern.octree>`) and every block pattern (:meth:`Pattern.windows`,
+:meth:`Pattern.full`, ...) are of this form, and the dense backend sends block patterns of small
+blocks here (:func:`window_attention`).
+
+Two implementations compute the same thing:
+
+- a fused CPU kernel (``csrc/window_attention.cpp``, OpenMP, parallel over windows): no gather,
+  no padding and nothing of size ``L x s`` (window ``s``) kept for the backward, which recomputes
+  the scores from the forward's log-sum-exp ``[L, H]``. It is built on first use and cached like
+  the fused sparse kernel (:mod:`gtlib.attention.backends.cpu`: the same build directory and the
+  same switch ``GTLIB_FUSED_CPU``: ``0`` never builds, ``1`` requires it, ``auto`` warns once and
+  falls back);
+- pure torch (:func:`padded_window_attention`): windows padded to the largest size, a key mask,
+  batched matmuls in chunks of windows (bounded memory), autograd for the backward. Used without
+  the compiled kernel, off the CPU, and for float16/bfloat16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+import weakref
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from gtlib.attention.backends import cpu
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "window_attention.cpp"
+# Largest window the dense backend routes to window attention (beyond it: SDPA per block size).
+MAX_WINDOW = 256
+# Scores held at once by the padded implementation: windows x heads x size x size (chunks).
+PADDED_CHUNK_SCORES = 1 << 24
+
+_LOCK = threading.Lock()
+_STATE = {"tried": False, "module": None, "error": None, "info": None, "warned": False}
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+# ---------------------------------------------------------------------------------- building
+def available() -> bool:
+    """Whether the compiled window kernel is usable; builds (or loads) it on the first call.
+
+    Follows ``GTLIB_FUSED_CPU`` like :func:`gtlib.attention.backends.cpu.available`.
+    """
+    mode = cpu.setting()
+    if mode == "0":
+        return False
+    module = _load()
+    if module is None:
+        if mode == "1":
+            raise RuntimeError(
+                f"{cpu.ENV_VAR}=1 requires the window attention kernel, but building it failed: "
+                f"{_STATE['error']}"
+            )
+        if not _STATE["warned"]:
+            _STATE["warned"] = True
+            warnings.warn(
+                f"gtlib's window attention kernel could not be built ({_STATE['error'][:300]}); "
+                f"using pure torch. Set {cpu.ENV_VAR}=0 to silence this warning.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return module is not None
+
+
+def build_info() -> dict | None:
+    """How the extension was obtained (keys as :func:`gtlib.attention.backends.cpu.build_info`),
+    ``{"error": ...}`` after a failed build, ``None`` before the first use."""
+    with _LOCK:
+        if _STATE["info"] is not None:
+            return dict(_STATE["info"])
+        if _STATE["error"] is not None:
+            return {"error": _STATE["error"]}
+        return None
+
+
+def _load() -> ModuleType | None:
+    if _STATE["tried"]:
+        return _STATE["module"]
+    with _LOCK:
+        if not _STATE["tried"]:
+            try:
+                _STATE["module"], _STATE["info"] = _build()
+            except Exception as err:  # noqa: BLE001 - any failure means "use pure torch"
+                _STATE["error"] = f"{type(err).__name__}: {err}".strip()
+            _STATE["tried"] = True
+    return _STATE["module"]
+
+
+def _build() -> tuple[ModuleType, dict]:
+    source = SOURCE.read_bytes()
+    errors = []
+    for flags in (cpu._BASE_FLAGS + cpu._NATIVE_FLAGS, cpu._BASE_FLAGS):
+        try:
+            module, info = _build_with(source, flags)
+            _smoke_test(module)
+            return module, info
+        except Exception as err:  # noqa: BLE001
+            errors.append(f"{' '.join(flags)}: {type(err).__name__}: {err}")
+    raise RuntimeError("; ".join(errors))
+
+
+def _build_with(source: bytes, flags: tuple[str, ...]) -> tuple[ModuleType, dict]:
+    import platform
+
+    digest = hashlib.sha256(source)
+    parts = [*flags, *cpu._LDFLAGS, torch.__version__, sys.version, platform.platform()]
+    if any(flag.startswith("-march") for flag in flags):
+        parts.append(cpu._cpu_fingerprint())
+    digest.update("\0".join(parts).encode())
+    name = f"gtlib_window_cpu_{digest.hexdigest()[:16]}"
+    directory = cpu._build_directory(name)
+    library, marker = directory / f"{name}.so", directory / f"{name}.json"
+    start = time.perf_counter()
+    if library.exists() and marker.exists():  # built earlier, by this or another process
+        module = cpu._import_library(name, library)
+        info = json.loads(marker.read_text())
+        info.update(cached=True, load_seconds=time.perf_counter() - start)
+        return module, info
+    from torch.utils import cpp_extension
+
+    module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=list(flags),
+                                extra_ldflags=list(cpu._LDFLAGS), build_directory=str(directory),
+                                verbose=False)  # fmt: skip
+    seconds = time.perf_counter() - start
+    info = {"name": name, "path": str(library), "flags": list(flags),
+            "seconds": round(seconds, 3), "torch": torch.__version__}  # fmt: skip
+    temporary = marker.with_suffix(f".json.{os.getpid()}")
+    temporary.write_text(json.dumps(info))
+    try:  # atomic: the first process to finish records the build
+        os.link(temporary, marker)
+    except OSError:
+        info = json.loads(marker.read_text())
+    finally:
+        temporary.unlink(missing_ok=True)
+    info.update(cached=False, load_seconds=seconds)
+    return module, info
+
+
+def _smoke_test(module: ModuleType) -> None:
+    """One window of two tokens against a hand computation (a broken build counts as missing)."""
+    q = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]]])
+    k = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    v = torch.tensor([[[1.0]], [[3.0]]])
+    out, lse = module.forward(q, k, v, torch.tensor([0, 2]), torch.empty(0, dtype=torch.long), 1.0)
+    e = math.e
+    if (
+        abs(float(out[0, 0, 0]) - (e + 3.0) / (e + 1.0)) > 1e-5
+        or abs(float(out[1, 0, 0]) - 2.0) > 1e-5
+        or abs(float(lse[0, 0]) - math.log(e + 1.0)) > 1e-5
+    ):
+        raise RuntimeError("the compiled window kernel failed its self-test")
+
+
+# ---------------------------------------------------------------------------------- public API
+def window_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    ptr: Tensor,
+    index: Tensor | None = None,
+    scale: float | None = None,
+    compiled: bool | None = None,
+) -> Tensor:
+    r"""Softmax attention inside windows: for serial positions :math:`t, u` of window
+    :math:`w` (``ptr[w] <= t, u < ptr[w + 1]``) and rows :math:`i = \mathrm{index}[t]`,
+    :math:`j = \mathrm{index}[u]`,
+    :math:`o_i = \sum_j \mathrm{softmax}_j(\text{scale}\; q_i \cdot k_j)\, v_j`.
+
+    Args:
+        query: ``[N, H, C]``.
+        key: ``[N, H, C]``.
+        value: ``[N, H, C_v]``.
+        ptr: ``[W + 1]`` int64 window offsets in serial positions, non-decreasing from 0.
+        index: ``[L]`` int64 row of every serial position (``L = ptr[-1]``), each row at most
+            once (``None``: position ``t`` is row ``t``, ``L <= N``). Rows in no window get zeros.
+        scale: score multiplier (default ``1 / sqrt(C)``).
+        compiled: use the compiled CPU kernel (``None``: when :func:`available` and the inputs
+            are float32/float64 CPU tensors; ``False``: :func:`padded_window_attention`).
+
+    Returns:
+        ``[N, H, C_v]``, differentiable (first order) in ``query``, ``key`` and ``value``.
+
+    Shapes:
+        - **input:** query, key :math:`(N, H, C)`, value :math:`(N, H, C_v)`, ptr
+          :math:`(W + 1)`, index :math:`(L)`.
+        - **output:** :math:`(N, H, C_v)`.
+    """
+    _check(query, key, value, ptr, index)
+    if scale is None:
+        scale = query.size(-1) ** -0.5
+    native = query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64)
+    if compiled is None:
+        compiled = native and available()
+    elif compiled and not (native and available()):
+        raise ValueError("compiled=True needs float32/float64 CPU tensors and the built kernel")
+    if not compiled:
+        return padded_window_attention(query, key, value, ptr, index, scale)
+    empty = torch.empty(0, dtype=torch.long)
+    return _WindowAttention.apply(query.contiguous(), key.contiguous(), value.contiguous(),
+                                  ptr.contiguous(), empty if index is None else index.contiguous(),
+                                  float(scale))  # fmt: skip
+
+
+def padded_window_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    ptr: Tensor,
+    index: Tensor | None = None,
+    scale: float | None = None,
+) -> Tensor:
+    """:func:`window_attention` in pure torch: windows padded to the largest one, padded keys
+    masked, batched matmuls over chunks of windows (at most :data:`PADDED_CHUNK_SCORES` scores
+    at once), autograd for the backward."""
+    _check(query, key, value, ptr, index)
+    if scale is None:
+        scale = query.size(-1) ** -0.5
+    n, heads = query.size(0), query.size(1)
+    sizes = ptr[1:] - ptr[:-1]
+    starts, sizes = ptr[:-1][sizes > 0], sizes[sizes > 0]  # empty windows: nothing to do
+    num_windows = sizes.numel()
+    if num_windows == 0:
+        return value.new_zeros(n, heads, value.size(-1))
+    largest = int(sizes.max())
+    chunk = max(1, PADDED_CHUNK_SCORES // (heads * largest * largest))
+    offsets = torch.arange(largest, device=ptr.device)
+    outputs, rows = [], []
+    for begin in range(0, num_windows, chunk):
+        first, counts = starts[begin : begin + chunk], sizes[begin : begin + chunk]
+        valid = offsets < counts[:, None]  # [w, s]
+        position = torch.where(valid, first[:, None] + offsets, first[:, None])
+        row = position if index is None else index[position]
+        q, k, v = (x[row].transpose(1, 2) for x in (query, key, value))  # [w, H, s, C]
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)  # [w, s, H, C]
+        outputs.append(out[valid])
+        rows.append(row[valid])
+    out, rows = torch.cat(outputs), torch.cat(rows)
+    return value.new_zeros(n, heads, value.size(-1)).index_copy(0, rows, out.to(value.dtype))
+
+
+def block_layout(pattern) -> tuple[Tensor, Tensor | None, int]:
+    """A block pattern as windows: ``(ptr, index, largest block)``, ``index`` ``None`` when the
+    blocks are the nodes ``0..N-1`` in order. Cached per pattern."""
+    layout = _LAYOUTS.get(pattern)
+    if layout is None:
+        blocks = pattern.blocks
+        device = blocks[0].device if blocks else torch.device("cpu")
+        sizes = torch.cat([
+            torch.full((block.size(0),), block.size(1), dtype=torch.long, device=device)
+            for block in blocks
+        ]) if blocks else torch.zeros(0, dtype=torch.long, device=device)  # fmt: skip
+        ptr = torch.zeros(sizes.numel() + 1, dtype=torch.long, device=device)
+        torch.cumsum(sizes, 0, out=ptr[1:])
+        index = torch.cat([block.reshape(-1) for block in blocks]) if blocks else None
+        if index is not None and index.numel() <= pattern.num_src:
+            if torch.equal(index, torch.arange(index.numel(), device=device)):
+                index = None
+        largest = int(sizes.max()) if sizes.numel() else 0
+        layout = (ptr, index, largest)
+        _LAYOUTS[pattern] = layout
+    return layout
+
+
+class _WindowAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, ptr, index, scale):
+        out, lse = _STATE["module"].forward(query, key, value, ptr, index, scale)
+        ctx.save_for_backward(query, key, value, out, lse, ptr, index)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        query, key, value, out, lse, ptr, index = ctx.saved_tensors
+        dq, dk, dv = _STATE["module"].backward(
+            grad_out.contiguous(), query, key, value, out, lse, ptr, index, ctx.scale
+        )
+        return dq, dk, dv, None, None, None
+
+
+def _check(query, key, value, ptr, index) -> None:
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got {type(x).__name__}")
+        if x.dim() != 3:
+            raise ValueError(f"{name} must have shape [N, H, C], got {list(x.shape)}")
+    if key.shape != query.shape or value.shape[:2] != query.shape[:2]:
+        raise ValueError(
+            f"key must have the shape of query {list(query.shape)} and value the same [N, H], "
+            f"got key {list(key.shape)}, value {list(value.shape)}"
+        )
+    if key.dtype != query.dtype or value.dtype != query.dtype:
+        raise TypeError("query, key and value must share a dtype")
+    for name, x in (("ptr", ptr), ("index", index)):
+        if x is None:
+            continue
+        if not isinstance(x, Tensor) or x.dtype != torch.long or x.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D int64 tensor")
+        if x.device != query.device:
+            raise ValueError(f"{name} is on {x.device} but query on {query.device}")
+    if ptr.numel() == 0 or int(ptr[0]) != 0 or bool((ptr[1:] < ptr[:-1]).any()):
+        raise ValueError("ptr must be non-decreasing from 0 ([W + 1] window offsets)")
+    length = int(ptr[-1])
+    if index is None:
+        if length > query.size(0):
+            raise ValueError(f"ptr[-1] = {length} exceeds the {query.size(0)} rows (no index)")
+    elif index.numel() != length:
+        raise ValueError(f"index must hold ptr[-1] = {length} rows, got {index.numel()}")
+    elif length and (int(index.min()) < 0 or int(index.max()) >= query.size(0)):
+        raise ValueError(f"index must hold rows in [0, {query.size(0)})")
+
+
+def routes(query: Tensor, pattern) -> bool:
+    """Whether the dense backend sends ``pattern`` (a block pattern) to the compiled window kernel:
+    float32/float64 CPU inputs, blocks of at most :data:`MAX_WINDOW` nodes, the kernel built."""
+    if query.device.type != "cpu" or query.dtype not in (torch.float32, torch.float64):
+        return False
+    if not pattern.blocks or pattern.num_src != pattern.num_dst:
+        return False
+    if max(block.size(1) for block in pattern.blocks) > MAX_WINDOW:
+        return False
+    return available()
+
+
+def register_layout(pattern, ptr: Tensor, index: Tensor | None) -> None:
+    """Records the window layout of a block pattern whose blocks are the windows
+    ``ptr[w]:ptr[w + 1]`` of ``index`` (so that :func:`block_layout` keeps that order, e.g. an
+    octree's serialisation, instead of grouping the blocks by size)."""
+    sizes = ptr[1:] - ptr[:-1]
+    largest = int(sizes.max()) if sizes.numel() else 0
+    if index is not None and torch.equal(index, torch.arange(index.numel(), device=index.device)):
+        index = None
+    _LAYOUTS[pattern] = (ptr, index, largest)
