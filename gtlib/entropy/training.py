@@ -350,6 +350,36 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
         ) from err
 
 
+def _model_kwargs(kwargs_fn: Callable | None, batch: Tensor) -> dict[str, Any]:
+    """``model_kwargs_fn(batch)``, checked to be a dict (``{}`` without one)."""
+    if kwargs_fn is None:
+        return {}
+    kwargs = kwargs_fn(batch)
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"model_kwargs_fn must return a dict, got {describe(kwargs)}")
+    return kwargs
+
+
+def _bind(model: Module, kwargs_fn: Callable | None, batch: Tensor) -> Callable[..., Tensor]:
+    """The model with the keyword arguments of ``batch`` bound (the model itself without)."""
+    if kwargs_fn is None:
+        return model
+    return partial(model, **_model_kwargs(kwargs_fn, batch))
+
+
+def _metrics(metrics: dict[Any, Any]) -> dict[str, float]:
+    """``eval_fn``'s metrics as ``{str: float}``."""
+    record = {}
+    for key, value in metrics.items():
+        try:
+            record[str(key)] = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"eval_fn must return {{name: float}}, got {key!r}: {describe(value)}"
+            ) from None
+    return record
+
+
 class _Monitor:
     """Held-out monitoring: the loss (and ``eval_fn``) on held-out samples, history, best."""
 
@@ -396,9 +426,7 @@ class _Monitor:
         total, count = 0.0, self.samples.shape[0]
         for first_row in range(0, count, self.batch_size):
             chunk = self.samples[first_row : first_row + self.batch_size]
-            score_fn = monitored
-            if options.model_kwargs_fn is not None:
-                score_fn = partial(monitored, **options.model_kwargs_fn(chunk))
+            score_fn = _bind(monitored, options.model_kwargs_fn, chunk)
             value = loss_fn(score_fn, chunk, generator=self.generator)
             total += float(value.detach()) * chunk.shape[0]
         return total / count
@@ -413,7 +441,7 @@ class _Monitor:
                 metrics = self.eval_fn(monitored)
             if not isinstance(metrics, dict):
                 raise TypeError(f"eval_fn must return a dict, got {type(metrics).__name__}")
-            record.update({str(k): float(v) for k, v in metrics.items()})
+            record.update(_metrics(metrics))
         monitored.train(was_training)
         self.history.append(record)
         self._keep_best(monitored, step, record["heldout_loss"])
@@ -545,15 +573,12 @@ class _Trainer:
         """This rank's loss on ``batch`` (backpropagated) and the global mean (logged)."""
         options = self.options
         if self.world_size == 1:
-            score_fn = self.model
-            if options.model_kwargs_fn is not None:
-                score_fn = partial(self.model, **options.model_kwargs_fn(batch))
+            score_fn = _bind(self.model, options.model_kwargs_fn, batch)
             value = self.loss_fn(score_fn, batch, generator=self.noise_generator)
             return value, value.detach()
         # this rank's share of the global mean; the shares sum to it
         first, last = self.rows
-        kwargs_fn = options.model_kwargs_fn
-        kwargs = kwargs_fn(batch[first:last]) if kwargs_fn is not None else {}
+        kwargs = _model_kwargs(options.model_kwargs_fn, batch[first:last])
         sigma = options.sigma if options.loss == "dsm" else None
         score_fn = _RankRows(self.model, batch, first, last, sigma, kwargs)
         value = self.loss_fn(score_fn, batch, generator=self.noise_generator)

@@ -152,6 +152,18 @@ CASES = [
     ("train/seed-huge", lambda: _train(seed=2**64), ValueError, "seed"),
     ("train/callback-type", lambda: _train(callback=1), TypeError, "callback"),
     ("train/kwargs-fn-type", lambda: _train(model_kwargs_fn={}), TypeError, "model_kwargs_fn"),
+    (
+        "train/kwargs-fn-returns",
+        lambda: _train(model_kwargs_fn=lambda batch: [batch]),
+        TypeError,
+        "model_kwargs_fn",
+    ),
+    (
+        "train/eval-fn-metric",
+        lambda: _train(eval_data=_data(), eval_fn=lambda m: {"epr": "high"}),
+        TypeError,
+        "eval_fn",
+    ),
     ("train/loss-kwargs-type", lambda: _train(loss_kwargs=[1]), TypeError, "loss_kwargs"),
     ("train/noisy-list", lambda: _train(noisy=[True, False]), TypeError, "noisy"),
     ("train/eval-data-nan", lambda: _train(eval_data=_nan_data()), ValueError, "eval_data"),
