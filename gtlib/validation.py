@@ -250,6 +250,7 @@ def all_finite(value: Tensor, allow_negative_infinity: bool = False) -> bool:
         raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
     if value.device.type == "meta":
         return True
+    value = value.detach()  # reading values: no autograd (and no warning about it)
     if value.numel() == 0 or not (value.dtype.is_floating_point or value.is_complex()):
         return True
     total = value.sum(dtype=torch.float32 if value.element_size() < 4 else None)

@@ -315,6 +315,45 @@ CASES = [
         id="sparse-tensor-size-mismatch",
     ),
     P(lambda: Pattern.cached(_edges(), 2.5), TypeError, r"num_nodes", id="cached-num-nodes"),
+    P(
+        lambda: Pattern.cached([[0, 1], [1, 0]]),
+        TypeError,
+        r"edge_index",
+        id="cached-edges-list",
+    ),
+    P(
+        lambda: _pattern().to_sorted(torch.zeros(7, 2)),
+        ValueError,
+        r"edge_values",
+        id="to-sorted-rows",
+    ),
+    P(
+        lambda: _pattern().to_caller(torch.zeros(2)),
+        ValueError,
+        r"sorted_values",
+        id="to-caller-rows",
+    ),
+    P(lambda: _pattern().to_sorted([0.0] * 5), TypeError, r"edge_values", id="to-sorted-list"),
+    P(lambda: _pattern().to("nodevice"), ValueError, r"device", id="pattern-to-bad-device"),
+    P(lambda: _pattern().to(3.5), TypeError, r"device", id="pattern-to-float"),
+    P(
+        lambda: Pattern(torch.tensor([0, 1]), torch.tensor([0]), "1", 1),
+        TypeError,
+        r"num_src",
+        id="pattern-init-num-src-str",
+    ),
+    P(
+        lambda: Pattern(torch.tensor([0, 1]), torch.tensor([0]), 1, -1),
+        ValueError,
+        r"num_dst",
+        id="pattern-init-num-dst-negative",
+    ),
+    P(
+        lambda: _pattern().sparse_matrix(torch.ones(5), "coo"),
+        ValueError,
+        r"layout",
+        id="sparse-matrix-layout",
+    ),
     # ---------------------------------------------------------------- Pattern.full / windows
     P(lambda: Pattern.full(num_nodes=2.7), TypeError, r"num_nodes", id="full-num-nodes-float"),
     P(lambda: Pattern.full(num_nodes=-1), ValueError, r"num_nodes", id="full-num-nodes-negative"),
@@ -451,6 +490,12 @@ CASES = [
     P(lambda: Pattern.knn(_pos(), 2, box=0.0), ValueError, r"box", id="knn-box-zero"),
     P(lambda: Pattern.knn(_pos(), 2, loop=1), TypeError, r"loop", id="knn-loop-int"),
     # ---------------------------------------------------------------- bigbird / expander
+    P(
+        lambda: Pattern.bigbird(num_nodes=4, num_random=10**12),
+        ValueError,
+        r"num_random",
+        id="bigbird-random-huge",
+    ),
     P(
         lambda: Pattern.bigbird(num_nodes=8, window=-1),
         ValueError,
@@ -610,6 +655,12 @@ CASES = [
         ValueError,
         r"device|meta",
         id="attn-pattern-meta",
+    ),
+    P(
+        lambda: _attn(**dict(zip(("query", "key", "value"), _qkv(channels=0)))),
+        ValueError,
+        r"query.*channel",
+        id="attn-zero-channels",
     ),
     # ---------------------------------------------------------------- attend
     P(lambda: _attend(reduce="avg"), ValueError, r"reduce", id="attend-reduce-unknown"),
@@ -951,6 +1002,36 @@ CASES = [
         ValueError,
         r"hop_x",
         id="loader-preprocessed-nan",
+    ),
+    P(
+        lambda: LargeGTLoader(_graph(), distributed=True, shuffle="yes"),
+        TypeError,
+        r"shuffle",
+        id="loader-distributed-shuffle-str",
+    ),
+    P(
+        lambda: LargeGTLoader(_graph_with(pos_enc=torch.full((6, 2), NAN))),
+        ValueError,
+        r"data\.pos_enc contains",
+        id="loader-pos-enc-nan",
+    ),
+    P(
+        lambda: LargeGTLoader(_graph_with(edge_index=_edges().to(torch.complex64))),
+        TypeError,
+        r"data\.edge_index",
+        id="loader-edges-complex",
+    ),
+    P(
+        lambda: __import__("gtlib.distributed").distributed.ShardedBatchSampler(
+            10, 2, shuffle="yes"
+        ),
+        TypeError,
+        r"shuffle",
+        id="sharded-sampler-shuffle-str",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="gtlib/distributed.py: ShardedBatchSampler reads shuffle by its truth value",
+        ),
     ),
     # ---------------------------------------------------------------- LargeGT
     P(lambda: _large_gt(in_channels=0), ValueError, r"in_channels", id="largegt-in-zero"),
@@ -1663,3 +1744,29 @@ def test_deprecated_keyword_aliases_still_work_and_warn():
     reference = MgNO(1, 1, hidden_channels=4, n_layers=1, n_levels=2, act="tanh")
     reference.load_state_dict(model.state_dict())
     torch.testing.assert_close(model(x), reference(x))
+
+
+def test_meta_tensors_propagate_shapes_through_block_attention():
+    batch = torch.tensor([0, 0, 1, 1, 1])
+    for pattern in (Pattern.full(num_nodes=4, device="meta"), Pattern.full(batch).to("meta")):
+        x = torch.empty(pattern.num_dst, 2, 3, device="meta")
+        out = sparse_attention(x, x, x, pattern)
+        assert out.device.type == "meta" and out.shape == x.shape
+
+
+def test_bigbird_and_expander_saturate_at_the_graph_size():
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])
+    full = Pattern.full(batch)
+    huge = Pattern.bigbird(batch, window=10**12, num_random=0, num_global=10**12)
+    assert torch.equal(huge.edge_index, full.edge_index)  # the window covers every graph
+    complete = Pattern.expander(batch=batch, degree=10**9)  # every graph has <= degree nodes
+    off_diagonal = full.edge_index[:, full.edge_index[0] != full.edge_index[1]]
+    assert torch.equal(complete.edge_index, off_diagonal)
+
+
+def test_finiteness_checks_do_not_warn_on_tensors_that_require_grad():
+    x = torch.randn(4, 3, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert val.all_finite(x * 2)
+        assert val.check_finite(x * 2, "x") is not None

@@ -307,7 +307,11 @@ def bigbird_edges(
     nodes = torch.arange(num_nodes, device=device)
     position = nodes - node_start
     senders, receivers = [], []
-    for offset in range(-((window - 1) // 2), window // 2 + 1) if window else ():
+    largest = int(sizes.max()) if sizes.numel() else 0
+    # offsets and global tokens beyond the largest graph add nothing (and would loop long)
+    low, high = max(-((window - 1) // 2), -largest), min(window // 2, largest)
+    num_global = min(num_global, largest)
+    for offset in range(low, high + 1) if window else ():
         target = position + offset
         keep = (target >= 0) & (target < node_size)
         senders.append(node_start[keep] + target[keep])
@@ -318,6 +322,11 @@ def bigbird_edges(
         senders += [node_start[keep] + token, nodes[keep]]
         receivers += [nodes[keep], node_start[keep] + token]
     if num_random and num_nodes:
+        if num_nodes * num_random > 2**40:
+            raise ValueError(
+                f"num_random={num_random} draws for each of {num_nodes} nodes is more than a "
+                "pattern can hold"
+            )
         draw_device = generator.device if generator is not None else device
         draws = torch.rand(
             num_nodes, num_random, generator=generator, dtype=torch.float64, device=draw_device
@@ -400,10 +409,11 @@ def expander_edges(
     if bool(checked.any()):
         images = _retry_until_gap(batch, sizes, images, checked, degree, generator, max_tries)
     senders, receivers = [], []
-    for t in range(degree):
+    for t in range(degree if random_nodes.numel() else 0):
         senders += [random_nodes, images[t]]
         receivers += [images[t], random_nodes]
-    edges = torch.stack([torch.cat(senders), torch.cat(receivers)])
+    empty = batch.new_zeros(0)
+    edges = torch.stack([torch.cat([empty, *senders]), torch.cat([empty, *receivers])])
     if bool(tiny.any()):
         edges = torch.cat([edges, _complete_graph_edges(sizes, tiny, device)], dim=1)
     return edges
@@ -415,6 +425,8 @@ def _random_permutations(
     """``[degree, len(nodes)]``: ``degree`` random permutations of ``nodes`` (sorted global
     node ids, whole graphs of the sorted ``batch``) within their graphs, as global ids."""
     device = batch.device
+    if nodes.numel() == 0:
+        return nodes.new_zeros(degree, 0)
     draw_device = generator.device if generator is not None else device
     draws = torch.rand(
         degree, nodes.numel(), generator=generator, dtype=torch.float64, device=draw_device

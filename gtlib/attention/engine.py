@@ -499,6 +499,8 @@ def _check_query_key(check, pattern, score, query, key, att, key_edge) -> int:
         raise ValueError(f"score={score!r} needs query [N_dst, H, C] and key [N_src, H, C]")
     check("query", query, ((pattern.num_dst, "receivers"), (None, "heads"), (None, "channels")))
     heads, channels = query.size(1), query.size(2)
+    if channels == 0:
+        raise ValueError(f"query must have at least one channel, got shape {list(query.shape)}")
     check("key", key, ((pattern.num_src, "senders"), (heads, "heads"), (channels, "channels")))
     if score == "additive":
         if att is None:

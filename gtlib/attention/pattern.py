@@ -110,8 +110,8 @@ class Pattern:
             self._device = blocks[0].device
         else:
             self._device = torch.device(device if device is not None else "cpu")
-        self.num_src = num_src if isinstance(num_src, torch.SymInt) else int(num_src)
-        self.num_dst = num_dst if isinstance(num_dst, torch.SymInt) else int(num_dst)
+        self.num_src = num_src if isinstance(num_src, torch.SymInt) else _size(num_src, "num_src")
+        self.num_dst = num_dst if isinstance(num_dst, torch.SymInt) else _size(num_dst, "num_dst")
         self.perm = perm
         self.blocks = blocks
         self.displacement = displacement
@@ -240,6 +240,14 @@ class Pattern:
         call this in ``forward``.
         """
         sizes = builders.normalize_num_nodes(num_nodes)
+        sparse_cls = builders.sparse_tensor_class()
+        if not isinstance(edge_index, Tensor) and not (
+            sparse_cls is not None and isinstance(edge_index, sparse_cls)
+        ):
+            raise TypeError(
+                "edge_index must be a torch.Tensor [2, E], a PyG EdgeIndex, a "
+                f"torch_sparse.SparseTensor or a torch sparse matrix, got {type(edge_index)}"
+            )
         return pattern_cache.get(
             edge_index,
             ("Pattern.from_edge_index", sizes),
@@ -744,6 +752,8 @@ class Pattern:
         run of nodes in order (so gathering them is a slice), else ``None``. Cached."""
         if self.blocks is None:
             raise ValueError("block_starts needs a block pattern (full or windows)")
+        if self._block_starts is None and self.device.type == "meta":
+            return [None] * len(self.blocks)  # values unknown: gathered, never sliced
         if self._block_starts is None:
             starts: list[int | None] = []
             for block in self.blocks:
@@ -772,15 +782,26 @@ class Pattern:
 
     def to_sorted(self, edge_values: Tensor) -> Tensor:
         """Reorders a per-edge tensor from the caller's order to receiver-sorted order."""
+        self._check_edge_rows(edge_values, "edge_values")
         return edge_values if self.perm is None else edge_values.index_select(0, self.perm)
 
     def to_caller(self, sorted_values: Tensor) -> Tensor:
         """Reorders a per-edge tensor from receiver-sorted order to the caller's order."""
+        self._check_edge_rows(sorted_values, "sorted_values")
         if self.perm is None:
             return sorted_values
         out = torch.empty_like(sorted_values)
         out[self.perm] = sorted_values
         return out
+
+    def _check_edge_rows(self, values: Tensor, name: str) -> None:
+        if not isinstance(values, Tensor):
+            raise TypeError(f"{name} must be a tensor [E, ...], got {type(values).__name__}")
+        if values.dim() == 0 or values.size(0) != self.num_edges:
+            raise ValueError(
+                f"{name} must have one row per edge ({self.num_edges}), got shape "
+                f"{list(values.shape)}"
+            )
 
     def transpose_csr(self) -> tuple[Tensor, Tensor, Tensor]:
         """The pattern compressed by sender: ``(ptr_t [num_src + 1], receivers [E], order [E])``,
@@ -840,7 +861,9 @@ class Pattern:
         Whatever exists moves: edge lists, blocks, ``perm``, :attr:`displacement` (differentiably).
         A block pattern whose edges were never expanded stays unexpanded.
         """
-        device = torch.device(device)
+        device = check_device(device)
+        if device is None:
+            raise TypeError("device must be a torch.device or a string, got None")
         if device == self.device:
             return self
         state = self.__getstate__(detach=False)
@@ -958,3 +981,8 @@ def _cached_csc(
 
 def _non_negative_int(value, name: str) -> int:
     return check_int(value, name, minimum=0)
+
+
+def _size(value, name: str) -> int:
+    """A node count: a non-negative int (a symbolic size under ``torch.compile`` passes)."""
+    return int(check_int(value, name, minimum=0))

@@ -11,7 +11,7 @@ from torch_geometric.data import Data
 
 from gtlib.attention import Pattern
 from gtlib.distributed import ShardedBatchSampler
-from gtlib.validation import check_finite, check_index, check_int, check_tensor
+from gtlib.validation import check_bool, check_finite, check_index, check_int, check_tensor
 
 
 class LargeGTLoader(DataLoader):
@@ -113,9 +113,9 @@ class LargeGTLoader(DataLoader):
             self.shard_sampler = ShardedBatchSampler(
                 self.input_nodes.numel(),
                 kwargs.pop("batch_size", 1),
-                shuffle=kwargs.pop("shuffle", False),
+                shuffle=check_bool(kwargs.pop("shuffle", False), "shuffle"),
                 seed=seed,
-                drop_last=kwargs.pop("drop_last", False),
+                drop_last=check_bool(kwargs.pop("drop_last", False), "drop_last"),
             )
             kwargs["batch_sampler"] = self.shard_sampler
         super().__init__(range(self.input_nodes.numel()), collate_fn=collate, **kwargs)
@@ -151,8 +151,10 @@ class LargeGTLoader(DataLoader):
         for name in ("y", "pos_enc"):
             value = getattr(data, name, None)
             if value is not None:
-                if not isinstance(value, Tensor) or value.size(0) != num_nodes:
+                if not isinstance(value, Tensor) or value.dim() == 0 or value.size(0) != num_nodes:
                     raise ValueError(f"data.{name} must be a tensor with {num_nodes} rows")
+                if name == "pos_enc":  # (y may hold NaN for missing labels, as in OGB)
+                    check_finite(value, "data.pos_enc")
                 out[name] = value.cpu()
         return out
 
