@@ -41,13 +41,14 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from gtlib.attention.backends._autograd import differentiable_backward
 from gtlib.attention.pattern import Pattern
 from gtlib.validation import check_real
 
@@ -306,8 +307,10 @@ def fused_attention(pattern: Pattern, args: tuple) -> Tensor:
     and :math:`o_i = \sum_j \alpha_{ij} (v_j + e^v_{ij})`. Receivers without senders, or whose
     scores are all ``-inf``, get zeros.
 
-    Differentiable with respect to every tensor argument (first order); for the backward it keeps
-    the softmax weights ``[E, H]`` (like ``mode="sparse"``), nothing of size ``E x H x C``.
+    Differentiable with respect to every tensor argument; for the backward it keeps the softmax
+    weights ``[E, H]`` (like ``mode="sparse"``), nothing of size ``E x H x C``. The compiled
+    backward is first order; a backward with ``create_graph=True`` (double backward) recomputes
+    the attention in the scatter mode and differentiates that, so higher derivatives are exact.
     float32 and float64 are computed natively; float16 and bfloat16 in float32, the output cast
     back. Without the compiled kernel (see :func:`available`) it runs
     :func:`~gtlib.attention.sparse_attention` (scatter or sparse-matrix mode) instead.
@@ -362,7 +365,8 @@ def fused_attention_weights(pattern: Pattern, args: tuple) -> Tensor:
 class _FusedAttention(torch.autograd.Function):
     """Autograd glue: the forward saves the inputs and the weights ``[E, H]`` (not the output: the
     backward forms FlashAttention's ``dO . O`` from the weights); the backward calls the C++
-    backward (first order only)."""
+    backward, or, when autograd asks for a graph (double backward), differentiates the scatter
+    mode's recomputation (:func:`~gtlib.attention.backends._autograd.differentiable_backward`)."""
 
     @staticmethod
     def forward(ctx, query, key, value, att, key_edge, value_edge, bias, pattern, additive, slope,
@@ -377,10 +381,17 @@ class _FusedAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
-        query, key, value, att, key_edge, value_edge, bias, weights = ctx.saved_tensors
-        need_q, need_k, need_v, need_att, need_ek, need_ev, need_bias = ctx.needs_input_grad[:7]
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:7]
+        if torch.is_grad_enabled():  # create_graph=True: gradients that differentiate again
+            grads = differentiable_backward(
+                partial(_reference, ctx.pattern, ctx.additive, ctx.slope, ctx.scale),
+                saved[:7], needs, grad_out,
+            )  # fmt: skip
+            return *grads, None, None, None, None
+        query, key, value, att, key_edge, value_edge, bias, weights = saved
+        need_q, need_k, need_v, need_att, need_ek, need_ev, need_bias = needs
         pattern = ctx.pattern
         transposed = pattern.transpose_csr() if need_k or need_v else (None, None, None)
         grads = _STATE.module.backward(
@@ -391,6 +402,18 @@ class _FusedAttention(torch.autograd.Function):
         )  # fmt: skip
         gq, gk, gv, gek, gev, gbias, gatt = grads
         return gq, gk, gv, gatt, gek, gev, gbias, None, None, None, None
+
+
+def _reference(pattern, additive, slope, scale, query, key, value, att, key_edge, value_edge,
+               bias) -> Tensor:  # fmt: skip
+    """The kernel's forward in differentiable torch operations (all-edges scatter mode)."""
+    from gtlib.attention.core import sparse_attention
+
+    return sparse_attention(
+        query, key, value, _sorted_view(pattern), score="gatv2" if additive else "dot", att=att,
+        negative_slope=slope, key_edge=key_edge, value_edge=value_edge, bias=bias, scale=scale,
+        mode="scatter",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- helpers
