@@ -18,6 +18,13 @@ active matter", PNAS 2024; every variable even under time reversal, :math:`k_B =
 * :class:`LinearSDE` -- :math:`dX = AX\,dt + \sqrt{2D}\,dW` with exact stationary sampling and the
   exact Ornstein–Uhlenbeck transition (defined in :mod:`gtlib.entropy.reference`, re-exported).
 
+Vocabulary. ``dim`` is always the spatial dimension ``d`` (of the systems, the files and
+:class:`ParticleDataset`); the state size of :class:`LinearSDE` is ``num_coordinates``. Both
+systems take ``num_particles, packing_fraction, box_length, v0, (gamma | rotational_diffusion),
+k, beta, r0, trap, eps, cutoff`` in this order (``eps``: translational diffusion; the AOUP
+also takes ``dim`` before ``cutoff``, the ABP is two-dimensional). Nothing here
+is chunked: the neighbour search works on all particles of a batch at once.
+
 State layout. A snapshot of ``N`` particles in ``d`` dimensions is ``pos [N, d]`` and
 ``g [N, d]`` (self-propulsion); every function also takes a batch ``[B, N, d]`` (any leading
 dimensions). The flat coordinate vector used by :mod:`gtlib.entropy` is per particle
