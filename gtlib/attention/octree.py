@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from gtlib.attention import builders
+from gtlib.validation import check_bool, check_int, describe
 
 __all__ = ["BlockGroups", "Octree", "OctreeLevel", "cross_pattern", "morton_code", "octree"]
 
@@ -270,15 +271,14 @@ def octree(
 ) -> Octree:
     """See :meth:`Pattern.octree <gtlib.attention.Pattern.octree>`."""
     if not isinstance(pos, Tensor) or not pos.dtype.is_floating_point:
-        raise TypeError(f"pos must be a floating-point tensor [N, 3], got {_describe(pos)}")
+        raise TypeError(f"pos must be a floating-point tensor [N, 3], got {describe(pos)}")
     if pos.dim() != 2 or pos.size(1) != 3:
         raise ValueError(f"pos must have shape [N, 3], got {list(pos.shape)}")
     if pos.numel() and not bool(torch.isfinite(pos).all()):
         raise ValueError("pos must hold finite coordinates")
-    window_size = _positive_int(window_size, "window_size")
-    levels = _positive_int(levels, "levels")
-    if not isinstance(cylindrical, bool):
-        raise TypeError(f"cylindrical must be a bool, got {cylindrical!r}")
+    window_size = check_int(window_size, "window_size", minimum=1)
+    levels = check_int(levels, "levels", minimum=1)
+    cylindrical = check_bool(cylindrical, "cylindrical")
     shifts = _shifts(shift, levels)
     n, device = pos.size(0), pos.device
     if batch is None:
@@ -397,7 +397,7 @@ def _normalise(
             origin = pos.new_zeros(3)
         if not isinstance(origin, Tensor) or not origin.dtype.is_floating_point:
             raise TypeError(f"origin must be a floating-point tensor [3] or [B, 3], got "
-                            f"{_describe(origin)}")  # fmt: skip
+                            f"{describe(origin)}")  # fmt: skip
         if origin.shape != (3,) and origin.shape != (num_clouds, 3):
             raise ValueError(
                 f"origin must have shape [3] or [num_clouds={num_clouds}, 3], got "
@@ -466,20 +466,6 @@ def _shifts(shift, levels: int) -> list[bool]:
     raise TypeError(f"shift must be a bool or a list of bools, got {shift!r}")
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-def _describe(x) -> str:
-    if isinstance(x, Tensor):
-        return f"a {x.dtype} tensor"
-    return type(x).__name__
-
-
 # ---------------------------------------------------------------------- token sets
 def cross_pattern(batch_src: Tensor, batch_dst: Tensor):
     """See :meth:`Pattern.cross <gtlib.attention.Pattern.cross>`."""
@@ -487,7 +473,7 @@ def cross_pattern(batch_src: Tensor, batch_dst: Tensor):
 
     for name, b in (("batch_src", batch_src), ("batch_dst", batch_dst)):
         if not isinstance(b, Tensor) or b.dtype != torch.long:
-            raise TypeError(f"{name} must be an int64 tensor of graph ids, got {_describe(b)}")
+            raise TypeError(f"{name} must be an int64 tensor of graph ids, got {describe(b)}")
         if b.dim() != 1:
             raise ValueError(f"{name} must be 1-D, got shape {list(b.shape)}")
         if b.numel() and int(b.min()) < 0:

@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from gtlib.attention.backends import cpu
+from gtlib.validation import check_index, check_tensor
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "window_attention.cpp"
 # Largest window the dense backend routes to window attention (beyond it: SDPA per block size).
@@ -299,10 +300,7 @@ class _WindowAttention(torch.autograd.Function):
 
 def _check(query, key, value, ptr, index) -> None:
     for name, x in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor, got {type(x).__name__}")
-        if x.dim() != 3:
-            raise ValueError(f"{name} must have shape [N, H, C], got {list(x.shape)}")
+        check_tensor(x, name, floating=True, dim=3)
     if key.shape != query.shape or value.shape[:2] != query.shape[:2]:
         raise ValueError(
             f"key must have the shape of query {list(query.shape)} and value the same [N, H], "
@@ -313,10 +311,9 @@ def _check(query, key, value, ptr, index) -> None:
     for name, x in (("ptr", ptr), ("index", index)):
         if x is None:
             continue
-        if not isinstance(x, Tensor) or x.dtype != torch.long or x.dim() != 1:
-            raise TypeError(f"{name} must be a 1-D int64 tensor")
-        if x.device != query.device:
-            raise ValueError(f"{name} is on {x.device} but query on {query.device}")
+        check_tensor(x, name, dim=1, device=query.device, values=True)
+        if x.dtype != torch.long:
+            raise TypeError(f"{name} must be an int64 tensor, got {x.dtype}")
     if ptr.numel() == 0 or int(ptr[0]) != 0 or bool((ptr[1:] < ptr[:-1]).any()):
         raise ValueError("ptr must be non-decreasing from 0 ([W + 1] window offsets)")
     length = int(ptr[-1])
@@ -325,8 +322,8 @@ def _check(query, key, value, ptr, index) -> None:
             raise ValueError(f"ptr[-1] = {length} exceeds the {query.size(0)} rows (no index)")
     elif index.numel() != length:
         raise ValueError(f"index must hold ptr[-1] = {length} rows, got {index.numel()}")
-    elif length and (int(index.min()) < 0 or int(index.max()) >= query.size(0)):
-        raise ValueError(f"index must hold rows in [0, {query.size(0)})")
+    else:
+        check_index(index, "index", query.size(0))
 
 
 def routes(query: Tensor, pattern) -> bool:
