@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -45,6 +46,8 @@ def _check_options(d, reduction, relative) -> int:
 
 
 def _lengths(L: float | Sequence[float], d: int) -> tuple[float, ...]:
+    if isinstance(L, (Tensor, np.ndarray)) and L.ndim > 0:
+        L = L.tolist()
     if isinstance(L, Sequence) and not isinstance(L, str):
         lengths = tuple(check_real(v, "L", positive=True) for v in L)
     else:

@@ -1770,3 +1770,17 @@ def test_finiteness_checks_do_not_warn_on_tensors_that_require_grad():
         warnings.simplefilter("error")
         assert val.all_finite(x * 2)
         assert val.check_finite(x * 2, "x") is not None
+
+
+def test_non_contiguous_int32_edge_index_and_array_lengths():
+    edges = _random_edges(6, 6, 15, seed=10)
+    view = edges.t().contiguous().t().to(torch.int32)[:, ::1]  # [2, E] view of an [E, 2] tensor
+    assert not view.is_contiguous()
+    for given in (view, edges[:, torch.arange(edges.size(1))]):
+        pattern = Pattern.from_edge_index(given, 6)
+        assert torch.equal(pattern.edge_index, edges)
+    pred, target = torch.randn(2, 1, 8, 4), torch.randn(2, 1, 8, 4)
+    for lengths in ((2.0, 3.0), torch.tensor([2.0, 3.0]), np.array([2.0, 3.0])):
+        loss = LpLoss(d=2, relative=False, L=lengths)(pred, target)
+        h = 2.0 / 8 * 3.0 / 4  # the quadrature weight of one grid cell
+        torch.testing.assert_close(loss, (h * (pred - target).pow(2).sum((1, 2, 3))).sqrt().mean())

@@ -438,7 +438,7 @@ def _validate(
         raise ValueError(f"the inputs are on {check.device} but the pattern on {pattern.device}")
     if score == "dot" and scale is None and query is not None:
         scale = 1.0 / math.sqrt(query.size(-1))
-    scale = 1.0 if scale is None else _check_scale(scale)
+    scale = 1.0 if scale is None else check_real(scale, "scale")
     slope = None if negative_slope is None else float(negative_slope)
     return ScoreSpec(score, scale, slope), (heads or 1)
 
@@ -452,9 +452,7 @@ def _check_options(score, reduce, mode, dropout, chunk_size, score_mod, message_
         raise ValueError(f"score must be one of {SCORES} (or 'gatv2'), got {score!r}")
     check_choice(reduce, "reduce", REDUCTIONS)
     check_choice(mode, "mode", MODES)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-        raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
-    if not 0.0 <= float(dropout) < 1.0:
+    if not 0.0 <= check_real(dropout, "dropout") < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
     if chunk_size is not None:
         check_int(chunk_size, "chunk_size", minimum=1)
@@ -551,14 +549,6 @@ def _check_reduction_arguments(reduce, weights, bias, dropout, return_attention)
         raise ValueError("dropout applies to softmax weights; use reduce='softmax'")
     if return_attention and reduce != "softmax":
         raise ValueError("return_attention needs reduce='softmax'")
-
-
-def _check_scale(scale) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float, got {scale!r}")
-    if not math.isfinite(float(scale)):
-        raise ValueError(f"scale must be finite, got {scale}")
-    return float(scale)
 
 
 def _shape_text(shape) -> str:

@@ -146,12 +146,12 @@ def radius_edges(
     """
     pos = _check_pos(pos)
     pos_dst = _check_pos_dst(pos_dst, pos)
-    radius = _check_positive_real(r, "r")
+    radius = check_real(r, "r", positive=True)
     loop = check_bool(loop, "loop")
     box_lengths = _check_box(box, pos)
     graph, graph_dst, num_graphs = _check_graphs(batch, pos, batch_dst, pos_dst)
     if max_num_neighbors is not None:
-        max_num_neighbors = _check_positive_int(max_num_neighbors, "max_num_neighbors")
+        max_num_neighbors = check_int(max_num_neighbors, "max_num_neighbors", minimum=1)
     if box_lengths is not None and radius > float(box_lengths.min()) / 2:
         raise ValueError(
             f"r={radius} exceeds half the smallest box length {float(box_lengths.min())}: the "
@@ -248,7 +248,7 @@ def knn_edges(
     """
     pos = _check_pos(pos)
     pos_dst = _check_pos_dst(pos_dst, pos)
-    k = _check_positive_int(k, "k")
+    k = check_int(k, "k", minimum=1)
     loop = check_bool(loop, "loop")
     box_lengths = _check_box(box, pos)
     graph, graph_dst, num_graphs = _check_graphs(batch, pos, batch_dst, pos_dst)
@@ -904,14 +904,6 @@ def _check_pos(pos: Tensor) -> Tensor:
     if not bool(torch.isfinite(pos).all()):
         raise ValueError("pos must contain only finite values")
     return pos
-
-
-def _check_positive_real(value: float, name: str) -> float:
-    return check_real(value, name, positive=True)
-
-
-def _check_positive_int(value: int, name: str) -> int:
-    return check_int(value, name, minimum=1)
 
 
 def _check_box(box: BoxLike | None, pos: Tensor) -> Tensor | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -14,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from gtlib.attention import Pattern, sparse_attention
 from gtlib.attention.cache import pattern_cache
 from gtlib.attention.neighbors import minimum_image
-from gtlib.validation import check_finite, check_input, check_int
+from gtlib.validation import check_bool, check_finite, check_input, check_int, check_real
 
 BoxLike = Tensor | Sequence[float] | float
 
@@ -100,7 +99,7 @@ class ParticleTransformer(Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        _check_int(in_channels, "in_channels", minimum=0)
+        check_int(in_channels, "in_channels", minimum=0)
         for name, value in (
             ("out_channels", out_channels),
             ("dim", dim),
@@ -109,20 +108,17 @@ class ParticleTransformer(Module):
             ("heads", heads),
             ("ff_channels", ff_channels),
         ):
-            _check_int(value, name, minimum=1)
-        _check_int(num_layers, "num_layers", minimum=0)
+            check_int(value, name, minimum=1)
+        check_int(num_layers, "num_layers", minimum=0)
         if hidden_channels % heads != 0:
             raise ValueError(
                 f"hidden_channels ({hidden_channels}) must be divisible by heads ({heads})"
             )
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
-            raise TypeError(f"dropout must be a float, got {type(dropout).__name__}")
-        if not 0.0 <= float(dropout) < 1.0:
+        if not 0.0 <= check_real(dropout, "dropout") < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        if not isinstance(include_self, bool):
-            raise TypeError(f"include_self must be a bool, got {type(include_self).__name__}")
+        check_bool(include_self, "include_self")
         if chunk_size is not None:
-            _check_int(chunk_size, "chunk_size", minimum=1)
+            check_int(chunk_size, "chunk_size", minimum=1)
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -391,7 +387,3 @@ class _EncoderLayer(Module):
         tokens = tokens + F.dropout(update, self.dropout, self.training)
         update = self.ff(self.norm2(tokens))
         return tokens + F.dropout(update, self.dropout, self.training)
-
-
-def _check_int(value: int, name: str, minimum: int) -> None:
-    check_int(value, name, minimum=minimum)
