@@ -94,10 +94,12 @@ def test_padded_chunks(monkeypatch):
     torch.testing.assert_close(out, dense_reference(q, k, v, ptr, index, 0.3))
 
 
-@pytest.mark.parametrize("sizes", [[3, 5, 5, 2], [64, 33], [200]])
-def test_dense_backend_routes_block_patterns(sizes):
+@pytest.mark.parametrize(
+    "sizes,routed", [([3, 5, 5, 2], True), ([64, 33], True), ([7, 7], False), ([200, 3], False)]
+)
+def test_dense_backend_routes_block_patterns(sizes, routed):
     """attend(mode="dense") on block patterns equals the dense reference, through the window
-    kernel when built (blocks up to MAX_WINDOW) and SDPA otherwise."""
+    kernel when built (several block sizes up to MAX_WINDOW) and SDPA otherwise."""
     gen = torch.Generator().manual_seed(6)
     n = sum(sizes) + 4
     batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
@@ -107,7 +109,7 @@ def test_dense_backend_routes_block_patterns(sizes):
     ptr = torch.zeros(len(sizes) + 1, dtype=torch.long)
     ptr[1:] = torch.cumsum(torch.tensor(sizes), 0)
     torch.testing.assert_close(out, dense_reference(q, k, v, ptr, None, 8**-0.5))
-    assert windows.routes(q, pattern) == windows.available()
+    assert windows.routes(q, pattern) == (routed and windows.available())
 
 
 def test_octree_layout_keeps_serial_order():

@@ -12,9 +12,10 @@ from gtlib.attention.backends import windows as _windows
 def dense_attention(query, key, value, pattern, scale, dropout, bias=None, flex=None) -> Tensor:
     """Softmax attention of a block pattern, block size by block size, with SDPA.
 
-    On the CPU, blocks of at most :data:`~gtlib.attention.backends.windows.MAX_WINDOW` nodes
-    without bias or dropout go to the fused window kernel instead (one call for all blocks,
-    whatever their sizes; :mod:`gtlib.attention.backends.windows`) when it is built.
+    On the CPU, blocks of several sizes, of at most
+    :data:`~gtlib.attention.backends.windows.MAX_WINDOW` nodes, without bias or dropout go to the
+    fused window kernel instead when it is built (one call for all blocks whatever their sizes,
+    no gathers; :mod:`gtlib.attention.backends.windows`), e.g. octree windows.
 
     A per-edge ``bias [E, H]`` (caller order) is gathered into each block's ``[H, size, size]``
     additive mask (e.g. Swin's relative position bias); contiguous blocks are sliced.
