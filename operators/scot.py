@@ -12,7 +12,14 @@ from torch import Tensor, nn
 
 from gtlib.attention import Pattern, sparse_attention
 from gtlib.attention.cache import pattern_cache
-from gtlib.validation import check_finite, check_input, check_int, check_real, renamed_arguments
+from gtlib.validation import (
+    check_bool,
+    check_finite,
+    check_input,
+    check_int,
+    check_real,
+    renamed_arguments,
+)
 
 __all__ = ["ScOT"]
 
@@ -453,8 +460,8 @@ class ScOT(nn.Module):
         self.window_size = window_size
         self.skip_connection_blocks = skip_connection_blocks
         self.mlp_ratio = float(mlp_ratio)
-        self.time_conditioning = bool(time_conditioning)
-        self.periodic = bool(periodic)
+        self.time_conditioning = check_bool(time_conditioning, "time_conditioning")
+        self.periodic = check_bool(periodic, "periodic")
         self.check_shape(self.image_size, name="image_size")
 
         tc = self.time_conditioning

@@ -1148,6 +1148,12 @@ CASES = [
         r"\bx\b.*dtype",
         id="mlpscore-x-float64",
     ),
+    P(
+        lambda: MLPScore(2, drift=lambda x: x[:, :1], diffusion=1.0)(torch.randn(3, 2)),
+        ValueError,
+        r"drift",
+        id="mlpscore-drift-wrong-shape",
+    ),
     # ---------------------------------------------------------------- ParticleTransformer
     P(
         lambda: _particle_model(in_channels=-1),
@@ -1372,6 +1378,13 @@ CASES = [
         TypeError,
         r"\bx\b.*dtype",
         id="scot-x-float64",
+    ),
+    P(lambda: _scot(periodic="no"), TypeError, r"periodic", id="scot-periodic-str"),
+    P(
+        lambda: _scot(time_conditioning=1),
+        TypeError,
+        r"time_conditioning",
+        id="scot-time-conditioning-int",
     ),
     # ---------------------------------------------------------------- losses
     P(lambda: LpLoss(d=0), ValueError, r"\bd\b", id="lploss-d-zero"),

@@ -132,7 +132,13 @@ class MLPScore(Module):
         if self.skip is not None:
             h = h + self.skip(x)
         if self.drift is not None:
-            h = h + self.inverse_diffusion * self.drift(x)
+            drift = self.drift(x)
+            if not isinstance(drift, Tensor) or drift.shape != x.shape:
+                raise ValueError(
+                    f"drift must map x [B, {self.dim}] to a tensor of the same shape, got "
+                    f"{list(drift.shape) if isinstance(drift, Tensor) else type(drift).__name__}"
+                )
+            h = h + self.inverse_diffusion * drift
         return h
 
     def __repr__(self) -> str:
