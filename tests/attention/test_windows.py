@@ -95,7 +95,14 @@ def test_padded_chunks(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "sizes,routed", [([3, 5, 5, 2], True), ([64, 33], True), ([7, 7], False), ([200, 3], False)]
+    "sizes,routed",
+    [
+        ([3, 5, 5, 2], True),
+        ([64, 33, 33, 10], True),
+        ([7, 7], False),
+        ([9, 4], False),
+        ([200, 3, 1], False),
+    ],
 )
 def test_dense_backend_routes_block_patterns(sizes, routed):
     """attend(mode="dense") on block patterns equals the dense reference, through the window

@@ -12,7 +12,7 @@ from gtlib.attention.backends import windows as _windows
 def dense_attention(query, key, value, pattern, scale, dropout, bias=None, flex=None) -> Tensor:
     """Softmax attention of a block pattern, block size by block size, with SDPA.
 
-    On the CPU, blocks of several sizes, of at most
+    On the CPU, blocks of three sizes or more, of at most
     :data:`~gtlib.attention.backends.windows.MAX_WINDOW` nodes, without bias or dropout go to the
     fused window kernel instead when it is built (one call for all blocks whatever their sizes,
     no gathers; :mod:`gtlib.attention.backends.windows`), e.g. octree windows.

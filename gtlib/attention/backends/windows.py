@@ -329,11 +329,11 @@ def _check(query, key, value, ptr, index) -> None:
 
 def routes(query: Tensor, pattern) -> bool:
     """Whether the dense backend sends ``pattern`` (a block pattern) to the compiled window kernel:
-    float32/float64 CPU inputs, blocks of several sizes (one size is one SDPA call, faster than
-    the kernel), of at most :data:`MAX_WINDOW` nodes, the kernel built."""
+    float32/float64 CPU inputs, blocks of three sizes or more (one or two sizes are one or two
+    SDPA calls, faster than the kernel), of at most :data:`MAX_WINDOW` nodes, the kernel built."""
     if query.device.type != "cpu" or query.dtype not in (torch.float32, torch.float64):
         return False
-    if not pattern.blocks or len(pattern.blocks) < 2 or pattern.num_src != pattern.num_dst:
+    if not pattern.blocks or len(pattern.blocks) < 3 or pattern.num_src != pattern.num_dst:
         return False
     if max(block.size(1) for block in pattern.blocks) > MAX_WINDOW:
         return False
