@@ -357,6 +357,12 @@ CASES = [
     # ---------------------------------------------------------------- Pattern.full / windows
     P(lambda: Pattern.full(num_nodes=2.7), TypeError, r"num_nodes", id="full-num-nodes-float"),
     P(lambda: Pattern.full(num_nodes=-1), ValueError, r"num_nodes", id="full-num-nodes-negative"),
+    P(
+        lambda: Pattern.full(num_nodes=torch.tensor(3, device="meta")),
+        ValueError,
+        r"num_nodes.*meta",
+        id="full-num-nodes-meta",
+    ),
     P(lambda: Pattern.full(), ValueError, r"batch.*num_nodes", id="full-nothing"),
     P(lambda: Pattern.full(torch.tensor([0.0, 1.0])), TypeError, r"batch", id="full-batch-float"),
     P(

@@ -9,7 +9,6 @@ patterns from them. The neighbour search of :meth:`Pattern.radius` and :meth:`Pa
 from __future__ import annotations
 
 import math
-import operator
 import sys
 from collections.abc import Sequence
 from itertools import product
@@ -17,20 +16,15 @@ from itertools import product
 import torch
 from torch import Tensor
 
+from gtlib.validation import check_bool, check_int
+
 NumNodes = int | tuple[int, int] | None
 
 
 # ---------------------------------------------------------------------- sizes and batches
 def as_size(value, name: str) -> int:
     """A non-negative Python int from an integer (``bool`` and floats are refused)."""
-    if isinstance(value, bool) or (
-        isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex())
-    ):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    try:
-        size = operator.index(value)
-    except TypeError as error:
-        raise TypeError(f"{name} must be an int, got {value!r}") from error
+    size = check_int(value, name)
     if size < 0:
         raise ValueError(f"{name} must be non-negative, got {size}")
     return size
@@ -233,8 +227,6 @@ def full_blocks(batch: Tensor) -> list[Tensor]:
 def per_dim(value, dims: int, name: str, kind=int) -> list:
     """``value`` (one for all ``dims`` dimensions, or a sequence of ``dims``) as a list of ints
     (``kind=int``, integers only) or bools (``kind=bool``, bools only)."""
-    from gtlib.validation import check_bool, check_int
-
     if isinstance(value, (list, tuple)):
         if len(value) != dims:
             raise ValueError(f"{name} must have {dims} entries, got {len(value)}")
