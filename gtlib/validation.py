@@ -2,8 +2,10 @@
 
 One convention everywhere: :class:`TypeError` when an argument has the wrong type,
 :class:`ValueError` when it has the right type and a wrong value, and every message names the
-argument. Each checker returns the value in its canonical form (a Python ``int`` or ``float``, a
-tensor), so callers write ``k = check_int(k, "k", minimum=1)``.
+argument. Each checker returns the value in its canonical form (a Python ``int``, ``float`` or
+``bool``, a :class:`torch.device`, a tensor), so callers write
+``k = check_int(k, "k", minimum=1)``. :func:`check_input` is a module's input check in one call
+(floating point, the module's dtype and device, finite).
 
 Finiteness of tensors is checked where the documentation promises it. Checks that read a whole
 tensor (:func:`check_finite`) can be switched off for hot paths with

@@ -89,7 +89,9 @@ class LpLoss(nn.Module):
         \ell_b = \frac{\|\hat y_b - y_b\|_p}{\|y_b\|_p} \ \text{(relative; } h
         \text{ cancels)}, \quad \ell_b = \|\hat y_b - y_b\|_p \ \text{(absolute)},
 
-    reduced over the batch by ``"mean"`` or ``"sum"``.
+    reduced over the batch by ``"mean"`` or ``"sum"``. A relative loss refuses a target of
+    norm zero, ``"mean"`` refuses an empty batch, and NaN/inf inputs are refused (CPU tensors
+    by default, see :func:`gtlib.validation.set_finite_checks`): each raises a ``ValueError``.
 
     Args:
         d (int): Number of trailing spatial dimensions.

@@ -234,3 +234,29 @@ def test_large_gt_loader_refuses_non_finite_features():
         LargeGTLoader(data, num_tokens=2)
     with pytest.raises(TypeError, match="num_tokens must be an int"):
         LargeGTLoader(Data(x=torch.randn(6, 3), edge_index=data.edge_index), num_tokens=2.5)
+
+
+def test_check_bool_device_and_input():
+    from gtlib.validation import check_bool, check_device, check_input
+
+    assert check_bool(np.bool_(True), "flag") is True
+    assert check_bool(torch.tensor(False), "flag") is False
+    for bad in ("no", 1, None, torch.tensor([True, False])):
+        with pytest.raises(TypeError, match="flag must be a bool"):
+            check_bool(bad, "flag")
+    assert check_device("cpu") == torch.device("cpu") and check_device(None) is None
+    with pytest.raises(ValueError, match="device='gpu0' is not a device"):
+        check_device("gpu0")
+    with pytest.raises(TypeError, match="device must be a torch.device"):
+        check_device(1.5)
+    weight = torch.zeros(2)
+    x = torch.ones(3, 2)
+    assert check_input(x, "x", weight, dim=2) is x
+    with pytest.raises(TypeError, match="x has dtype torch.float64 but the layer's parameters"):
+        check_input(x.double(), "x", weight, owner="layer")
+    with pytest.raises(ValueError, match="x must have 3 dimensions"):
+        check_input(x, "x", weight, dim=3)
+    with pytest.raises(ValueError, match="x is on meta but the module's parameters on cpu"):
+        check_input(x.to("meta"), "x", weight)
+    with pytest.raises(ValueError, match="x contains 1 NaN"):
+        check_input(torch.tensor([1.0, float("nan")]), "x", weight)

@@ -59,6 +59,8 @@ def minimum_image(delta: Tensor, box: BoxLike | None) -> Tensor:
 
     Raises:
         TypeError: ``delta`` is not a floating-point tensor, or ``box`` is not numeric.
+        ValueError: a box length is not finite and ``> 0`` (a tensor ``box`` on an accelerator
+            is not read back for this check unless ``GTLIB_CHECK_FINITE=1``).
     """
     if not isinstance(delta, Tensor) or not delta.is_floating_point():
         raise TypeError(f"delta must be a floating-point tensor, got {_describe(delta)}")

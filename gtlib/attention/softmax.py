@@ -38,6 +38,14 @@ def segment_softmax(
 
     Shapes:
         scores ``[E, *]`` -> ``[E, *]``.
+
+    Raises:
+        TypeError: ``scores`` not a floating-point tensor, ``pattern_or_index`` neither a
+            :class:`Pattern` nor an int32/int64 tensor, ``num_segments`` not an int.
+        ValueError: NaN or ``+inf`` scores (on CPU by default, see
+            :func:`gtlib.validation.set_finite_checks`), shapes that disagree, indices outside
+            ``[0, num_segments)``, a meta index, or an inferred ``num_segments`` above
+            ``2**31`` (pass it explicitly).
     """
     if not isinstance(scores, Tensor) or not scores.dtype.is_floating_point:
         raise TypeError("scores must be a floating-point tensor [E, *]")
