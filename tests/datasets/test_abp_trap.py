@@ -74,9 +74,7 @@ def test_trapped_abp_moments_and_score_free_epr():
     # Non-interacting ABPs: E[e.x] = U / (A + D_r), E|x|^2 = (U^2/(A + D_r) + 2 D_t) / A, and
     # the score-free identity on the samples gives U^2 D_r / (D_t (A + D_r)) per particle.
     U, Dr, Dt, A, n = 1.0, 1.0, 0.5, 1.0, 4000
-    many = ActiveBrownianParticles(
-        n, v0=U, rotational_diffusion=Dr, eps=Dt, trap=A, k=0.0
-    )
+    many = ActiveBrownianParticles(n, v0=U, rotational_diffusion=Dr, eps=Dt, trap=A, k=0.0)
     run = simulate(many, 4, 5e-3, burn_in=10.0, spacing=3.0, seed=1, progress=False)
     samples = many.angle_state(run["pos"][:, 0], run["g"][:, 0]).reshape(-1, 3)
     pos, theta = samples[:, :2], samples[:, 2]
@@ -85,9 +83,7 @@ def test_trapped_abp_moments_and_score_free_epr():
     assert float((pos * pos).sum(-1).mean()) == pytest.approx(
         (U**2 / (A + Dr) + 2 * Dt) / A, rel=0.03
     )
-    one = ActiveBrownianParticles(
-        1, v0=U, rotational_diffusion=Dr, eps=Dt, trap=A, k=0.0
-    )
+    one = ActiveBrownianParticles(1, v0=U, rotational_diffusion=Dr, eps=Dt, trap=A, k=0.0)
     sigma, stderr = score_free_entropy_production(
         samples,
         lambda x: one.angle_drift(x[:, None, :])[:, 0, :],
