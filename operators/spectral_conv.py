@@ -243,6 +243,8 @@ class SpectralConv(nn.Module):
                 or modes, ``separable=True`` or ``max_n_modes != n_modes``); exactly one of the
                 two layers has a bias, or the bias has the wrong size; or unexpected keys.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         if self.factorization is not None:
             raise ValueError(
                 "load_neuralop_state_dict needs a dense SpectralConv (factorization=None), but "

@@ -1305,6 +1305,18 @@ CASES = [
         id="spectral-x-nan",
     ),
     P(
+        lambda: SpectralConv(2, 2, 4).load_neuralop_state_dict(None),
+        TypeError,
+        r"state_dict",
+        id="spectral-load-state-dict-none",
+    ),
+    P(
+        lambda: SpectralConv(2, 2, 4).load_neuralop_state_dict({"weight.tensor": torch.ones(2)}),
+        ValueError,
+        r"weight",
+        id="spectral-load-state-dict-real-weight",
+    ),
+    P(
         lambda: FNO(1, 1, 4, hidden_channels="8"),
         TypeError,
         r"hidden_channels",
