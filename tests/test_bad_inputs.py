@@ -1815,3 +1815,10 @@ def test_non_contiguous_int32_edge_index_and_array_lengths():
         loss = LpLoss(d=2, relative=False, L=lengths)(pred, target)
         h = 2.0 / 8 * 3.0 / 4  # the quadrature weight of one grid cell
         torch.testing.assert_close(loss, (h * (pred - target).pow(2).sum((1, 2, 3))).sqrt().mean())
+
+
+def test_triton_mode_on_cpu_tensors_without_the_interpreter_names_the_mode(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="mode='triton' needs Triton and a CUDA device"):
+        _attn(mode="triton")

@@ -18,6 +18,7 @@ sum, mean, max or given weights), and sends the call to a backend:
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -363,11 +364,22 @@ def _check_triton(pattern, spec, value, triton_dtype) -> None:
             "mode='triton' computes in float32: it takes float32, bfloat16 or float16 "
             f"tensors, got {None if value is None else value.dtype} (use mode='stream')"
         )
-    if not _triton_backend().available(pattern.device):
-        raise RuntimeError(
+    backend = _triton_backend()
+    if not backend.available(pattern.device):
+        # CPU tensors with Triton installed: the inputs do not fit the mode (a ValueError);
+        # no Triton: the environment lacks it (a RuntimeError)
+        installed = importlib.util.find_spec("triton") is not None
+        error = _ModeInputError if installed and pattern.device.type != "cuda" else RuntimeError
+        raise error(
             "mode='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 with CPU "
             f"tensors); the pattern is on {pattern.device}"
         )
+
+
+class _ModeInputError(ValueError, RuntimeError):
+    """A backend asked for by ``mode`` cannot take these inputs (e.g. ``mode="triton"`` with
+    CPU tensors): a :class:`ValueError` of the call, and a :class:`RuntimeError` as this error
+    was before."""
 
 
 def _check_user_inputs(pattern, src_inputs, dst_inputs, edge_inputs, score_mod, message_fn):
