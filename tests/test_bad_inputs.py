@@ -1822,3 +1822,23 @@ def test_triton_mode_on_cpu_tensors_without_the_interpreter_names_the_mode(monke
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="mode='triton' needs Triton and a CUDA device"):
         _attn(mode="triton")
+
+
+def test_int32_batch_vectors_build_the_int64_patterns():
+    batch = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    narrow = batch.to(torch.int32)
+    assert torch.equal(Pattern.full(narrow).edge_index, Pattern.full(batch).edge_index)
+    g1, g2 = (torch.Generator().manual_seed(11) for _ in range(2))
+    assert torch.equal(
+        Pattern.bigbird(narrow, generator=g1).edge_index,
+        Pattern.bigbird(batch, generator=g2).edge_index,
+    )
+    g1, g2 = (torch.Generator().manual_seed(12) for _ in range(2))
+    assert torch.equal(
+        Pattern.expander(batch=narrow, degree=1, generator=g1).edge_index,
+        Pattern.expander(batch=batch, degree=1, generator=g2).edge_index,
+    )
+    pos = _pos(9)
+    assert torch.equal(
+        Pattern.knn(pos, 2, batch=narrow).edge_index, Pattern.knn(pos, 2, batch=batch).edge_index
+    )

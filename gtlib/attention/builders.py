@@ -73,6 +73,9 @@ def batch_or_single_graph(
             raise ValueError(f"{caller} needs batch or a non-negative num_nodes")
         size = as_size(num_nodes, "num_nodes")
         return torch.zeros(size, dtype=torch.long, device=device)
+    if isinstance(batch, Tensor) and batch.dtype in (torch.int32, torch.int16, torch.int8,
+                                                     torch.uint8):  # fmt: skip
+        batch = batch.long()  # narrower integer ids are read as int64
     check_batch(batch)
     if num_nodes is not None and as_size(num_nodes, "num_nodes") != batch.numel():
         raise ValueError(
