@@ -43,7 +43,7 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 
 from gtlib.io import atomic_write
-from gtlib.validation import check_choice, check_int, describe
+from gtlib.validation import check_bool, check_choice, check_int, describe
 
 __all__ = [
     "META_FILE_NAME",
@@ -285,7 +285,7 @@ def read_csv_gz(
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
-    integer = _check_bool(integer, "integer")
+    integer = check_bool(integer, "integer")
     if num_columns is not None:
         num_columns = check_int(num_columns, "num_columns", minimum=1)
     path = Path(path)
@@ -496,13 +496,6 @@ def _infer_task_type(label: np.ndarray) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_bool(value: Any, name: str) -> bool:
-    """``value`` if it is a bool (``gtlib.validation`` has no such check yet)."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise TypeError(f"{name} must be a bool, got {describe(value)}")
-
-
 def _check_folder_name(value: Any, name: str) -> str:
     """A single folder name: a non-empty str without path separators."""
     if not isinstance(value, str):
@@ -528,7 +521,7 @@ def _check_dataset_args(
     if not name.strip():
         raise ValueError("name must be a non-empty dataset name, got ''")
     if add_inverse_edge is not None:
-        _check_bool(add_inverse_edge, "add_inverse_edge")
+        check_bool(add_inverse_edge, "add_inverse_edge")
     if split is not None:
         _check_folder_name(split, "split")
     for arg, value in (("transform", transform), ("pre_transform", pre_transform)):
@@ -561,8 +554,8 @@ class _OGBBase(InMemoryDataset):
         log: bool = False,
     ) -> None:
         _check_dataset_args(root, name, add_inverse_edge, split, transform, pre_transform)
-        force_reload = _check_bool(force_reload, "force_reload")
-        log = _check_bool(log, "log")
+        force_reload = check_bool(force_reload, "force_reload")
+        log = check_bool(log, "log")
         self.name = name
         self.dataset_dir = Path(root) / dataset_dir_name(name)
         if not self.dataset_dir.is_dir():

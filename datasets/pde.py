@@ -66,7 +66,7 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
 from gtlib.io import HDF5_ERRORS, read_hdf5
-from gtlib.validation import check_choice, check_int, check_tensor, describe
+from gtlib.validation import check_bool, check_choice, check_int, check_tensor, describe
 
 from ._pde_formats import (  # noqa: F401 - re-exported: gtlib.datasets.pde keeps these names
     _CFD_NAMES,
@@ -115,13 +115,6 @@ from ._pde_windows import (
 )
 
 __all__ = ["PDEDataset", "PDEFormatError"]
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    """``value`` if it is a bool (NumPy bools too); ``gtlib.validation`` has no such check."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise TypeError(f"{name} must be a bool, got {describe(value)}")
 
 
 def _check_path(value: Any, name: str) -> str:
@@ -260,8 +253,8 @@ class PDEDataset(Dataset):
         self.n_steps_input = check_int(n_steps_input, "n_steps_input", minimum=1)
         self.n_steps_output = check_int(n_steps_output, "n_steps_output", minimum=1)
         self.time_stride = check_int(time_stride, "time_stride", minimum=1)
-        self.all2all = _check_bool(all2all, "all2all")
-        self.normalize = _check_bool(normalize, "normalize")
+        self.all2all = check_bool(all2all, "all2all")
+        self.normalize = check_bool(normalize, "normalize")
         self.output = check_choice(output, "output", ("grid", "data"))
         if self.all2all and (self.n_steps_input != 1 or self.n_steps_output != 1):
             raise ValueError(
@@ -379,7 +372,7 @@ class PDEDataset(Dataset):
             )
         if not fields:
             raise ValueError("fields must name at least one field")
-        inverse = _check_bool(inverse, "inverse")
+        inverse = check_bool(inverse, "inverse")
         if channel_dim is None:
             channel_dim = -1 if self.output == "data" else -(self.n_spatial_dims + 1)
         channel_dim = check_int(

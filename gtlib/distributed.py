@@ -62,6 +62,7 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 from gtlib.io import atomic_torch_save, atomic_write_text
+from gtlib.validation import check_bool, check_int
 
 __all__ = [
     "ShardedBatchSampler",
@@ -449,30 +450,16 @@ class ShardedBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        if isinstance(data_source, bool):
-            raise TypeError("data_source must be a sized dataset or an int, got a bool")
-        if isinstance(data_source, int):
-            num_samples = data_source
-        elif isinstance(data_source, Sized):
+        if isinstance(data_source, Sized) and not isinstance(data_source, (str, bytes)):
             num_samples = len(data_source)
         else:
-            raise TypeError(
-                f"data_source must be a sized dataset or an int, got {type(data_source).__name__}"
-            )
-        if num_samples < 0:
-            raise ValueError(f"data_source: the length must be >= 0, got {num_samples}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+            num_samples = check_int(data_source, "data_source", minimum=0)
         self.rank, self.world_size = _rank_world(rank, world_size)
         self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.shuffle = bool(shuffle)
-        self.seed = seed
-        self.drop_last = bool(drop_last)
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.shuffle = check_bool(shuffle, "shuffle")
+        self.seed = check_int(seed, "seed")
+        self.drop_last = check_bool(drop_last, "drop_last")
         self.epoch = 0
 
     @property

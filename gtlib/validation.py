@@ -296,8 +296,8 @@ def resolve_act(act: Any, name: str = "act") -> Any:
 
 def renamed_arguments(**renames: str):
     """Decorator: keyword arguments renamed in gtlib's one vocabulary (``old="new"``) keep
-    working under their old names with a :class:`DeprecationWarning`; passing both is an
-    error."""
+    working under their old names with a :class:`FutureWarning` (shown to users by default, as
+    the warning of a public name that will go); passing both is an error."""
     import functools
     import warnings
 
@@ -310,7 +310,7 @@ def renamed_arguments(**renames: str):
                         raise TypeError(f"pass {new} only ({old} is its deprecated name)")
                     warnings.warn(
                         f"{function.__qualname__}: {old} is deprecated, use {new}",
-                        DeprecationWarning,
+                        FutureWarning,
                         stacklevel=2,
                     )
                     kwargs[new] = kwargs.pop(old)

@@ -1034,10 +1034,6 @@ CASES = [
         TypeError,
         r"shuffle",
         id="sharded-sampler-shuffle-str",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="gtlib/distributed.py: ShardedBatchSampler reads shuffle by its truth value",
-        ),
     ),
     # ---------------------------------------------------------------- LargeGT
     P(lambda: _large_gt(in_channels=0), ValueError, r"in_channels", id="largegt-in-zero"),
@@ -1765,11 +1761,11 @@ def test_deprecated_keyword_aliases_still_work_and_warn():
     kwargs = dict(
         patch_size=2, embed_dim=4, depths=(1, 1), window_size=2, skip_connection_blocks=(1, 0)
     )
-    with pytest.warns(DeprecationWarning, match="num_heads is deprecated, use heads"):
+    with pytest.warns(FutureWarning, match="num_heads is deprecated, use heads"):
         assert ScOT(1, 1, 8, num_heads=(1, 2), **kwargs).heads == (1, 2)
     with pytest.raises(TypeError, match="pass heads only"):
         ScOT(1, 1, 8, num_heads=(1, 2), heads=(1, 2), **kwargs)
-    with pytest.warns(DeprecationWarning, match="activation is deprecated, use act"):
+    with pytest.warns(FutureWarning, match="activation is deprecated, use act"):
         model = MgNO(1, 1, hidden_channels=4, n_layers=1, n_levels=2, activation="tanh")
     x = torch.randn(1, 1, 8, 8)
     reference = MgNO(1, 1, hidden_channels=4, n_layers=1, n_levels=2, act="tanh")

@@ -30,11 +30,10 @@ from gtlib.datasets.ogb import (
     KNOWN_META,
     META_FILE_NAME,
     OGBMeta,
-    _check_bool,
     dataset_dir_name,
 )
 from gtlib.io import remove_stale_temporaries, temporary_path
-from gtlib.validation import check_choice, check_int, check_real, describe
+from gtlib.validation import check_bool, check_choice, check_int, check_real, describe
 
 __all__ = ["ogb_like"]
 
@@ -192,7 +191,7 @@ def ogb_like(
         additional_edge_files=additional_edge_files, seed=seed, chunk_size=chunk_size,
         compresslevel=compresslevel, progress=progress,
     )  # fmt: skip
-    overwrite = _check_bool(overwrite, "overwrite")
+    overwrite = check_bool(overwrite, "overwrite")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / dataset_dir_name(name)
@@ -299,11 +298,11 @@ def _resolve_spec(root: Any, name: Any, kind: Any, **options: Any) -> _Spec:
     if options["num_nodes"] is None:
         options["num_nodes"] = 500 if kind == "node" else 20
     _check_counts(options)
-    options["progress"] = _check_bool(options["progress"], "progress")
+    options["progress"] = check_bool(options["progress"], "progress")
     inverse = options["add_inverse_edge"]
     if inverse is None:
         inverse = known.add_inverse_edge if known else kind == "graph"
-    options["add_inverse_edge"] = _check_bool(inverse, "add_inverse_edge")
+    options["add_inverse_edge"] = check_bool(inverse, "add_inverse_edge")
     options["split_type"] = options["split_type"] or (known.split if known else "random")
     _check_split(options["split_type"], options["split_sizes"])
     for key, prefix in (("additional_node_files", "node_"), ("additional_edge_files", "edge_")):

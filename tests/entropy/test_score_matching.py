@@ -233,7 +233,7 @@ def test_mlp_score_drift_parametrisation():
         MLPScore(3, drift=lambda y: y, diffusion=torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match="act must be one of"):
         MLPScore(3, act="tanh")
-    with pytest.warns(DeprecationWarning, match="activation is deprecated, use act"):
+    with pytest.warns(FutureWarning, match="activation is deprecated, use act"):
         assert MLPScore(3, activation="silu").act_name == "silu"
     with pytest.raises(ValueError, match="x"):
         MLPScore(3)(torch.zeros(4, 2))

@@ -392,7 +392,7 @@ def test_model_rejects_bad_input():
         LargeGT(4, 8, 3, num_tokens=3, mode="full")
     with pytest.raises(ValueError, match="a multiple of heads"):
         LargeGT(4, 9, 3, num_tokens=3, mode="local", heads=2)
-    with pytest.warns(DeprecationWarning, match="num_heads is deprecated, use heads"):
+    with pytest.warns(FutureWarning, match="num_heads is deprecated, use heads"):
         assert LargeGT(4, 8, 3, num_tokens=3, mode="local", num_heads=4).heads == 4
     with pytest.raises(ValueError, match="num_tokens"):
         LargeGT(4, 8, 3, num_tokens=0, mode="local")

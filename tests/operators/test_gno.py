@@ -460,11 +460,11 @@ def test_renamed_keywords_of_radius_pattern_and_kernel_integral():
     assert pattern_pairs(radius_pattern(data=data, queries=queries, radius=0.3)) == pattern_pairs(
         pattern
     )
-    with pytest.warns(DeprecationWarning, match="x is deprecated, use data"):
+    with pytest.warns(FutureWarning, match="x is deprecated, use data"):
         old = radius_pattern(x=data, y=queries, radius=0.3)  # the old names, the old meaning
     assert pattern_pairs(old) == pattern_pairs(pattern)
     a, b = torch.randn(30, 2), torch.randn(20, 2)
     f = torch.randn(1, 30, 2)
     new = kernel_integral(pattern, a, b, [], f_y=f)
-    with pytest.warns(DeprecationWarning, match="f is deprecated, use f_y"):
+    with pytest.warns(FutureWarning, match="f is deprecated, use f_y"):
         torch.testing.assert_close(kernel_integral(pattern, a, b, [], f=f), new)
