@@ -72,3 +72,31 @@ def test_first_order_backward_keeps_the_kernel():
     )
     for g, r in zip(grads, reference):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_window_kernel_double_backward_matches_padded():
+    from gtlib.attention.backends import windows
+
+    if not windows.available():
+        pytest.skip("the compiled window kernel is not built")
+    gen = torch.Generator().manual_seed(3)
+    n, heads, channels = 11, 2, 3
+    ptr = torch.tensor([0, 3, 4, 8, 10])  # windows of 3, 1, 4 and 2 tokens; row 10 in none
+    index = torch.randperm(n, generator=gen)[:10]
+
+    def leaf():
+        return torch.randn(n, heads, channels, generator=gen, dtype=torch.float64).requires_grad_()
+
+    q, k, v = leaf(), leaf(), leaf()
+    weight = torch.randn(n, heads, channels, generator=gen, dtype=torch.float64)
+    results = []
+    for compiled in (True, False):
+        out = windows.window_attention(q, k, v, ptr, index, compiled=compiled)
+        first = torch.autograd.grad((out * weight).sum(), (q, k, v), create_graph=True)
+        penalty = sum((g**2).sum() for g in first)
+        results.append(torch.autograd.grad(penalty, (q, k, v)))
+    for kernel, padded in zip(*results):
+        torch.testing.assert_close(kernel, padded, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradgradcheck(
+        lambda q, k, v: windows.window_attention(q, k, v, ptr, index, compiled=True), (q, k, v)
+    )

@@ -36,9 +36,9 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from gtlib.attention.backends import cpu
+from gtlib.attention.backends._autograd import differentiable_backward
 from gtlib.validation import check_index, check_tensor
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "window_attention.cpp"
@@ -196,7 +196,9 @@ def window_attention(
             are float32/float64 CPU tensors; ``False``: :func:`padded_window_attention`).
 
     Returns:
-        ``[N, H, C_v]``, differentiable (first order) in ``query``, ``key`` and ``value``.
+        ``[N, H, C_v]``, differentiable in ``query``, ``key`` and ``value`` (the kernel's backward
+        is first order; with ``create_graph=True`` it differentiates
+        :func:`padded_window_attention` instead, so higher derivatives are exact).
 
     Shapes:
         - **input:** query, key :math:`(N, H, C)`, value :math:`(N, H, C_v)`, ptr
@@ -290,9 +292,15 @@ class _WindowAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
         query, key, value, out, lse, ptr, index = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: gradients that differentiate again
+            rows = None if index.numel() == 0 else index
+            dq, dk, dv = differentiable_backward(
+                lambda q, k, v: padded_window_attention(q, k, v, ptr, rows, ctx.scale),
+                (query, key, value), ctx.needs_input_grad[:3], grad_out,
+            )  # fmt: skip
+            return dq, dk, dv, None, None, None
         dq, dk, dv = _STATE["module"].backward(
             grad_out.contiguous(), query, key, value, out, lse, ptr, index, ctx.scale
         )
