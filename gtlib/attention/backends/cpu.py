@@ -54,6 +54,7 @@ from gtlib.validation import check_real
 
 ENV_VAR = "GTLIB_FUSED_CPU"
 BUILD_DIR_VAR = "GTLIB_BUILD_DIR"
+HEADER = Path(__file__).resolve().parent / "csrc" / "fast_exp.h"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_attention.cpp"
 SCORES = ("dot", "additive", "gatv2")  # "gatv2" is sparse_attention's name for "additive"
 # -fno-trapping-math lets GCC if-convert and vectorize the selects (LeakyReLU, exp's range
@@ -197,7 +198,7 @@ def _import_library(name: str, path: Path) -> ModuleType:
 
 def _build() -> tuple[ModuleType, dict]:
     """Loads a cached build or compiles one (``-march=native`` first, then without it)."""
-    source = SOURCE.read_bytes()
+    source = SOURCE.read_bytes() + HEADER.read_bytes()  # the hash covers the shared header
     errors = []
     for flags in (_BASE_FLAGS + _NATIVE_FLAGS, _BASE_FLAGS):
         try:

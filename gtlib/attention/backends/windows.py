@@ -41,6 +41,7 @@ from gtlib.attention.backends import cpu
 from gtlib.attention.backends._autograd import differentiable_backward
 from gtlib.validation import check_index, check_tensor
 
+HEADER = Path(__file__).resolve().parent / "csrc" / "fast_exp.h"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "window_attention.cpp"
 # Largest window the dense backend routes to window attention (beyond it: SDPA per block size;
 # measured: SDPA is about 2x faster per block from 128 nodes on).
@@ -105,7 +106,7 @@ def _load() -> ModuleType | None:
 
 
 def _build() -> tuple[ModuleType, dict]:
-    source = SOURCE.read_bytes()
+    source = SOURCE.read_bytes() + HEADER.read_bytes()  # the hash covers the shared header
     errors = []
     for flags in (cpu._BASE_FLAGS + cpu._NATIVE_FLAGS, cpu._BASE_FLAGS):
         try:

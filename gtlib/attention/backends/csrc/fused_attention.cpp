@@ -35,6 +35,8 @@
 #endif
 #include <torch/csrc/utils/pybind.h>
 
+#include "fast_exp.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -47,6 +49,8 @@
 
 namespace {
 
+using gtlib::exp_of;
+using gtlib::fast_exp;
 using idx_t = int64_t;
 
 // Work (edges + rows) per chunk of rows; the chunking depends on the pattern only, so results
@@ -84,40 +88,6 @@ struct Scratch {
 inline void prefetch_row(const void* p, idx_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (idx_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 1);
-}
-
-// exp for float32, vectorizable (Cephes' expf polynomial, relative error below 1e-7); exactly 0
-// for x = -inf and below the normal range, inf above it, NaN for NaN.
-inline __attribute__((always_inline)) float fast_exp(float x) {
-  constexpr float lo = -87.33654475f, hi = 88.72283935f;
-  float xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
-  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(float));
-  y *= scale;
-  y = x < lo ? 0.0f : y;
-  y = x > hi ? std::numeric_limits<float>::infinity() : y;
-  return x != x ? x : y;
-}
-
-// exp: the vectorizable one for float32, libm for float64 (whose gradients are checked).
-template <typename T>
-inline T scalar_exp(T x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return fast_exp(x);
-  } else {
-    return std::exp(x);
-  }
 }
 
 // Boundaries splitting rows [0, rows) into `chunks` ranges of about equal cost ptr + row.
@@ -421,7 +391,7 @@ void softmax_rows(T* __restrict w, idx_t deg, idx_t H, const T* __restrict m, Sc
     }
   }
   for (idx_t x = 0; b + x < n; ++x) {
-    const T p = scalar_exp(w[b + x] - rep[x]);
+    const T p = exp_of(w[b + x] - rep[x]);
     w[b + x] = p;
     racc[x] += p;
   }

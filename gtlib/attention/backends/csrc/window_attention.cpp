@@ -20,6 +20,8 @@
 #include <ATen/ops/zeros_like.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include "fast_exp.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -31,40 +33,8 @@
 
 namespace {
 
+using gtlib::exp_of;
 using idx_t = int64_t;
-
-// exp for float32, vectorisable (Cephes' expf polynomial, relative error below 1e-7), as in
-// fused_attention.cpp; exactly 0 below the normal range (the -inf of an empty softmax row never
-// occurs here: every window holds its own query).
-inline __attribute__((always_inline)) float fast_exp(float x) {
-  constexpr float lo = -87.33654475f, hi = 88.72283935f;
-  float xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
-  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(float));
-  y *= scale;
-  y = x < lo ? 0.0f : y;
-  return x > hi ? std::numeric_limits<float>::infinity() : y;
-}
-
-template <typename T>
-inline T exp_of(T x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return fast_exp(x);
-  } else {
-    return std::exp(x);
-  }
-}
 
 template <typename T>
 struct Problem {
