@@ -1101,7 +1101,7 @@ CASES = [
         id="largegt-pos-enc-missing",
     ),
     # ---------------------------------------------------------------- MLPScore
-    P(lambda: MLPScore(0), ValueError, r"dim", id="mlpscore-dim-zero"),
+    P(lambda: MLPScore(0), ValueError, r"num_coordinates", id="mlpscore-num-coordinates-zero"),
     P(
         lambda: MLPScore(2, hidden_channels=2.0),
         TypeError,
@@ -1771,6 +1771,14 @@ def test_deprecated_keyword_aliases_still_work_and_warn():
     reference = MgNO(1, 1, hidden_channels=4, n_layers=1, n_levels=2, act="tanh")
     reference.load_state_dict(model.state_dict())
     torch.testing.assert_close(model(x), reference(x))
+    # MLPScore: ``dim`` (a spatial dimension elsewhere) renamed to num_coordinates
+    with pytest.warns(FutureWarning, match="dim is deprecated, use num_coordinates"):
+        score = MLPScore(dim=3, hidden_channels=8)
+    assert score.num_coordinates == 3
+    with pytest.warns(FutureWarning, match="num_coordinates"):
+        assert score.dim == 3
+    with pytest.raises(TypeError, match="pass num_coordinates only"):
+        MLPScore(dim=3, num_coordinates=3)
 
 
 def test_meta_tensors_propagate_shapes_through_block_attention():

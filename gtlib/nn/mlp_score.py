@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -41,7 +42,8 @@ class MLPScore(Module):
     the score-matching losses' ``noisy`` mask excludes those coordinates).
 
     Args:
-        dim: state dimension :math:`d`.
+        num_coordinates: state dimension :math:`d` (the coordinates of ``x``; ``dim`` is its
+            deprecated name: ``dim`` means a spatial dimension elsewhere in gtlib).
         hidden_channels: width of the hidden layers.
         num_layers: number of linear layers (``>= 1``; ``1`` is an affine map).
         act: ``"gelu"`` or ``"silu"`` (``activation`` is its deprecated name).
@@ -55,10 +57,10 @@ class MLPScore(Module):
         - **output:** ``[B, d]``.
     """
 
-    @renamed_arguments(activation="act")
+    @renamed_arguments(activation="act", dim="num_coordinates")
     def __init__(
         self,
-        dim: int,
+        num_coordinates: int,
         hidden_channels: int = 128,
         num_layers: int = 3,
         act: str = "gelu",
@@ -68,7 +70,7 @@ class MLPScore(Module):
     ) -> None:
         super().__init__()
         for name, value in (
-            ("dim", dim),
+            ("num_coordinates", num_coordinates),
             ("hidden_channels", hidden_channels),
             ("num_layers", num_layers),
         ):
@@ -79,7 +81,7 @@ class MLPScore(Module):
             raise ValueError("`drift` and `diffusion` must be given together")
         if drift is not None and not callable(drift):
             raise TypeError(f"`drift` must be callable, got {type(drift).__name__}")
-        self.dim = dim
+        self.num_coordinates = dim = num_coordinates
         self.hidden_channels = hidden_channels
         self.num_layers = num_layers
         self.act_name = act
@@ -120,10 +122,20 @@ class MLPScore(Module):
             torch.nn.init.zeros_(self.skip.weight)
             torch.nn.init.zeros_(self.skip.bias)
 
+    @property
+    def dim(self) -> int:
+        """Deprecated name of :attr:`num_coordinates`."""
+        warnings.warn(
+            "MLPScore.dim is deprecated, use num_coordinates", FutureWarning, stacklevel=2
+        )
+        return self.num_coordinates
+
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, "x", self.lins[0].weight, dim=2)
-        if x.shape[1] != self.dim:
-            raise ValueError(f"`x` must have shape [B, {self.dim}], got {tuple(x.shape)}")
+        if x.shape[1] != self.num_coordinates:
+            raise ValueError(
+                f"`x` must have shape [B, {self.num_coordinates}], got {tuple(x.shape)}"
+            )
         h = x
         for i, lin in enumerate(self.lins):
             h = lin(h)
@@ -135,7 +147,8 @@ class MLPScore(Module):
             drift = self.drift(x)
             if not isinstance(drift, Tensor) or drift.shape != x.shape:
                 raise ValueError(
-                    f"drift must map x [B, {self.dim}] to a tensor of the same shape, got "
+                    f"drift must map x [B, {self.num_coordinates}] to a tensor of the same shape, "
+                    "got "
                     f"{list(drift.shape) if isinstance(drift, Tensor) else type(drift).__name__}"
                 )
             h = h + self.inverse_diffusion * drift
@@ -143,7 +156,8 @@ class MLPScore(Module):
 
     def __repr__(self) -> str:
         return (
-            f"{self.__class__.__name__}({self.dim}, hidden_channels={self.hidden_channels}, "
+            f"{self.__class__.__name__}({self.num_coordinates}, "
+            f"hidden_channels={self.hidden_channels}, "
             f"num_layers={self.num_layers}, act={self.act_name!r}, "
             f"linear_skip={self.skip is not None}, drift_parametrised={self.drift is not None})"
         )
