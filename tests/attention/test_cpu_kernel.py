@@ -414,8 +414,9 @@ def test_failed_build_warns_once_or_raises(monkeypatch):
     def broken_build():
         raise OSError("no C++ compiler")
 
-    monkeypatch.setattr(cpu, "_STATE", cpu._State())
-    monkeypatch.setattr(cpu, "_build", broken_build)
+    state = cpu._State()
+    monkeypatch.setattr(state, "build", broken_build)
+    monkeypatch.setattr(cpu, "_STATE", state)
     monkeypatch.setenv(cpu.ENV_VAR, "auto")
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         assert cpu.available() is False
@@ -464,15 +465,14 @@ def test_build_retries_without_native_flags(monkeypatch):
     """When the -march=native build fails, the portable flags are tried."""
     tried = []
 
-    def fake_build_with(source, flags):
+    def fake_build_with(source, flags, path, prefix):
         tried.append(flags)
         if "-march=native" in flags:
             raise RuntimeError("unsupported -march")
         return "module", {"flags": list(flags)}
 
     monkeypatch.setattr(cpu, "_build_with", fake_build_with)
-    monkeypatch.setattr(cpu, "_smoke_test", lambda module: None)
-    module, info = cpu._build()
+    module, info = cpu._State(smoke_test=lambda module: None).build()
     assert module == "module" and "-march=native" not in info["flags"]
     assert len(tried) == 2 and "-O3" in tried[1]
 

@@ -67,18 +67,88 @@ _SETTINGS = {"0": "0", "off": "0", "false": "0", "1": "1", "on": "1", "true": "1
 
 
 class _State:
-    """What this process knows about the extension (guarded by ``_LOCK``)."""
+    """One compiled extension and what this process knows about it: built (or loaded from the
+    build cache) at most once, on first use, under ``GTLIB_FUSED_CPU``. The defaults describe the
+    fused sparse-attention kernel; :mod:`gtlib.attention.backends.windows` makes one for its
+    window kernel."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        prefix: str = "gtlib_fused_cpu",
+        source: Path | None = None,
+        smoke_test: Callable[[ModuleType], None] | None = None,
+        what: str = "fused CPU attention kernel",
+        owner: str = "gtlib.attention.backends.cpu",
+    ) -> None:
+        self.prefix = prefix
+        self.source = SOURCE if source is None else source
+        self.smoke_test = smoke_test  # None: this module's _smoke_test
+        self.what, self.owner = what, owner
         self.module: ModuleType | None = None
         self.tried = False
         self.error: str | None = None
         self.info: dict | None = None
         self.warned = False
+        self.lock = threading.Lock()
+
+    def available(self) -> bool:
+        mode = setting()
+        if mode == "0":
+            return False
+        module = self.load()
+        if module is None:
+            if mode == "1":
+                raise RuntimeError(
+                    f"{ENV_VAR}=1 requires the {self.what}, but building it failed: {self.error}"
+                )
+            if not self.warned:
+                self.warned = True
+                summary = self.error if len(self.error) <= 300 else self.error[:300] + " ..."
+                warnings.warn(
+                    f"gtlib's {self.what} could not be built ({summary}); using pure torch "
+                    f"(details: {self.owner}.build_info()). Set {ENV_VAR}=0 to silence this "
+                    "warning.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return module is not None
+
+    def build_info(self) -> dict | None:
+        with self.lock:
+            if self.info is not None:
+                return dict(self.info)
+            if self.error is not None:
+                return {"error": self.error}
+            return None
+
+    def load(self) -> ModuleType | None:
+        if self.tried:
+            return self.module
+        with self.lock:
+            if not self.tried:
+                try:
+                    self.module, self.info = self.build()
+                except Exception as err:  # noqa: BLE001 - any failure means "use the fallback"
+                    self.error = f"{type(err).__name__}: {err}".strip()
+                self.tried = True
+        return self.module
+
+    def build(self) -> tuple[ModuleType, dict]:
+        """Loads a cached build or compiles one (``-march=native`` first, then without it)."""
+        source = self.source.read_bytes() + HEADER.read_bytes()  # the hash covers the header
+        smoke_test = self.smoke_test or _smoke_test
+        errors = []
+        for flags in (_BASE_FLAGS + _NATIVE_FLAGS, _BASE_FLAGS):
+            try:
+                module, info = _build_with(source, flags, self.source, self.prefix)
+                smoke_test(module)
+                return module, info
+            except Exception as err:  # noqa: BLE001
+                errors.append(f"{' '.join(flags)}: {type(err).__name__}: {err}")
+        raise RuntimeError("; ".join(errors))
 
 
 _STATE = _State()
-_LOCK = threading.Lock()
 # pattern -> a view of it whose caller order is its receiver-sorted order (for the fallback)
 _SORTED_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -100,26 +170,7 @@ def available() -> bool:
     ``GTLIB_FUSED_CPU=0`` returns ``False`` without building. With ``GTLIB_FUSED_CPU=1`` a failed
     build raises :class:`RuntimeError`; otherwise it warns once and returns ``False``.
     """
-    mode = setting()
-    if mode == "0":
-        return False
-    module = _load()
-    if module is None:
-        if mode == "1":
-            raise RuntimeError(
-                f"{ENV_VAR}=1 requires the fused CPU kernel, but building it failed: {_STATE.error}"
-            )
-        if not _STATE.warned:
-            _STATE.warned = True
-            summary = _STATE.error if len(_STATE.error) <= 300 else _STATE.error[:300] + " ..."
-            warnings.warn(
-                f"gtlib's fused CPU attention kernel could not be built ({summary}); using pure "
-                f"torch (details: gtlib.attention.backends.cpu.build_info()). Set {ENV_VAR}=0 to "
-                "silence this warning.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    return module is not None
+    return _STATE.available()
 
 
 def build_info() -> dict | None:
@@ -130,25 +181,11 @@ def build_info() -> dict | None:
     an earlier build), ``load_seconds`` (this process's build or load), ``torch`` (version); after
     a failed build only ``error``.
     """
-    with _LOCK:
-        if _STATE.info is not None:
-            return dict(_STATE.info)
-        if _STATE.error is not None:
-            return {"error": _STATE.error}
-        return None
+    return _STATE.build_info()
 
 
 def _load() -> ModuleType | None:
-    if _STATE.tried:
-        return _STATE.module
-    with _LOCK:
-        if not _STATE.tried:
-            try:
-                _STATE.module, _STATE.info = _build()
-            except Exception as err:  # noqa: BLE001 - any failure means "use the fallback"
-                _STATE.error = f"{type(err).__name__}: {err}".strip()
-            _STATE.tried = True
-    return _STATE.module
+    return _STATE.load()
 
 
 def _cpu_fingerprint() -> str:
@@ -163,13 +200,13 @@ def _cpu_fingerprint() -> str:
     return fingerprint
 
 
-def _extension_name(source: bytes, flags: tuple[str, ...]) -> str:
+def _extension_name(source: bytes, flags: tuple[str, ...], prefix: str = "gtlib_fused_cpu") -> str:
     digest = hashlib.sha256(source)
     parts = [*flags, *_LDFLAGS, torch.__version__, sys.version, platform.platform()]
     if any(flag.startswith("-march") for flag in flags):
         parts.append(_cpu_fingerprint())
     digest.update("\0".join(parts).encode())
-    return f"gtlib_fused_cpu_{digest.hexdigest()[:16]}"
+    return f"{prefix}_{digest.hexdigest()[:16]}"
 
 
 def _build_directory(name: str) -> Path:
@@ -197,21 +234,15 @@ def _import_library(name: str, path: Path) -> ModuleType:
 
 
 def _build() -> tuple[ModuleType, dict]:
-    """Loads a cached build or compiles one (``-march=native`` first, then without it)."""
-    source = SOURCE.read_bytes() + HEADER.read_bytes()  # the hash covers the shared header
-    errors = []
-    for flags in (_BASE_FLAGS + _NATIVE_FLAGS, _BASE_FLAGS):
-        try:
-            module, info = _build_with(source, flags)
-            _smoke_test(module)
-            return module, info
-        except Exception as err:  # noqa: BLE001
-            errors.append(f"{' '.join(flags)}: {type(err).__name__}: {err}")
-    raise RuntimeError("; ".join(errors))
+    return _STATE.build()
 
 
-def _build_with(source: bytes, flags: tuple[str, ...]) -> tuple[ModuleType, dict]:
-    name = _extension_name(source, flags)
+def _build_with(
+    source: bytes, flags: tuple[str, ...], path: Path = SOURCE, prefix: str = "gtlib_fused_cpu"
+) -> tuple[ModuleType, dict]:
+    """Loads the build of ``path`` (whose bytes and headers are ``source``) with ``flags`` from
+    the build cache, or compiles it there."""
+    name = _extension_name(source, flags, prefix)
     directory = _build_directory(name)
     library = directory / f"{name}.so"
     marker = directory / f"{name}.json"
@@ -226,7 +257,7 @@ def _build_with(source: bytes, flags: tuple[str, ...]) -> tuple[ModuleType, dict
 
     module = cpp_extension.load(
         name=name,
-        sources=[str(SOURCE)],
+        sources=[str(path)],
         extra_cflags=list(flags),
         extra_ldflags=list(_LDFLAGS),
         build_directory=str(directory),

@@ -22,14 +22,7 @@ Two implementations compute the same thing:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import sys
-import threading
-import time
-import warnings
 import weakref
 from pathlib import Path
 from types import ModuleType
@@ -41,7 +34,6 @@ from gtlib.attention.backends import cpu
 from gtlib.attention.backends._autograd import differentiable_backward
 from gtlib.validation import check_index, check_tensor
 
-HEADER = Path(__file__).resolve().parent / "csrc" / "fast_exp.h"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "window_attention.cpp"
 # Largest window the dense backend routes to window attention (beyond it: SDPA per block size;
 # measured: SDPA is about 2x faster per block from 128 nodes on).
@@ -49,8 +41,6 @@ MAX_WINDOW = 128
 # Scores held at once by the padded implementation: windows x heads x size x size (chunks).
 PADDED_CHUNK_SCORES = 1 << 24
 
-_LOCK = threading.Lock()
-_STATE = {"tried": False, "module": None, "error": None, "info": None, "warned": False}
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -58,101 +48,16 @@ _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def available() -> bool:
     """Whether the compiled window kernel is usable; builds (or loads) it on the first call.
 
-    Follows ``GTLIB_FUSED_CPU`` like :func:`gtlib.attention.backends.cpu.available`.
+    Follows ``GTLIB_FUSED_CPU`` like :func:`gtlib.attention.backends.cpu.available` (same build
+    cache, flags and fallback rules).
     """
-    mode = cpu.setting()
-    if mode == "0":
-        return False
-    module = _load()
-    if module is None:
-        if mode == "1":
-            raise RuntimeError(
-                f"{cpu.ENV_VAR}=1 requires the window attention kernel, but building it failed: "
-                f"{_STATE['error']}"
-            )
-        if not _STATE["warned"]:
-            _STATE["warned"] = True
-            warnings.warn(
-                f"gtlib's window attention kernel could not be built ({_STATE['error'][:300]}); "
-                f"using pure torch. Set {cpu.ENV_VAR}=0 to silence this warning.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    return module is not None
+    return _STATE.available()
 
 
 def build_info() -> dict | None:
     """How the extension was obtained (keys as :func:`gtlib.attention.backends.cpu.build_info`),
     ``{"error": ...}`` after a failed build, ``None`` before the first use."""
-    with _LOCK:
-        if _STATE["info"] is not None:
-            return dict(_STATE["info"])
-        if _STATE["error"] is not None:
-            return {"error": _STATE["error"]}
-        return None
-
-
-def _load() -> ModuleType | None:
-    if _STATE["tried"]:
-        return _STATE["module"]
-    with _LOCK:
-        if not _STATE["tried"]:
-            try:
-                _STATE["module"], _STATE["info"] = _build()
-            except Exception as err:  # noqa: BLE001 - any failure means "use pure torch"
-                _STATE["error"] = f"{type(err).__name__}: {err}".strip()
-            _STATE["tried"] = True
-    return _STATE["module"]
-
-
-def _build() -> tuple[ModuleType, dict]:
-    source = SOURCE.read_bytes() + HEADER.read_bytes()  # the hash covers the shared header
-    errors = []
-    for flags in (cpu._BASE_FLAGS + cpu._NATIVE_FLAGS, cpu._BASE_FLAGS):
-        try:
-            module, info = _build_with(source, flags)
-            _smoke_test(module)
-            return module, info
-        except Exception as err:  # noqa: BLE001
-            errors.append(f"{' '.join(flags)}: {type(err).__name__}: {err}")
-    raise RuntimeError("; ".join(errors))
-
-
-def _build_with(source: bytes, flags: tuple[str, ...]) -> tuple[ModuleType, dict]:
-    import platform
-
-    digest = hashlib.sha256(source)
-    parts = [*flags, *cpu._LDFLAGS, torch.__version__, sys.version, platform.platform()]
-    if any(flag.startswith("-march") for flag in flags):
-        parts.append(cpu._cpu_fingerprint())
-    digest.update("\0".join(parts).encode())
-    name = f"gtlib_window_cpu_{digest.hexdigest()[:16]}"
-    directory = cpu._build_directory(name)
-    library, marker = directory / f"{name}.so", directory / f"{name}.json"
-    start = time.perf_counter()
-    if library.exists() and marker.exists():  # built earlier, by this or another process
-        module = cpu._import_library(name, library)
-        info = json.loads(marker.read_text())
-        info.update(cached=True, load_seconds=time.perf_counter() - start)
-        return module, info
-    from torch.utils import cpp_extension
-
-    module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=list(flags),
-                                extra_ldflags=list(cpu._LDFLAGS), build_directory=str(directory),
-                                verbose=False)  # fmt: skip
-    seconds = time.perf_counter() - start
-    info = {"name": name, "path": str(library), "flags": list(flags),
-            "seconds": round(seconds, 3), "torch": torch.__version__}  # fmt: skip
-    temporary = marker.with_suffix(f".json.{os.getpid()}")
-    temporary.write_text(json.dumps(info))
-    try:  # atomic: the first process to finish records the build
-        os.link(temporary, marker)
-    except OSError:
-        info = json.loads(marker.read_text())
-    finally:
-        temporary.unlink(missing_ok=True)
-    info.update(cached=False, load_seconds=seconds)
-    return module, info
+    return _STATE.build_info()
 
 
 def _smoke_test(module: ModuleType) -> None:
@@ -168,6 +73,15 @@ def _smoke_test(module: ModuleType) -> None:
         or abs(float(lse[0, 0]) - math.log(e + 1.0)) > 1e-5
     ):
         raise RuntimeError("the compiled window kernel failed its self-test")
+
+
+_STATE = cpu._State(
+    prefix="gtlib_window_cpu",
+    source=SOURCE,
+    smoke_test=_smoke_test,
+    what="window attention kernel",
+    owner="gtlib.attention.backends.windows",
+)
 
 
 # ---------------------------------------------------------------------------------- public API
@@ -287,7 +201,7 @@ def block_layout(pattern) -> tuple[Tensor, Tensor | None, int]:
 class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, ptr, index, scale):
-        out, lse = _STATE["module"].forward(query, key, value, ptr, index, scale)
+        out, lse = _STATE.module.forward(query, key, value, ptr, index, scale)
         ctx.save_for_backward(query, key, value, out, lse, ptr, index)
         ctx.scale = scale
         return out
@@ -302,7 +216,7 @@ class _WindowAttention(torch.autograd.Function):
                 (query, key, value), ctx.needs_input_grad[:3], grad_out,
             )  # fmt: skip
             return dq, dk, dv, None, None, None
-        dq, dk, dv = _STATE["module"].backward(
+        dq, dk, dv = _STATE.module.backward(
             grad_out.contiguous(), query, key, value, out, lse, ptr, index, ctx.scale
         )
         return dq, dk, dv, None, None, None
