@@ -10,6 +10,7 @@ a dense float64 softmax attention, PyG's ``softmax``/``scatter`` and brute-force
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 
@@ -31,6 +32,8 @@ from gtlib.attention import (
 from gtlib.loader import LargeGTLoader
 from gtlib.nn import LargeGT, MLPScore, ParticleTransformer
 from gtlib.operators import FNO, H1Loss, LpLoss, MgNO, ScOT, SpectralConv
+
+HAS_TORCH_SPARSE = importlib.util.find_spec("torch_sparse") is not None
 
 NAN, INF = float("nan"), float("inf")
 
@@ -313,6 +316,7 @@ CASES = [
         ValueError,
         r"num_nodes",
         id="sparse-tensor-size-mismatch",
+        marks=pytest.mark.skipif(not HAS_TORCH_SPARSE, reason="needs torch-sparse"),
     ),
     P(lambda: Pattern.cached(_edges(), 2.5), TypeError, r"num_nodes", id="cached-num-nodes"),
     P(
@@ -1669,19 +1673,18 @@ def test_empty_and_single_node_block_patterns():
 
 
 def test_sparse_adjacencies_with_duplicates_equal_the_edge_list():
-    from torch_sparse import SparseTensor
-
     edge_index = _random_edges(5, 4, 12, seed=6)
     values = torch.ones(edge_index.size(1))
     reference = Pattern.from_edge_index(edge_index, (5, 4))
     coo = torch.sparse_coo_tensor(edge_index.flip(0), values, (4, 5))  # uncoalesced: duplicates
     q, k, v = _qkv(n=5, seed=7)
     expected = sparse_attention(q[:4], k, v, reference)
-    for adjacency in (
-        coo,
-        SparseTensor(row=edge_index[1], col=edge_index[0], sparse_sizes=(4, 5)),
-        torch.sparse_coo_tensor(edge_index.flip(0), values, (4, 5)).to_sparse_csr(),
-    ):
+    adjacencies = [coo, torch.sparse_coo_tensor(edge_index.flip(0), values, (4, 5)).to_sparse_csr()]
+    if HAS_TORCH_SPARSE:  # torch-sparse is an optional extra
+        from torch_sparse import SparseTensor
+
+        adjacencies.append(SparseTensor(row=edge_index[1], col=edge_index[0], sparse_sizes=(4, 5)))
+    for adjacency in adjacencies:
         pattern = Pattern.from_edge_index(adjacency)
         assert pattern.num_edges == edge_index.size(1) or adjacency.layout == torch.sparse_csr
         out = sparse_attention(q[:4], k, v, pattern)
