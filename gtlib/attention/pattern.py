@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -125,6 +126,16 @@ class Pattern:
         self._csr_indices: dict[str, tuple[Tensor, Tensor]] = {}
         self._deduplicated: tuple[Tensor, Tensor, Tensor] | None = None
         self._block_positions: list[Tensor] | None = None
+        self._derived: dict[str, Any] = {}
+
+    def derived(self, key: str, build: Callable[[], Any]) -> Any:
+        """A value computed once from this pattern and kept with it: ``build()`` on the first
+        call with ``key``, the same object afterwards. Backends keep their per-pattern layouts
+        here (like :meth:`transpose_csr`), not in caches of their own; not pickled, and rebuilt
+        after unpickling."""
+        if key not in self._derived:
+            self._derived[key] = build()
+        return self._derived[key]
 
     # ------------------------------------------------------------------ edges of blocks
     @property

@@ -491,3 +491,19 @@ def test_bad_indices_are_named():
         Pattern.from_edge_index(torch.zeros(2, 3, dtype=torch.long, device="meta"), 3)
     with pytest.raises(TypeError, match="integer dtype"):
         Pattern.from_edge_index(torch.zeros(2, 3, dtype=torch.complex64), 3)
+
+
+def test_derived_values_are_built_once_kept_and_not_pickled():
+    import pickle
+
+    pattern = Pattern.from_edge_index(torch.tensor([[0, 1, 2], [1, 2, 0]]), num_nodes=3)
+    calls = []
+
+    def build():
+        calls.append(1)
+        return torch.arange(3)
+
+    first = pattern.derived("test.key", build)
+    assert pattern.derived("test.key", build) is first and calls == [1]
+    restored = pickle.loads(pickle.dumps(pattern))
+    assert restored.derived("test.key", build) is not first and calls == [1, 1]

@@ -39,7 +39,6 @@ import sys
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -149,8 +148,6 @@ class _State:
 
 
 _STATE = _State()
-# pattern -> a view of it whose caller order is its receiver-sorted order (for the fallback)
-_SORTED_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------------- building
@@ -537,12 +534,13 @@ def _sorted_view(pattern: Pattern) -> Pattern:
     """``pattern`` with its receiver-sorted order as the caller order (cached per pattern)."""
     if pattern.perm is None:
         return pattern
-    view = _SORTED_VIEWS.get(pattern)
-    if view is None:
+
+    def build() -> Pattern:
         view = Pattern(pattern.ptr, pattern.col, pattern.num_src, pattern.num_dst, row=pattern.row)
         view._unique_edges = pattern._unique_edges
-        _SORTED_VIEWS[pattern] = view
-    return view
+        return view
+
+    return pattern.derived("cpu.sorted_view", build)
 
 
 def _fallback(pattern: Pattern, args: tuple, weights: bool) -> Tensor:

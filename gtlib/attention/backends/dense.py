@@ -67,7 +67,11 @@ def dense_attention(query, key, value, pattern, scale, dropout, bias=None, flex=
 
 def _block_order(pattern) -> tuple[Tensor | None, bool]:
     """The nodes of all blocks, block after block, and whether they are ``0..num_dst-1`` in
-    order (then no gather or scatter is needed)."""
+    order (then no gather or scatter is needed). Kept with the pattern."""
+    return pattern.derived("dense.block_order", lambda: _find_block_order(pattern))
+
+
+def _find_block_order(pattern) -> tuple[Tensor | None, bool]:
     starts = pattern.block_starts()
     position = 0
     for block, start in zip(pattern.blocks, starts, strict=True):

@@ -23,7 +23,6 @@ Two implementations compute the same thing:
 from __future__ import annotations
 
 import math
-import weakref
 from pathlib import Path
 from types import ModuleType
 
@@ -41,7 +40,7 @@ MAX_WINDOW = 128
 # Scores held at once by the padded implementation: windows x heads x size x size (chunks).
 PADDED_CHUNK_SCORES = 1 << 24
 
-_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LAYOUT = "windows.layout"  # the key of the window layout in Pattern.derived
 
 
 # ---------------------------------------------------------------------------------- building
@@ -177,9 +176,9 @@ def padded_window_attention(
 
 def block_layout(pattern) -> tuple[Tensor, Tensor | None, int]:
     """A block pattern as windows: ``(ptr, index, largest block)``, ``index`` ``None`` when the
-    blocks are the nodes ``0..N-1`` in order. Cached per pattern."""
-    layout = _LAYOUTS.get(pattern)
-    if layout is None:
+    blocks are the nodes ``0..N-1`` in order. Kept with the pattern (:meth:`Pattern.derived`)."""
+
+    def build() -> tuple[Tensor, Tensor | None, int]:
         blocks = pattern.blocks
         device = blocks[0].device if blocks else torch.device("cpu")
         sizes = torch.cat([
@@ -193,9 +192,9 @@ def block_layout(pattern) -> tuple[Tensor, Tensor | None, int]:
             if torch.equal(index, torch.arange(index.numel(), device=device)):
                 index = None
         largest = int(sizes.max()) if sizes.numel() else 0
-        layout = (ptr, index, largest)
-        _LAYOUTS[pattern] = layout
-    return layout
+        return ptr, index, largest
+
+    return pattern.derived(_LAYOUT, build)
 
 
 class _WindowAttention(torch.autograd.Function):
@@ -266,9 +265,13 @@ def routes(query: Tensor, pattern) -> bool:
 def register_layout(pattern, ptr: Tensor, index: Tensor | None) -> None:
     """Records the window layout of a block pattern whose blocks are the windows
     ``ptr[w]:ptr[w + 1]`` of ``index`` (so that :func:`block_layout` keeps that order, e.g. an
-    octree's serialisation, instead of grouping the blocks by size)."""
+    octree's serialisation, instead of grouping the blocks by size). Call it before the
+    pattern's first use; the windows must be the pattern's blocks."""
     sizes = ptr[1:] - ptr[:-1]
     largest = int(sizes.max()) if sizes.numel() else 0
+    expected = sum(block.numel() for block in pattern.blocks)
+    if int(ptr[-1]) != expected or largest > max((b.size(1) for b in pattern.blocks), default=0):
+        raise ValueError("the window layout does not cover the pattern's blocks")
     if index is not None and torch.equal(index, torch.arange(index.numel(), device=index.device)):
         index = None
-    _LAYOUTS[pattern] = (ptr, index, largest)
+    pattern.derived(_LAYOUT, lambda: (ptr, index, largest))
