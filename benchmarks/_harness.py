@@ -76,9 +76,13 @@ def time_steps(step: Callable[[], None], repeat: int) -> dict:
     }
 
 
-def run_child(script: str, spec: str, repeat: int, tuned: bool) -> tuple[dict | None, str]:
-    """Runs ``script --child spec`` in a fresh process; returns (record, error line)."""
+def run_child(
+    script: str, spec: str, repeat: int, tuned: bool, extra_env: dict | None = None
+) -> tuple[dict | None, str]:
+    """Runs ``script --child spec`` in a fresh process (``extra_env`` added to its environment);
+    returns (record, error line)."""
     env = dict(os.environ)
+    env.update(extra_env or {})
     if tuned:
         env["MALLOC_MMAP_MAX_"] = "0"
     load = load_average()

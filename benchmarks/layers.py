@@ -5,6 +5,7 @@ Every configuration runs in its own subprocess; memory is peak RSS above the inp
     python benchmarks/layers.py                        # all layers
     python benchmarks/layers.py --layers gatv2 gps --repeat 5
     python benchmarks/layers.py --tuned                # MALLOC_MMAP_MAX_=0 for every run
+    python benchmarks/layers.py --release-memory       # GTLIB_RELEASE_MEMORY=1 for gtlib's runs
 
 GATv2Conv, TransformerConv and GATConv: 50k nodes, 1M random edges, x [N, 128], 4 heads x 32,
 PyG's defaults (self-loops added). GPSConv (multihead, GINConv as the local conv): a batch of
@@ -142,6 +143,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tuned", action="store_true", help="MALLOC_MMAP_MAX_=0 for every run")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (best kept)")
+    parser.add_argument(
+        "--release-memory",
+        action="store_true",
+        help="GTLIB_RELEASE_MEMORY=1 for gtlib's runs (free heap pages released each backward)",
+    )
     parser.add_argument("--out", default="benchmarks/results/layers.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -154,7 +160,11 @@ def main() -> None:
     for _ in range(args.rounds):
         for layer in args.layers:
             for impl in LAYERS[layer]:
-                record, error = run_child(__file__, f"{layer}:{impl}", args.repeat, args.tuned)
+                release = args.release_memory and impl == "gtlib"
+                extra = {"GTLIB_RELEASE_MEMORY": "1"} if release else {}
+                record, error = run_child(
+                    __file__, f"{layer}:{impl}", args.repeat, args.tuned, extra
+                )
                 if record is None:
                     print(f"{layer:12s} {impl:6s} skipped: {error}")
                     continue
@@ -171,6 +181,7 @@ def main() -> None:
     results = list(best.values())
     summary = machine_summary(args.tuned)
     summary["rounds"] = args.rounds
+    summary["release_memory"] = args.release_memory
     summary["results"] = results
     print(f"\n{summary['date']}, {summary['machine']}, allocator: {summary['allocator']}")
     print("| layer | PyG | gtlib | gtlib / PyG time, memory | DGL |")

@@ -47,13 +47,14 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from gtlib.attention.backends import _memory
 from gtlib.attention.backends._autograd import differentiable_backward
 from gtlib.attention.pattern import Pattern
 from gtlib.validation import check_real
 
 ENV_VAR = "GTLIB_FUSED_CPU"
 BUILD_DIR_VAR = "GTLIB_BUILD_DIR"
-HEADER = Path(__file__).resolve().parent / "csrc" / "fast_exp.h"
+HEADERS = tuple(sorted((Path(__file__).resolve().parent / "csrc").glob("*.h")))
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_attention.cpp"
 SCORES = ("dot", "additive", "gatv2")  # "gatv2" is sparse_attention's name for "additive"
 # -fno-trapping-math lets GCC if-convert and vectorize the selects (LeakyReLU, exp's range
@@ -134,7 +135,8 @@ class _State:
 
     def build(self) -> tuple[ModuleType, dict]:
         """Loads a cached build or compiles one (``-march=native`` first, then without it)."""
-        source = self.source.read_bytes() + HEADER.read_bytes()  # the hash covers the header
+        # the hash covers the shared headers
+        source = self.source.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
         smoke_test = self.smoke_test or _smoke_test
         errors = []
         for flags in (_BASE_FLAGS + _NATIVE_FLAGS, _BASE_FLAGS):
@@ -422,6 +424,7 @@ class _FusedAttention(torch.autograd.Function):
         query, key, value, att, key_edge, value_edge, bias, weights = saved
         need_q, need_k, need_v, need_att, need_ek, need_ev, need_bias = needs
         pattern = ctx.pattern
+        _memory.release(_moved_bytes(query, key, value, pattern))
         transposed = pattern.transpose_csr() if need_k or need_v else (None, None, None)
         grads = _STATE.module.backward(
             grad_out.contiguous(), query, key, value, key_edge, value_edge, bias, att,
@@ -431,6 +434,12 @@ class _FusedAttention(torch.autograd.Function):
         )  # fmt: skip
         gq, gk, gv, gek, gev, gbias, gatt = grads
         return gq, gk, gv, gatt, gek, gev, gbias, None, None, None, None
+
+
+def _moved_bytes(query: Tensor, key: Tensor, value: Tensor, pattern: Pattern) -> int:
+    """Bytes of the node tables and the per-edge weights of one kernel call."""
+    tables = query.numel() + key.numel() + value.numel()
+    return (tables + pattern.num_edges * query.size(1)) * query.element_size()
 
 
 def _reference(pattern, additive, slope, scale, query, key, value, att, key_edge, value_edge,
