@@ -45,8 +45,7 @@ def _problem(seed=0, num_nodes=40, num_edges=300, heads=2, channels=8):
     edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=gen)
     pattern = Pattern.from_edge_index(edge_index, num_nodes)
     q, k, v = (
-        torch.randn(num_nodes, heads, channels, generator=gen, requires_grad=True)
-        for _ in range(3)
+        torch.randn(num_nodes, heads, channels, generator=gen, requires_grad=True) for _ in range(3)
     )
     return pattern, q, k, v
 
