@@ -201,13 +201,13 @@ class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, ptr, index, scale):
         out, lse = _STATE.module.forward(query, key, value, ptr, index, scale)
-        ctx.save_for_backward(query, key, value, out, lse, ptr, index)
+        ctx.save_for_backward(query, key, value, lse, ptr, index)
         ctx.scale = scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, value, out, lse, ptr, index = ctx.saved_tensors
+        query, key, value, lse, ptr, index = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: gradients that differentiate again
             rows = None if index.numel() == 0 else index
             dq, dk, dv = differentiable_backward(
@@ -216,7 +216,7 @@ class _WindowAttention(torch.autograd.Function):
             )  # fmt: skip
             return dq, dk, dv, None, None, None
         dq, dk, dv = _STATE.module.backward(
-            grad_out.contiguous(), query, key, value, out, lse, ptr, index, ctx.scale
+            grad_out.contiguous(), query, key, value, lse, ptr, index, ctx.scale
         )
         return dq, dk, dv, None, None, None
 
