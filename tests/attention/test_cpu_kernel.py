@@ -205,6 +205,97 @@ def test_gradients_match_reference_float32(kernel, score, channels):
 
 
 @pytest.mark.parametrize("score", ["dot", "additive"])
+@pytest.mark.parametrize("extras", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels", [32, 5])
+def test_key_is_value_against_reference(kernel, score, extras, dtype, channels):
+    """Key and value one tensor (GATv2's x_l: the receiver sweeps run as one): outputs, weights
+    and gradients against the dense float64 reference, the shared tensor's gradient summing both
+    roles; and the same as with a copy of the table (the two-sweep path)."""
+    pattern, tensors = make_problem(6, num_src=30, num_dst=25, num_edges=300, heads=5,
+                                    channels=channels, value_channels=channels)  # fmt: skip
+    names = ["key_edge", "value_edge", "bias"] if extras else []
+    names += ["att"] if score != "dot" else []
+    grad_out = torch.randn(25, 5, channels, dtype=torch.float64)
+
+    def run(shared: bool, reference: bool = False):
+        work = torch.float64 if reference else dtype
+        table = tensors["key"].to(work).requires_grad_()
+        query = tensors["query"].to(work).requires_grad_()
+        extra = {n: tensors[n].to(work).requires_grad_() for n in names}
+        value = table if shared else table.detach().clone().requires_grad_()
+        if reference:
+            out, _ = dense_reference(query, table, value, pattern, score=score, scale=0.6,
+                                     **extra)  # fmt: skip
+        else:
+            out = cpu.fused_attention(query, table, value, pattern, score=score, scale=0.6,
+                                      **extra)  # fmt: skip
+        leaves = [query, table, *extra.values()] + ([] if shared else [value])
+        grads = torch.autograd.grad(out, leaves, grad_out.to(work))
+        if not shared:  # the table's gradient sums its key and value roles
+            grads = (grads[0], grads[1] + grads[-1], *grads[2:-1])
+        return out.detach(), grads
+
+    out, grads = run(shared=True)
+    ref_out, ref_grads = run(shared=True, reference=True)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.double(), ref_out, **tol)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, **tol)
+    two_sweeps_out, two_sweeps_grads = run(shared=False)
+    torch.testing.assert_close(out, two_sweeps_out, rtol=1e-6, atol=1e-7)
+    for got, want in zip(grads, two_sweeps_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("score", ["dot", "additive"])
+def test_key_is_value_gradcheck(kernel, score):
+    pattern, tensors = make_problem(7, num_src=6, num_dst=7, num_edges=24, channels=4,
+                                    value_channels=4)  # fmt: skip
+    names = ["query", "key", "key_edge", "value_edge", "bias"]
+    names += ["att"] if score != "dot" else []
+    inputs = tuple(tensors[n].clone().requires_grad_() for n in names)
+
+    def fn(query, table, *rest):
+        given = dict(zip(names[2:], rest))
+        return cpu.fused_attention(query, table, table, pattern, score=score, scale=0.7, **given)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("score", ["dot", "additive"])
+@pytest.mark.parametrize("layout", ["expanded", "row-strided", "transposed"])
+def test_output_gradient_layouts(kernel, score, layout):
+    """An output gradient with contiguous rows and any row stride is read in place (the gradient
+    of ``out.sum()`` is one row expanded to all); others are copied. Gradients are bitwise those
+    of the same values given contiguous, and match the dense reference."""
+    pattern, tensors = make_problem(8, num_src=12, num_dst=10, num_edges=70, channels=4,
+                                    value_channels=4)  # fmt: skip
+    kwargs = {"att": tensors["att"]} if score != "dot" else {}
+    gen = torch.Generator().manual_seed(0)
+    if layout == "expanded":
+        grad_out = torch.randn(1, 2, 4, generator=gen, dtype=torch.float64).expand(10, 2, 4)
+    elif layout == "row-strided":
+        grad_out = torch.randn(10, 3, 2, 4, generator=gen, dtype=torch.float64)[:, 1]
+    else:  # [H, C] rows not contiguous
+        grad_out = torch.randn(10, 4, 2, generator=gen, dtype=torch.float64).transpose(1, 2)
+    assert not grad_out.is_contiguous()
+
+    def grads(g, reference=False):
+        q, k, v = (tensors[n].clone().requires_grad_() for n in ("query", "key", "value"))
+        if reference:
+            out, _ = dense_reference(q, k, v, pattern, score=score, **kwargs)
+        else:
+            out = cpu.fused_attention(q, k, v, pattern, score=score, **kwargs)
+        return torch.autograd.grad(out, (q, k, v), g)
+
+    strided, contiguous = grads(grad_out), grads(grad_out.contiguous())
+    for a, b, ref in zip(strided, contiguous, grads(grad_out.contiguous(), reference=True)):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("score", ["dot", "additive"])
 def test_partial_gradients(kernel, score):
     """Asking for one input's gradient gives the same values as asking for all of them."""
     pattern, tensors = make_problem(4, num_src=8, num_dst=9, num_edges=40)

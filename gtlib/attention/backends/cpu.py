@@ -427,13 +427,23 @@ class _FusedAttention(torch.autograd.Function):
         _memory.release(_moved_bytes(query, key, value, pattern))
         transposed = pattern.transpose_csr() if need_k or need_v else (None, None, None)
         grads = _STATE.module.backward(
-            grad_out.contiguous(), query, key, value, key_edge, value_edge, bias, att,
+            _row_strided(grad_out), query, key, value, key_edge, value_edge, bias, att,
             pattern.ptr, pattern.col, *transposed, weights, ctx.additive, ctx.slope,
             ctx.scale,
             [need_q, need_k, need_v, need_ek, need_ev, need_bias, need_att],
         )  # fmt: skip
         gq, gk, gv, gek, gev, gbias, gatt = grads
         return gq, gk, gv, gatt, gek, gev, gbias, None, None, None, None
+
+
+def _row_strided(x: Tensor) -> Tensor:
+    """``x`` ``[N, H, C]`` with contiguous ``[H, C]`` rows and any row stride, copied only when
+    needed: the gradient of ``out.sum()`` is one row expanded (stride 0) and stays one row."""
+    if x.size(0) == 0 or x[0].is_contiguous():
+        return x
+    if x.stride(0) == 0:
+        return x[:1].contiguous().expand_as(x)
+    return x.contiguous()
 
 
 def _moved_bytes(query: Tensor, key: Tensor, value: Tensor, pattern: Pattern) -> int:

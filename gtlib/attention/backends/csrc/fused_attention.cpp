@@ -19,6 +19,8 @@
 //             B2a senders x dO rows:      grad value_j = sum w_e dO_i
 //             B2b senders x query rows:   grad key_j = sum ds_e scale q_i (additive: via the
 //                                         pre-activation)
+// When key and value are one table (GATv2's x_l), F1 + F2 and B1a + B1b each run as one sweep,
+// the second body of a receiver reading the rows the first has just cached.
 // A receiver without senders, or whose scores are all -inf, gets weights 0, output 0 and
 // lse = +inf. float32 uses a vectorized exp and AVX2 head reductions when compiled for them.
 #include <ATen/Dispatch.h>
@@ -411,43 +413,38 @@ void softmax_rows(T* __restrict w, idx_t deg, idx_t H, const T* __restrict m, Sc
 }
 
 // ----------------------------------------------------------------------------- forward
-// Sweep F1, over receivers, reading the senders' key rows: scores, softmax, weights [E, H]
-// (receiver-sorted) and lse [N_dst, H].
-template <typename T, int CK, int CV, bool ADD>
-struct ForwardWeights {
-  static void run(const Problem<T>& P, T* weights, T* lse, int threads) {
-    const idx_t H = P.heads;
-    const idx_t C = CK > 0 ? CK : P.C;
-    const idx_t rowk = H * C;
-    const idx_t E = P.n_edges;
-    const T neg_inf = -std::numeric_limits<T>::infinity();
-    std::vector<Scratch<T>> scratch(threads);
-    for_rows(P.ptr, P.n_dst, threads, [&](idx_t begin, idx_t end, int tid) {
-      Scratch<T>& S = scratch[tid];
-      S.m.resize(H);
-      T* __restrict m = S.m.data();
-      for (idx_t i = begin; i < end; ++i) {
-        const idx_t e0 = P.ptr[i], e1 = P.ptr[i + 1];
-        const T* __restrict qi = P.q + i * rowk;
-        T* __restrict w = weights + e0 * H;
-        for (idx_t h = 0; h < H; ++h) m[h] = neg_inf;
-        for (idx_t e = e0; e < e1; ++e) {
-          if (e + kPrefetch < E) {
-            prefetch_row(P.k + P.col[e + kPrefetch] * rowk, rowk * sizeof(T));
-            if (P.ek) prefetch_row(P.ek + (e + kPrefetch) * rowk, rowk * sizeof(T));
-          }
-          T* __restrict we = w + (e - e0) * H;
-          edge_scores<T, CK, ADD>(P, qi, P.k + P.col[e] * rowk, e, we);
-          for (idx_t h = 0; h < H; ++h) m[h] = we[h] > m[h] ? we[h] : m[h];
-        }
-        softmax_rows(w, e1 - e0, H, m, S, lse + i * H);
-      }
-    });
-  }
-};
+// Per-row bodies of the sweeps. Each sweep runs one body over the rows of a CSR (split into
+// chunks that depend on the pattern only); when key and value are the same table (GATv2: both
+// are x_l[j]), the receiver sweeps run two bodies per receiver back to back (F1 + F2, B1a + B1b),
+// so that the second reads the sender rows the first has just brought into the cache: one gather
+// of each row instead of two.
 
-// ----------------------------------------------------------------------------- weighted sums
-// Weighted sums of gathered rows over a CSR (sweeps F2 and B2a): for each row r of `ptr`,
+// F1 body, receiver i reading the senders' key rows: scores, softmax -> weights w [E, H]
+// (receiver-sorted) and lse [N_dst, H].
+template <typename T, int CK, bool ADD>
+inline void score_row(const Problem<T>& P, idx_t i, T* weights, T* lse, Scratch<T>& S) {
+  const idx_t H = P.heads;
+  const idx_t C = CK > 0 ? CK : P.C;
+  const idx_t rowk = H * C;
+  const idx_t E = P.n_edges;
+  const idx_t e0 = P.ptr[i], e1 = P.ptr[i + 1];
+  const T* __restrict qi = P.q + i * rowk;
+  T* __restrict w = weights + e0 * H;
+  T* __restrict m = S.m.data();
+  for (idx_t h = 0; h < H; ++h) m[h] = -std::numeric_limits<T>::infinity();
+  for (idx_t e = e0; e < e1; ++e) {
+    if (e + kPrefetch < E) {
+      prefetch_row(P.k + P.col[e + kPrefetch] * rowk, rowk * sizeof(T));
+      if (P.ek) prefetch_row(P.ek + (e + kPrefetch) * rowk, rowk * sizeof(T));
+    }
+    T* __restrict we = w + (e - e0) * H;
+    edge_scores<T, CK, ADD>(P, qi, P.k + P.col[e] * rowk, e, we);
+    for (idx_t h = 0; h < H; ++h) m[h] = we[h] > m[h] ? we[h] : m[h];
+  }
+  softmax_rows(w, e1 - e0, H, m, S, lse + i * H);
+}
+
+// Weighted sums of gathered rows over a CSR (F2 and B2a): for row r of `ptr`,
 //   out_r = sum_{t in [ptr[r], ptr[r + 1])} w_e (table[index[t]] + add_e),  e = order[t]
 // per head, where e is the receiver-sorted edge of CSR entry t (t itself unless ORDERED) and
 // rows are [H, Cv].
@@ -460,64 +457,109 @@ struct GatheredRows {
   const T* w = nullptr;          // [E, H] weights, receiver-sorted
   const T* table = nullptr;      // [*, H, Cv] the gathered rows
   const T* add = nullptr;        // [E, H, Cv] per-edge addend, receiver-sorted, or null
+  idx_t ld = -1;                 // row stride of table (elements; -1: H * Cv, contiguous)
 };
 
 template <typename T, int CV, bool ORDERED>
-void weighted_row_sums(const Problem<T>& P, const GatheredRows<T>& A, T* out, int threads) {
+inline void weighted_row(const Problem<T>& P, const GatheredRows<T>& A, idx_t r, T* acc,
+                         T* out) {
   const idx_t H = P.heads;
   const idx_t Cv = CV > 0 ? CV : P.Cv;
   const idx_t rowv = H * Cv;
   const idx_t E = P.n_edges;
+  const idx_t ld = A.ld < 0 ? rowv : A.ld;
+  std::fill(acc, acc + rowv, T(0));
+  for (idx_t t = A.ptr[r]; t < A.ptr[r + 1]; ++t) {
+    if (t + kPrefetch < E) {
+      const idx_t ahead = ORDERED ? A.order[t + kPrefetch] : t + kPrefetch;
+      prefetch_row(A.table + A.index[t + kPrefetch] * ld, rowv * sizeof(T));
+      if (ORDERED) __builtin_prefetch(A.w + ahead * H, 0, 1);
+      if (A.add) prefetch_row(A.add + ahead * rowv, rowv * sizeof(T));
+    }
+    const idx_t e = ORDERED ? A.order[t] : t;
+    const T* __restrict we = A.w + e * H;
+    const T* __restrict xj = A.table + A.index[t] * ld;
+    const T* __restrict ae = A.add ? A.add + e * rowv : nullptr;
+    for (idx_t h = 0; h < H; ++h) {
+      const T p = we[h];
+      T* __restrict acch = acc + h * Cv;
+      const T* __restrict xh = xj + h * Cv;
+      if (ae) {
+        const T* __restrict aeh = ae + h * Cv;
+#pragma omp simd
+        for (idx_t c = 0; c < Cv; ++c) acch[c] += p * (xh[c] + aeh[c]);
+      } else {
+#pragma omp simd
+        for (idx_t c = 0; c < Cv; ++c) acch[c] += p * xh[c];
+      }
+    }
+  }
+  std::memcpy(out + r * rowv, acc, rowv * sizeof(T));
+}
+
+template <typename T, int CV, bool ORDERED>
+void weighted_row_sums(const Problem<T>& P, const GatheredRows<T>& A, T* out, int threads) {
+  const idx_t rowv = P.heads * (CV > 0 ? CV : P.Cv);
   std::vector<Scratch<T>> scratch(threads);
   for_rows(A.ptr, A.rows, threads, [&](idx_t begin, idx_t end, int tid) {
     Scratch<T>& S = scratch[tid];
     S.acc.resize(rowv);
-    T* __restrict acc = S.acc.data();
-    for (idx_t r = begin; r < end; ++r) {
-      std::fill(acc, acc + rowv, T(0));
-      for (idx_t t = A.ptr[r]; t < A.ptr[r + 1]; ++t) {
-        if (t + kPrefetch < E) {
-          const idx_t ahead = ORDERED ? A.order[t + kPrefetch] : t + kPrefetch;
-          prefetch_row(A.table + A.index[t + kPrefetch] * rowv, rowv * sizeof(T));
-          if (ORDERED) __builtin_prefetch(A.w + ahead * H, 0, 1);
-          if (A.add) prefetch_row(A.add + ahead * rowv, rowv * sizeof(T));
-        }
-        const idx_t e = ORDERED ? A.order[t] : t;
-        const T* __restrict we = A.w + e * H;
-        const T* __restrict xj = A.table + A.index[t] * rowv;
-        const T* __restrict ae = A.add ? A.add + e * rowv : nullptr;
-        for (idx_t h = 0; h < H; ++h) {
-          const T p = we[h];
-          T* __restrict acch = acc + h * Cv;
-          const T* __restrict xh = xj + h * Cv;
-          if (ae) {
-            const T* __restrict aeh = ae + h * Cv;
-#pragma omp simd
-            for (idx_t c = 0; c < Cv; ++c) acch[c] += p * (xh[c] + aeh[c]);
-          } else {
-#pragma omp simd
-            for (idx_t c = 0; c < Cv; ++c) acch[c] += p * xh[c];
-          }
-        }
-      }
-      std::memcpy(out + r * rowv, acc, rowv * sizeof(T));
-    }
+    for (idx_t r = begin; r < end; ++r) weighted_row<T, CV, ORDERED>(P, A, r, S.acc.data(), out);
   });
 }
 
-// Sweep F2, over receivers, reading the senders' value rows: o_i = sum_e w_e (v_j + ev_e).
+// The value rows of the forward: o_i = sum_e w_e (v_j + ev_e).
+template <typename T>
+GatheredRows<T> value_rows(const Problem<T>& P, const T* weights) {
+  return {P.ptr, P.n_dst, P.col, nullptr, weights, P.v, P.ev};
+}
+
+// ----------------------------------------------------------------------------- forward
+// Sweep F1 over receivers (the weights alone).
+template <typename T, int CK, int CV, bool ADD>
+struct ForwardWeights {
+  static void run(const Problem<T>& P, T* weights, T* lse, int threads) {
+    std::vector<Scratch<T>> scratch(threads);
+    for_rows(P.ptr, P.n_dst, threads, [&](idx_t begin, idx_t end, int tid) {
+      Scratch<T>& S = scratch[tid];
+      S.m.resize(P.heads);
+      for (idx_t i = begin; i < end; ++i) score_row<T, CK, ADD>(P, i, weights, lse, S);
+    });
+  }
+};
+
+// Sweep F2 over receivers, reading the senders' value rows.
 template <typename T, int CK, int CV, bool ADD>
 struct ForwardValues {
   static void run(const Problem<T>& P, const T* weights, T* out, int threads) {
-    weighted_row_sums<T, CV, false>(P, {P.ptr, P.n_dst, P.col, nullptr, weights, P.v, P.ev}, out,
-                                    threads);
+    weighted_row_sums<T, CV, false>(P, value_rows(P, weights), out, threads);
+  }
+};
+
+// F1 and F2 in one sweep when key and value are one table.
+template <typename T, int CK, int CV, bool ADD>
+struct ForwardShared {
+  static void run(const Problem<T>& P, T* weights, T* lse, T* out, int threads) {
+    const GatheredRows<T> A = value_rows(P, weights);
+    const idx_t rowv = P.heads * (CV > 0 ? CV : P.Cv);
+    std::vector<Scratch<T>> scratch(threads);
+    for_rows(P.ptr, P.n_dst, threads, [&](idx_t begin, idx_t end, int tid) {
+      Scratch<T>& S = scratch[tid];
+      S.m.resize(P.heads);
+      S.acc.resize(rowv);
+      for (idx_t i = begin; i < end; ++i) {
+        score_row<T, CK, ADD>(P, i, weights, lse, S);
+        weighted_row<T, CV, false>(P, A, i, S.acc.data(), out);
+      }
+    });
   }
 };
 
 // ----------------------------------------------------------------------------- backward
 template <typename T>
 struct Grads {
-  const T* dout = nullptr;  // [N_dst, H, Cv]
+  const T* dout = nullptr;  // [N_dst, H, Cv] with row stride ld_dout (0: one row, broadcast)
+  idx_t ld_dout = 0;
   const T* w = nullptr;     // [E, H] softmax weights of the forward
   T* ds = nullptr;          // [E, H] score gradients (written by B1a, read by B1b and B2b)
   T* q = nullptr;
@@ -528,126 +570,142 @@ struct Grads {
   T* att = nullptr;
 };
 
-// Sweep B1a, over receivers, reading the senders' value rows: ds_e = w_e (dO_i . (v_j + ev_e)
-// - delta_i) and the grad of value_edge, w_e dO_i. FlashAttention's delta_i = dO_i . o_i is
-// formed as sum_e w_e dO_i . (v_j + ev_e) over the receiver's edges (the same sum, since o_i is
+// B1a body, receiver i reading the senders' value rows: ds_e = w_e (dO_i . (v_j + ev_e) -
+// delta_i) and the grad of value_edge, w_e dO_i. FlashAttention's delta_i = dO_i . o_i is formed
+// as sum_e w_e dO_i . (v_j + ev_e) over the receiver's edges (the same sum, since o_i is
 // sum_e w_e (v_j + ev_e)), so the output itself need not be kept for the backward.
 template <typename T, int CK, int CV, bool ADD>
-struct BackwardScores {
-  static void run(const Problem<T>& P, const Grads<T>& G, int threads) {
-    const idx_t H = P.heads;
-    const idx_t Cv = CV > 0 ? CV : P.Cv;
-    const idx_t rowv = H * Cv;
-    const idx_t E = P.n_edges;
-    std::vector<Scratch<T>> scratch(threads);
-    for_rows(P.ptr, P.n_dst, threads, [&](idx_t begin, idx_t end, int tid) {
-      Scratch<T>& S = scratch[tid];
-      S.l.resize(H);
-      T* __restrict delta = S.l.data();
-      for (idx_t i = begin; i < end; ++i) {
-        const T* __restrict gi = G.dout + i * rowv;
-        for (idx_t h = 0; h < H; ++h) delta[h] = T(0);
-        for (idx_t e = P.ptr[i]; e < P.ptr[i + 1]; ++e) {
-          const T* __restrict we = G.w + e * H;
-          if (G.ev) {
-            for (idx_t h = 0; h < H; ++h) {
-              const T p = we[h];
-              const T* __restrict gh = gi + h * Cv;
-              T* __restrict o = G.ev + e * rowv + h * Cv;
+inline void score_grad_row(const Problem<T>& P, const Grads<T>& G, idx_t i, T* delta) {
+  const idx_t H = P.heads;
+  const idx_t Cv = CV > 0 ? CV : P.Cv;
+  const idx_t rowv = H * Cv;
+  const idx_t E = P.n_edges;
+  const T* __restrict gi = G.dout + i * G.ld_dout;
+  for (idx_t h = 0; h < H; ++h) delta[h] = T(0);
+  for (idx_t e = P.ptr[i]; e < P.ptr[i + 1]; ++e) {
+    const T* __restrict we = G.w + e * H;
+    if (G.ev) {
+      for (idx_t h = 0; h < H; ++h) {
+        const T p = we[h];
+        const T* __restrict gh = gi + h * Cv;
+        T* __restrict o = G.ev + e * rowv + h * Cv;
 #pragma omp simd
-              for (idx_t c = 0; c < Cv; ++c) o[c] = p * gh[c];
-            }
-          }
-          if (!G.ds) continue;
-          if (e + kPrefetch < E) {
-            prefetch_row(P.v + P.col[e + kPrefetch] * rowv, rowv * sizeof(T));
-            if (P.ev) prefetch_row(P.ev + (e + kPrefetch) * rowv, rowv * sizeof(T));
-          }
-          // dO_i . (v_j + ev_e) parked in ds_e until delta_i is complete
-          T* __restrict dse = G.ds + e * H;
-          edge_value_dots<T, CV>(gi, P.v + P.col[e] * rowv, P.ev ? P.ev + e * rowv : nullptr, H,
-                                 Cv, dse);
-          for (idx_t h = 0; h < H; ++h) delta[h] += we[h] * dse[h];
-        }
-        if (!G.ds) continue;
-        for (idx_t e = P.ptr[i]; e < P.ptr[i + 1]; ++e) {
-          const T* __restrict we = G.w + e * H;
-          T* __restrict dse = G.ds + e * H;
-          for (idx_t h = 0; h < H; ++h) dse[h] = we[h] * (dse[h] - delta[h]);
-        }
-      }
-    });
-  }
-};
-
-// Sweep B1b, over receivers, reading the senders' key rows: grads of query, key_edge and att.
-template <typename T, int CK, int CV, bool ADD>
-struct BackwardQuery {
-  static void run(const Problem<T>& P, const Grads<T>& G, int threads) {
-    const idx_t H = P.heads;
-    const idx_t C = CK > 0 ? CK : P.C;
-    const idx_t rowk = H * C;
-    const idx_t E = P.n_edges;
-    const T scale = P.scale, slope = P.slope;
-    const bool read_keys = G.q || ADD;
-    std::vector<Scratch<T>> scratch(threads);
-    const std::vector<idx_t> bounds = row_chunks(P.ptr, P.n_dst);
-    const idx_t chunks = static_cast<idx_t>(bounds.size()) - 1;
-    // grad of att: one partial sum per chunk, added in chunk order (deterministic)
-    std::vector<T> gatt_chunks(ADD && G.att ? chunks * rowk : 0, T(0));
-    for_chunks(bounds, threads, [&](idx_t begin, idx_t end, int tid, int chunk) {
-      Scratch<T>& S = scratch[tid];
-      S.acc_k.resize(rowk);
-      T* __restrict gq = S.acc_k.data();
-      T* __restrict gatt = (ADD && G.att) ? gatt_chunks.data() + chunk * rowk : nullptr;
-      for (idx_t i = begin; i < end; ++i) {
-        const T* __restrict qi = P.q + i * rowk;
-        if (G.q) std::fill(gq, gq + rowk, T(0));
-        for (idx_t e = P.ptr[i]; e < P.ptr[i + 1]; ++e) {
-          if (read_keys && e + kPrefetch < E) {
-            prefetch_row(P.k + P.col[e + kPrefetch] * rowk, rowk * sizeof(T));
-            if (P.ek) prefetch_row(P.ek + (e + kPrefetch) * rowk, rowk * sizeof(T));
-          }
-          const T* __restrict kj = P.k + P.col[e] * rowk;
-          const T* __restrict ekj = P.ek ? P.ek + e * rowk : nullptr;
-          for (idx_t h = 0; h < H; ++h) {
-            const T gs = G.ds[e * H + h] * scale;
-            const T* __restrict qh = qi + h * C;
-            const T* __restrict kh = kj + h * C;
-            const T* __restrict ekh = ekj ? ekj + h * C : nullptr;
-            if constexpr (ADD) {
-              additive_pre_grad<T, CK>(qh, kh, ekh, P.att + h * C, gs, slope, C,
-                                       G.q ? gq + h * C : nullptr,
-                                       G.ek ? G.ek + e * rowk + h * C : nullptr,
-                                       gatt ? gatt + h * C : nullptr);
-            } else {
-              if (G.q) {
-                T* __restrict gqh = gq + h * C;
-                if (ekh) {
-#pragma omp simd
-                  for (idx_t c = 0; c < C; ++c) gqh[c] += gs * (kh[c] + ekh[c]);
-                } else {
-#pragma omp simd
-                  for (idx_t c = 0; c < C; ++c) gqh[c] += gs * kh[c];
-                }
-              }
-              if (G.ek) {
-                T* __restrict o = G.ek + e * rowk + h * C;
-#pragma omp simd
-                for (idx_t c = 0; c < C; ++c) o[c] = gs * qh[c];
-              }
-            }
-          }
-        }
-        if (G.q) std::memcpy(G.q + i * rowk, gq, rowk * sizeof(T));
-      }
-    });
-    if (ADD && G.att) {
-      std::fill(G.att, G.att + rowk, T(0));
-      for (idx_t chunk = 0; chunk < chunks; ++chunk) {
-        for (idx_t c = 0; c < rowk; ++c) G.att[c] += gatt_chunks[chunk * rowk + c];
+        for (idx_t c = 0; c < Cv; ++c) o[c] = p * gh[c];
       }
     }
+    if (!G.ds) continue;
+    if (e + kPrefetch < E) {
+      prefetch_row(P.v + P.col[e + kPrefetch] * rowv, rowv * sizeof(T));
+      if (P.ev) prefetch_row(P.ev + (e + kPrefetch) * rowv, rowv * sizeof(T));
+    }
+    // dO_i . (v_j + ev_e) parked in ds_e until delta_i is complete
+    T* __restrict dse = G.ds + e * H;
+    edge_value_dots<T, CV>(gi, P.v + P.col[e] * rowv, P.ev ? P.ev + e * rowv : nullptr, H, Cv,
+                           dse);
+    for (idx_t h = 0; h < H; ++h) delta[h] += we[h] * dse[h];
+  }
+  if (!G.ds) return;
+  for (idx_t e = P.ptr[i]; e < P.ptr[i + 1]; ++e) {
+    const T* __restrict we = G.w + e * H;
+    T* __restrict dse = G.ds + e * H;
+    for (idx_t h = 0; h < H; ++h) dse[h] = we[h] * (dse[h] - delta[h]);
+  }
+}
+
+// B1b body, receiver i reading the senders' key rows: grads of query (into gq, stored), key_edge
+// and att (added into gatt when not null).
+template <typename T, int CK, int CV, bool ADD>
+inline void query_grad_row(const Problem<T>& P, const Grads<T>& G, idx_t i, T* gq, T* gatt) {
+  const idx_t H = P.heads;
+  const idx_t C = CK > 0 ? CK : P.C;
+  const idx_t rowk = H * C;
+  const idx_t E = P.n_edges;
+  const T scale = P.scale, slope = P.slope;
+  const bool read_keys = G.q || ADD;
+  const T* __restrict qi = P.q + i * rowk;
+  if (G.q) std::fill(gq, gq + rowk, T(0));
+  for (idx_t e = P.ptr[i]; e < P.ptr[i + 1]; ++e) {
+    if (read_keys && e + kPrefetch < E) {
+      prefetch_row(P.k + P.col[e + kPrefetch] * rowk, rowk * sizeof(T));
+      if (P.ek) prefetch_row(P.ek + (e + kPrefetch) * rowk, rowk * sizeof(T));
+    }
+    const T* __restrict kj = P.k + P.col[e] * rowk;
+    const T* __restrict ekj = P.ek ? P.ek + e * rowk : nullptr;
+    for (idx_t h = 0; h < H; ++h) {
+      const T gs = G.ds[e * H + h] * scale;
+      const T* __restrict qh = qi + h * C;
+      const T* __restrict kh = kj + h * C;
+      const T* __restrict ekh = ekj ? ekj + h * C : nullptr;
+      if constexpr (ADD) {
+        additive_pre_grad<T, CK>(qh, kh, ekh, P.att + h * C, gs, slope, C,
+                                 G.q ? gq + h * C : nullptr,
+                                 G.ek ? G.ek + e * rowk + h * C : nullptr,
+                                 gatt ? gatt + h * C : nullptr);
+      } else {
+        if (G.q) {
+          T* __restrict gqh = gq + h * C;
+          if (ekh) {
+#pragma omp simd
+            for (idx_t c = 0; c < C; ++c) gqh[c] += gs * (kh[c] + ekh[c]);
+          } else {
+#pragma omp simd
+            for (idx_t c = 0; c < C; ++c) gqh[c] += gs * kh[c];
+          }
+        }
+        if (G.ek) {
+          T* __restrict o = G.ek + e * rowk + h * C;
+#pragma omp simd
+          for (idx_t c = 0; c < C; ++c) o[c] = gs * qh[c];
+        }
+      }
+    }
+  }
+  if (G.q) std::memcpy(G.q + i * rowk, gq, rowk * sizeof(T));
+}
+
+// The receiver sweeps of the backward: B1a then B1b (SCORES, QUERY), or both per receiver
+// (SHARED). The grad of att is one partial sum per chunk, added in chunk order (deterministic).
+template <typename T, int CK, int CV, bool ADD>
+void receiver_grads(const Problem<T>& P, const Grads<T>& G, int threads, bool scores, bool query,
+                    bool shared) {
+  const idx_t H = P.heads;
+  const idx_t rowk = H * (CK > 0 ? CK : P.C);
+  const std::vector<idx_t> bounds = row_chunks(P.ptr, P.n_dst);
+  const idx_t chunks = static_cast<idx_t>(bounds.size()) - 1;
+  std::vector<T> gatt_chunks(ADD && G.att && query ? chunks * rowk : 0, T(0));
+  std::vector<Scratch<T>> scratch(threads);
+  auto sweep = [&](bool do_scores, bool do_query) {
+    for_chunks(bounds, threads, [&](idx_t begin, idx_t end, int tid, int chunk) {
+      Scratch<T>& S = scratch[tid];
+      S.l.resize(H);
+      S.acc_k.resize(rowk);
+      T* gatt = gatt_chunks.empty() ? nullptr : gatt_chunks.data() + chunk * rowk;
+      for (idx_t i = begin; i < end; ++i) {
+        if (do_scores) score_grad_row<T, CK, CV, ADD>(P, G, i, S.l.data());
+        if (do_query) query_grad_row<T, CK, CV, ADD>(P, G, i, S.acc_k.data(), gatt);
+      }
+    });
+  };
+  if (shared && scores && query) {
+    sweep(true, true);
+  } else {
+    if (scores) sweep(true, false);
+    if (query) sweep(false, true);
+  }
+  if (!gatt_chunks.empty()) {
+    std::fill(G.att, G.att + rowk, T(0));
+    for (idx_t chunk = 0; chunk < chunks; ++chunk) {
+      for (idx_t c = 0; c < rowk; ++c) G.att[c] += gatt_chunks[chunk * rowk + c];
+    }
+  }
+}
+
+// Sweeps B1a and B1b over receivers (one sweep when key and value are one table).
+template <typename T, int CK, int CV, bool ADD>
+struct BackwardReceivers {
+  static void run(const Problem<T>& P, const Grads<T>& G, int threads, bool scores, bool query,
+                  bool shared) {
+    receiver_grads<T, CK, CV, ADD>(P, G, threads, scores, query, shared);
   }
 };
 
@@ -664,7 +722,8 @@ template <typename T, int CK, int CV, bool ADD>
 struct BackwardValue {
   static void run(const Problem<T>& P, const Grads<T>& G, const Transposed<T>& TR, int threads) {
     weighted_row_sums<T, CV, true>(
-        P, {TR.ptr, P.n_src, TR.receivers, TR.order, G.w, G.dout, nullptr}, G.v, threads);
+        P, {TR.ptr, P.n_src, TR.receivers, TR.order, G.w, G.dout, nullptr, G.ld_dout}, G.v,
+        threads);
   }
 };
 
@@ -822,6 +881,12 @@ Inputs check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   return in;
 }
 
+// Whether key and value are one table (GATv2's x_l): the receiver sweeps then read each sender
+// row once for both.
+bool shared_table(const Inputs& in) {
+  return in.k.data_ptr() == in.v.data_ptr() && in.k.sizes() == in.v.sizes();
+}
+
 // ----------------------------------------------------------------------------- entry points
 // Returns (out [N_dst, H, Cv] or undefined, lse [N_dst, H], weights [E, H]).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
@@ -839,8 +904,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gtlib_fused_forward", [&] {
     using T = scalar_t;
     const Problem<T> P = make_problem<T>(in, additive, slope, scale);
-    dispatch<ForwardWeights>(P, weights.data_ptr<T>(), lse.data_ptr<T>(), threads);
-    if (need_out) dispatch<ForwardValues>(P, weights.data_ptr<T>(), out.data_ptr<T>(), threads);
+    if (need_out && shared_table(in)) {
+      dispatch<ForwardShared>(P, weights.data_ptr<T>(), lse.data_ptr<T>(), out.data_ptr<T>(),
+                              threads);
+    } else {
+      dispatch<ForwardWeights>(P, weights.data_ptr<T>(), lse.data_ptr<T>(), threads);
+      if (need_out) {
+        dispatch<ForwardValues>(P, weights.data_ptr<T>(), out.data_ptr<T>(), threads);
+      }
+    }
   });
   return {out, lse, weights};
 }
@@ -857,8 +929,12 @@ std::vector<at::Tensor> backward(
   TORCH_CHECK(needs.size() == 7, "needs must hold 7 flags");
   const Inputs in = check_inputs(q, k, v, ek, ev, bias, att, ptr, col, additive);
   const int64_t nd = q.size(0), ns = k.size(0), H = q.size(1), Cv = v.size(2), E = col.numel();
-  check_float(grad_out, "grad_out", q);
   check_shape(grad_out, "grad_out", {nd, H, Cv});
+  TORCH_CHECK(grad_out.device().is_cpu() && grad_out.scalar_type() == q.scalar_type(),
+              "grad_out must be a CPU tensor of dtype ", q.scalar_type());
+  // rows [H, Cv] contiguous, any row stride (0: an expanded gradient, one row read for all)
+  TORCH_CHECK(nd == 0 || (grad_out.stride(0) >= 0 && grad_out.select(0, 0).is_contiguous()),
+              "grad_out must have contiguous [H, Cv] rows");
   check_float(weights, "weights", q);
   check_shape(weights, "weights", {E, H});
   const bool need_q = needs[0], need_k = needs[1], need_v = needs[2];
@@ -887,6 +963,7 @@ std::vector<at::Tensor> backward(
     const Problem<T> P = make_problem<T>(in, additive, slope, scale);
     Grads<T> G;
     G.dout = grad_out.data_ptr<T>();
+    G.ld_dout = grad_out.stride(0);
     G.w = weights.data_ptr<T>();
     G.ds = need_ds ? ds.data_ptr<T>() : nullptr;
     G.q = need_q ? gq.data_ptr<T>() : nullptr;
@@ -895,8 +972,8 @@ std::vector<at::Tensor> backward(
     G.ek = need_ek ? gek.data_ptr<T>() : nullptr;
     G.ev = need_ev ? gev.data_ptr<T>() : nullptr;
     G.att = need_att ? gatt.data_ptr<T>() : nullptr;
-    if (need_ds || need_ev) dispatch<BackwardScores>(P, G, threads);
-    if (need_q || need_ek || need_att) dispatch<BackwardQuery>(P, G, threads);
+    dispatch<BackwardReceivers>(P, G, threads, need_ds || need_ev,
+                                need_q || need_ek || need_att, shared_table(in));
     if (need_k || need_v) {
       Transposed<T> TR;
       TR.ptr = ptr_t->data_ptr<idx_t>();
