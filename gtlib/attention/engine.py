@@ -9,7 +9,7 @@ sum, mean, max or given weights), and sends the call to a backend:
 ``chunked``   the same over chunks of whole receivers with recompute in the backward; anything
 ``sparse``    softmax family on sparse-matrix kernels (SDDMM + SpMM), ``[E, H]`` state
 ``stream``    softmax family, online softmax over edge chunks, recomputing backward
-``fused``     softmax family (dot/additive scores), compiled C++ kernel on the CPU
+``fused``     softmax family (dot/additive/static scores), compiled C++ kernel on the CPU
 ``triton``    softmax family (dot/additive scores, dropout), fused Triton kernels on CUDA devices
               (on CPU tensors through Triton's interpreter, ``TRITON_INTERPRET=1``, for tests)
 ``dense``     block patterns (per-graph all-to-all, windows) through SDPA
@@ -234,13 +234,36 @@ def _sorted_edge_terms(call: _Call, t: dict) -> dict:
 
 def _run_fused(call: _Call, t: dict):
     spec = call.spec
-    args = (t["query"], t["key"], t["value"], call.pattern)
-    kwargs = dict(score=spec.kind, att=t["att"], negative_slope=spec.negative_slope,
-                  scale=spec.scale, **_sorted_edge_terms(call, t))  # fmt: skip
+    edge_terms = _sorted_edge_terms(call, t)
+    if spec.kind == "static":
+        args, kwargs = _static_as_additive(call, t, edge_terms)
+    else:
+        args = (t["query"], t["key"], t["value"], call.pattern)
+        kwargs = dict(score=spec.kind, att=t["att"], negative_slope=spec.negative_slope,
+                      scale=spec.scale, **edge_terms)  # fmt: skip
     fused = _fused_backend()
     out = fused.fused_attention(*args, **kwargs)
     alpha = fused.fused_attention_weights(*args, **kwargs) if call.return_attention else None
     return out, alpha
+
+
+def _static_as_additive(call: _Call, t: dict, edge_terms: dict) -> tuple[tuple, dict]:
+    """GAT's static score ``scale act(s_j + d_i + e_ij)`` as the kernel's additive score with one
+    channel: ``scale att . act(q_i + k_j + ek_ij)`` with ``q = d``, ``k = s``, ``ek = e`` (each
+    ``[*, H, 1]``) and ``att = 1``; no activation is LeakyReLU with slope 1."""
+    src, dst, spec = t["src_score"], t["dst_score"], call.spec
+    if dst is None:
+        dst = src.new_zeros(call.pattern.num_dst, src.size(1))
+    key_edge = edge_terms.pop("key_edge")
+    kwargs = dict(
+        score="additive",
+        att=src.new_ones(src.size(1), 1),
+        negative_slope=1.0 if spec.negative_slope is None else spec.negative_slope,
+        scale=spec.scale,
+        key_edge=None if key_edge is None else key_edge.unsqueeze(-1),
+        **edge_terms,
+    )
+    return (dst.unsqueeze(-1), src.unsqueeze(-1), t["value"], call.pattern), kwargs
 
 
 def _run_triton(call: _Call, t: dict):
@@ -293,7 +316,9 @@ def _resolve_mode(
     """The backend: ``mode`` checked against what it supports, or the fastest that fits."""
     extras = key_edge is not None or value_edge is not None
     dense_ok = pattern.blocks is not None and spec.kind == "dot" and not extras and builtin
-    fusable = spec.kind == "dot" or (spec.kind == "additive" and spec.negative_slope is not None)
+    fusable = spec.kind in ("dot", "static") or (
+        spec.kind == "additive" and spec.negative_slope is not None
+    )
     triton_dtype = value is not None and value.dtype in _TRITON_DTYPES
     if mode != "auto":
         _check_mode(mode, pattern, spec, value, dropout, builtin, return_attention, dense_ok,
@@ -346,8 +371,8 @@ def _check_mode(mode, pattern, spec, value, dropout, builtin, return_attention, 
 def _check_fused(pattern, dropout, fusable) -> None:
     if not fusable or dropout > 0 or pattern.device.type != "cpu":
         raise ValueError(
-            "mode='fused' (the compiled CPU kernel) takes score='dot' or 'additive' with a "
-            "LeakyReLU, no dropout, on CPU tensors"
+            "mode='fused' (the compiled CPU kernel) takes score='dot', 'static' or 'additive' "
+            "with a LeakyReLU, no dropout, on CPU tensors"
         )
     if not _fused_backend().available():
         raise RuntimeError(

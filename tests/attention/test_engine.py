@@ -13,6 +13,18 @@ ALL_EDGE_MODES = ["scatter", "chunked", "sparse", "stream"]
 GENERAL_MODES = ["scatter", "chunked"]
 
 
+def _fused_available() -> bool:
+    from gtlib.attention.backends import cpu
+
+    return cpu.setting() != "0" and cpu.available()
+
+
+# the compiled CPU kernel runs GAT's static score as its additive one with one channel
+FUSED = pytest.param(
+    "fused", marks=pytest.mark.skipif(not _fused_available(), reason="no compiled CPU kernel")
+)
+
+
 def random_graph(seed, num_src=7, num_dst=6, num_edges=30, isolated=1):
     gen = torch.Generator().manual_seed(seed)
     senders = torch.randint(0, num_src, (num_edges,), generator=gen)
@@ -39,7 +51,7 @@ def loop_softmax(scores, values, edge_index, num_dst):
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("mode", ALL_EDGE_MODES)
+@pytest.mark.parametrize("mode", [*ALL_EDGE_MODES, FUSED])
 @pytest.mark.parametrize("with_dst", [True, False])
 def test_static_score_matches_reference(mode, with_dst):
     """GAT's static score LeakyReLU(s_j + d_i + e_ij) is a term of the engine."""
@@ -60,11 +72,38 @@ def test_static_score_matches_reference(mode, with_dst):
     assert torch.autograd.gradcheck(function, (src, dst, edge, value))
 
 
+@pytest.mark.skipif(not _fused_available(), reason="no compiled CPU kernel")
+@pytest.mark.parametrize("slope", [0.2, None])
+@pytest.mark.parametrize("channels", [32, 5])
+def test_static_score_fused_float32_matches_float64_reference(slope, channels):
+    """The fused kernel's static score in float32 (the fixed-width value loops for 32 channels)
+    against the scatter mode in float64: output, attention weights and every gradient."""
+    edge_index, gen = random_graph(3, num_src=40, num_dst=30, num_edges=400)
+    pattern = Pattern.from_edge_index(edge_index, (40, 30))
+    inputs = dict(src_score=rand(gen, 40, 4), dst_score=rand(gen, 30, 4),
+                  key_edge=rand(gen, 400, 4), value=rand(gen, 40, 4, channels),
+                  bias=rand(gen, 400, 4))  # fmt: skip
+    grad_out = torch.randn(30, 4, channels, generator=gen, dtype=torch.float64)
+    results = {}
+    for mode, dtype in (("fused", torch.float32), ("scatter", torch.float64)):
+        leaves = {n: x.detach().to(dtype).requires_grad_() for n, x in inputs.items()}
+        out, alpha = attend(pattern, score="static", negative_slope=slope, mode=mode,
+                            scale=0.8, return_attention=True, **leaves)  # fmt: skip
+        grads = torch.autograd.grad(out, list(leaves.values()), grad_out.to(dtype))
+        results[mode] = (out, alpha, dict(zip(leaves, grads)))
+    (out, alpha, grads), (ref_out, ref_alpha, ref_grads) = results["fused"], results["scatter"]
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alpha.double(), ref_alpha, rtol=1e-5, atol=1e-6)
+    for name in inputs:
+        torch.testing.assert_close(grads[name].double(), ref_grads[name], rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, name=name: f"grad of {name}: {m}")  # fmt: skip
+
+
 def test_static_score_without_activation_and_attention_weights():
     edge_index, gen = random_graph(1)
     pattern = Pattern.from_edge_index(edge_index, (7, 6))
     src, value = rand(gen, 7, 1), rand(gen, 7, 1, 4)
-    for mode in ALL_EDGE_MODES:
+    for mode in ALL_EDGE_MODES + (["fused"] if _fused_available() else []):
         out, alpha = attend(pattern, value, score="static", src_score=src, negative_slope=None,
                             mode=mode, return_attention=True)  # fmt: skip
         expected = loop_softmax(src[edge_index[0]], value[edge_index[0]], edge_index, 6)

@@ -778,6 +778,19 @@ struct BackwardKey {
 template <template <typename, int, int, bool> class K, typename T, typename... A>
 void dispatch(const Problem<T>& P, A&&... args) {
   // fixed channel counts for float32 (the fast path); float64 uses the runtime-size loops
+  // one score channel (GAT's static score as the additive one) with the usual value widths
+  if (std::is_same_v<T, float> && P.C == 1 && P.additive) {
+    switch (P.Cv) {
+      case 16:
+        return K<T, 1, 16, true>::run(P, args...);
+      case 32:
+        return K<T, 1, 32, true>::run(P, args...);
+      case 64:
+        return K<T, 1, 64, true>::run(P, args...);
+      default:
+        break;
+    }
+  }
   if (std::is_same_v<T, float> && P.C == P.Cv) {
     switch (P.C) {
       case 16:
