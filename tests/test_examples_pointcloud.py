@@ -1,5 +1,6 @@
-"""examples/pointcloud/place_recognition.py --quick end to end: results, checkpoints and an
-exact resume (loaded from its file; ``main(argv)`` runs in-process at one thread)."""
+"""examples/pointcloud/place_recognition.py --quick end to end: results, checkpoints, model
+selection on the valid places and an exact resume (loaded from its file; ``main(argv)`` runs
+in-process at one thread)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_quick_run_and_exact_resume(script, tmp_path):
+def numbers(model: dict) -> dict:
+    """The numbers of a model's results that a resume must reproduce bitwise (not the times)."""
+    keep = {k: v for k, v in model.items() if k not in ("training_time_s", "valid_time_s")}
+    keep["history"] = [{k: v for k, v in h.items() if not k.endswith("time_s")}
+                       for h in model["history"]]  # fmt: skip
+    return keep
+
+
+def test_quick_run_selection_and_exact_resume(script, tmp_path):
     data = tmp_path / "data.h5"
     common = ["--quick", "--no-progress", "--data", str(data)]
     from gtlib.datasets.generate import place_recognition
@@ -41,26 +50,74 @@ def test_quick_run_and_exact_resume(script, tmp_path):
     assert saved["models"].keys() == {"octree", "knn"}
     octree, knn = saved["models"]["octree"], saved["models"]["knn"]
     assert octree["num_parameters"] == knn["num_parameters"]  # the same size
-    for model in (octree, knn):
+    assert (saved["train_places"], saved["valid_places"], saved["test_places"]) == (16, 2, 6)
+    for name, model in saved["models"].items():
         assert model["epochs_run"] == 2 and len(model["history"]) == 2
-        for task in ("ground_to_aerial", "ground_to_ground"):
-            for key in ("recall@1", "recall@1%"):
-                assert 0.0 <= model[task][key] <= 1.0
+        assert model["selection"] == script.SELECTION
+        for result in (model, model["last_epoch"], model["best_valid"]):
+            for task in ("ground_to_aerial", "ground_to_ground"):
+                for key in ("recall@1", "recall@1%"):
+                    assert 0.0 <= result[task][key] <= 1.0
         assert all(math.isfinite(h["loss"]) for h in model["history"])
-    for name in ("octree", "knn"):
-        assert (tmp_path / "full" / name / "checkpoint.pt").exists()
-    assert saved["test_places"] == 24 - 16 - 2  # splits 0.7 / 0.1 / 0.2
+        assert model["last_epoch"]["epoch"] == 2
 
-    # stop after one epoch, resume: the same losses and recalls as the uninterrupted run
+        # the best epoch: the first epoch of the highest valid score, its valid recalls recorded
+        scores = [script.selection_score(h["valid"]) for h in model["history"]]
+        best = model["best_epoch"]
+        assert 1 <= best <= 2 and scores[best - 1] == max(scores)
+        assert max(scores)[0] == max(h["valid"]["ground_to_aerial"]["recall@1"]
+                                     for h in model["history"])  # fmt: skip
+        assert all(s < max(scores) for s in scores[: best - 1])
+        assert model["best_valid"] == model["history"][best - 1]["valid"]
+
+        # best.pt holds the best epoch's weights: they give the reported test recalls
+        folder = tmp_path / "full" / name
+        assert (folder / "checkpoint.pt").exists()
+        best_file = torch.load(folder / "best.pt", map_location="cpu", weights_only=False)
+        assert best_file["epoch"] == best and best_file["valid"] == model["best_valid"]
+        net = script.build(script.parse_args(common), name)
+        net.load_state_dict(best_file["model"])
+        data_dict = script.read_place_recognition(data)
+        data_dict["ground"] = data_dict["ground"].float()
+        data_dict["aerial"] = data_dict["aerial"].float()
+        test_idx = torch.nonzero(data_dict["split"] == 2).view(-1)
+        test = script.evaluate(net, data_dict, test_idx)
+        assert test["ground_to_aerial"] == model["ground_to_aerial"]
+        assert test["ground_to_ground"] == model["ground_to_ground"]
+        if best == 2:
+            assert model["last_epoch"]["ground_to_aerial"] == model["ground_to_aerial"]
+
+    # stop after one epoch, resume: bitwise the same results as the uninterrupted run
     part = tmp_path / "part"
-    one = [*common, "--models", "octree", "--out", str(part)]
-    script.main([*one, "--stop-after", "1"])
-    resumed = script.main([*one, "--resume"])
-    for name in ("octree",):
-        a, b = full["models"][name], resumed["models"][name]
-        assert [h["loss"] for h in a["history"]] == pytest.approx(
-            [h["loss"] for h in b["history"]], rel=1e-6
-        )
-        assert a["ground_to_aerial"] == b["ground_to_aerial"]
+    script.main([*common, "--out", str(part), "--stop-after", "1"])
+    resumed = script.main([*common, "--out", str(part), "--resume"])
+    for name in ("octree", "knn"):
+        assert numbers(resumed["models"][name]) == numbers(full["models"][name])
     with pytest.raises(SystemExit):
-        script.main([*one, "--resume", "--lr", "0.01"])
+        script.main([*common, "--out", str(part), "--resume", "--lr", "0.01"])
+
+
+def test_test_places_choose_nothing(script, tmp_path, monkeypatch):
+    """Scrambling the test places' scans changes no loss, valid recall or best epoch."""
+    data = tmp_path / "data.h5"
+    common = ["--quick", "--no-progress", "--data", str(data), "--models", "octree"]
+    from gtlib.datasets.generate import place_recognition
+
+    place_recognition(24, data, points=96, seed=0, progress=False)
+    clean = script.main([*common, "--out", str(tmp_path / "clean")])["models"]["octree"]
+    read = script.read_place_recognition
+
+    def scrambled(path):
+        d = read(path)
+        test = d["split"] == 2
+        generator = torch.Generator().manual_seed(1)
+        for key in ("ground", "aerial"):
+            noise = torch.randn(d[key][test].shape, generator=generator, dtype=d[key].dtype)
+            d[key][test] = noise * 20.0
+        return d
+
+    monkeypatch.setattr(script, "read_place_recognition", scrambled)
+    other = script.main([*common, "--out", str(tmp_path / "other")])["models"]["octree"]
+    for key in ("best_epoch", "best_valid"):
+        assert other[key] == clean[key]
+    assert numbers(other)["history"] == numbers(clean)["history"]

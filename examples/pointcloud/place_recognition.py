@@ -3,8 +3,9 @@
 Data: a synthetic CS-Wild-Places-like set (:func:`gtlib.datasets.generate.place_recognition`:
 forest and built-up scenes; per place two ground scans with range-dependent density and
 occlusion and one top-down aerial scan, noise and random yaw), generated under ``--out`` when
-``--data`` is not given. Places are split into train / valid / test; all metrics are on the
-held-out test places.
+``--data`` is not given. Places are split into train / valid / test: the models learn on the
+train places, the valid places choose the epoch, and the reported metrics are on the held-out
+test places, which influence no choice.
 
 Models, trained alike and of the same size (same parameter count):
 
@@ -23,10 +24,18 @@ ground 1 <-> aerial, ground 2 <-> aerial and ground 1 <-> ground 2. Metrics: rec
 recall@1% of ground queries (ground scan 1 of every test place) against the aerial database
 (ground -> aerial) and against the second ground scans (ground -> ground).
 
-Every epoch writes ``--out/<model>/checkpoint.pt`` atomically; ``--resume`` continues from it
-and reproduces an uninterrupted run exactly (``--stop-after`` ends a run early on purpose).
-``--out/results.json`` (written atomically) holds the arguments, parameter counts, training
-times, per-epoch losses and the test recalls of both models.
+Model selection, the same for both models: after every epoch the model describes the valid
+places and its valid ground -> aerial recall@1 is recorded; the best epoch is the one with the
+highest valid ground -> aerial recall@1, ties broken by the higher mean of valid ground -> aerial
+recall@1 and recall@1%, then by the earlier epoch. The best epoch's weights are written
+atomically to ``--out/<model>/best.pt`` (with the epoch and its valid recalls).
+
+Every epoch writes ``--out/<model>/checkpoint.pt`` atomically (with the best epoch's weights and
+score); ``--resume`` continues from it and reproduces an uninterrupted run exactly
+(``--stop-after`` ends a run early on purpose). ``--out/results.json`` (written atomically) holds
+the arguments, parameter counts, training times, per-epoch losses and valid recalls, the best
+epoch, and the test recalls of both models: ``ground_to_aerial`` / ``ground_to_ground`` at the
+best valid epoch (the reported result) and, labelled ``last_epoch``, at the last epoch.
 
 Run (a few minutes on 2 CPU cores)::
 
@@ -57,7 +66,11 @@ from gtlib.nn import OctreeTransformer
 # parameters; only the attention patterns differ.
 from gtlib.nn._octree_blocks import AttentionalPooling, FeedForward, PatternAttention, cloud_mean
 
-CHECKPOINT_FORMAT = "gtlib-place-recognition-example-v1"
+CHECKPOINT_FORMAT = "gtlib-place-recognition-example-v2"
+SELECTION = (
+    "highest valid ground->aerial recall@1, then the higher mean of valid "
+    "ground->aerial recall@1 and recall@1%, then the earlier epoch"
+)
 RESUMABLE = {"resume", "stop_after", "no_progress", "threads", "out"}
 
 
@@ -151,6 +164,24 @@ def recalls(queries: Tensor, database: Tensor) -> dict[str, float]:
     }
 
 
+def evaluate(model: Module, data: dict, idx: Tensor) -> dict[str, dict[str, float]]:
+    """Recalls of ground scan 1 of the places ``idx`` against their aerial scans and their
+    second ground scans (``model`` left in eval mode)."""
+    ground, aerial, max_range = data["ground"], data["aerial"], data["max_range"]
+    model.eval()
+    with torch.no_grad():
+        q = describe(model, ground[idx, 0], max_range)
+        a = describe(model, aerial[idx], max_range)
+        g = describe(model, ground[idx, 1], max_range)
+    return {"ground_to_aerial": recalls(q, a), "ground_to_ground": recalls(q, g)}
+
+
+def selection_score(valid: dict[str, dict[str, float]]) -> tuple[float, float]:
+    """The key of :data:`SELECTION` (higher is better; ties go to the earlier epoch)."""
+    r = valid["ground_to_aerial"]
+    return (r["recall@1"], 0.5 * (r["recall@1"] + r["recall@1%"]))
+
+
 # ---------------------------------------------------------------------- training
 def build(args, name: str) -> Module:
     torch.manual_seed(args.seed)
@@ -167,12 +198,15 @@ def config_of(args) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
-def train_model(args, name: str, data: dict, train_idx: Tensor, test_idx: Tensor) -> dict:
+def train_model(args, name: str, data: dict, train_idx: Tensor, valid_idx: Tensor,
+                test_idx: Tensor) -> dict:  # fmt: skip
     model = build(args, name)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     folder = args.out / name
-    checkpoint = folder / "checkpoint.pt"
-    state = {"epoch": 0, "history": [], "training_time_s": 0.0}
+    checkpoint, best_file = folder / "checkpoint.pt", folder / "best.pt"
+    state = {"epoch": 0, "history": [], "training_time_s": 0.0, "valid_time_s": 0.0,
+             "best_epoch": 0, "best_score": None, "best_valid": None}  # fmt: skip
+    best_model = None
     config = {k: v for k, v in config_of(args).items() if k not in RESUMABLE}
     if args.resume and checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -183,7 +217,7 @@ def train_model(args, name: str, data: dict, train_idx: Tensor, test_idx: Tensor
                              "with the same ones")  # fmt: skip
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+        state, best_model = saved["state"], saved["best_model"]
         print(f"{name}: resumed after epoch {state['epoch']}", file=sys.stderr)
     ground, aerial, max_range = data["ground"], data["aerial"], data["max_range"]
     last = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
@@ -210,27 +244,47 @@ def train_model(args, name: str, data: dict, train_idx: Tensor, test_idx: Tensor
             optimizer.step()
             total, steps = total + loss.item(), steps + 1
         elapsed = time.perf_counter() - start
+        # model selection on the valid places only (timed apart from training)
+        start = time.perf_counter()
+        valid = evaluate(model, data, valid_idx)
+        score = list(selection_score(valid))
+        valid_elapsed = time.perf_counter() - start
         state["training_time_s"] += elapsed
+        state["valid_time_s"] += valid_elapsed
         state["epoch"] = epoch
-        state["history"].append({"epoch": epoch, "loss": total / max(steps, 1), "time_s": elapsed})
+        state["history"].append({"epoch": epoch, "loss": total / max(steps, 1), "time_s": elapsed,
+                                 "valid_time_s": valid_elapsed, "valid": valid})  # fmt: skip
+        improved = state["best_score"] is None or score > state["best_score"]
+        if improved:
+            state["best_epoch"], state["best_score"], state["best_valid"] = epoch, score, valid
+            best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch,
+                               "selection": SELECTION, "valid": valid, "model": best_model},
+                              best_file)  # fmt: skip
         if not args.no_progress:
-            print(f"{name} epoch {epoch}: loss {total / max(steps, 1):.4f} ({elapsed:.1f} s)",
+            print(f"{name} epoch {epoch}: loss {total / max(steps, 1):.4f} ({elapsed:.1f} s), "
+                  f"valid ground->aerial R@1 {score[0]:.3f}{' (best)' if improved else ''}",
                   file=sys.stderr)  # fmt: skip
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": config, "state": state,
-                           "model": model.state_dict(), "optimizer": optimizer.state_dict()},
-                          checkpoint)  # fmt: skip
-    model.eval()
-    with torch.no_grad():
-        q = describe(model, ground[test_idx, 0], max_range)
-        a = describe(model, aerial[test_idx], max_range)
-        g = describe(model, ground[test_idx, 1], max_range)
+                           "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "best_model": best_model}, checkpoint)  # fmt: skip
+    last_test = evaluate(model, data, test_idx)
+    if best_model is None:  # no epoch run (--epochs/--stop-after): the untrained model
+        best_test = last_test
+    else:
+        model.load_state_dict(best_model)
+        best_test = evaluate(model, data, test_idx)
     return {
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "epochs_run": state["epoch"],
         "training_time_s": state["training_time_s"],
+        "valid_time_s": state["valid_time_s"],
         "history": state["history"],
-        "ground_to_aerial": recalls(q, a),
-        "ground_to_ground": recalls(q, g),
+        "selection": SELECTION,
+        "best_epoch": state["best_epoch"],
+        "best_valid": state["best_valid"],
+        **best_test,
+        "last_epoch": {"epoch": state["epoch"], **last_test},
     }
 
 
@@ -284,16 +338,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               progress=not args.no_progress)  # fmt: skip
     data = read_place_recognition(path)
     data["ground"], data["aerial"] = data["ground"].float(), data["aerial"].float()
-    train_idx = torch.nonzero(data["split"] == 0).view(-1)
-    test_idx = torch.nonzero(data["split"] == 2).view(-1)
+    train_idx, valid_idx, test_idx = (torch.nonzero(data["split"] == s).view(-1) for s in range(3))
+    for label, idx in (("train", train_idx), ("valid", valid_idx), ("test", test_idx)):
+        if idx.numel() < 2:
+            raise SystemExit(f"error: {path} has {idx.numel()} {label} places; need >= 2")
     results: dict[str, Any] = {"args": config_of(args), "data": str(path),
                                "train_places": train_idx.numel(),
+                               "valid_places": valid_idx.numel(),
                                "test_places": test_idx.numel(), "models": {}}  # fmt: skip
     for name in args.models:
-        results["models"][name] = train_model(args, name, data, train_idx, test_idx)
+        results["models"][name] = train_model(args, name, data, train_idx, valid_idx, test_idx)
         r = results["models"][name]
         print(f"{name}: {r['num_parameters']} parameters, {r['training_time_s']:.1f} s training; "
-              f"ground->aerial R@1 {r['ground_to_aerial']['recall@1']:.3f} "
+              f"best valid epoch {r['best_epoch']}: test ground->aerial R@1 "
+              f"{r['ground_to_aerial']['recall@1']:.3f} "
               f"R@1% {r['ground_to_aerial']['recall@1%']:.3f}; ground->ground R@1 "
               f"{r['ground_to_ground']['recall@1']:.3f} R@1% "
               f"{r['ground_to_ground']['recall@1%']:.3f}")  # fmt: skip
