@@ -90,6 +90,33 @@ def test_gradients_match_reference(compiled):
         torch.testing.assert_close(got.grad, want.grad, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels,value_channels", [(32, 32), (16, 8), (6, 3), (40, 24)])
+def test_large_windows_against_reference(dtype, channels, value_channels):
+    """Windows of 1 to 64 tokens: every row-block remainder (tiles of 4 rows) and column tile
+    (two vectors, one vector, single columns) of the compiled kernel, forward and gradients."""
+    if not windows.available():
+        pytest.skip("window kernel not built")
+    gen = torch.Generator().manual_seed(9)
+    sizes = torch.tensor([64, 33, 17, 0, 5, 1, 2, 3, 40, 8, 9, 16])
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+    n = int(ptr[-1]) + 6
+    index = torch.randperm(n, generator=gen)[: int(ptr[-1])]
+    q, k = (torch.randn(n, 3, channels, generator=gen, dtype=dtype) for _ in range(2))
+    v = torch.randn(n, 3, value_channels, generator=gen, dtype=dtype)
+    grad = torch.randn(n, 3, value_channels, generator=gen, dtype=dtype)
+    inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = window_attention(*inputs, ptr, index, 0.4, compiled=True)
+    out.backward(grad)
+    reference = [x.double().requires_grad_() for x in (q, k, v)]
+    expected = dense_reference(*reference, ptr, index, 0.4)
+    expected.backward(grad.double())
+    tol = {"atol": 1e-11, "rtol": 1e-11} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
+    torch.testing.assert_close(out.double(), expected, **tol)
+    for got, want in zip(inputs, reference, strict=True):
+        torch.testing.assert_close(got.grad.double(), want.grad, **tol)
+
+
 def test_padded_chunks(monkeypatch):
     q, k, v, ptr, index = problem(5)
     monkeypatch.setattr(windows, "PADDED_CHUNK_SCORES", 1)  # one window per chunk

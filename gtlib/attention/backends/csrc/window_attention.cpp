@@ -10,12 +10,12 @@
 // between calls):
 //   dp_ij = dO_i . v_j,  D_i = sum_j p_ij dp_ij (= dO_i . o_i),  ds_ij = p_ij (dp_ij - D_i),
 //   dq_i = scale sum_j ds_ij k_j,  dk_j = scale sum_i ds_ij q_i,  dv_j = sum_i p_ij dO_i.
-// Windows are independent (parallel over windows, OpenMP); every product is an axpy over a
-// contiguous row of a per-window buffer (keys and values transposed once per window and head),
-// which the compiler vectorises; float32 uses a vectorisable exp. (Reading the rows in place
-// through row pointers instead of these copies measured 1.3-2x slower: the rows of one head are
-// 512 B apart in the [N, H, C] tables.) Every row in a window is written once; rows in no
-// window get zeros.
+// Windows are independent (parallel over windows, OpenMP). A window's rows are read whole (each
+// [H, C] row contiguous, so consecutive rows stream) into per-head blocks, every product of a
+// head is a small matrix product computed in register tiles of 4 rows x 2 vectors (the rows
+// share each load and the FMA chains are independent), and the products of all heads are written
+// back as whole rows. float32 uses a vectorisable exp. Every row in a window is written once;
+// rows in no window get zeros.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -53,114 +53,190 @@ struct Problem {
   idx_t row(idx_t t) const { return index ? index[t] : t; }
 };
 
-// Per-thread buffers for one window of at most `s_max` tokens (`np`: s_max rounded up to 8).
+// Per-thread buffers for one window of at most `s` tokens (`np`: s rounded up to 8). The
+// per-head operands are blocks of `s` rows: head h of qs is qs[h * s * C ...], of kt (keys
+// transposed, zero padded to np columns) kt[h * C * np ...]. The products of all heads are
+// gathered row by row ([s, H, width], gq/gk/gv) and written to the tables as whole rows.
 template <typename T>
 struct Buffers {
-  idx_t np;
-  std::vector<T> qs, ks, kt, vs, vt, dout, p, ds, acc;
+  idx_t s, np;
+  std::vector<T> qs, ks, kt, vs, vt, dout, p, ds, pt, dst, gq, gk, gv, inv;
   std::vector<idx_t> rows;
-  explicit Buffers(idx_t s_max, idx_t C, idx_t Cv)
-      : np((s_max + 7) / 8 * 8), qs(s_max * C), ks(s_max * C), kt(C * np), vs(s_max * Cv),
-        vt(Cv * np), dout(s_max * Cv), p(s_max * np), ds(s_max * np),
-        acc(std::max(C, Cv)), rows(s_max) {}
+  Buffers(idx_t s_max, idx_t H, idx_t C, idx_t Cv, bool backward)
+      : s(s_max), np((s_max + 7) / 8 * 8), qs(H * s_max * C), kt(H * C * np),
+        vs(backward ? 0 : H * s_max * Cv), p(s_max * np), gv(s_max * H * Cv), inv(H * s_max),
+        rows(s_max) {
+    if (backward) {
+      ks.resize(H * s_max * C);
+      vt.resize(H * Cv * np);
+      dout.resize(H * s_max * Cv);
+      ds.resize(s_max * np);
+      pt.resize(s_max * np);
+      dst.resize(s_max * np);
+      gq.resize(s_max * H * C);
+      gk.resize(s_max * H * C);
+    }
+  }
 };
 
-// out[0:n) = sum_c a[c] * bt[c, 0:n) (bt: [C, ld] row-major, zero past n up to ld).
-// NB > 0: n <= 8 NB and ld >= 8 NB, the 8 NB accumulators stay in registers.
-template <typename T, int NB>
-inline void scores_row(const T* __restrict__ a, const T* __restrict__ bt, T* __restrict__ out,
-                       idx_t n, idx_t ld, idx_t C) {
-  if constexpr (NB > 0) {
-    T acc[8 * NB] = {};
-    for (idx_t c = 0; c < C; ++c) {
-      const T x = a[c];
-      const T* __restrict__ b = bt + c * ld;
-      for (int j = 0; j < 8 * NB; ++j) acc[j] += x * b[j];
-    }
-    for (idx_t j = 0; j < n; ++j) out[j] = acc[j];
-  } else {
-    std::fill(out, out + n, T(0));
-    for (idx_t c = 0; c < C; ++c) {
-      const T x = a[c];
-      const T* __restrict__ b = bt + c * ld;
-      for (idx_t j = 0; j < n; ++j) out[j] += x * b[j];
-    }
-  }
-}
+// A register tile of a small matrix product: out[r, 0:V*NV) = mult * sum_{x < K} a[r, x]
+// b[x, 0:V*NV) for r < R (a: rows of stride lda; b: rows of stride ldb; out: rows of stride
+// ldo), V the lanes of a 32-byte vector. The R x NV vector accumulators stay in registers, so
+// R rows share every load of b and the FMA chains are independent: 4 rows x 2 vectors keep both
+// FMA units busy, where one row at a time is bound by the FMA latency.
+// (an alias template would drop the vector attribute, hence the traits)
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+static_assert(sizeof(Vec<float>) == 32 && sizeof(Vec<double>) == 32, "32-byte vectors");
 
 template <typename T>
-inline void scores_row_any(const T* a, const T* bt, T* out, idx_t n, idx_t ld, idx_t C) {
-  switch ((n + 7) / 8) {
-    case 1: return scores_row<T, 1>(a, bt, out, n, ld, C);
-    case 2: return scores_row<T, 2>(a, bt, out, n, ld, C);
-    case 3: return scores_row<T, 3>(a, bt, out, n, ld, C);
-    case 4: return scores_row<T, 4>(a, bt, out, n, ld, C);
-    case 5: return scores_row<T, 5>(a, bt, out, n, ld, C);
-    case 6: return scores_row<T, 6>(a, bt, out, n, ld, C);
-    case 7: return scores_row<T, 7>(a, bt, out, n, ld, C);
-    case 8: return scores_row<T, 8>(a, bt, out, n, ld, C);
-    default: return scores_row<T, 0>(a, bt, out, n, ld, C);
+inline Vec<T> load_vec(const T* p) {
+  Vec<T> v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T, int R, int NV>
+inline void tile(const T* __restrict a, idx_t lda, const T* __restrict b, idx_t ldb, idx_t K,
+                 T* __restrict out, idx_t ldo, T mult) {
+  constexpr int V = 32 / sizeof(T);
+  Vec<T> acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < NV; ++u) acc[r][u] = Vec<T>{} ;
+  }
+  for (idx_t x = 0; x < K; ++x) {
+    const T* __restrict bx = b + x * ldb;
+    Vec<T> bv[NV];
+    for (int u = 0; u < NV; ++u) bv[u] = load_vec(bx + u * V);
+    for (int r = 0; r < R; ++r) {
+      const T s = a[r * lda + x];
+      for (int u = 0; u < NV; ++u) acc[r][u] += s * bv[u];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < NV; ++u) {
+      const Vec<T> o = mult * acc[r][u];
+      __builtin_memcpy(out + r * ldo + u * V, &o, sizeof(o));
+    }
   }
 }
 
-// out[0:C) = mult * sum_x coef[x * stride] * m[x, 0:C) (m: [n, C] row-major). CK > 0: C == CK,
-// the accumulators stay in registers; otherwise `acc` ([C]) is the scratch.
-template <typename T, int CK>
-inline void combine_row(const T* __restrict__ coef, idx_t stride, const T* __restrict__ m,
-                        idx_t n, idx_t C, T mult, T* __restrict__ out, T* __restrict__ acc) {
-  if constexpr (CK > 0) {
-    T local[CK] = {};
-    for (idx_t x = 0; x < n; ++x) {
-      const T a = coef[x * stride];
-      const T* __restrict__ row = m + x * CK;
-      for (int c = 0; c < CK; ++c) local[c] += a * row[c];
+// R rows of out = mult * a b over all `cols` columns: tiles of two and one vectors (64 and 32
+// bytes), then single columns.
+template <typename T, int R>
+inline void row_block(const T* a, idx_t lda, const T* b, idx_t ldb, idx_t K, T* out, idx_t ldo,
+                      idx_t cols, T mult) {
+  constexpr int kWide = 64 / sizeof(T), kNarrow = 32 / sizeof(T);
+  idx_t j = 0;
+  for (; j + kWide <= cols; j += kWide) tile<T, R, 2>(a, lda, b + j, ldb, K, out + j, ldo, mult);
+  if (j + kNarrow <= cols) {
+    tile<T, R, 1>(a, lda, b + j, ldb, K, out + j, ldo, mult);
+    j += kNarrow;
+  }
+  for (; j < cols; ++j) {
+    for (int r = 0; r < R; ++r) {
+      T sum = 0;
+      for (idx_t x = 0; x < K; ++x) sum += a[r * lda + x] * b[x * ldb + j];
+      out[r * ldo + j] = mult * sum;
     }
-    for (int c = 0; c < CK; ++c) out[c] = mult * local[c];
-  } else {
-    std::fill(acc, acc + C, T(0));
-    for (idx_t x = 0; x < n; ++x) {
-      const T a = coef[x * stride];
-      const T* __restrict__ row = m + x * C;
-      for (idx_t c = 0; c < C; ++c) acc[c] += a * row[c];
-    }
-    for (idx_t c = 0; c < C; ++c) out[c] = mult * acc[c];
   }
 }
 
-// Loads head h of the window: queries (times scale), keys transposed (zero padded to np
-// columns); the forward also values row-major, the backward keys row-major, values transposed
-// and the output gradients row-major.
+// out [rows, cols] (stride ldo) = mult * a [rows, K] (stride lda) b [K, cols] (stride ldb).
 template <typename T>
-void load_head(const Problem<T>& P, Buffers<T>& B, const T* dout, idx_t n, idx_t h) {
-  const idx_t C = P.C, Cv = P.Cv, np = B.np;
+void small_matmul(const T* a, idx_t lda, const T* b, idx_t ldb, idx_t K, T* out, idx_t ldo,
+                  idx_t rows, idx_t cols, T mult) {
+  idx_t r = 0;
+  for (; r + 4 <= rows; r += 4) row_block<T, 4>(a + r * lda, lda, b, ldb, K, out + r * ldo, ldo, cols, mult);
+  const T* ar = a + r * lda;
+  T* outr = out + r * ldo;
+  switch (rows - r) {
+    case 3: return row_block<T, 3>(ar, lda, b, ldb, K, outr, ldo, cols, mult);
+    case 2: return row_block<T, 2>(ar, lda, b, ldb, K, outr, ldo, cols, mult);
+    case 1: return row_block<T, 1>(ar, lda, b, ldb, K, outr, ldo, cols, mult);
+    default: return;
+  }
+}
+
+// dst[j, i] = src[i, j] for i, j < n (both n x n blocks of row stride ld).
+template <typename T>
+inline void transpose_block(const T* __restrict src, T* __restrict dst, idx_t n, idx_t ld) {
   for (idx_t i = 0; i < n; ++i) {
-    const idx_t offset = (B.rows[i] * P.H + h) * C, offset_v = (B.rows[i] * P.H + h) * Cv;
-    const T* __restrict__ q = P.q + offset;
-    const T* __restrict__ k = P.k + offset;
-    const T* __restrict__ v = P.v + offset_v;
-    for (idx_t c = 0; c < C; ++c) B.qs[i * C + c] = q[c] * P.scale;
-    for (idx_t c = 0; c < C; ++c) B.kt[c * np + i] = k[c];
-    if (dout == nullptr) {
-      std::copy(v, v + Cv, B.vs.data() + i * Cv);
-    } else {
-      std::copy(k, k + C, B.ks.data() + i * C);
-      for (idx_t c = 0; c < Cv; ++c) B.vt[c * np + i] = v[c];
-      std::copy(dout + offset_v, dout + offset_v + Cv, B.dout.data() + i * Cv);
+    for (idx_t j = 0; j < n; ++j) dst[j * ld + i] = src[i * ld + j];
+  }
+}
+
+// Loads the window's rows, each [H, C] row of the tables read whole (contiguous, so the
+// hardware prefetcher streams consecutive rows), into the per-head blocks: queries times scale,
+// keys transposed; the forward also values row-major, the backward keys row-major, values
+// transposed and the output gradients row-major.
+template <typename T>
+void load_window(const Problem<T>& P, Buffers<T>& B, const T* dout, idx_t n) {
+  const idx_t H = P.H, C = P.C, Cv = P.Cv, np = B.np, s = B.s;
+  for (idx_t i = 0; i < n; ++i) {
+    const T* __restrict q = P.q + B.rows[i] * H * C;
+    const T* __restrict k = P.k + B.rows[i] * H * C;
+    const T* __restrict v = P.v + B.rows[i] * H * Cv;
+    for (idx_t h = 0; h < H; ++h) {
+      T* __restrict qs = B.qs.data() + (h * s + i) * C;
+      T* __restrict kt = B.kt.data() + h * C * np + i;
+      for (idx_t c = 0; c < C; ++c) qs[c] = q[h * C + c] * P.scale;
+      for (idx_t c = 0; c < C; ++c) kt[c * np] = k[h * C + c];
+      if (dout == nullptr) {
+        std::copy(v + h * Cv, v + (h + 1) * Cv, B.vs.data() + (h * s + i) * Cv);
+      } else {
+        const T* __restrict g = dout + B.rows[i] * H * Cv;
+        std::copy(k + h * C, k + (h + 1) * C, B.ks.data() + (h * s + i) * C);
+        T* __restrict vt = B.vt.data() + h * Cv * np + i;
+        for (idx_t c = 0; c < Cv; ++c) vt[c * np] = v[h * Cv + c];
+        std::copy(g + h * Cv, g + (h + 1) * Cv, B.dout.data() + (h * s + i) * Cv);
+      }
     }
   }
   if (n == np) return;
-  for (idx_t c = 0; c < C; ++c) {
-    std::fill(B.kt.data() + c * np + n, B.kt.data() + (c + 1) * np, T(0));
+  for (idx_t row = 0; row < H * C; ++row) {
+    std::fill(B.kt.data() + row * np + n, B.kt.data() + (row + 1) * np, T(0));
   }
   if (dout == nullptr) return;
-  for (idx_t c = 0; c < Cv; ++c) {
-    std::fill(B.vt.data() + c * np + n, B.vt.data() + (c + 1) * np, T(0));
+  for (idx_t row = 0; row < H * Cv; ++row) {
+    std::fill(B.vt.data() + row * np + n, B.vt.data() + (row + 1) * np, T(0));
+  }
+}
+
+// Writes the window's product rows ([n, H, width]) to their table rows, head h of row i times
+// mult[h * s + i] when mult is given.
+template <typename T>
+inline void store_window(const Problem<T>& P, const Buffers<T>& B, idx_t n, idx_t width,
+                         const std::vector<T>& product, const T* mult, T* table) {
+  const idx_t H = P.H, row = H * width;
+  for (idx_t i = 0; i < n; ++i) {
+    const T* __restrict src = product.data() + i * row;
+    T* __restrict dst = table + B.rows[i] * row;
+    if (mult == nullptr) {
+      std::copy(src, src + row, dst);
+      continue;
+    }
+    for (idx_t h = 0; h < H; ++h) {
+      const T m = mult[h * B.s + i];
+#pragma omp simd
+      for (idx_t c = 0; c < width; ++c) dst[h * width + c] = m * src[h * width + c];
+    }
   }
 }
 
 // exp(row - shift) in place; returns the sum.
 template <typename T>
-inline T exp_row(T* __restrict__ row, idx_t n, T shift) {
+inline T exp_row(T* __restrict row, idx_t n, T shift) {
   for (idx_t j = 0; j < n; ++j) row[j] = exp_of<T>(row[j] - shift);
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
@@ -168,26 +244,30 @@ inline T exp_row(T* __restrict__ row, idx_t n, T shift) {
   return sum;
 }
 
-template <typename T, int CK>
+// Per head: S = (scale Q) K^T, P = exp(S - max) row by row, O = P V / rowsum.
+template <typename T>
 void forward_window(const Problem<T>& P, Buffers<T>& B, idx_t w, T* out, T* lse) {
   const idx_t start = P.ptr[w], n = P.ptr[w + 1] - start, H = P.H, C = P.C, Cv = P.Cv;
-  const idx_t np = B.np;
+  const idx_t np = B.np, s = B.s;
   if (n <= 0) return;
   for (idx_t i = 0; i < n; ++i) B.rows[i] = P.row(start + i);
+  load_window<T>(P, B, nullptr, n);
   for (idx_t h = 0; h < H; ++h) {
-    load_head<T>(P, B, nullptr, n, h);
-    T* __restrict__ row = B.p.data();
+    small_matmul<T>(B.qs.data() + h * s * C, C, B.kt.data() + h * C * np, np, C, B.p.data(), np,
+                    n, np, T(1));
     for (idx_t i = 0; i < n; ++i) {
-      scores_row_any(B.qs.data() + i * C, B.kt.data(), row, n, np, C);
+      T* __restrict row = B.p.data() + i * np;
       T m = row[0];
 #pragma omp simd reduction(max : m)
       for (idx_t j = 1; j < n; ++j) m = std::max(m, row[j]);
       const T sum = exp_row(row, n, m);
       lse[(start + i) * H + h] = m + std::log(sum);
-      combine_row<T, CK>(row, 1, B.vs.data(), n, Cv, T(1) / sum,
-                         out + (B.rows[i] * H + h) * Cv, B.acc.data());
+      B.inv[h * s + i] = T(1) / sum;
     }
+    small_matmul<T>(B.p.data(), np, B.vs.data() + h * s * Cv, Cv, n, B.gv.data() + h * Cv, H * Cv,
+                    n, Cv, T(1));
   }
+  store_window<T>(P, B, n, Cv, B.gv, B.inv.data(), out);
 }
 
 template <typename T>
@@ -199,39 +279,41 @@ struct Grads {
   T* dv;
 };
 
-// FlashAttention's D_i = dO_i . o_i is formed as sum_j p_ij (dO_i . v_j) from the row itself
-// (o_i = sum_j p_ij v_j), so the output is not kept for the backward.
-template <typename T, int CK>
+// Per head: P recomputed from lse, dP = dO V^T, ds = P (dP - D) with FlashAttention's
+// D_i = dO_i . o_i formed as sum_j p_ij dp_ij (o_i = sum_j p_ij v_j, so the output is not kept
+// for the backward); dQ = scale ds K, dK = ds^T (scale Q), dV = P^T dO.
+template <typename T>
 void backward_window(const Problem<T>& P, Buffers<T>& B, const Grads<T>& G, idx_t w) {
   const idx_t start = P.ptr[w], n = P.ptr[w + 1] - start, H = P.H, C = P.C, Cv = P.Cv;
-  const idx_t np = B.np;
+  const idx_t np = B.np, s = B.s;
   if (n <= 0) return;
   for (idx_t i = 0; i < n; ++i) B.rows[i] = P.row(start + i);
+  load_window(P, B, G.dout, n);
   for (idx_t h = 0; h < H; ++h) {
-    load_head(P, B, G.dout, n, h);
+    const T* qs = B.qs.data() + h * s * C;
+    const T* dout = B.dout.data() + h * s * Cv;
+    small_matmul<T>(qs, C, B.kt.data() + h * C * np, np, C, B.p.data(), np, n, np, T(1));
+    small_matmul<T>(dout, Cv, B.vt.data() + h * Cv * np, np, Cv, B.ds.data(), np, n, np, T(1));
     for (idx_t i = 0; i < n; ++i) {
-      const T* __restrict__ go = B.dout.data() + i * Cv;
-      T* __restrict__ p = B.p.data() + i * np;
-      T* __restrict__ ds = B.ds.data() + i * np;
-      scores_row_any(B.qs.data() + i * C, B.kt.data(), p, n, np, C);
+      T* __restrict p = B.p.data() + i * np;
+      T* __restrict ds = B.ds.data() + i * np;
       exp_row(p, n, G.lse[(start + i) * H + h]);
-      scores_row_any(go, B.vt.data(), ds, n, np, Cv);
       T d = 0;
 #pragma omp simd reduction(+ : d)
       for (idx_t j = 0; j < n; ++j) d += p[j] * ds[j];
+#pragma omp simd
       for (idx_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - d);
     }
-    for (idx_t i = 0; i < n; ++i) {
-      const idx_t r = B.rows[i];
-      // dq_i = scale sum_j ds_ij k_j; dk_i = sum_j ds_ji (scale q_j); dv_i = sum_j p_ji dO_j
-      combine_row<T, CK>(B.ds.data() + i * np, 1, B.ks.data(), n, C, P.scale,
-                         G.dq + (r * H + h) * C, B.acc.data());
-      combine_row<T, CK>(B.ds.data() + i, np, B.qs.data(), n, C, T(1), G.dk + (r * H + h) * C,
-                         B.acc.data());
-      combine_row<T, CK>(B.p.data() + i, np, B.dout.data(), n, Cv, T(1),
-                         G.dv + (r * H + h) * Cv, B.acc.data());
-    }
+    small_matmul<T>(B.ds.data(), np, B.ks.data() + h * s * C, C, n, B.gq.data() + h * C, H * C,
+                    n, C, P.scale);
+    transpose_block(B.ds.data(), B.dst.data(), n, np);
+    small_matmul<T>(B.dst.data(), np, qs, C, n, B.gk.data() + h * C, H * C, n, C, T(1));
+    transpose_block(B.p.data(), B.pt.data(), n, np);
+    small_matmul<T>(B.pt.data(), np, dout, Cv, n, B.gv.data() + h * Cv, H * Cv, n, Cv, T(1));
   }
+  store_window<T>(P, B, n, C, B.gq, nullptr, G.dq);
+  store_window<T>(P, B, n, C, B.gk, nullptr, G.dk);
+  store_window<T>(P, B, n, Cv, B.gv, nullptr, G.dv);
 }
 
 // Zeros the rows of the [N, width] tables that no window covers (the kernels write every covered
@@ -296,15 +378,6 @@ Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tens
   return P;
 }
 
-// Channels known at compile time (accumulators in registers) when query and value agree.
-template <typename F>
-void dispatch_channels(idx_t C, idx_t Cv, F&& run) {
-  if (C == Cv && C == 16) return run(std::integral_constant<int, 16>());
-  if (C == Cv && C == 32) return run(std::integral_constant<int, 32>());
-  if (C == Cv && C == 64) return run(std::integral_constant<int, 64>());
-  run(std::integral_constant<int, 0>());
-}
-
 // Windows per parallel task: a few, so that buffers are allocated once per task.
 constexpr int64_t kGrain = 16;
 
@@ -323,14 +396,10 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor
     T* o = out.data_ptr<T>();
     T* l = lse.data_ptr<T>();
     zero_uncovered<T>(P, v.size(0), {{o, P.H * P.Cv}});
-    auto run = [&](auto ck) {
-      constexpr int CK = decltype(ck)::value;
-      at::parallel_for(0, W, kGrain, [&](int64_t begin, int64_t end) {
-        Buffers<T> B(s_max, P.C, P.Cv);
-        for (int64_t w = begin; w < end; ++w) forward_window<T, CK>(P, B, w, o, l);
-      });
-    };
-    dispatch_channels(P.C, P.Cv, run);
+    at::parallel_for(0, W, kGrain, [&](int64_t begin, int64_t end) {
+      Buffers<T> B(s_max, P.H, P.C, P.Cv, false);
+      for (int64_t w = begin; w < end; ++w) forward_window<T>(P, B, w, o, l);
+    });
   });
   return {out, lse};
 }
@@ -351,14 +420,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     Grads<T> G{grad_out.data_ptr<T>(), lse.data_ptr<T>(), dq.data_ptr<T>(), dk.data_ptr<T>(),
                dv.data_ptr<T>()};
     zero_uncovered<T>(P, q.size(0), {{G.dq, P.H * P.C}, {G.dk, P.H * P.C}, {G.dv, P.H * P.Cv}});
-    auto run = [&](auto ck) {
-      constexpr int CK = decltype(ck)::value;
-      at::parallel_for(0, W, kGrain, [&](int64_t begin, int64_t end) {
-        Buffers<T> B(s_max, P.C, P.Cv);
-        for (int64_t w = begin; w < end; ++w) backward_window<T, CK>(P, B, G, w);
-      });
-    };
-    dispatch_channels(P.C, P.Cv, run);
+    at::parallel_for(0, W, kGrain, [&](int64_t begin, int64_t end) {
+      Buffers<T> B(s_max, P.H, P.C, P.Cv, true);
+      for (int64_t w = begin; w < end; ++w) backward_window<T>(P, B, G, w);
+    });
   });
   return {dq, dk, dv};
 }
