@@ -121,3 +121,68 @@ def test_test_places_choose_nothing(script, tmp_path, monkeypatch):
     for key in ("best_epoch", "best_valid"):
         assert other[key] == clean[key]
     assert numbers(other)["history"] == numbers(clean)["history"]
+
+
+HELDOUT = SCRIPT.with_name("place_recognition_heldout.py")
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    spec = importlib.util.spec_from_file_location("pointcloud_place_recognition_heldout", HELDOUT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_heldout_hits_against_brute_force(heldout):
+    gen = torch.Generator().manual_seed(0)
+    queries, database = torch.randn(23, 5, generator=gen), torch.randn(23, 5, generator=gen)
+    database[::3] = queries[::3] + 0.01 * database[::3]  # some queries find their match
+    queries, database = (torch.nn.functional.normalize(x, dim=1) for x in (queries, database))
+    blocks, full = heldout.hits(queries, database, 5)
+    assert blocks.shape == (20,) and full.shape == (23,)  # the tail of 3 places is dropped
+    for i in range(23):
+        scores = [float(queries[i] @ database[j]) for j in range(23)]
+        assert bool(full[i]) == (max(range(23), key=scores.__getitem__) == i)
+        if i < 20:
+            block = range(i // 5 * 5, i // 5 * 5 + 5)
+            assert bool(blocks[i]) == (max(block, key=scores.__getitem__) == i)
+    assert bool(full[::3].all())
+
+
+def test_heldout_evaluation_of_selected_models(script, heldout, tmp_path):
+    """The held-out script reloads best.pt of a run and evaluates it on freshly generated places:
+    its recalls equal a direct evaluation of the same weights on the same places."""
+    from gtlib.datasets.generate import place_recognition
+
+    train = tmp_path / "train.h5"
+    place_recognition(24, train, points=96, seed=0, progress=False)
+    run = tmp_path / "run"
+    script.main(["--quick", "--no-progress", "--data", str(train), "--out", str(run)])
+    out = tmp_path / "heldout" / "results.json"
+    results = heldout.main(["--runs", str(run), "--places", "12", "--database", "4",
+                            "--seed", "5", "--bootstrap", "50", "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert results["places"] == 12 and results["args"]["points"] == 96
+    data = script.read_place_recognition(results["data"])
+    for name in ("octree", "knn"):
+        saved = torch.load(run / name / "best.pt", map_location="cpu", weights_only=False)
+        net = script.build(script.parse_args(["--quick", "--data", str(train)]), name)
+        net.load_state_dict(saved["model"])
+        net.eval()
+        ground, aerial = data["ground"].float(), data["aerial"].float()
+        with torch.no_grad():
+            q = script.describe(net, ground[:, 0], data["max_range"])
+            a = script.describe(net, aerial, data["max_range"])
+        expected = [script.recalls(q[s : s + 4], a[s : s + 4])["recall@1"] for s in (0, 4, 8)]
+        got = results["runs"][str(run)][name]
+        assert got["ground_to_aerial"]["recall@1_blocks"] == pytest.approx(sum(expected) / 3)
+        assert got["ground_to_aerial"]["recall@1_full"] == pytest.approx(
+            script.recalls(q, a)["recall@1"]
+        )
+        assert got["best_epoch"] == saved["epoch"]
+    paired = results["paired_blocks"]["ground_to_aerial"]
+    low, high = paired["diff_95ci_bootstrap_places"]
+    assert low <= high and paired["diff_mean"] == pytest.approx(
+        paired["octree_mean"] - paired["knn_mean"]
+    )
