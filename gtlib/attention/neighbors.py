@@ -1,4 +1,4 @@
-"""Radius and k-nearest-neighbour graphs of point clouds with cell lists, in plain torch.
+"""Radius and k-nearest-neighbour graphs of point clouds with cell lists (and a k-d tree).
 
 This is the library's one neighbour search (:meth:`gtlib.attention.Pattern.radius` and
 :meth:`~gtlib.attention.Pattern.knn` build on it). Points are binned into cells whose side is at
@@ -6,7 +6,9 @@ least the search radius, so every pair within the radius lies in the same or in 
 only those candidate pairs are ever compared. With an orthorhombic periodic ``box`` positions
 (anywhere, e.g. in ``[0, L)`` or ``[-L/2, L/2)``) are wrapped into ``[0, L)`` for the search and
 distances use the minimum image (:func:`minimum_image`). Candidate pairs are generated in bounded
-chunks of receivers, so memory stays proportional to the chunk size plus the output.
+chunks of receivers, so memory stays proportional to the chunk size plus the output. On the CPU
+the k-nearest search takes its candidates from scipy's k-d tree (compiled, threaded) and keeps
+the cell lists for the receivers whose choice the tree's float64 distances leave open (ties).
 
 The receivers are the senders themselves by default, or a separate point set ``pos_dst``
 (bipartite search, e.g. from input points to query points). Both functions return
@@ -273,6 +275,10 @@ def knn_edges(
     pending = torch.nonzero(wanted > 0).squeeze(1)
 
     senders_out, receivers_out, displacement_out = [], [], []
+    if pending.numel() > 0 and _use_kdtree(space):
+        found, pending = _kdtree_nearest(space, graph, graph_dst, graph_sizes, wanted, exclude_self)
+        for out, part in zip((senders_out, receivers_out, displacement_out), found, strict=True):
+            out.append(part)
     while pending.numel() > 0:
         retry = [pending[:0]]
         pending_levels = search.level.index_select(0, pending)
@@ -316,6 +322,125 @@ def knn_edges(
             receivers_out = [receivers_all.index_select(0, order)]
             displacement_out = [torch.cat(displacement_out).index_select(0, order)]
     return _assemble(pos, receivers_pos, space, senders_out, receivers_out, displacement_out)
+
+
+# k-NN on the CPU: candidates from scipy's k-d tree (compiled, threaded), the final choice and
+# order in the dtype of the positions like the cell-list search. Extra candidates per receiver
+# beyond the k wanted: rank changes between float64 and the positions' dtype stay among them.
+_KDTREE_MARGIN = 4
+# Receivers whose nearest candidate left out is within this many units of the positions' dtype
+# rounding (relative to the coordinates' magnitude) of the last one chosen go to the cell lists.
+_KDTREE_TOLERANCE_ULPS = 64.0
+
+
+def _use_kdtree(space: _Space) -> bool:
+    """Whether the k-d tree serves this search: CPU positions and scipy importable."""
+    if space.positions.device.type != "cpu":
+        return False
+    try:
+        from scipy.spatial import cKDTree  # noqa: F401
+    except ImportError:  # pragma: no cover - scipy is a core dependency
+        return False
+    return True
+
+
+def _kdtree_nearest(
+    space: _Space,
+    graph: Tensor,
+    graph_dst: Tensor,
+    graph_sizes: Tensor,
+    wanted: Tensor,
+    exclude_self: bool,
+) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+    """The ``wanted`` nearest senders of every receiver from k-d tree candidates.
+
+    The tree proposes ``wanted + margin`` candidates per receiver in float64 (all senders of
+    the receiver's graph when it has no more); their distances are recomputed in the positions'
+    dtype and sorted by (distance, sender), exactly as the cell-list search orders them. A
+    receiver is resolved when every sender left out is farther (in float64) than the last one
+    chosen by more than the dtype's rounding can change; the others (ties, duplicate points,
+    lattices) are returned for the exact cell-list search.
+
+    Returns:
+        ``((senders, receivers, displacement), unresolved)``: the resolved receivers' edges,
+        sorted by receiver, then distance, then sender, and the unresolved receivers.
+    """
+    from scipy.spatial import cKDTree
+
+    positions, dst_positions, box = space.positions, space.dst_positions, space.box
+    num_graphs = graph_sizes.numel()
+    senders_ptr = torch.zeros(num_graphs + 1, dtype=torch.long)
+    senders_ptr[1:] = torch.cumsum(graph_sizes, 0)
+    receivers_ptr = torch.zeros(num_graphs + 1, dtype=torch.long)
+    receivers_ptr[1:] = torch.cumsum(torch.bincount(graph_dst, minlength=num_graphs), 0)
+    extra = int(exclude_self) + _KDTREE_MARGIN
+    boxsize = None if box is None else box.double().numpy()
+    scale = float(positions.abs().max()) + float(dst_positions.abs().max()) + 1.0
+    if box is not None:
+        scale += float(box.max())
+    tolerance = _KDTREE_TOLERANCE_ULPS * torch.finfo(positions.dtype).eps * scale
+
+    def tree_points(x: Tensor):
+        x = x.double().numpy()
+        if boxsize is not None:  # in [0, L): a remainder rounded up to L wraps to 0
+            x = x.copy()
+            x[x >= boxsize] = 0.0
+        return x
+
+    out: list[tuple[Tensor, Tensor, Tensor]] = []
+    unresolved: list[Tensor] = []
+    threads = max(1, torch.get_num_threads())
+    for g in range(num_graphs):
+        s0, s1 = int(senders_ptr[g]), int(senders_ptr[g + 1])
+        r0, r1 = int(receivers_ptr[g]), int(receivers_ptr[g + 1])
+        if r0 == r1 or s0 == s1:
+            continue
+        receivers = torch.arange(r0, r1)
+        want = wanted[r0:r1]
+        count = min(int(want.max()) + extra, s1 - s0)
+        if count <= 0:
+            continue
+        tree = cKDTree(tree_points(positions[s0:s1]), boxsize=boxsize)
+        far, local = tree.query(tree_points(dst_positions[r0:r1]), k=count, workers=threads)
+        far = torch.from_numpy(far).reshape(r1 - r0, count)
+        candidates = torch.from_numpy(local).reshape(r1 - r0, count).long() + s0
+        displacement = minimum_image(positions[candidates] - dst_positions[receivers][:, None], box)
+        distance = torch.linalg.vector_norm(displacement, dim=2)
+        if exclude_self:
+            distance = distance.masked_fill(candidates == receivers[:, None], math.inf)
+        # rows sorted by (distance, sender): by sender first, then stably by distance
+        order = torch.argsort(candidates, dim=1, stable=True)
+        order = order.gather(1, torch.argsort(distance.gather(1, order), dim=1, stable=True))
+        candidates, distance = candidates.gather(1, order), distance.gather(1, order)
+        far_sorted = far.gather(1, order)
+        chosen = torch.arange(count)[None, :] < want[:, None]
+        # resolved: every sender of the graph was a candidate, or the nearest one left out
+        # (farther than the tree's last candidate) is clearly farther than the last chosen
+        last = (want - 1).clamp(min=0)[:, None]
+        last_chosen = far_sorted.gather(1, last).squeeze(1)
+        complete = count >= (s1 - s0)
+        resolved = torch.full((r1 - r0,), complete, dtype=torch.bool)
+        if not complete:
+            resolved = far[:, -1] > last_chosen + tolerance
+        resolved &= torch.isfinite(distance.gather(1, last).squeeze(1))
+        unresolved.append(receivers[~resolved])
+        keep = chosen & resolved[:, None]
+        rows = keep.nonzero()
+        out.append(
+            (
+                candidates[keep],
+                receivers[rows[:, 0]],
+                displacement.gather(1, order[:, :, None].expand(-1, -1, displacement.shape[2]))[
+                    keep
+                ],
+            )
+        )
+    if not out:
+        empty = torch.zeros(0, dtype=torch.long)
+        out.append((empty, empty, positions.new_zeros(0, positions.shape[1])))
+    senders, receivers, displacement = (torch.cat(parts) for parts in zip(*out, strict=True))
+    pending = torch.cat(unresolved) if unresolved else torch.zeros(0, dtype=torch.long)
+    return (senders, receivers, displacement), pending[wanted[pending] > 0]
 
 
 class _Space(NamedTuple):

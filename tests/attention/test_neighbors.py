@@ -1,4 +1,5 @@
-"""Cell-list neighbour search against brute force (numpy, float64) and scipy's cKDTree."""
+"""Neighbour search (cell lists; k-NN also from k-d tree candidates) against brute force (numpy,
+float64) and scipy's cKDTree."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ from scipy.spatial import cKDTree
 
 from gtlib.attention import neighbors
 from gtlib.attention.neighbors import knn_edges, minimum_image, radius_edges
+
+
+@pytest.fixture(autouse=True, params=["kdtree", "cells"])
+def knn_search(request, monkeypatch):
+    """Every test twice: k-NN candidates from the k-d tree (CPU default) and cell lists only."""
+    if request.param == "cells":
+        monkeypatch.setattr(neighbors, "_use_kdtree", lambda space: False)
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -348,7 +357,9 @@ def test_knn_batch_with_small_graphs():
             assert torch.equal(counts, candidates.clamp(max=5))
 
 
-def test_knn_clustered_points_exercise_shrinking_and_growing(monkeypatch):
+def test_knn_clustered_points_exercise_shrinking_and_growing(monkeypatch, knn_search):
+    if knn_search == "kdtree":
+        pytest.skip("exercises the cell lists' radii (run with the k-d tree off)")
     sides = []
     build = neighbors._build_cell_lists
 
@@ -703,3 +714,49 @@ def test_huge_and_tiny_coordinates_against_float64_brute_force(scale):
     distance = delta.norm(dim=-1)
     distance.fill_diagonal_(float("inf"))
     assert periodic.num_edges == int((distance <= 0.2).sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["lattice", "random", "duplicates", "batch", "bipartite"])
+def test_knn_kdtree_and_cell_lists_agree_exactly(monkeypatch, knn_search, dtype, case):
+    """The k-d tree path returns the same edges, in the same order (ties by sender), as the
+    cell lists alone: ties among the tree's candidates are ordered like the cell lists order
+    them, and receivers with ties beyond the candidates go to the cell lists."""
+    if knn_search == "cells":
+        pytest.skip("compares the two paths itself")
+    rng = np.random.default_rng(11)
+    kwargs = {}
+    if case == "lattice":  # every receiver has ties at its k-th neighbour
+        grid = np.stack(np.meshgrid(*[np.arange(7)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        pos = torch.tensor(grid * 0.5, dtype=dtype)
+    elif case == "duplicates":
+        base = rng.random((60, 3)) * 5
+        pos = torch.tensor(np.concatenate([base, base[:30]]), dtype=dtype)
+    else:
+        pos = torch.tensor(rng.random((700, 3)) * 10 - 3, dtype=dtype)
+    if case == "batch":
+        kwargs["batch"] = torch.tensor(np.sort(rng.integers(0, 5, len(pos))))
+    if case == "bipartite":
+        kwargs["pos_dst"] = torch.tensor(rng.random((90, 3)) * 10 - 3, dtype=dtype)
+    unresolved = []
+    nearest = neighbors._kdtree_nearest
+
+    def recording(*args):
+        found, pending = nearest(*args)
+        unresolved.append(pending.numel())
+        return found, pending
+
+    monkeypatch.setattr(neighbors, "_kdtree_nearest", recording)
+    for box in (None, 4.0):
+        for loop in (False, True):
+            if case == "bipartite" and loop:
+                continue
+            got = knn_edges(pos, 6, box=box, loop=loop, **kwargs)
+            with monkeypatch.context() as m:
+                m.setattr(neighbors, "_use_kdtree", lambda space: False)
+                expected = knn_edges(pos, 6, box=box, loop=loop, **kwargs)
+            assert torch.equal(got[0], expected[0])
+            torch.testing.assert_close(got[1], expected[1], rtol=0, atol=0)
+    assert unresolved  # the tree served every search
+    if case == "lattice":  # ties beyond the tree's candidates went to the cell lists
+        assert max(unresolved) > 0
