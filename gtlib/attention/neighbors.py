@@ -330,7 +330,7 @@ def knn_edges(
 _KDTREE_MARGIN = 4
 # Receivers whose nearest candidate left out is within this many units of the positions' dtype
 # rounding (relative to the coordinates' magnitude) of the last one chosen go to the cell lists.
-_KDTREE_TOLERANCE_ULPS = 64.0
+_KDTREE_TOLERANCE_ULPS = 16.0
 
 
 def _use_kdtree(space: _Space) -> bool:
@@ -375,9 +375,9 @@ def _kdtree_nearest(
     receivers_ptr[1:] = torch.cumsum(torch.bincount(graph_dst, minlength=num_graphs), 0)
     extra = int(exclude_self) + _KDTREE_MARGIN
     boxsize = None if box is None else box.double().numpy()
-    scale = float(positions.abs().max()) + float(dst_positions.abs().max()) + 1.0
+    scale = max(float(positions.abs().max()), float(dst_positions.abs().max()), 1.0)
     if box is not None:
-        scale += float(box.max())
+        scale = max(scale, float(box.max()))
     tolerance = _KDTREE_TOLERANCE_ULPS * torch.finfo(positions.dtype).eps * scale
 
     def tree_points(x: Tensor):
@@ -400,19 +400,46 @@ def _kdtree_nearest(
         count = min(int(want.max()) + extra, s1 - s0)
         if count <= 0:
             continue
-        tree = cKDTree(tree_points(positions[s0:s1]), boxsize=boxsize)
-        far, local = tree.query(tree_points(dst_positions[r0:r1]), k=count, workers=threads)
-        far = torch.from_numpy(far).reshape(r1 - r0, count)
-        candidates = torch.from_numpy(local).reshape(r1 - r0, count).long() + s0
-        displacement = minimum_image(positions[candidates] - dst_positions[receivers][:, None], box)
-        distance = torch.linalg.vector_norm(displacement, dim=2)
+        tree = cKDTree(tree_points(positions[s0:s1]), boxsize=boxsize, balanced_tree=False)
+        queries = tree_points(dst_positions[r0:r1])
+        if space.bipartite:
+            far, local = tree.query(queries, k=count, workers=threads)
+            far, local = torch.from_numpy(far), torch.from_numpy(local)
+        else:  # queried in the tree's leaf order (neighbouring queries, warm caches), rows
+            # then put back in receiver order
+            leaf_order = tree.indices
+            far, local = tree.query(queries[leaf_order], k=count, workers=threads)
+            back = torch.empty(r1 - r0, dtype=torch.long)
+            back[torch.from_numpy(leaf_order.astype("int64"))] = torch.arange(r1 - r0)
+            far, local = torch.from_numpy(far)[back], torch.from_numpy(local)[back]
+        far = far.reshape(r1 - r0, count)
+        candidates = local.reshape(r1 - r0, count).long() + s0
+        # squared distances in the positions' dtype, axis by axis (as the cell lists compute
+        # them: the minimum image per axis)
+        distance = None
+        for axis in range(positions.shape[1]):
+            delta = positions[:, axis][candidates] - dst_positions[receivers, axis][:, None]
+            if box is not None:
+                delta = minimum_image(delta[..., None], box[axis : axis + 1]).squeeze(-1)
+            delta = delta * delta
+            distance = delta if distance is None else distance + delta
+        distance = distance.sqrt()
         if exclude_self:
             distance = distance.masked_fill(candidates == receivers[:, None], math.inf)
-        # rows sorted by (distance, sender): by sender first, then stably by distance
-        order = torch.argsort(candidates, dim=1, stable=True)
-        order = order.gather(1, torch.argsort(distance.gather(1, order), dim=1, stable=True))
-        candidates, distance = candidates.gather(1, order), distance.gather(1, order)
-        far_sorted = far.gather(1, order)
+        # rows in (distance, sender) order; the tree's float64 order already is, except where
+        # rounding to the dtype ties or swaps neighbours: only those rows are sorted
+        step_down = distance[:, 1:] < distance[:, :-1]
+        tie = (distance[:, 1:] == distance[:, :-1]) & (candidates[:, 1:] < candidates[:, :-1])
+        unsorted = torch.nonzero((step_down | tie).any(1)).squeeze(1)
+        if unsorted.numel() > 0:
+            c, d = candidates[unsorted], distance[unsorted]
+            order = torch.argsort(c, dim=1, stable=True)
+            order = order.gather(1, torch.argsort(d.gather(1, order), dim=1, stable=True))
+            candidates[unsorted], distance[unsorted] = c.gather(1, order), d.gather(1, order)
+            far_sorted = far.clone()
+            far_sorted[unsorted] = far[unsorted].gather(1, order)
+        else:
+            far_sorted = far
         chosen = torch.arange(count)[None, :] < want[:, None]
         # resolved: every sender of the graph was a candidate, or the nearest one left out
         # (farther than the tree's last candidate) is clearly farther than the last chosen
@@ -421,20 +448,13 @@ def _kdtree_nearest(
         complete = count >= (s1 - s0)
         resolved = torch.full((r1 - r0,), complete, dtype=torch.bool)
         if not complete:
-            resolved = far[:, -1] > last_chosen + tolerance
+            resolved = far.max(1).values > last_chosen + tolerance
         resolved &= torch.isfinite(distance.gather(1, last).squeeze(1))
         unresolved.append(receivers[~resolved])
         keep = chosen & resolved[:, None]
-        rows = keep.nonzero()
-        out.append(
-            (
-                candidates[keep],
-                receivers[rows[:, 0]],
-                displacement.gather(1, order[:, :, None].expand(-1, -1, displacement.shape[2]))[
-                    keep
-                ],
-            )
-        )
+        senders, kept_receivers = candidates[keep], receivers[keep.nonzero()[:, 0]]
+        delta = positions.index_select(0, senders) - dst_positions.index_select(0, kept_receivers)
+        out.append((senders, kept_receivers, minimum_image(delta, box)))
     if not out:
         empty = torch.zeros(0, dtype=torch.long)
         out.append((empty, empty, positions.new_zeros(0, positions.shape[1])))
