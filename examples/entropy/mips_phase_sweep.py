@@ -79,6 +79,7 @@ fluctuate without a trend, and the local packing fraction histogram stays unimod
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -88,6 +89,26 @@ from gtlib.datasets import ActiveOUParticles, load_trajectory, simulate
 
 def point_path(root: Path, n: int, v0: float, gamma: float, phi: float) -> Path:
     return root / f"aoup_n{n}_v{v0:g}_g{gamma:g}_phi{phi:g}.h5"
+
+
+def cluster_state(system: ActiveOUParticles, cluster_phi: float, seed: int):
+    """``(pos, g)``: the ``N`` sites of a triangular lattice (packing fraction ``cluster_phi``)
+    nearest the box centre, jittered by 2% of the spacing, and ``g`` from its stationary law."""
+    n, r0 = system.num_particles, system.r0
+    if system.dim != 2 or not 0.0 < cluster_phi < 0.9:
+        raise ValueError("--initial cluster needs d = 2 and 0 < --cluster-phi < 0.9")
+    spacing = r0 * math.sqrt(2.0 * math.pi / (math.sqrt(3.0) * cluster_phi))
+    side = math.ceil(math.sqrt(4.0 * n)) + 2
+    i, j = torch.meshgrid(torch.arange(-side, side + 1.0), torch.arange(-side, side + 1.0),
+                          indexing="ij")  # fmt: skip
+    sites = torch.stack([i + 0.5 * j, j * math.sqrt(3.0) / 2.0], -1).reshape(-1, 2) * spacing
+    sites = sites[sites.norm(dim=1).argsort()[:n]].double()
+    if 2.0 * float(sites.norm(dim=1).max()) + spacing > system.box_length:
+        raise ValueError(f"a cluster at --cluster-phi {cluster_phi} does not fit in the box")
+    generator = torch.Generator().manual_seed(seed)
+    jitter = 0.02 * spacing * (torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5)
+    g = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return system.wrap(sites + jitter), g
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +128,15 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="finished file whose last snapshot (pos, g) starts the run (one point only)",
     )
+    parser.add_argument(
+        "--initial",
+        choices=("lattice", "cluster"),
+        default="lattice",
+        help="lattice: the simulator's jittered lattice filling the box; cluster: one dense "
+        "disc (triangular lattice at --cluster-phi) in the gas-free box centre, to test "
+        "whether a cluster persists (coexistence) or dissolves",
+    )
+    parser.add_argument("--cluster-phi", type=float, default=0.8)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     root = Path(args.root)
@@ -120,11 +150,18 @@ def main(argv: list[str] | None = None) -> None:
         initial = (previous["pos"][-1], previous["g"][-1])
         root = root / "continued"
         root.mkdir(parents=True, exist_ok=True)
+    if args.initial == "cluster":
+        if initial is not None:
+            parser.error("--initial cluster and --continue-from exclude each other")
+        root = root / f"cluster{args.cluster_phi:g}"
+        root.mkdir(parents=True, exist_ok=True)
     for v0, gamma, phi in points:
         path = point_path(root, args.num_particles, v0, gamma, phi)
         system = ActiveOUParticles(
             args.num_particles, packing_fraction=phi, v0=v0, gamma=gamma, k=1.0
         )
+        if args.initial == "cluster":
+            initial = cluster_state(system, args.cluster_phi, args.seed)
         simulate(
             system,
             args.snapshots,
