@@ -15,12 +15,17 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "pointcloud" / "place_recognition.py"
 
 
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("pointcloud_place_recognition", SCRIPT)
+def load_script(name: str, path: Path):
+    """An example script loaded as a module (examples are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return load_script("pointcloud_place_recognition", SCRIPT)
 
 
 @pytest.fixture(autouse=True)
@@ -128,10 +133,7 @@ HELDOUT = SCRIPT.with_name("place_recognition_heldout.py")
 
 @pytest.fixture(scope="module")
 def heldout():
-    spec = importlib.util.spec_from_file_location("pointcloud_place_recognition_heldout", HELDOUT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pointcloud_place_recognition_heldout", HELDOUT)
 
 
 def test_heldout_hits_against_brute_force(heldout):
