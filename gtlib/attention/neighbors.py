@@ -330,7 +330,7 @@ def knn_edges(
 _KDTREE_MARGIN = 4
 # Receivers whose nearest candidate left out is within this many units of the positions' dtype
 # rounding (relative to the coordinates' magnitude) of the last one chosen go to the cell lists.
-_KDTREE_TOLERANCE_ULPS = 16.0
+_KDTREE_TOLERANCE_ULPS = 32.0
 
 
 def _use_kdtree(space: _Space) -> bool:
@@ -444,7 +444,8 @@ def _kdtree_nearest(
         # resolved: every sender of the graph was a candidate, or the nearest one left out
         # (farther than the tree's last candidate) is clearly farther than the last chosen
         last = (want - 1).clamp(min=0)[:, None]
-        last_chosen = far_sorted.gather(1, last).squeeze(1)
+        # the farthest chosen in float64 (the dtype's order may swap near-equal neighbours)
+        last_chosen = far_sorted.masked_fill(~chosen, -math.inf).max(1).values
         complete = count >= (s1 - s0)
         resolved = torch.full((r1 - r0,), complete, dtype=torch.bool)
         if not complete:

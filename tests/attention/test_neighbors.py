@@ -717,7 +717,9 @@ def test_huge_and_tiny_coordinates_against_float64_brute_force(scale):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", ["lattice", "random", "duplicates", "batch", "bipartite"])
+@pytest.mark.parametrize(
+    "case", ["lattice", "random", "offset", "duplicates", "batch", "bipartite"]
+)
 def test_knn_kdtree_and_cell_lists_agree_exactly(monkeypatch, knn_search, dtype, case):
     """The k-d tree path returns the same edges, in the same order (ties by sender), as the
     cell lists alone: ties among the tree's candidates are ordered like the cell lists order
@@ -732,6 +734,8 @@ def test_knn_kdtree_and_cell_lists_agree_exactly(monkeypatch, knn_search, dtype,
     elif case == "duplicates":
         base = rng.random((60, 3)) * 5
         pos = torch.tensor(np.concatenate([base, base[:30]]), dtype=dtype)
+    elif case == "offset":  # coordinates far from the origin: rounding matters in float32
+        pos = torch.tensor(rng.random((700, 3)) * 2 + 3000.0, dtype=dtype)
     else:
         pos = torch.tensor(rng.random((700, 3)) * 10 - 3, dtype=dtype)
     if case == "batch":
