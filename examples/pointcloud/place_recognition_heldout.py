@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("runs/pr_heldout/results.json"))
     args = p.parse_args(argv)
+    args.runs = list(dict.fromkeys(args.runs))  # each run once
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.database < 2 or args.places < args.database:

@@ -414,16 +414,14 @@ def _kdtree_nearest(
             far, local = torch.from_numpy(far)[back], torch.from_numpy(local)[back]
         far = far.reshape(r1 - r0, count)
         candidates = local.reshape(r1 - r0, count).long() + s0
-        # squared distances in the positions' dtype, axis by axis (as the cell lists compute
-        # them: the minimum image per axis)
-        distance = None
-        for axis in range(positions.shape[1]):
-            delta = positions[:, axis][candidates] - dst_positions[receivers, axis][:, None]
-            if box is not None:
-                delta = minimum_image(delta[..., None], box[axis : axis + 1]).squeeze(-1)
-            delta = delta * delta
-            distance = delta if distance is None else distance + delta
-        distance = distance.sqrt()
+        # distances in the positions' dtype exactly as the cell lists compute them (minimum
+        # image, then vector_norm over the last axis: a sum of squares rounds differently)
+        distance = torch.empty(candidates.shape, dtype=positions.dtype)
+        rows = max(1, MAX_CANDIDATES_PER_CHUNK // count)
+        for first in range(0, r1 - r0, rows):
+            block = slice(first, first + rows)
+            delta = positions[candidates[block]] - dst_positions[receivers[block]][:, None]
+            distance[block] = torch.linalg.vector_norm(minimum_image(delta, box), dim=2)
         if exclude_self:
             distance = distance.masked_fill(candidates == receivers[:, None], math.inf)
         # rows in (distance, sender) order; the tree's float64 order already is, except where

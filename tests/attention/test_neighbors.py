@@ -764,3 +764,28 @@ def test_knn_kdtree_and_cell_lists_agree_exactly(monkeypatch, knn_search, dtype,
     assert unresolved  # the tree served every search
     if case == "lattice":  # ties beyond the tree's candidates went to the cell lists
         assert max(unresolved) > 0
+
+
+def test_knn_kdtree_and_cell_lists_agree_on_near_ties(monkeypatch, knn_search):
+    """Small clouds of integer coordinates (exact ties) and of integer coordinates jittered by
+    1e-7 (distances a rounding apart: a sum of squares and vector_norm can differ by an ulp
+    there), float32 and float64, 1-3 dimensions, with and without a periodic box: both paths
+    give the same edges."""
+    if knn_search == "cells":
+        pytest.skip("compares the two paths itself")
+    rng = np.random.default_rng(0)
+    for trial in range(160):
+        dim, n, k = int(rng.integers(1, 4)), int(rng.integers(2, 25)), int(rng.integers(1, 8))
+        dtype = (torch.float32, torch.float64)[trial % 2]
+        pos = rng.integers(0, 4, (n, dim)).astype(float)
+        if trial % 4 >= 2:
+            pos = pos + rng.random((n, dim)) * 1e-7
+        box = 4.0 if trial % 8 >= 4 else None
+        pos = torch.tensor(pos, dtype=dtype)
+        loop = bool(trial % 3)
+        got = knn_edges(pos, k, box=box, loop=loop)
+        with monkeypatch.context() as m:
+            m.setattr(neighbors, "_use_kdtree", lambda space: False)
+            expected = knn_edges(pos, k, box=box, loop=loop)
+        assert torch.equal(got[0], expected[0]), trial
+        assert torch.equal(got[1], expected[1]), trial
