@@ -18,9 +18,12 @@ from gtlib.attention.neighbors import knn_edges, minimum_image, radius_edges
 
 @pytest.fixture(autouse=True, params=["kdtree", "cells"])
 def knn_search(request, monkeypatch):
-    """Every test twice: k-NN candidates from the k-d tree (CPU default) and cell lists only."""
+    """Every test twice: k-NN candidates from the k-d tree (the CPU default for graphs of 1024
+    points and more; here for every size) and cell lists only."""
     if request.param == "cells":
         monkeypatch.setattr(neighbors, "_use_kdtree", lambda space: False)
+    else:
+        monkeypatch.setattr(neighbors, "_KDTREE_MIN_GRAPH", 1)
     return request.param
 
 
@@ -789,3 +792,19 @@ def test_knn_kdtree_and_cell_lists_agree_on_near_ties(monkeypatch, knn_search):
             expected = knn_edges(pos, k, box=box, loop=loop)
         assert torch.equal(got[0], expected[0]), trial
         assert torch.equal(got[1], expected[1]), trial
+
+
+def test_knn_kdtree_serves_large_graphs_only(monkeypatch, knn_search):
+    """One tree per graph: batches of small graphs stay on the cell lists (default gate)."""
+    if knn_search == "cells":
+        pytest.skip("checks the default gate of the k-d tree")
+    monkeypatch.setattr(neighbors, "_KDTREE_MIN_GRAPH", 1024)
+    calls = []
+    nearest = neighbors._kdtree_nearest
+    monkeypatch.setattr(neighbors, "_kdtree_nearest", lambda *a: calls.append(1) or nearest(*a))
+    gen = torch.Generator().manual_seed(3)
+    small = torch.rand(40 * 50, 3, generator=gen)
+    knn_edges(small, 5, batch=torch.arange(40).repeat_interleave(50))
+    assert not calls
+    check_knn(torch.rand(2100, 3, generator=gen, dtype=torch.float64), 5)
+    assert calls

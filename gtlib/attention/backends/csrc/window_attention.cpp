@@ -112,7 +112,7 @@ inline void tile(const T* __restrict a, idx_t lda, const T* __restrict b, idx_t 
   constexpr int V = 32 / sizeof(T);
   Vec<T> acc[R][NV];
   for (int r = 0; r < R; ++r) {
-    for (int u = 0; u < NV; ++u) acc[r][u] = Vec<T>{} ;
+    for (int u = 0; u < NV; ++u) acc[r][u] = Vec<T>{};
   }
   for (idx_t x = 0; x < K; ++x) {
     const T* __restrict bx = b + x * ldb;
