@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.nn.modules.module import _global_forward_hooks
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 
@@ -173,7 +174,12 @@ class TransformerConv(MessagePassing):
                 gate = self.lin_beta(torch.cat([out, x_skip, out - x_skip], dim=-1)).sigmoid()
                 out = gate * x_skip + (1 - gate) * out
             else:
-                out = out + x_skip
+                # into the projection's own output (Linear's backward does not read it): one
+                # [N, heads * out_channels] block less at the peak; not when a forward hook may
+                # have kept that output
+                private = not (self.lin_skip._forward_hooks or _global_forward_hooks)
+                same = x_skip.dtype == out.dtype and x_skip.shape == out.shape
+                out = x_skip.add_(out) if private and same else out + x_skip
         if returns_weights:
             return out, (pattern.edge_index if used_edge_index is None else used_edge_index, alpha)
         return out

@@ -168,6 +168,18 @@ def test_transformer_matches_pyg(case):
     assert isinstance(out, tuple) and out[1][1].shape == (edge_index.size(1), case.get("heads", 1))
 
 
+def test_transformer_skip_hook_sees_the_projection():
+    """The skip connection is added into lin_skip's output in place, except when a forward hook
+    on lin_skip may keep that output: the hook's tensor stays the projection itself."""
+    layer, pyg_layer, x, edge_index, edge_attr = _call_case("transformer", dict(heads=2))
+    seen = []
+    handle = layer.lin_skip.register_forward_hook(lambda module, args, out: seen.append(out))
+    assert_parity(layer, pyg_layer, x, edge_index, edge_attr)
+    handle.remove()
+    expected = torch.nn.functional.linear(x[0], layer.lin_skip.weight, layer.lin_skip.bias)
+    assert seen and all(torch.equal(out, expected) for out in seen)
+
+
 @pytest.mark.parametrize(
     "name, case",
     [

@@ -397,7 +397,11 @@ class _FusedAttention(torch.autograd.Function):
     """Autograd glue: the forward saves the inputs and the weights ``[E, H]`` (not the output: the
     backward forms FlashAttention's ``dO . O`` from the weights); the backward calls the C++
     backward, or, when autograd asks for a graph (double backward), differentiates the scatter
-    mode's recomputation (:func:`~gtlib.attention.backends._autograd.differentiable_backward`)."""
+    mode's recomputation (:func:`~gtlib.attention.backends._autograd.differentiable_backward`).
+
+    The weights are private to the node, so its first backward writes the score gradients over
+    them (no second ``[E, H]`` block at the backward's peak). A later backward of the same node
+    (``retain_graph=True``) recomputes them first (the forward's score sweep, deterministic)."""
 
     @staticmethod
     def forward(ctx, query, key, value, att, key_edge, value_edge, bias, pattern, additive, slope,
@@ -409,6 +413,7 @@ class _FusedAttention(torch.autograd.Function):
         )  # fmt: skip
         ctx.save_for_backward(query, key, value, att, key_edge, value_edge, bias, weights)
         ctx.pattern, ctx.additive, ctx.slope, ctx.scale = pattern, additive, slope, scale
+        ctx.weights_overwritten = False
         return out
 
     @staticmethod
@@ -426,11 +431,18 @@ class _FusedAttention(torch.autograd.Function):
         pattern = ctx.pattern
         _memory.release(_moved_bytes(query, key, value, pattern))
         transposed = pattern.transpose_csr() if need_k or need_v else (None, None, None)
+        if ctx.weights_overwritten:  # an earlier backward of this node wrote ds over them
+            _, _, weights = _STATE.module.forward(
+                query, key, value, key_edge, None, bias, att, pattern.ptr, pattern.col,
+                ctx.additive, ctx.slope, ctx.scale, False,
+            )  # fmt: skip
+        ctx.weights_overwritten = True
         grads = _STATE.module.backward(
             _row_strided(grad_out), query, key, value, key_edge, value_edge, bias, att,
             pattern.ptr, pattern.col, *transposed, weights, ctx.additive, ctx.slope,
             ctx.scale,
             [need_q, need_k, need_v, need_ek, need_ev, need_bias, need_att],
+            True,
         )  # fmt: skip
         gq, gk, gv, gek, gev, gbias, gatt = grads
         return gq, gk, gv, gatt, gek, gev, gbias, None, None, None, None

@@ -19,6 +19,8 @@
 //             B2a senders x dO rows:      grad value_j = sum w_e dO_i
 //             B2b senders x query rows:   grad key_j = sum ds_e scale q_i (additive: via the
 //                                         pre-activation)
+//           run in the order B2a, B1a + B1b, B2b: B2a is the last reader of w, so ds may be
+//           written over w (the caller's choice) and the backward allocates no [E, H] block.
 // When key and value are one table (GATv2's x_l), F1 + F2 and B1a + B1b each run as one sweep,
 // the second body of a receiver reading the rows the first has just cached.
 // A receiver without senders, or whose scores are all -inf, gets weights 0, output 0 and
@@ -85,6 +87,7 @@ struct Scratch {
   std::vector<T> acc_k;      // [H * C]
   std::vector<T> m, l;       // [H]
   std::vector<T> rep, racc;  // [8 H]
+  std::vector<T> dots;       // [deg, H] of one receiver (B1a)
 };
 
 inline void prefetch_row(const void* p, idx_t bytes) {
@@ -561,7 +564,8 @@ struct Grads {
   const T* dout = nullptr;  // [N_dst, H, Cv] with row stride ld_dout (0: one row, broadcast)
   idx_t ld_dout = 0;
   const T* w = nullptr;     // [E, H] softmax weights of the forward
-  T* ds = nullptr;          // [E, H] score gradients (written by B1a, read by B1b and B2b)
+  T* ds = nullptr;          // [E, H] score gradients (written by B1a, read by B1b and B2b);
+                            // may be w itself (each row of w is read before it is overwritten)
   T* q = nullptr;
   T* k = nullptr;
   T* v = nullptr;
@@ -573,16 +577,20 @@ struct Grads {
 // B1a body, receiver i reading the senders' value rows: ds_e = w_e (dO_i . (v_j + ev_e) -
 // delta_i) and the grad of value_edge, w_e dO_i. FlashAttention's delta_i = dO_i . o_i is formed
 // as sum_e w_e dO_i . (v_j + ev_e) over the receiver's edges (the same sum, since o_i is
-// sum_e w_e (v_j + ev_e)), so the output itself need not be kept for the backward.
+// sum_e w_e (v_j + ev_e)), so the output itself need not be kept for the backward. The dots are
+// parked in `dots` ([deg, H]) until delta_i is complete, so ds may overwrite w.
 template <typename T, int CK, int CV, bool ADD>
-inline void score_grad_row(const Problem<T>& P, const Grads<T>& G, idx_t i, T* delta) {
+inline void score_grad_row(const Problem<T>& P, const Grads<T>& G, idx_t i, T* delta,
+                           std::vector<T>& dots) {
   const idx_t H = P.heads;
   const idx_t Cv = CV > 0 ? CV : P.Cv;
   const idx_t rowv = H * Cv;
   const idx_t E = P.n_edges;
+  const idx_t first = P.ptr[i], deg = P.ptr[i + 1] - first;
   const T* __restrict gi = G.dout + i * G.ld_dout;
   for (idx_t h = 0; h < H; ++h) delta[h] = T(0);
-  for (idx_t e = P.ptr[i]; e < P.ptr[i + 1]; ++e) {
+  if (G.ds && static_cast<idx_t>(dots.size()) < deg * H) dots.resize(deg * H);
+  for (idx_t e = first; e < first + deg; ++e) {
     const T* __restrict we = G.w + e * H;
     if (G.ev) {
       for (idx_t h = 0; h < H; ++h) {
@@ -598,17 +606,17 @@ inline void score_grad_row(const Problem<T>& P, const Grads<T>& G, idx_t i, T* d
       prefetch_row(P.v + P.col[e + kPrefetch] * rowv, rowv * sizeof(T));
       if (P.ev) prefetch_row(P.ev + (e + kPrefetch) * rowv, rowv * sizeof(T));
     }
-    // dO_i . (v_j + ev_e) parked in ds_e until delta_i is complete
-    T* __restrict dse = G.ds + e * H;
+    T* __restrict de = dots.data() + (e - first) * H;
     edge_value_dots<T, CV>(gi, P.v + P.col[e] * rowv, P.ev ? P.ev + e * rowv : nullptr, H, Cv,
-                           dse);
-    for (idx_t h = 0; h < H; ++h) delta[h] += we[h] * dse[h];
+                           de);
+    for (idx_t h = 0; h < H; ++h) delta[h] += we[h] * de[h];
   }
   if (!G.ds) return;
-  for (idx_t e = P.ptr[i]; e < P.ptr[i + 1]; ++e) {
-    const T* __restrict we = G.w + e * H;
-    T* __restrict dse = G.ds + e * H;
-    for (idx_t h = 0; h < H; ++h) dse[h] = we[h] * (dse[h] - delta[h]);
+  for (idx_t e = first; e < first + deg; ++e) {
+    const T* we = G.w + e * H;
+    const T* __restrict de = dots.data() + (e - first) * H;
+    T* dse = G.ds + e * H;
+    for (idx_t h = 0; h < H; ++h) dse[h] = we[h] * (de[h] - delta[h]);
   }
 }
 
@@ -681,7 +689,7 @@ void receiver_grads(const Problem<T>& P, const Grads<T>& G, int threads, bool sc
       S.acc_k.resize(rowk);
       T* gatt = gatt_chunks.empty() ? nullptr : gatt_chunks.data() + chunk * rowk;
       for (idx_t i = begin; i < end; ++i) {
-        if (do_scores) score_grad_row<T, CK, CV, ADD>(P, G, i, S.l.data());
+        if (do_scores) score_grad_row<T, CK, CV, ADD>(P, G, i, S.l.data(), S.dots);
         if (do_query) query_grad_row<T, CK, CV, ADD>(P, G, i, S.acc_k.data(), gatt);
       }
     });
@@ -938,7 +946,7 @@ std::vector<at::Tensor> backward(
     const at::Tensor& ptr, const at::Tensor& col, const std::optional<at::Tensor>& ptr_t,
     const std::optional<at::Tensor>& receivers_t, const std::optional<at::Tensor>& order,
     const at::Tensor& weights, bool additive, double slope, double scale,
-    std::vector<bool> needs) {
+    std::vector<bool> needs, bool overwrite_weights) {
   TORCH_CHECK(needs.size() == 7, "needs must hold 7 flags");
   const Inputs in = check_inputs(q, k, v, ek, ev, bias, att, ptr, col, additive);
   const int64_t nd = q.size(0), ns = k.size(0), H = q.size(1), Cv = v.size(2), E = col.numel();
@@ -961,8 +969,15 @@ std::vector<at::Tensor> backward(
   at::Tensor gbias = need_bias ? at::empty_like(in.bias) : at::Tensor();
   at::Tensor gatt = need_att ? at::empty_like(in.att) : at::Tensor();
   const bool need_ds = need_q || need_k || need_ek || need_bias || need_att;
-  // the grad of bias is the score gradient itself
-  at::Tensor ds = need_bias ? gbias : (need_ds ? at::empty({E, H}, q.options()) : at::Tensor());
+  // the grad of bias is the score gradient itself; otherwise the score gradients may take the
+  // weights' place (the caller's choice: nothing reads these weights afterwards)
+  at::Tensor ds;
+  if (need_bias) {
+    ds = gbias;
+  } else if (need_ds) {
+    ds = overwrite_weights ? weights : at::empty({E, H}, q.options());
+  }
+  TORCH_CHECK(weights.is_contiguous(), "weights must be contiguous");
   if (need_k || need_v) {
     TORCH_CHECK(ptr_t.has_value() && receivers_t.has_value() && order.has_value(),
                 "the key and value gradients need the transposed CSR");
@@ -985,16 +1000,17 @@ std::vector<at::Tensor> backward(
     G.ek = need_ek ? gek.data_ptr<T>() : nullptr;
     G.ev = need_ev ? gev.data_ptr<T>() : nullptr;
     G.att = need_att ? gatt.data_ptr<T>() : nullptr;
-    dispatch<BackwardReceivers>(P, G, threads, need_ds || need_ev,
-                                need_q || need_ek || need_att, shared_table(in));
+    Transposed<T> TR;
     if (need_k || need_v) {
-      Transposed<T> TR;
       TR.ptr = ptr_t->data_ptr<idx_t>();
       TR.receivers = receivers_t->data_ptr<idx_t>();
       TR.order = order->data_ptr<idx_t>();
-      if (need_v) dispatch<BackwardValue>(P, G, TR, threads);
-      if (need_k) dispatch<BackwardKey>(P, G, TR, threads);
     }
+    // B2a reads the weights, so it runs before B1a (which may overwrite them with ds)
+    if (need_v) dispatch<BackwardValue>(P, G, TR, threads);
+    dispatch<BackwardReceivers>(P, G, threads, need_ds || need_ev,
+                                need_q || need_ek || need_att, shared_table(in));
+    if (need_k) dispatch<BackwardKey>(P, G, TR, threads);
   });
   return {gq, gk, gv, gek, gev, gbias, gatt};
 }
@@ -1017,6 +1033,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bias"), pybind11::arg("att"), pybind11::arg("ptr"), pybind11::arg("col"),
         pybind11::arg("ptr_t"), pybind11::arg("receivers_t"), pybind11::arg("order"),
         pybind11::arg("weights"), pybind11::arg("additive"),
-        pybind11::arg("negative_slope"), pybind11::arg("scale"), pybind11::arg("needs"));
+        pybind11::arg("negative_slope"), pybind11::arg("scale"), pybind11::arg("needs"),
+        pybind11::arg("overwrite_weights"));
   m.def("num_threads", &num_threads, "threads a call uses (at::get_num_threads)");
 }
