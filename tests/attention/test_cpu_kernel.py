@@ -249,6 +249,40 @@ def test_key_is_value_against_reference(kernel, score, extras, dtype, channels):
 
 
 @pytest.mark.parametrize("score", ["dot", "additive"])
+@pytest.mark.parametrize("alias", ["same", "detached", "views"])
+def test_key_is_value_gradient_paths(kernel, score, alias):
+    """One gradient for one input in both places (summed in the kernel), but only for the same
+    tensor: a detached alias of the same memory, or two views of one leaf, keep their own
+    gradients. Senders 0 and 1 send nothing (their rows of the summed gradient are zeros)."""
+    gen = torch.Generator().manual_seed(11)
+    senders = torch.randint(2, 10, (70,), generator=gen)
+    receivers = torch.randint(0, 8, (70,), generator=gen)
+    pattern = Pattern.from_edge_index(torch.stack([senders, receivers]), (10, 8))
+    base = torch.randn(10, 2 * 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    query = torch.randn(8, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    att = torch.randn(2, 4, generator=gen, dtype=torch.float64) if score != "dot" else None
+    grad_out = torch.randn(8, 2, 4, generator=gen, dtype=torch.float64)
+    key = base.view(10, 2, 4)
+    if alias == "same":
+        value, leaves = key, [query, base]
+    elif alias == "detached":  # shares key's memory, but is its own leaf
+        value = key.detach().requires_grad_()
+        leaves = [query, base, value]
+    else:  # two view nodes of one leaf
+        value, leaves = base.view(10, 2, 4), [query, base]
+    out = cpu.fused_attention(query, key, value, pattern, score=score, att=att, scale=0.5)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref_value = value.detach().clone().requires_grad_() if alias == "detached" else value
+    ref, _ = dense_reference(query, key, ref_value, pattern, score=score, att=att, scale=0.5)
+    expected = torch.autograd.grad(ref, [query, base] + ([ref_value] if alias == "detached"
+                                                          else []), grad_out)  # fmt: skip
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    if alias == "same":
+        assert torch.count_nonzero(grads[1][:2]) == 0  # sender rows without edges
+
+
+@pytest.mark.parametrize("score", ["dot", "additive"])
 def test_key_is_value_gradcheck(kernel, score):
     pattern, tensors = make_problem(7, num_src=6, num_dst=7, num_edges=24, channels=4,
                                     value_channels=4)  # fmt: skip

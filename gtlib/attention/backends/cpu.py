@@ -414,6 +414,7 @@ class _FusedAttention(torch.autograd.Function):
         ctx.save_for_backward(query, key, value, att, key_edge, value_edge, bias, weights)
         ctx.pattern, ctx.additive, ctx.slope, ctx.scale = pattern, additive, slope, scale
         ctx.weights_overwritten = False
+        ctx.key_is_value = key is value
         return out
 
     @staticmethod
@@ -442,9 +443,10 @@ class _FusedAttention(torch.autograd.Function):
             pattern.ptr, pattern.col, *transposed, weights, ctx.additive, ctx.slope,
             ctx.scale,
             [need_q, need_k, need_v, need_ek, need_ev, need_bias, need_att],
-            True,
+            True, ctx.key_is_value,
         )  # fmt: skip
         gq, gk, gv, gek, gev, gbias, gatt = grads
+        # one input in both places: the kernel returned its whole gradient in the value's place
         return gq, gk, gv, gatt, gek, gev, gbias, None, None, None, None
 
 

@@ -776,7 +776,13 @@ struct BackwardKey {
             }
           }
         }
-        std::memcpy(G.k + j * rowk, gk, rowk * sizeof(T));
+        if (G.k == G.v) {  // key and value are one input: its gradient is the sum
+          T* __restrict out = G.k + j * rowk;
+#pragma omp simd
+          for (idx_t c = 0; c < rowk; ++c) out[c] += gk[c];
+        } else {
+          std::memcpy(G.k + j * rowk, gk, rowk * sizeof(T));
+        }
       }
     });
   }
@@ -946,7 +952,7 @@ std::vector<at::Tensor> backward(
     const at::Tensor& ptr, const at::Tensor& col, const std::optional<at::Tensor>& ptr_t,
     const std::optional<at::Tensor>& receivers_t, const std::optional<at::Tensor>& order,
     const at::Tensor& weights, bool additive, double slope, double scale,
-    std::vector<bool> needs, bool overwrite_weights) {
+    std::vector<bool> needs, bool overwrite_weights, bool key_is_value) {
   TORCH_CHECK(needs.size() == 7, "needs must hold 7 flags");
   const Inputs in = check_inputs(q, k, v, ek, ev, bias, att, ptr, col, additive);
   const int64_t nd = q.size(0), ns = k.size(0), H = q.size(1), Cv = v.size(2), E = col.numel();
@@ -962,7 +968,10 @@ std::vector<at::Tensor> backward(
   const bool need_ek = needs[3] && in.ek.defined(), need_ev = needs[4] && in.ev.defined();
   const bool need_bias = needs[5] && in.bias.defined(), need_att = needs[6] && additive;
   at::Tensor gq = need_q ? at::empty_like(q) : at::Tensor();
-  at::Tensor gk = need_k ? at::empty_like(k) : at::Tensor();
+  // key and value one input (the caller's word; same rows checked): one gradient, the sum, B2b
+  // adding into B2a's rows and returned as the value's (the key's left undefined)
+  const bool merge_kv = key_is_value && need_k && need_v && shared_table(in);
+  at::Tensor gk = need_k && !merge_kv ? at::empty_like(k) : at::Tensor();
   at::Tensor gv = need_v ? at::empty_like(v) : at::Tensor();
   at::Tensor gek = need_ek ? at::empty_like(in.ek) : at::Tensor();
   at::Tensor gev = need_ev ? at::empty_like(in.ev) : at::Tensor();
@@ -995,7 +1004,7 @@ std::vector<at::Tensor> backward(
     G.w = weights.data_ptr<T>();
     G.ds = need_ds ? ds.data_ptr<T>() : nullptr;
     G.q = need_q ? gq.data_ptr<T>() : nullptr;
-    G.k = need_k ? gk.data_ptr<T>() : nullptr;
+    G.k = merge_kv ? gv.data_ptr<T>() : (need_k ? gk.data_ptr<T>() : nullptr);
     G.v = need_v ? gv.data_ptr<T>() : nullptr;
     G.ek = need_ek ? gek.data_ptr<T>() : nullptr;
     G.ev = need_ev ? gev.data_ptr<T>() : nullptr;
@@ -1034,6 +1043,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("ptr_t"), pybind11::arg("receivers_t"), pybind11::arg("order"),
         pybind11::arg("weights"), pybind11::arg("additive"),
         pybind11::arg("negative_slope"), pybind11::arg("scale"), pybind11::arg("needs"),
-        pybind11::arg("overwrite_weights"));
+        pybind11::arg("overwrite_weights"), pybind11::arg("key_is_value"));
   m.def("num_threads", &num_threads, "threads a call uses (at::get_num_threads)");
 }
