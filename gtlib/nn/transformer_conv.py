@@ -144,6 +144,9 @@ class TransformerConv(MessagePassing):
             edge_index, None, x_src.size(0), x_dst.size(0), loop_nodes=None
         )
 
+        # the skip first: autograd runs the later nodes of a backward first, so the attention's
+        # gradients are formed and consumed before the skip's gradient of x is allocated
+        x_skip = self.lin_skip(x_dst) if self.root_weight else None
         query = self.lin_query(x_dst).view(-1, heads, channels)
         key = self.lin_key(x_src).view(-1, heads, channels)
         value = self.lin_value(x_src).view(-1, heads, channels)
@@ -168,8 +171,7 @@ class TransformerConv(MessagePassing):
         )
 
         out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)
-        if self.root_weight:
-            x_skip = self.lin_skip(x_dst)
+        if x_skip is not None:
             if self.lin_beta is not None:
                 gate = self.lin_beta(torch.cat([out, x_skip, out - x_skip], dim=-1)).sigmoid()
                 out = gate * x_skip + (1 - gate) * out
