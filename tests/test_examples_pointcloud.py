@@ -101,6 +101,14 @@ def test_quick_run_selection_and_exact_resume(script, tmp_path):
     with pytest.raises(SystemExit):
         script.main([*common, "--out", str(part), "--resume", "--lr", "0.01"])
 
+    # a finished run extended by one epoch, one model only: bitwise the 3-epoch run from scratch
+    longer = script.main([*common, "--out", str(tmp_path / "longer"), "--epochs", "3",
+                          "--models", "octree"])  # fmt: skip
+    extended = script.main([*common, "--out", str(part), "--resume", "--epochs", "3",
+                            "--models", "octree"])  # fmt: skip
+    assert extended["models"]["octree"]["epochs_run"] == 3
+    assert numbers(extended["models"]["octree"]) == numbers(longer["models"]["octree"])
+
 
 def test_test_places_choose_nothing(script, tmp_path, monkeypatch):
     """Scrambling the test places' scans changes no loss, valid recall or best epoch."""

@@ -71,7 +71,10 @@ SELECTION = (
     "highest valid ground->aerial recall@1, then the higher mean of valid "
     "ground->aerial recall@1 and recall@1%, then the earlier epoch"
 )
-RESUMABLE = {"resume", "stop_after", "no_progress", "threads", "out"}
+# Arguments a resume may change. ``epochs`` extends (or ends) a run: the learning rate is constant
+# and each epoch's order depends on (seed, epoch) alone, so a run resumed with more epochs equals
+# the longer run from the start. ``models`` only chooses which models' folders are run.
+RESUMABLE = {"resume", "stop_after", "no_progress", "threads", "out", "epochs", "models"}
 
 
 # ---------------------------------------------------------------------- baseline
@@ -295,7 +298,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--places", type=int, default=200, help="places to generate")
     p.add_argument("--points", type=int, default=512, help="points per scan to generate")
     p.add_argument("--models", default="octree,knn")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=None, help="default 12 (--quick: 2)")
     p.add_argument("--batch-size", type=int, default=16, help="places per batch")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--descriptor", type=int, default=64)
@@ -314,9 +317,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.places, args.points, args.epochs, args.hidden = 24, 96, 2, 8
+        args.places, args.points, args.hidden = 24, 96, 8
+        args.epochs = 2 if args.epochs is None else args.epochs
         args.descriptor, args.heads, args.window, args.levels, args.blocks = 8, 2, 16, 2, 1
         args.batch_size = 8
+    args.epochs = 12 if args.epochs is None else args.epochs
     for name in ("places", "points", "epochs", "batch_size", "hidden", "k", "window"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
