@@ -215,7 +215,7 @@ def train_model(args, name: str, data: dict, train_idx: Tensor, valid_idx: Tenso
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if saved.get("format") != CHECKPOINT_FORMAT:
             raise SystemExit(f"error: {checkpoint} is not a checkpoint of this script")
-        if saved["config"] != config:
+        if {k: v for k, v in saved["config"].items() if k not in RESUMABLE} != config:
             raise SystemExit(f"error: {checkpoint} was written with other arguments; resume "
                              "with the same ones")  # fmt: skip
         model.load_state_dict(saved["model"])
