@@ -108,6 +108,9 @@ def test_quick_run_selection_and_exact_resume(script, tmp_path):
                             "--models", "octree"])  # fmt: skip
     assert extended["models"]["octree"]["epochs_run"] == 3
     assert numbers(extended["models"]["octree"]) == numbers(longer["models"]["octree"])
+    # the kNN model was not run again: its results stay in results.json
+    kept = json.loads((part / "results.json").read_text())["models"]
+    assert kept.keys() == {"octree", "knn"} and kept["knn"] == resumed["models"]["knn"]
 
 
 def test_test_places_choose_nothing(script, tmp_path, monkeypatch):

@@ -360,6 +360,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"R@1% {r['ground_to_aerial']['recall@1%']:.3f}; ground->ground R@1 "
               f"{r['ground_to_ground']['recall@1']:.3f} R@1% "
               f"{r['ground_to_ground']['recall@1%']:.3f}")  # fmt: skip
+    # a resume that runs some of the models keeps the others' results from the same data
+    previous = args.out / "results.json"
+    if args.resume and previous.exists():
+        earlier = json.loads(previous.read_text())
+        if earlier.get("data") == results["data"]:
+            for name, result in earlier.get("models", {}).items():
+                results["models"].setdefault(name, result)
     atomic_write_text(args.out / "results.json", json.dumps(results, indent=2))
     return results
 
