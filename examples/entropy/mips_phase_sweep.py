@@ -131,6 +131,17 @@ def cluster_state(system: ActiveOUParticles, cluster_phi: float, seed: int):
     return system.wrap(sites + jitter), g
 
 
+def blob_state(system: ActiveOUParticles, seed: int):
+    """``(pos, g)``: positions from an isotropic Gaussian of standard deviation ``L / 4`` about
+    the box centre, wrapped into the box, and ``g`` from its stationary law (the initial state
+    of the authors' data generator for packing fractions of at least 0.25)."""
+    n, d = system.num_particles, system.dim
+    generator = torch.Generator().manual_seed(seed)
+    pos = 0.25 * system.box_length * torch.randn(n, d, generator=generator, dtype=torch.float64)
+    g = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    return system.wrap(pos), g
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=str, default="/tmp/mips/sweep")
@@ -150,11 +161,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--initial",
-        choices=("lattice", "cluster"),
+        choices=("lattice", "cluster", "blob"),
         default="lattice",
         help="lattice: the simulator's jittered lattice filling the box; cluster: one dense "
         "disc (triangular lattice at --cluster-phi) in the gas-free box centre, to test "
-        "whether a cluster persists (coexistence) or dissolves",
+        "whether a cluster persists (coexistence) or dissolves; blob: a Gaussian blob of "
+        "standard deviation L/4 about the centre (the authors' generator)",
     )
     parser.add_argument("--cluster-phi", type=float, default=0.8)
     args = parser.parse_args(argv)
@@ -170,10 +182,10 @@ def main(argv: list[str] | None = None) -> None:
         initial = (previous["pos"][-1], previous["g"][-1])
         root = root / "continued"
         root.mkdir(parents=True, exist_ok=True)
-    if args.initial == "cluster":
+    if args.initial != "lattice":
         if initial is not None:
-            parser.error("--initial cluster and --continue-from exclude each other")
-        root = root / f"cluster{args.cluster_phi:g}"
+            parser.error(f"--initial {args.initial} and --continue-from exclude each other")
+        root = root / (f"cluster{args.cluster_phi:g}" if args.initial == "cluster" else "blob")
         root.mkdir(parents=True, exist_ok=True)
     for v0, gamma, phi in points:
         path = point_path(root, args.num_particles, v0, gamma, phi)
@@ -182,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         if args.initial == "cluster":
             initial = cluster_state(system, args.cluster_phi, args.seed)
+        elif args.initial == "blob":
+            initial = blob_state(system, args.seed)
         simulate(
             system,
             args.snapshots,
