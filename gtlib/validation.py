@@ -126,16 +126,26 @@ def check_bool(value: Any, name: str) -> bool:
 
 def check_device(value: Any, name: str = "device") -> torch.device | None:
     """``value`` as a :class:`torch.device` (``None`` passes): a device, a string such as
-    ``"cpu"`` or ``"cuda:0"``, or a device index."""
-    if value is None or isinstance(value, torch.device):
+    ``"cpu"`` or ``"cuda:0"``, or a device index.
+
+    An accelerator named without an index (``"cuda"``) becomes the current one (``cuda:0``),
+    the device its tensors report, so that devices compare equal to the tensors' own."""
+    if value is None:
         return value
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise TypeError(f"{name} must be a torch.device, a string or an index, got "
-                        f"{describe(value)}")  # fmt: skip
-    try:
-        return torch.device(value)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"{name}={value!r} is not a device ({err})") from None
+    if not isinstance(value, torch.device):
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise TypeError(f"{name} must be a torch.device, a string or an index, got "
+                            f"{describe(value)}")  # fmt: skip
+        try:
+            value = torch.device(value)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"{name}={value!r} is not a device ({err})") from None
+    if value.index is None and value.type not in ("cpu", "meta"):
+        try:  # the index the device's tensors carry (allocates nothing)
+            value = torch.empty(0, device=value).device
+        except (RuntimeError, AssertionError):  # not available here: left as given
+            pass
+    return value
 
 
 def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:

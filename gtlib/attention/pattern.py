@@ -110,7 +110,7 @@ class Pattern:
         elif blocks:
             self._device = blocks[0].device
         else:
-            self._device = torch.device(device if device is not None else "cpu")
+            self._device = check_device(device if device is not None else "cpu")
         self.num_src = num_src if isinstance(num_src, torch.SymInt) else _size(num_src, "num_src")
         self.num_dst = num_dst if isinstance(num_dst, torch.SymInt) else _size(num_dst, "num_dst")
         self.perm = perm
