@@ -14,7 +14,7 @@
    runs out of memory is recorded as such.
 3. **GPSConv** (GINConv local, multihead global) on a batch of mixed graph sizes (64 graphs of 8
    nodes, 4 of 2,000, 16 of 300): PyG pads every graph to the largest; gtlib attends within
-   each graph (one ``flex_attention`` call over all blocks, or one SDPA call per size).
+   each graph (one SDPA call per block size; ``gtlib_flex``: one ``flex_attention`` call).
 
 Writes JSON (``--out``, default ``benchmarks/results/gpu.json``) and prints a table of ratios.
 """
@@ -201,7 +201,7 @@ def run_layers(sizes, repeat: int, skip_pyg_above: int) -> list[dict]:
 
 def run_gps(repeat: int) -> list[dict]:
     records = []
-    for impl, flex in (("pyg", None), ("gtlib", None), ("gtlib_sdpa", False)):
+    for impl, flex in (("pyg", None), ("gtlib", None), ("gtlib_flex", True)):
         x, forward, layer = gps_problem("pyg" if impl == "pyg" else "gtlib")
         layer.train()
 
@@ -218,7 +218,8 @@ def run_gps(repeat: int) -> list[dict]:
 
 
 class forced_flex:
-    """``flex=False`` keeps block patterns on SDPA (one call per block size)."""
+    """``flex=True`` sends block patterns to one ``flex_attention`` call (the default is SDPA,
+    one call per block size)."""
 
     def __init__(self, flex: bool | None) -> None:
         self.flex = flex

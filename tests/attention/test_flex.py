@@ -69,7 +69,7 @@ def test_cuda_flex_values_and_gradients(with_bias):
     bias = None
     if with_bias:
         bias = torch.randn(pattern.num_edges, 4, device="cuda", requires_grad=True)
-    out = dense_attention(q, k, v, pattern, 0.2, 0.0, bias)  # flex on CUDA
+    out = dense_attention(q, k, v, pattern, 0.2, 0.0, bias, flex=True)
     expected = sparse_attention(q, k, v, pattern, bias=bias, scale=0.2, mode="scatter")
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     grad = torch.randn_like(out)
