@@ -25,7 +25,7 @@ from gtlib.datasets._particle_systems import (
     _SoftDiscs,
 )
 from gtlib.io import atomic_torch_save, remove_stale_temporaries
-from gtlib.validation import check_int, check_real
+from gtlib.validation import check_device, check_int, check_real
 
 __all__ = ["simulate"]
 
@@ -71,6 +71,9 @@ def _run_signature(system: _SoftDiscs, settings: _Settings, initial_hash: str) -
             "spacing_steps": settings.spacing_steps,
             "dtype": str(settings.dtype),
             "initial": initial_hash,
+            # another device draws other random numbers: a run there is another run (a CPU
+            # run's signature is unchanged from before devices existed)
+            **({} if settings.device.type == "cpu" else {"device": settings.device.type}),
         },
         sort_keys=True,
     )
@@ -233,6 +236,7 @@ def simulate(
     skin: float | None = None,
     dtype: torch.dtype = torch.float64,
     callback: Callable[[int, dict[str, Tensor]], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> dict[str, Tensor]:
     r"""Simulates ``n_trajectories`` independent copies and records ``n_snapshots`` snapshots.
 
@@ -276,7 +280,16 @@ def simulate(
         skin: Verlet skin (default ``0.5 r0``; ``0`` searches every step). The skin changes
             the cost only, never the numbers.
         dtype: floating-point type of the simulation and the stored arrays.
-        callback: called as ``callback(s, {"pos", "g", "time"})`` after snapshot ``s``.
+        callback: called as ``callback(s, {"pos", "g", "time"})`` after snapshot ``s`` (the
+            tensors on ``device``).
+        device: where to integrate (default: the CPU), e.g. ``"cuda"``: one step is a few
+            dozen small kernels whatever ``B`` and ``N``, so a GPU pays off for large batches
+            (an H200 ran 1,165 steps/s of 16 x 4096 particles, the CPU of this machine 1,500
+            steps/s of one system of 1024 on one core). The initial state is drawn on the CPU
+            from ``seed`` (the same as on the CPU); the integration noise comes from a
+            generator on ``device`` seeded with ``seed``, so another device gives another,
+            equally valid, realisation (and another run: its files do not resume on another
+            device). Snapshots, checkpoints and the result live on the CPU.
 
     Returns:
         ``{"pos": [S, B, N, d], "g": [S, B, N, d], "time": [S]}``.
@@ -292,10 +305,14 @@ def simulate(
         checkpoint_every,
         dtype,
         callback,
+        device,
     )
     skin = DEFAULT_SKIN * system.r0 if skin is None else check_real(skin, "skin", nonnegative=True)
     generator = torch.Generator().manual_seed(settings.seed)
     pos0, g0, initial_hash = _initial_state(system, initial, settings, generator)
+    if settings.device.type != "cpu":
+        pos0, g0 = pos0.to(settings.device), g0.to(settings.device)
+        generator = torch.Generator(device=settings.device).manual_seed(settings.seed)
     signature = _run_signature(system, settings, initial_hash)
     path = None if out is None else _check_path(out, "out")
     if path is not None and resume and os.path.exists(path):
@@ -327,6 +344,7 @@ class _Settings:
     seed: int
     checkpoint_every: int
     dtype: torch.dtype
+    device: torch.device
 
     @property
     def snapshot_steps(self) -> list[int]:
@@ -357,6 +375,7 @@ def _check_arguments(
     checkpoint_every: Any,
     dtype: Any,
     callback: Any,
+    device: Any,
 ) -> _Settings:
     if not isinstance(system, ActiveOUParticles | ActiveBrownianParticles):
         raise TypeError(
@@ -376,6 +395,7 @@ def _check_arguments(
         raise TypeError(f"`callback` must be callable, got {type(callback).__name__}")
     if round(spacing / dt) < 1:
         raise ValueError(f"`spacing`={spacing} must be at least `dt`={dt}")
+    device = check_device("cpu" if device is None else device)
     return _Settings(
         n_snapshots,
         dt,
@@ -385,6 +405,7 @@ def _check_arguments(
         seed,
         checkpoint_every,
         dtype,
+        device,
     )
 
 
@@ -406,8 +427,8 @@ def _initial_state(
             f"`initial` tensors must have shape [{n}, {d}] or [{batch}, {n}, {d}], got "
             f"{tuple(pos0.shape)}"
         )
-    pos0 = system.wrap(pos0.detach().to(dtype).expand(batch, n, d).clone())
-    g0 = g0.detach().to(dtype).expand(batch, n, d).clone()
+    pos0 = system.wrap(pos0.detach().to("cpu", dtype).expand(batch, n, d).clone())
+    g0 = g0.detach().to("cpu", dtype).expand(batch, n, d).clone()
     initial_hash = hashlib.sha256(pos0.numpy().tobytes() + g0.numpy().tobytes()).hexdigest()
     return pos0, g0, initial_hash
 
@@ -476,7 +497,9 @@ class _Run:
         if not state:  # a fresh start (or interrupted before the first checkpoint)
             _discard_run_files(self.path)
             return
-        self.pos, self.g, self.step = state["pos"], state["g"], state["step"]
+        device = self.settings.device
+        self.pos, self.g = state["pos"].to(device), state["g"].to(device)
+        self.step = state["step"]
         self.n_done = self.written = state["n_done"]
         self.generator.set_state(state["generator_state"])
         self.all_pos[: self.n_done] = state["snap_pos"]
@@ -512,8 +535,8 @@ class _Run:
             "n_done": self.n_done,
             "snapshot_bytes": self.n_done * per_snapshot,
             "snapshot_sha256": self.digest.hexdigest(),
-            "pos": self.pos.clone(),
-            "g": self.g.clone(),
+            "pos": self.pos.to("cpu", copy=True),
+            "g": self.g.to("cpu", copy=True),
             "generator_state": self.generator.get_state(),
         }
         checkpoint["state_sha256"] = _state_digest(checkpoint)

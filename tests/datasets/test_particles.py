@@ -569,3 +569,21 @@ def test_bad_inputs_raise():
         LinearSDE([[-1.0]], [1.0]).step_exact(torch.zeros(4, 2), 0.1)
     with pytest.raises(ValueError, match="state"):
         from_state(torch.zeros(4, 3))
+
+
+def test_device_cpu_is_the_default_run(tmp_path):
+    system = _interacting_system()
+    kwargs = dict(spacing=0.02, n_trajectories=2, seed=3, progress=False)
+    default = simulate(system, 4, 5e-3, out=tmp_path / "a.h5", **kwargs)
+    on_cpu = simulate(system, 4, 5e-3, out=tmp_path / "b.h5", device="cpu", **kwargs)
+    assert torch.equal(default["pos"], on_cpu["pos"]) and torch.equal(default["g"], on_cpu["g"])
+    signatures = [load_trajectory(tmp_path / f"{n}.h5")["attrs"]["run_signature"] for n in "ab"]
+    assert signatures[0] == signatures[1] and '"device"' not in signatures[0]
+
+
+def test_bad_device_is_named():
+    system = _interacting_system()
+    with pytest.raises(ValueError, match="device"):
+        simulate(system, 2, 5e-3, device="nonsense", progress=False)
+    with pytest.raises(TypeError, match="device"):
+        simulate(system, 2, 5e-3, device=1.5, progress=False)
