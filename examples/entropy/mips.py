@@ -189,9 +189,11 @@ def _system_from_file(attrs: dict[str, Any]) -> ActiveOUParticles:
 def _simulate_default(args: argparse.Namespace) -> str:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device).type
     name = (
         f"aoup_n{args.n}_phi{args.packing_fraction:g}_v{args.v0:g}_g{args.gamma:g}_"
-        f"s{args.snapshots}x{args.trajectories}_seed{args.seed}.h5"
+        f"s{args.snapshots}x{args.trajectories}_seed{args.seed}"
+        f"{'' if device == 'cpu' else '_' + device}.h5"
     )
     path = root / name
     system = ActiveOUParticles(
@@ -207,6 +209,7 @@ def _simulate_default(args: argparse.Namespace) -> str:
         seed=args.seed,
         out=path,
         progress=not args.no_progress,
+        device=resolve_device(args.device),  # a GPU integrates large batches much faster
     )
     return str(path)
 
