@@ -73,10 +73,18 @@ def _run_signature(system: _SoftDiscs, settings: _Settings, initial_hash: str) -
             "initial": initial_hash,
             # another device draws other random numbers: a run there is another run (a CPU
             # run's signature is unchanged from before devices existed)
-            **({} if settings.device.type == "cpu" else {"device": settings.device.type}),
+            **({} if settings.device.type == "cpu" else {"device": _device_name(settings)}),
         },
         sort_keys=True,
     )
+
+
+def _device_name(settings: _Settings) -> str:
+    """The device type and, for CUDA, the GPU model: ``randn`` lays its numbers out by the
+    model's multiprocessor count, so another model draws another realisation."""
+    if settings.device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(settings.device)})"
+    return settings.device.type
 
 
 _CHECKPOINT_FORMAT = "gtlib.datasets.simulate/2"
@@ -257,7 +265,7 @@ def simulate(
     the SHA-256 of the snapshot bytes) replaces the sidecar ``out + ".partial.state"``
     atomically (:func:`gtlib.io.atomic_torch_save`). A kill at any instant therefore leaves the
     previous or the next checkpoint, and ``resume=True`` continues to exactly the numbers of an
-    uninterrupted run; a checkpoint whose step, snapshot count and snapshot bytes disagree raises
+    uninterrupted run (on the CPU; on a GPU to rounding, see ``device``); a checkpoint whose step, snapshot count and snapshot bytes disagree raises
     a :class:`ValueError` naming the file instead of resuming wrongly. The complete run is
     written to ``out`` atomically (HDF5, Fletcher-32 checksums on every data set), then the
     ``.partial`` files are removed; stale temporaries of killed writes are removed on the next
@@ -284,12 +292,15 @@ def simulate(
             tensors on ``device``).
         device: where to integrate (default: the CPU), e.g. ``"cuda"``: one step is a few
             dozen small kernels whatever ``B`` and ``N``, so a GPU pays off for large batches
-            (an H200 ran 1,165 steps/s of 16 x 4096 particles, the CPU of this machine 1,500
-            steps/s of one system of 1024 on one core). The initial state is drawn on the CPU
+            (the same step, float32, ran 1,165 steps/s for 16 x 4096 particles on an H200 in
+            ``examples/entropy/mips_phase_probe.py``, and about 1,500 steps/s for one system
+            of 1024 on one core of a 2-core x86 VM). The initial state is drawn on the CPU
             from ``seed`` (the same as on the CPU); the integration noise comes from a
-            generator on ``device`` seeded with ``seed``, so another device gives another,
-            equally valid, realisation (and another run: its files do not resume on another
-            device). Snapshots, checkpoints and the result live on the CPU.
+            generator on ``device`` seeded with ``seed``, so another device, or another GPU
+            model, gives another, equally valid, realisation and is another run (its files
+            do not resume there). On a GPU the force sums are atomic additions, so a resumed
+            run equals an uninterrupted one to rounding, not bit for bit. Snapshots,
+            checkpoints and the result live on the CPU.
 
     Returns:
         ``{"pos": [S, B, N, d], "g": [S, B, N, d], "time": [S]}``.
@@ -396,6 +407,12 @@ def _check_arguments(
     if round(spacing / dt) < 1:
         raise ValueError(f"`spacing`={spacing} must be at least `dt`={dt}")
     device = check_device("cpu" if device is None else device)
+    try:
+        if device.type == "meta":
+            raise RuntimeError("the meta device holds no data")
+        torch.empty(0, device=device)
+    except Exception as error:  # noqa: BLE001 - whatever the backend raises
+        raise ValueError(f"`device`={device} is not available here ({error})") from None
     return _Settings(
         n_snapshots,
         dt,

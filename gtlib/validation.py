@@ -128,8 +128,9 @@ def check_device(value: Any, name: str = "device") -> torch.device | None:
     """``value`` as a :class:`torch.device` (``None`` passes): a device, a string such as
     ``"cpu"`` or ``"cuda:0"``, or a device index.
 
-    An accelerator named without an index (``"cuda"``) becomes the current one (``cuda:0``),
-    the device its tensors report, so that devices compare equal to the tensors' own."""
+    The result compares equal to the device its tensors report: an accelerator named without
+    an index (``"cuda"``) becomes the current one (``cuda:0``), and the CPU has no index
+    (``"cpu:0"`` becomes ``cpu``)."""
     if value is None:
         return value
     if not isinstance(value, torch.device):
@@ -140,10 +141,12 @@ def check_device(value: Any, name: str = "device") -> torch.device | None:
             value = torch.device(value)
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"{name}={value!r} is not a device ({err})") from None
-    if value.index is None and value.type not in ("cpu", "meta"):
+    if value.type == "cpu":
+        return torch.device("cpu")
+    if value.index is None and value.type != "meta":
         try:  # the index the device's tensors carry (allocates nothing)
             value = torch.empty(0, device=value).device
-        except (RuntimeError, AssertionError):  # not available here: left as given
+        except Exception:  # noqa: BLE001 - not available here (any backend's error): as given
             pass
     return value
 

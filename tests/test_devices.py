@@ -21,7 +21,8 @@ DEVICE = os.environ.get("GTLIB_TEST_DEVICE", "cuda")
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
-        DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device"
+        torch.device(DEVICE).type == "cuda" and not torch.cuda.is_available(),
+        reason="needs a CUDA device",
     ),
 ]
 
@@ -71,13 +72,40 @@ def test_block_patterns_stay_blocks_on_device():
     assert built_there.blocks[0].device.type == torch.device(DEVICE).type
     windows = Pattern.windows((8, 8), (4, 4)).to(DEVICE)
     assert windows.blocks is not None
-    assert moved.to(DEVICE) is moved  # "cuda" and "cuda:0" are one device
+    assert moved.device == torch.empty(0, device=DEVICE).device  # "cuda" is cuda:0 there
+    assert moved.to(DEVICE) is moved
     generator = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(62, 2, 8, generator=generator) for _ in range(3))
     want = sparse_attention(q, k, v, full)
     got = sparse_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), moved)
     assert got.device.type == torch.device(DEVICE).type
     _close(got, want, "attention over blocks")
+
+
+@pytest.mark.parametrize("kind", ["windows with a bias", "blocks of mixed sizes"])
+def test_block_attention_gradients_on_device(kind):
+    """The dense path (SDPA per block size; with a bias, one additive mask per block size)
+    on the device against the CPU, values and the gradients of q, k, v and the bias."""
+    if kind == "windows with a bias":
+        pattern = Pattern.windows((8, 12), (4, 4))
+        num_nodes = 96
+    else:
+        pattern = Pattern.full(torch.arange(4).repeat_interleave(torch.tensor([3, 50, 17, 50])))
+        num_nodes = 120
+    generator = torch.Generator().manual_seed(6)
+    leaves = [torch.randn(num_nodes, 2, 16, generator=generator) for _ in range(3)]
+    if kind == "windows with a bias":
+        leaves.append(torch.randn(pattern.num_edges, 2, generator=generator))
+    results = []
+    for device in ("cpu", DEVICE):
+        inputs = [x.to(device).requires_grad_() for x in leaves]
+        bias = inputs[3] if len(inputs) > 3 else None
+        out = sparse_attention(*inputs[:3], pattern.to(device), bias=bias)
+        grads = torch.autograd.grad(out, inputs, torch.ones_like(out) + out.detach())
+        results.append((out, grads))
+    _close(results[1][0], results[0][0], f"{kind}: output")
+    for index, (got, want) in enumerate(zip(results[1][1], results[0][1], strict=True)):
+        _close(got, want, f"{kind}: gradient {index}")
 
 
 @pytest.mark.parametrize("layer", ["GATConv", "GATv2Conv", "TransformerConv"])
@@ -180,7 +208,13 @@ def test_simulate_on_device_resumes_and_starts_as_on_the_cpu(tmp_path):
     out = tmp_path / "run.h5"
     with pytest.raises(Interrupt):
         simulate(system, 8, 0.01, out=out, device=DEVICE, callback=fail, **kwargs)
-    resumed = simulate(system, 8, 0.01, out=out, device=DEVICE, **kwargs)
+    state = torch.load(str(out) + ".partial.state", weights_only=True)
+    assert state["n_done"] == 4 and state["pos"].device.type == "cpu"  # after snapshot 3
+    seen = []
+    resumed = simulate(
+        system, 8, 0.01, out=out, device=DEVICE, callback=lambda s, _: seen.append(s), **kwargs
+    )
+    assert seen == [4, 5, 6, 7]  # continued from the checkpoint, not started again
     # scatter-adds of the forces may sum in another order on a GPU: float64 within rounding
     _close(resumed["pos"], reference["pos"], "resumed positions", 1e-9)
     _close(resumed["g"], reference["g"], "resumed g", 1e-12)

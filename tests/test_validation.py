@@ -260,3 +260,30 @@ def test_check_bool_device_and_input():
         check_input(x.to("meta"), "x", weight)
     with pytest.raises(ValueError, match="x contains 1 NaN"):
         check_input(torch.tensor([1.0, float("nan")]), "x", weight)
+
+
+def test_devices_compare_equal_to_their_tensors():
+    """``check_device`` gives the device the tensors report: ``cpu:0`` is ``cpu``, so a pattern
+    moved to ``"cpu:0"`` still meets its inputs (it raised "inputs on cpu, pattern on cpu:0")."""
+    from gtlib.attention import Pattern, sparse_attention
+    from gtlib.validation import check_device
+
+    assert check_device("cpu:0") == torch.empty(0, device="cpu:0").device
+    assert check_device(torch.device("meta")) == torch.device("meta")
+    pattern = Pattern.from_edge_index(torch.tensor([[0, 1, 2], [1, 2, 0]]), 3).to("cpu:0")
+    q = torch.randn(3, 1, 4, dtype=torch.float64)
+    want = sparse_attention(q, q, q, Pattern.from_edge_index(pattern.edge_index, 3))
+    torch.testing.assert_close(sparse_attention(q, q, q, pattern), want)
+    if not torch.cuda.is_available():  # named without an index and absent: kept as given
+        assert check_device("cuda") == torch.device("cuda")
+
+
+def test_simulate_rejects_a_device_it_cannot_use():
+    from gtlib.datasets import ActiveOUParticles, simulate
+
+    system = ActiveOUParticles(16, packing_fraction=0.3)
+    with pytest.raises(ValueError, match="`device`=meta is not available"):
+        simulate(system, 2, 1e-3, device="meta", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="`device`=cuda is not available"):
+            simulate(system, 2, 1e-3, device="cuda", progress=False)

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 
 import numpy as np
@@ -38,6 +36,7 @@ import torch
 from gtlib.datasets import ActiveOUParticles
 from gtlib.datasets._particle_neighbours import _NeighbourCache
 from gtlib.datasets._particle_simulate import _initial_positions
+from gtlib.io import atomic_write
 
 SOLID, GAS, CONTACT = 5, 2, 2.4
 
@@ -64,15 +63,15 @@ def coordination(system: ActiveOUParticles, pos: torch.Tensor, edges: torch.Tens
     return count.reshape(pos.shape[:-1])
 
 
-def initial_state(system: ActiveOUParticles, kind: str, batch: int, seed: int, device):
+def initial_state(system: ActiveOUParticles, kind: str, batch: int, seed: int, device, dtype):
     generator = torch.Generator().manual_seed(seed)
     n, d = system.num_particles, system.dim
     if kind == "blob":
-        pos = 0.25 * system.box_length * torch.randn(batch, n, d, generator=generator)
+        pos = 0.25 * system.box_length * torch.randn(batch, n, d, generator=generator, dtype=dtype)
         pos = system.wrap(pos)
     else:
-        pos = _initial_positions(system, batch, generator, torch.float32)
-    g = torch.randn(batch, n, d, generator=generator)
+        pos = _initial_positions(system, batch, generator, dtype)
+    g = torch.randn(batch, n, d, generator=generator, dtype=dtype)
     return pos.to(device), g.to(device)
 
 
@@ -86,13 +85,16 @@ def run(args: argparse.Namespace) -> dict:
         k=1.0,
         beta=args.beta,
     )
-    pos, g = initial_state(system, args.initial, args.batch, args.seed, device)
+    dtype = getattr(torch, args.dtype)
+    pos, g = initial_state(system, args.initial, args.batch, args.seed, device, dtype)
     generator = torch.Generator(device=device).manual_seed(args.seed + 1)
     cache = _NeighbourCache(system, args.skin)
     neighbour_search = "cell lists"
     try:
         cache.forces(pos)
-    except Exception as error:  # the cell lists on this device: fall back, and say so
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, NotImplementedError) as error:  # no cell lists on this device
         neighbour_search = f"all pairs ({type(error).__name__}: {error})"[:300]
         system._edges = lambda flat, batch, radius: dense_edges(system, flat, radius)
         cache.invalidate()
@@ -101,7 +103,11 @@ def run(args: argparse.Namespace) -> dict:
     times, solid, gas, snaps = [], [], [], []
 
     def record(step: int) -> None:
-        count = coordination(system, pos, cache.edges)
+        edges = cache.edges  # every pair within the cutoff now, and the cutoff exceeds 2.4 ...
+        if system.cutoff < CONTACT:  # ... unless the discs are much harder: search afresh
+            flat, batch, _ = system._flatten(pos)
+            edges = system._edges(flat, batch, CONTACT)
+        count = coordination(system, pos, edges)
         times.append(step * args.dt)
         solid.append((count >= SOLID).float().mean(-1).cpu().numpy())
         gas.append((count <= GAS).float().mean(-1).cpu().numpy())
@@ -130,6 +136,7 @@ def run(args: argparse.Namespace) -> dict:
                 **system.parameters(),
                 "packing_fraction": args.phi,
                 "dt": args.dt,
+                "dtype": args.dtype,
                 "initial": args.initial,
                 "batch": args.batch,
                 "seed": args.seed,
@@ -161,19 +168,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skin", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    for name in ("num_particles", "batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("phi", "gamma", "beta", "dt", "seconds", "spacing"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name} must be positive")
+    if args.spacing < args.dt:
+        parser.error("--spacing must be at least --dt")
+    if args.skin < 0:
+        parser.error("--skin must not be negative")
     result = run(args)
-    folder = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(folder, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=folder, suffix=".npz.partial")
-    try:
-        with os.fdopen(handle, "wb") as file:
+
+    def write(path) -> None:
+        with open(path, "wb") as file:
             np.savez(file, **result)
-        os.replace(partial, args.out)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+
+    atomic_write(args.out, write)
     parameters = json.loads(result["parameters"])
     print(
         f"{args.out}: {parameters['steps']} steps, {parameters['steps_per_second']:.0f}/s, "

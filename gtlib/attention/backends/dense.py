@@ -9,7 +9,7 @@ from torch import Tensor
 from gtlib.attention.backends import windows as _windows
 
 
-def dense_attention(query, key, value, pattern, scale, dropout, bias=None, flex=None) -> Tensor:
+def dense_attention(query, key, value, pattern, scale, dropout, bias=None, flex=False) -> Tensor:
     """Softmax attention of a block pattern, block size by block size, with SDPA.
 
     On the CPU, blocks of three sizes or more, of at most
