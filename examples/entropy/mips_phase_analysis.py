@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         results.append(r)
         print(
-            f"v0={r['v0']:g} gamma={r['gamma']:g} l_p={r['persistence_length']:g} "
-            f"phi={r['packing_fraction']:.3f} t={r['time'][-1]:g} "
+            f"N={r['num_particles']} v0={r['v0']:g} gamma={r['gamma']:g} "
+            f"l_p={r['persistence_length']:g} phi={r['packing_fraction']:.3f} t={r['time'][-1]:g} "
             f"largest={r['largest_cluster_tail']:.3f} S(qmin)={r['S_qmin']:.1f} "
             f"phi_loc q10/50/90={np.round(r['local_phi_tail_quantiles'], 3).tolist()} "
             f"-> {'MIPS' if r['phase_separated'] else 'homogeneous'}",
@@ -134,7 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_text(out / "phase.json", json.dumps({"args": vars(args), "points": summary}))
 
     def label(r: dict[str, Any]) -> str:
-        return f"v0={r['v0']:g} l_p={r['persistence_length']:g} phi={r['packing_fraction']:.2f}"
+        return (
+            f"N={r['num_particles']} v0={r['v0']:g} l_p={r['persistence_length']:g} "
+            f"phi={r['packing_fraction']:.2f}"
+        )
 
     # Phase diagram.
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
