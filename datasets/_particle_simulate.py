@@ -265,8 +265,9 @@ def simulate(
     the SHA-256 of the snapshot bytes) replaces the sidecar ``out + ".partial.state"``
     atomically (:func:`gtlib.io.atomic_torch_save`). A kill at any instant therefore leaves the
     previous or the next checkpoint, and ``resume=True`` continues to exactly the numbers of an
-    uninterrupted run (on the CPU; on a GPU to rounding, see ``device``); a checkpoint whose step, snapshot count and snapshot bytes disagree raises
-    a :class:`ValueError` naming the file instead of resuming wrongly. The complete run is
+    uninterrupted run (on the CPU; on a GPU to rounding, see ``device``); a checkpoint whose
+    step, snapshot count and snapshot bytes disagree raises a :class:`ValueError` naming the
+    file instead of resuming wrongly. The complete run is
     written to ``out`` atomically (HDF5, Fletcher-32 checksums on every data set), then the
     ``.partial`` files are removed; stale temporaries of killed writes are removed on the next
     call. An existing complete ``out`` with the same settings is read back instead of simulated

@@ -119,8 +119,8 @@ Gaussian blob (``--initial blob``). At exactly that point (v0 = 0.025, gamma = 1
   the same bimodal histogram.
 * N = 1024 from the blob: the blob dissolves within a tenth of a persistence time (on the
   GPU probe the "solid" fraction fell from 0.37 to 0.22 by t = 1000, while at N = 4096 it rose
-  to 0.45) and the system stays homogeneous for 20 persistence times: :math:`S(q_{min}) = 7.9`, unimodal local packing
-  fraction (q10/50/90 = 0.31 / 0.56 / 0.69).
+  to 0.45) and the system stays homogeneous for 20 persistence times:
+  :math:`S(q_{min}) = 7.9`, unimodal local packing fraction (q10/50/90 = 0.31 / 0.56 / 0.69).
 
 (The contact distance 2.3 of the cluster analysis is just beyond the force balance of these
 slower particles, 2.18 at :math:`|g| = 1.25`; at that distance the largest cluster percolates
