@@ -327,6 +327,8 @@ def simulate(
         generator = torch.Generator(device=settings.device).manual_seed(settings.seed)
     signature = _run_signature(system, settings, initial_hash)
     path = None if out is None else _check_path(out, "out")
+    if path is not None:  # the folder of a new file is made
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path is not None and resume and os.path.exists(path):
         return _finished_run(path, signature)
     run = _Run(system, settings, signature, path, generator, pos0, g0)

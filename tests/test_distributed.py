@@ -557,6 +557,12 @@ def test_mips_matches_one_process(two: dict, work: Path, one_thread) -> None:
     assert two_state["losses"] == approx(one_state["losses"])
     for key in ("total", "per_particle_mean", "score_free", "divergence"):
         assert twice["held_out"][key] == approx(payload["held_out"][key], 1e-4), key
+    classes = payload["held_out"]["by_density"]  # gas / interface / bulk (class_means is tested)
+    assert sum(c["fraction_of_particles"] for c in classes.values()) == approx(1.0)
+    for name, item in classes.items():
+        other = twice["held_out"]["by_density"][name]
+        assert other["fraction_of_particles"] == item["fraction_of_particles"], name
+        assert other["mean_per_particle"] == approx(item["mean_per_particle"], 1e-4, nan_ok=True)
     # interrupted with 2 processes at step 3, finished in one
     resumed_path = work / "one" / "mips_resumed.pt"
     assert load(two["runs"] / "mips_stop.pt")["step"] == 3

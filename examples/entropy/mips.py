@@ -69,6 +69,9 @@ from gtlib.distributed import (  # noqa: E402
 from gtlib.entropy import (  # noqa: E402
     ParticleEntropyProduction,
     ParticleScore,
+    class_means,
+    density_classes,
+    local_packing_fraction,
     particle_entropy_production,
     train_score,
 )
@@ -149,6 +152,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     evaluation.add_argument("--divergence-probes", type=int, default=1, help="0: skip E[div v]")
     evaluation.add_argument("--bins", type=int, default=16)
     evaluation.add_argument(
+        "--local-radius",
+        type=float,
+        default=4.0,
+        help="radius of the local packing fraction that classes particles gas / interface / bulk",
+    )
+    evaluation.add_argument("--gas-below", type=float, default=0.45, help="gas: local phi below")
+    evaluation.add_argument("--bulk-above", type=float, default=0.8, help="bulk: local phi from")
+    evaluation.add_argument(
         "--monitor-every",
         type=int,
         default=0,
@@ -171,6 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--holdout must lie in (0, 1)")
     if not args.sigma > 0:
         parser.error("--sigma must be > 0")
+    if not 0 < args.gas_below < args.bulk_above:
+        parser.error("need 0 < --gas-below < --bulk-above")
     if args.stop_after is not None:
         if args.checkpoint is None:
             parser.error("--stop-after needs --checkpoint (to resume from)")
@@ -255,6 +268,18 @@ def _cap(pos: Tensor, g: Tensor, limit: int | None) -> tuple[Tensor, Tensor]:
         return pos, g
     index = torch.linspace(0, pos.shape[0] - 1, limit).round().long()
     return pos[index], g[index]
+
+
+def _by_density(
+    result: ParticleEntropyProduction, pos: Tensor, system: ActiveOUParticles, args: Any
+) -> dict[str, dict[str, float]]:
+    """Learned EPR per particle in the gas, at the interfaces and in the bulk of the clusters
+    (classes of the local packing fraction within ``--local-radius``), and the fraction of
+    particles in each."""
+    radius = min(args.local_radius, float(system.box_length) / 2)
+    phi = local_packing_fraction(pos, float(system.box_length), radius=radius, r0=system.r0)
+    classes = density_classes(phi, args.gas_below, args.bulk_above)
+    return class_means(result.per_particle.detach().cpu(), classes)
 
 
 def _summary(result: ParticleEntropyProduction, seconds: float) -> dict[str, Any]:
@@ -441,6 +466,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
             seed=args.seed,
         )
         summary = _summary(estimate, time.perf_counter() - begin)
+        summary["by_density"] = _by_density(estimate, pos, system_, args)
         summary["file"] = name
         summary["box_length"] = float(system_.box_length)
         summary["packing_fraction"] = float(system_.packing_fraction)
@@ -509,6 +535,13 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         f"(per particle {held_out['per_particle_mean']:.4g}); score-free "
         f"{held_out['score_free']:.4g} +- {held_out['score_free_stderr']:.2g}; "
         f"E[div v] {held_out['divergence']}; {results['seconds_per_step']:.3g} s/step"
+    )
+    print_main(
+        "held-out EPR per particle by local density: "
+        + ", ".join(
+            f"{name} {item['mean_per_particle']:.4g} ({100 * item['fraction_of_particles']:.0f}%)"
+            for name, item in held_out["by_density"].items()
+        )
     )
     for item in transfer:
         print_main(

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import matplotlib
@@ -37,10 +36,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from gtlib.datasets import ActiveOUParticles, load_trajectory  # noqa: E402
-from gtlib.entropy import density_classes, local_packing_fraction  # noqa: E402
+from gtlib.entropy import class_means, density_classes, local_packing_fraction  # noqa: E402
 from gtlib.io import atomic_write_text  # noqa: E402
-
-NAMES = ("gas", "interface", "bulk")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -71,17 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         "score_free_total_per_particle": float(local.sum(1).mean() / pos.shape[1]),
         "classes": {},
     }
-    for label, name in enumerate(NAMES):
-        mask = classes == label
-        counts = mask.sum(1)
-        per_snapshot = (local * mask).sum(1) / counts.clamp(min=1)
-        valid = counts > 0
-        values = per_snapshot[valid]
-        result["classes"][name] = {
-            "fraction_of_particles": float(mask.double().mean()),
-            "mean_per_particle": float(values.mean()) if len(values) else math.nan,
-            "stderr": float(values.std() / math.sqrt(len(values))) if len(values) > 1 else math.nan,
-        }
+    result["classes"] = class_means(local, classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "local_epr.json", json.dumps(result, indent=2))

@@ -40,6 +40,8 @@ from gtlib.entropy.score_matching import (
     sliced_score_matching,
 )
 from gtlib.entropy.structure import (
+    CLASS_NAMES,
+    class_means,
     cluster_labels,
     cluster_sizes,
     density_classes,
@@ -66,6 +68,8 @@ __all__ = [
     "train_score",
     "aoup_harmonic_trap",
     "bead_chain",
+    "CLASS_NAMES",
+    "class_means",
     "cluster_labels",
     "cluster_sizes",
     "density_classes",

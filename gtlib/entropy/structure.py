@@ -42,6 +42,8 @@ __all__ = [
     "GAS",
     "INTERFACE",
     "BULK",
+    "CLASS_NAMES",
+    "class_means",
     "cluster_labels",
     "cluster_sizes",
     "density_classes",
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 GAS, INTERFACE, BULK = 0, 1, 2
+CLASS_NAMES = ("gas", "interface", "bulk")  # indexed by GAS, INTERFACE, BULK
 MAX_WAVE_VECTORS = 2**24  # structure_factor refuses larger grids (memory)
 
 
@@ -226,3 +229,45 @@ def density_classes(local_phi: Tensor, gas_below: float, bulk_above: float) -> T
     out[local_phi < gas_below] = GAS
     out[local_phi >= bulk_above] = BULK
     return out
+
+
+def class_means(values: Tensor, classes: Tensor) -> dict[str, dict[str, float]]:
+    """Mean of a per-particle quantity in each density class, with its error over snapshots.
+
+    For every class of :data:`CLASS_NAMES` (labels from :func:`density_classes`): the fraction of
+    all particles in it, the mean of ``values`` over them (``mean_per_particle``: the mean of the
+    per-snapshot class means, over the snapshots where the class is present) and the standard
+    error of that mean across those snapshots (NaN with fewer than two). Snapshots are treated
+    as independent samples, so correlated snapshots understate the error.
+
+    Shapes:
+        values, classes: ``[S, N]`` (``S`` snapshots) -> a dict of dicts of floats.
+    """
+    check_tensor(values, "values", values=True)
+    check_tensor(classes, "classes")
+    if values.dim() != 2 or classes.shape != values.shape:
+        raise ValueError(
+            f"values and classes must both be [S, N], got {tuple(values.shape)} and "
+            f"{tuple(classes.shape)}"
+        )
+    if classes.dtype != torch.long:
+        raise TypeError(f"classes must be int64 labels, got {describe(classes)}")
+    if not all_finite(values):
+        raise ValueError("values contains NaN or infinite values")
+    if classes.numel() and (int(classes.min()) < GAS or int(classes.max()) > BULK):
+        raise ValueError(f"classes must lie in [{GAS}, {BULK}] (from density_classes)")
+    values = values.double()
+    result = {}
+    for label, name in enumerate(CLASS_NAMES):
+        mask = classes == label
+        counts = mask.sum(1)
+        present = counts > 0
+        per_snapshot = ((values * mask).sum(1) / counts.clamp(min=1))[present]
+        n = per_snapshot.numel()
+        result[name] = {
+            "fraction_of_particles": float(mask.double().mean()) if mask.numel() else math.nan,
+            "mean_per_particle": float(per_snapshot.mean()) if n else math.nan,
+            "stderr": float(per_snapshot.std() / math.sqrt(n)) if n > 1 else math.nan,
+            "num_snapshots": int(n),
+        }
+    return result

@@ -575,9 +575,13 @@ def test_device_cpu_is_the_default_run(tmp_path):
     system = _interacting_system()
     kwargs = dict(spacing=0.02, n_trajectories=2, seed=3, progress=False)
     default = simulate(system, 4, 5e-3, out=tmp_path / "a.h5", **kwargs)
-    on_cpu = simulate(system, 4, 5e-3, out=tmp_path / "b.h5", device="cpu", **kwargs)
+    # a folder that does not exist yet is made for the file
+    on_cpu = simulate(system, 4, 5e-3, out=tmp_path / "new" / "b.h5", device="cpu", **kwargs)
     assert torch.equal(default["pos"], on_cpu["pos"]) and torch.equal(default["g"], on_cpu["g"])
-    signatures = [load_trajectory(tmp_path / f"{n}.h5")["attrs"]["run_signature"] for n in "ab"]
+    signatures = [
+        load_trajectory(path)["attrs"]["run_signature"]
+        for path in (tmp_path / "a.h5", tmp_path / "new" / "b.h5")
+    ]
     assert signatures[0] == signatures[1] and '"device"' not in signatures[0]
 
 

@@ -9,8 +9,10 @@ import torch
 
 from gtlib.entropy.structure import (
     BULK,
+    CLASS_NAMES,
     GAS,
     INTERFACE,
+    class_means,
     cluster_labels,
     cluster_sizes,
     density_classes,
@@ -155,3 +157,40 @@ def test_density_classes_and_errors():
         structure_factor(pos, 10.0, q_max=0.1)
     with pytest.raises(ValueError, match="NaN"):
         structure_factor(pos * float("nan"), 10.0)
+
+
+def test_class_means_against_a_hand_computation():
+    values = torch.tensor([[1.0, 2.0, 3.0, 10.0], [4.0, 6.0, 8.0, 20.0], [5.0, 7.0, 9.0, 11.0]])
+    classes = torch.tensor([[GAS, GAS, INTERFACE, BULK], [GAS, BULK, BULK, BULK],
+                            [INTERFACE, INTERFACE, INTERFACE, INTERFACE]])  # fmt: skip
+    result = class_means(values, classes)
+    assert list(result) == list(CLASS_NAMES) == ["gas", "interface", "bulk"]
+    # gas: snapshot means 1.5 and 4 (absent from the third)
+    gas = result["gas"]
+    assert gas["num_snapshots"] == 2 and gas["fraction_of_particles"] == pytest.approx(3 / 12)
+    assert gas["mean_per_particle"] == pytest.approx(2.75)
+    assert gas["stderr"] == pytest.approx(np.std([1.5, 4.0], ddof=1) / np.sqrt(2))
+    # interface: 3 and 8 (mean of 5, 7, 9, 11)
+    assert result["interface"]["mean_per_particle"] == pytest.approx(5.5)
+    assert result["interface"]["fraction_of_particles"] == pytest.approx(5 / 12)
+    # bulk: 10 and (6 + 8 + 20) / 3
+    bulk = result["bulk"]
+    assert bulk["mean_per_particle"] == pytest.approx((10 + 34 / 3) / 2)
+    assert bulk["num_snapshots"] == 2
+    # a class present in one snapshot has no error; one absent everywhere is NaN
+    single = class_means(values[:1], classes[:1])
+    assert single["bulk"]["mean_per_particle"] == 10.0 and np.isnan(single["bulk"]["stderr"])
+    none = class_means(values[2:], classes[2:])
+    assert np.isnan(none["gas"]["mean_per_particle"]) and none["gas"]["num_snapshots"] == 0
+
+
+def test_class_means_rejects_bad_input():
+    values = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="values and classes"):
+        class_means(values, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="classes"):
+        class_means(values, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="classes must lie"):
+        class_means(values, torch.full((2, 3), 3))
+    with pytest.raises(ValueError, match="values"):
+        class_means(values * float("nan"), torch.zeros(2, 3, dtype=torch.long))
