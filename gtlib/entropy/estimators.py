@@ -488,7 +488,7 @@ def spatial_decomposition(
         ``(mean_per_particle, sum_per_area, counts)``, each of shape ``bins`` (``counts`` int64).
     """
     check_tensor(local_per_particle, "local_per_particle", dim=2)
-    check_tensor(pos, "pos", floating=True, dim=3)
+    check_tensor(pos, "pos", floating=True, dim=3, device=local_per_particle.device)
     if pos.shape[:2] != local_per_particle.shape:
         raise ValueError(
             f"pos must have shape [S, N, d] = [{local_per_particle.shape[0]}, "

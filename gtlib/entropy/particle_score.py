@@ -490,9 +490,10 @@ class _LocalEPR:
             p = pos[start : start + batch_size].to(device=self.device, dtype=self.dtype)
             q = g[start : start + batch_size].to(device=self.device, dtype=self.dtype)
             state, local = self.local(p, q)
-            local_chunks.append(local)
+            local_chunks.append(local.to(pos.device))  # results live with the snapshots
             if probes:
-                divergence_chunks.append(self.divergence(state, p, probes, generator))
+                divergence = self.divergence(state, p, probes, generator)
+                divergence_chunks.append(divergence.to(pos.device))
         local = torch.cat(local_chunks)
         if not torch.isfinite(local).all():
             raise ValueError("non-finite local entropy production: check score_model")
@@ -586,7 +587,8 @@ def particle_entropy_production(
         system: the particle system (``ActiveOUParticles``): ``drift``, ``diffusion``,
             ``force_divergence``, ``gamma``, ``eps``, ``box``.
         pos, g: snapshots ``[S, N, d]`` (or ``[S, B, N, d]``, flattened to ``S * B``
-            snapshots), moved to the model's dtype and device.
+            snapshots), moved chunk by chunk to the model's dtype and device; the results'
+            tensors (``per_particle``, ``local``, the maps, ...) are on the device of ``pos``.
         batch_size: snapshots per evaluation chunk (evaluation runs under ``torch.no_grad``).
         bins: cells per dimension for the spatial map, or ``None`` for none. In free space the
             map covers the smallest centred cube holding every particle.

@@ -159,6 +159,8 @@ def test_spatial_decomposition_origin_and_bad_input():
         spatial_decomposition(values, pos, -1.0, 2)
     with pytest.raises(ValueError, match="bins"):
         spatial_decomposition(values, pos, 1.0, (2, 2))
+    with pytest.raises(ValueError, match="pos is on cpu"):  # values and pos on two devices
+        spatial_decomposition(values.to("meta"), pos, 1.0, 2)
 
 
 def test_hypoelliptic_score_free_identity_with_coupled_forces():
