@@ -118,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="give the network each particle's passive force and its Jacobian block",
     )
+    model.add_argument(
+        "--output-scale",
+        type=str,
+        default="1",
+        help="a factor on the network's output, or 'auto': the RMS that the training snapshots' "
+        "score-free EPR implies (ParticleScore.natural_output_scale; needed at small gamma)",
+    )
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=2000)
     train.add_argument(
@@ -182,6 +189,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--holdout must lie in (0, 1)")
     if not args.sigma > 0:
         parser.error("--sigma must be > 0")
+    if args.output_scale != "auto":
+        try:
+            if not float(args.output_scale) > 0:
+                raise ValueError
+        except ValueError:
+            parser.error("--output-scale must be 'auto' or a number > 0")
     if not 0 < args.gas_below < args.bulk_above:
         parser.error("need 0 < --gas-below < --bulk-above")
     if args.stop_after is not None:
@@ -386,7 +399,13 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         ff_channels=args.ff,
         chunk_size=_chunk_size(args.chunk_size, system.num_particles),
     )
-    model = ParticleScore(net, system, force_features=args.force_features)
+    if args.output_scale == "auto":
+        output_scale = ParticleScore.natural_output_scale(system, train_pos, train_g)
+    else:
+        output_scale = float(args.output_scale)
+    model = ParticleScore(
+        net, system, force_features=args.force_features, output_scale=output_scale
+    )
     model = model.to(device=device, dtype=dtype)
     if args.loss == "implicit":
         loss_options: dict[str, Any] = {"loss_kwargs": {"divergence": "model"}}
@@ -451,7 +470,11 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         system_: ActiveOUParticles, pos: Tensor, g: Tensor, name: str
     ) -> tuple[dict[str, Any], ParticleEntropyProduction]:
         scorer = ParticleScore(
-            net, system_, force_features=args.force_features, zero_init=False
+            net,
+            system_,
+            force_features=args.force_features,
+            zero_init=False,
+            output_scale=output_scale,
         ).to(device=device, dtype=dtype)
         scorer.eval()
         begin = time.perf_counter()
@@ -509,6 +532,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         transfer.append(summary)
 
     config = {k: v for k, v in vars(args).items()}
+    config["output_scale_value"] = output_scale
     results = {
         "config": config,
         "world_size": get_world_size(),

@@ -35,7 +35,7 @@ from gtlib.entropy.estimators import (
     score_free_entropy_production_hypoelliptic,
     spatial_decomposition,
 )
-from gtlib.validation import all_finite, check_choice, check_int, check_tensor
+from gtlib.validation import all_finite, check_choice, check_int, check_real, check_tensor
 
 __all__ = ["ParticleEntropyProduction", "ParticleScore", "particle_entropy_production"]
 
@@ -119,6 +119,14 @@ class ParticleScore(Module):
             :math:`d`), for
             systems that are not translation invariant (a trap); leave ``False`` in a periodic box.
         zero_init: zero the network's last ``Linear`` layer.
+        output_scale: a fixed factor on the network's output, :math:`\mathrm{net} =
+            \text{output\_scale}\cdot\mathrm{net}_\theta`. With :math:`v = -D\,\mathrm{net}`
+            the EPR is :math:`\sigma = E\sum_k D_k\,\mathrm{net}_k^2`, so at small noise the
+            score's ``net`` is large: for the hypoelliptic AOUPs of the MIPS paper
+            (:math:`\gamma = 10^{-4}`, :math:`\sigma/N \approx 1.2`) its RMS is about 77 per
+            coordinate, which a zero-initialised network reaches only after many steps.
+            :meth:`natural_output_scale` gives the RMS that the score-free EPR of the training
+            snapshots implies; with it the network's own output is of order one.
 
     Shapes:
         - **input:** ``state`` ``[B, N, 2d]`` (or ``[N, 2d]``), per particle :math:`[x_i, g_i]`.
@@ -134,6 +142,7 @@ class ParticleScore(Module):
         position_features: bool = False,
         force_features: bool = False,
         zero_init: bool = True,
+        output_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if not isinstance(net, Module):
@@ -145,6 +154,7 @@ class ParticleScore(Module):
         self.parametrise = _flag(parametrise, "parametrise")
         self.position_features = _flag(position_features, "position_features")
         self.force_features = _flag(force_features, "force_features")
+        self.output_scale = check_real(output_scale, "output_scale", positive=True)
         if self.force_features and not hasattr(system, "force_jacobian"):
             raise TypeError("`force_features=True` needs `system.force_jacobian(pos)`")
         out_channels = getattr(net, "out_channels", None)
@@ -193,6 +203,29 @@ class ParticleScore(Module):
         channels = dim + (dim if position_features else 0)
         return channels + (dim + dim * (dim + 1) // 2 if force_features else 0)
 
+    @staticmethod
+    def natural_output_scale(
+        system: ParticleSystem, pos: Tensor, g: Tensor, batch_size: int = 16
+    ) -> float:
+        r"""The RMS per noisy coordinate of :math:`\mathrm{net}` that the score-free EPR of
+        snapshots implies: :math:`\sigma = E\sum_k D_k\,\mathrm{net}_k^2` with equal RMS
+        :math:`r` on every noisy coordinate gives
+        :math:`r = \sqrt{\sigma / (N \sum_{k \in \text{particle}} D_k)}`
+        (:math:`\sqrt{\sigma / (N d \gamma)}` for hypoelliptic AOUPs). A value for
+        ``output_scale``; 1 when the estimate is not positive.
+
+        Shapes:
+            pos, g: ``[S, N, d]`` (or ``[S, B, N, d]``), at least 2 snapshots.
+        """
+        _check_system(system)
+        pos, g = _check_snapshots(pos, g, int(system.dim))
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+        sigma = _score_free(system, pos, g, batch_size)[0]
+        diffusion = float(torch.as_tensor(system.diffusion, dtype=torch.float64).sum())
+        if not sigma > 0 or not diffusion > 0:
+            return 1.0
+        return math.sqrt(sigma / (pos.shape[1] * diffusion))
+
     def _split(self, state: Tensor) -> tuple[Tensor, Tensor, bool]:
         if not isinstance(state, Tensor) or not state.is_floating_point():
             raise TypeError("`state` must be a floating-point tensor [B, N, 2d]")
@@ -221,6 +254,8 @@ class ParticleScore(Module):
     def _run_net(self, pos: Tensor, h: Tensor, h_self: Tensor | None = None) -> Tensor:
         box = self.system.box
         out = self.net(pos, h, box) if h_self is None else self.net(pos, h, box, h_self=h_self)
+        if self.output_scale != 1.0:
+            out = out * self.output_scale
         if out.shape[-1] == self.dim:
             out = torch.cat([torch.zeros_like(out), out], dim=-1)
         if out.shape != (*pos.shape[:-1], 2 * self.dim):
@@ -301,7 +336,8 @@ class ParticleScore(Module):
         return (
             f"{self.__class__.__name__}({self.net!r}, parametrise={self.parametrise}, "
             f"position_features={self.position_features}, "
-            f"force_features={self.force_features})"
+            f"force_features={self.force_features}"
+            + (f", output_scale={self.output_scale:g})" if self.output_scale != 1.0 else ")")
         )
 
 

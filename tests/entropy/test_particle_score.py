@@ -326,3 +326,55 @@ def test_exact_implicit_score_matching_learns_trap_epr() -> None:
     exact = KAPPA * n * 2
     print(f"trained EPR {result.total:.3f} +- {result.stderr:.3f} vs {exact} ({elapsed:.1f} s)")
     assert abs(result.total - exact) < 0.05 * exact
+
+
+def test_output_scale_multiplies_the_network_and_its_divergence() -> None:
+    torch.manual_seed(2)
+    n, scale = 16, 37.5
+    system = ActiveOUParticles(n, packing_fraction=0.5, v0=0.025, gamma=1e-4, k=1.0)
+    net = ParticleTransformer(
+        7, 2, num_neighbors=4, hidden_channels=8, num_layers=1, heads=2, ff_channels=16
+    )
+    plain = ParticleScore(net, system, force_features=True, zero_init=False).double()
+    scaled = ParticleScore(
+        net, system, force_features=True, zero_init=False, output_scale=scale
+    ).double()
+    assert "output_scale=37.5" in repr(scaled) and "output_scale" not in repr(plain)
+    gen = torch.Generator().manual_seed(3)
+    pos = (torch.rand(2, n, 2, generator=gen, dtype=torch.float64) - 0.5) * system.box_length
+    g = torch.randn(2, n, 2, generator=gen, dtype=torch.float64)
+    state = torch.cat([pos, g], -1)
+    torch.testing.assert_close(scaled.net_output(state), scale * plain.net_output(state))
+    # s_g = scale * net_g - g, and the exact divergence against the brute-force Jacobian
+    score, divergence = scaled.score_and_divergence(state)
+    torch.testing.assert_close(score, scaled(state), rtol=1e-12, atol=1e-12)
+    for b in range(2):
+
+        def score_g(flat, b=b):
+            return scaled(torch.cat([pos[b], flat.reshape(n, 2)], -1))[:, 2:].reshape(-1)
+
+        jacobian = torch.autograd.functional.jacobian(score_g, g[b].reshape(-1))
+        torch.testing.assert_close(divergence[b], torch.diagonal(jacobian).sum())
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="output_scale"):
+            ParticleScore(net, system, output_scale=bad)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+def test_natural_output_scale_against_the_closed_form(eps: float) -> None:
+    """sigma = sum_k D_k E[net_k^2]: the scale squared times N sum(D) is the EPR; in a trap the
+    hypoelliptic score-free identity gives N d kappa exactly, with noise on x the closed form."""
+    n = 32
+    pos, g = exact_snapshots(n, eps, snapshots=400, seed=5)
+    system = trap_system(n, eps)
+    scale = ParticleScore.natural_output_scale(system, pos, g)
+    one = aoup_harmonic_trap(KAPPA, V0, GAMMA, eps, num_particles=1, dim=1)
+    exact = 2 * n * float(one.sigma)  # two independent components per particle
+    total_diffusion = 2 * (GAMMA + eps)
+    if eps == 0.0:
+        assert exact == pytest.approx(2 * n * KAPPA, rel=1e-12)
+        assert scale == pytest.approx(math.sqrt(KAPPA / GAMMA), rel=1e-12)
+    else:
+        assert scale**2 * n * total_diffusion == pytest.approx(exact, rel=0.05)
+    with pytest.raises(ValueError, match="2 snapshots"):
+        ParticleScore.natural_output_scale(system, pos[:1], g[:1])
