@@ -378,3 +378,47 @@ def test_natural_output_scale_against_the_closed_form(eps: float) -> None:
         assert scale**2 * n * total_diffusion == pytest.approx(exact, rel=0.05)
     with pytest.raises(ValueError, match="2 snapshots"):
         ParticleScore.natural_output_scale(system, pos[:1], g[:1])
+
+
+def test_linear_response_is_the_exact_trap_score() -> None:
+    """With a zero network the linear-response term alone is the exact score of trapped
+    hypoelliptic AOUPs (closed form), so the EPR is the closed form at initialisation."""
+    n = 16
+    system = trap_system(n, 0.0)
+    net = ParticleTransformer(7, 2, num_neighbors=3, hidden_channels=8, num_layers=1, heads=2,
+                              ff_channels=16)  # fmt: skip
+    model = ParticleScore(net, system, force_features=True, linear_response=True).double()
+    assert "linear_response=True" in repr(model)
+    pos, g = exact_snapshots(n, 0.0, snapshots=200, seed=9)
+    state = torch.cat([pos, g], -1)
+    exact = ParticleScore(ExactTrapNet(0.0), system).double()
+    torch.testing.assert_close(model(state)[..., 2:], exact(state)[..., 2:], rtol=1e-12, atol=1e-9)
+    result = particle_entropy_production(model, system, pos, g, batch_size=50)
+    one = aoup_harmonic_trap(KAPPA, V0, GAMMA, 0.0, num_particles=1, dim=1)
+    assert result.total == pytest.approx(2 * n * float(one.sigma), rel=0.05)
+    with pytest.raises(ValueError, match="linear_response"):
+        ParticleScore(net, trap_system(n, 0.3), linear_response=True)
+
+
+def test_linear_response_divergence_is_exact_with_interactions() -> None:
+    torch.manual_seed(4)
+    n = 24
+    system = ActiveOUParticles(n, packing_fraction=0.6, v0=0.3, gamma=0.05, k=1.0)
+    net = ParticleTransformer(7, 2, num_neighbors=4, hidden_channels=8, num_layers=1, heads=2,
+                              ff_channels=16)  # fmt: skip
+    model = ParticleScore(
+        net, system, force_features=True, zero_init=False, linear_response=True, output_scale=3.0
+    ).double()
+    gen = torch.Generator().manual_seed(6)
+    pos = (torch.rand(2, n, 2, generator=gen, dtype=torch.float64) - 0.5) * system.box_length
+    g = torch.randn(2, n, 2, generator=gen, dtype=torch.float64)
+    state = torch.cat([pos, g], -1)
+    score, divergence = model.score_and_divergence(state)
+    torch.testing.assert_close(score, model(state), rtol=1e-12, atol=1e-12)
+    for b in range(2):
+
+        def score_g(flat, b=b):
+            return model(torch.cat([pos[b], flat.reshape(n, 2)], -1))[:, 2:].reshape(-1)
+
+        jacobian = torch.autograd.functional.jacobian(score_g, g[b].reshape(-1))
+        torch.testing.assert_close(divergence[b], torch.diagonal(jacobian).sum())
