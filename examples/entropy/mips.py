@@ -125,13 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a factor on the network's output, or 'auto': the RMS that the training snapshots' "
         "score-free EPR implies (ParticleScore.natural_output_scale; needed at small gamma)",
     )
-    model.add_argument(
-        "--linear-response",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="add the exact score of an AOUP held by its local stiffness to the network "
-        "(ParticleScore(linear_response=True)): the network learns the correction",
-    )
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=2000)
     train.add_argument(
@@ -411,11 +404,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     else:
         output_scale = float(args.output_scale)
     model = ParticleScore(
-        net,
-        system,
-        force_features=args.force_features,
-        output_scale=output_scale,
-        linear_response=args.linear_response,
+        net, system, force_features=args.force_features, output_scale=output_scale
     )
     model = model.to(device=device, dtype=dtype)
     if args.loss == "implicit":
@@ -486,7 +475,6 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
             force_features=args.force_features,
             zero_init=False,
             output_scale=output_scale,
-            linear_response=args.linear_response,
         ).to(device=device, dtype=dtype)
         scorer.eval()
         begin = time.perf_counter()

@@ -127,16 +127,6 @@ class ParticleScore(Module):
             coordinate, which a zero-initialised network reaches only after many steps.
             :meth:`natural_output_scale` gives the RMS that the score-free EPR of the training
             snapshots implies; with it the network's own output is of order one.
-        linear_response: add to :math:`\mathrm{net}_{g_i}` the exact score of one AOUP held by
-            its local stiffness (hypoelliptic AOUPs only),
-
-            .. math::  \mathrm{net}^{\mathrm{lr}}_{g_i} = \frac{J_i\, b_{x_i}}{\gamma v_0}
-                       - \frac{f_i}{v_0}, \qquad J_i = \frac{\partial f_i}{\partial x_i},
-                       \quad b_{x_i} = v_0 g_i + f_i,
-
-            which for particles in a harmonic trap (:math:`J_i = -\kappa I`) is the stiff
-            score above, exactly: the network learns the correction to it. The term is of order
-            :math:`1/\gamma` where a particle presses on its neighbours.
 
     Shapes:
         - **input:** ``state`` ``[B, N, 2d]`` (or ``[N, 2d]``), per particle :math:`[x_i, g_i]`.
@@ -153,7 +143,6 @@ class ParticleScore(Module):
         force_features: bool = False,
         zero_init: bool = True,
         output_scale: float = 1.0,
-        linear_response: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(net, Module):
@@ -166,16 +155,8 @@ class ParticleScore(Module):
         self.position_features = _flag(position_features, "position_features")
         self.force_features = _flag(force_features, "force_features")
         self.output_scale = check_real(output_scale, "output_scale", positive=True)
-        self.linear_response = _flag(linear_response, "linear_response")
         if self.force_features and not hasattr(system, "force_jacobian"):
             raise TypeError("`force_features=True` needs `system.force_jacobian(pos)`")
-        if self.linear_response:
-            if not (hasattr(system, "force_jacobian") and hasattr(system, "v0")):
-                raise TypeError("`linear_response=True` needs an AOUP system (v0, force_jacobian)")
-            if float(system.eps) != 0.0 or not float(system.v0) != 0.0:
-                raise ValueError(
-                    "`linear_response=True` needs eps = 0 and v0 != 0 (hypoelliptic AOUPs)"
-                )
         out_channels = getattr(net, "out_channels", None)
         if out_channels is not None and out_channels not in (self.dim, 2 * self.dim):
             raise ValueError(
@@ -270,23 +251,11 @@ class ParticleScore(Module):
             features.append(pos)
         return torch.cat(features, dim=-1) if len(features) > 1 else g
 
-    def _linear_response(self, pos: Tensor, g: Tensor) -> Tensor:
-        """The ``linear_response`` term ``[B, N, d]`` (see the class docstring)."""
-        v0, gamma = float(self.system.v0), float(self.system.gamma)
-        f = self.system.drift(pos, torch.zeros_like(g))[0]
-        b_x = v0 * g + f
-        stiffness = self.system.force_jacobian(pos)
-        return (stiffness @ b_x.unsqueeze(-1)).squeeze(-1) / (gamma * v0) - f / v0
-
     def _run_net(self, pos: Tensor, h: Tensor, h_self: Tensor | None = None) -> Tensor:
         box = self.system.box
         out = self.net(pos, h, box) if h_self is None else self.net(pos, h, box, h_self=h_self)
         if self.output_scale != 1.0:
             out = out * self.output_scale
-        if self.linear_response:  # g_i enters through particle i's own token only
-            g_self = (h if h_self is None else h_self)[..., : self.dim]
-            prior = self._linear_response(pos, g_self).to(out.dtype)
-            out = out + torch.cat([torch.zeros_like(prior), prior], -1)[..., -out.shape[-1] :]
         if out.shape[-1] == self.dim:
             out = torch.cat([torch.zeros_like(out), out], dim=-1)
         if out.shape != (*pos.shape[:-1], 2 * self.dim):
@@ -368,8 +337,7 @@ class ParticleScore(Module):
             f"{self.__class__.__name__}({self.net!r}, parametrise={self.parametrise}, "
             f"position_features={self.position_features}, "
             f"force_features={self.force_features}"
-            + (f", output_scale={self.output_scale:g}" if self.output_scale != 1.0 else "")
-            + (", linear_response=True)" if self.linear_response else ")")
+            + (f", output_scale={self.output_scale:g})" if self.output_scale != 1.0 else ")")
         )
 
 
