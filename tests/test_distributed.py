@@ -224,7 +224,7 @@ def _driver(spec_path: str) -> None:
             summary["audit"] = audits
             Path(spec["result"]).write_text(json.dumps(summary))
     d.destroy_distributed()
-    # Once in ~10 CI runs rank 0 aborted in interpreter teardown after all of the above had
+    # In one CI run (of several) rank 0 aborted in interpreter teardown after all of the above had
     # finished ("terminate called without an active exception": a c10d/gloo thread destroyed
     # while joinable). Everything this driver checks is written by now, so it leaves without
     # the teardown.
