@@ -27,7 +27,7 @@ from gtlib.datasets._particle_systems import (
 from gtlib.io import atomic_torch_save, remove_stale_temporaries
 from gtlib.validation import check_device, check_int, check_real
 
-__all__ = ["simulate"]
+__all__ = ["blob_state", "simulate"]
 
 # Default Verlet skin of the simulator, in units of r0 (fastest in timings at phi = 0.55).
 DEFAULT_SKIN = 0.5
@@ -54,6 +54,43 @@ def _initial_positions(
         jitter = 0.1 * (torch.rand(n, d, generator=generator, dtype=dtype) - 0.5)
         out.append(origin + spacing * (chosen + jitter))
     return system.wrap(torch.stack(out))
+
+
+def blob_state(
+    system: _SoftDiscs, seed: int = 0, n_trajectories: int | None = None, std: float = 0.25
+) -> tuple[Tensor, Tensor]:
+    r"""An initial state ``(pos, g)`` for :func:`simulate` (``initial=``): positions from an
+    isotropic Gaussian of standard deviation ``std * L`` about the centre of the periodic box
+    (side ``L``), wrapped into it, and ``g`` from its stationary law :math:`\mathcal N(0, I)`,
+    float64. With ``std = 1/4`` this is the dense start of the MIPS paper's data generator
+    (Boffi & Vanden-Eijnden; for packing fractions of at least 0.25): at its motility-induced
+    phase separation point a blob grows into the dense phase instead of nucleating it.
+
+    Args:
+        system: a particle system with a periodic box.
+        seed: seeds the ``torch.Generator`` the draws come from (trajectory after trajectory:
+            positions, then ``g``); take another seed than :func:`simulate`'s, whose noise
+            would otherwise start with the same numbers.
+        n_trajectories: ``B`` states ``[B, N, d]``, or one state ``[N, d]`` (``None``).
+        std: the blob's standard deviation in units of the box side, ``> 0``.
+
+    Shapes:
+        pos, g: ``[N, d]``, or ``[B, N, d]`` with ``n_trajectories``.
+    """
+    if system.box_length is None:
+        raise ValueError("blob_state needs a system in a periodic box (box_length)")
+    seed = check_int(seed, "seed", minimum=-(2**63), maximum=2**64 - 1)
+    std = check_real(std, "std", positive=True)
+    count = 1 if n_trajectories is None else check_int(n_trajectories, "n_trajectories", minimum=1)
+    n, d = system.num_particles, system.dim
+    generator = torch.Generator().manual_seed(seed)
+    pos, g = [], []
+    for _ in range(count):
+        pos.append(std * system.box_length * torch.randn(n, d, generator=generator,
+                                                         dtype=torch.float64))  # fmt: skip
+        g.append(torch.randn(n, d, generator=generator, dtype=torch.float64))
+    pos, g = system.wrap(torch.stack(pos)), torch.stack(g)
+    return (pos[0], g[0]) if n_trajectories is None else (pos, g)
 
 
 def _run_signature(system: _SoftDiscs, settings: _Settings, initial_hash: str) -> str:

@@ -85,6 +85,7 @@ from gtlib.datasets._particle_simulate import (
     _run_signature,
     _snapshot_bytes,
     _state_digest,
+    blob_state,
     simulate,
 )
 from gtlib.datasets._particle_systems import (
@@ -104,6 +105,7 @@ __all__ = [
     "ActiveOUParticles",
     "LinearSDE",
     "ParticleDataset",
+    "blob_state",
     "from_state",
     "load_trajectory",
     "simulate",

@@ -55,7 +55,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from gtlib.datasets import ActiveOUParticles, load_trajectory, simulate  # noqa: E402
+from gtlib.datasets import ActiveOUParticles, blob_state, load_trajectory, simulate  # noqa: E402
 from gtlib.distributed import (  # noqa: E402
     distributed_session,
     get_world_size,
@@ -96,6 +96,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--spacing", type=float, default=0.5)
     data.add_argument("--snapshots", type=int, default=50)
     data.add_argument("--trajectories", type=int, default=8)
+    data.add_argument(
+        "--initial",
+        choices=("lattice", "blob"),
+        default="lattice",
+        help="initial state of the simulated data: the simulator's jittered lattice, or a "
+        "Gaussian blob of standard deviation L/4 per trajectory (the MIPS paper's dense start)",
+    )
     data.add_argument("--holdout", type=float, default=0.25, help="fraction held out")
     data.add_argument("--eval-data", type=str, nargs="*", default=[], help="transfer files")
     data.add_argument("--eval-snapshots", type=int, default=None, help="cap per evaluation")
@@ -241,12 +248,16 @@ def _simulate_default(args: argparse.Namespace) -> str:
     name = (
         f"aoup_n{args.n}_phi{args.packing_fraction:g}_v{args.v0:g}_g{args.gamma:g}_"
         f"s{args.snapshots}x{args.trajectories}_seed{args.seed}"
+        f"{'' if args.initial == 'lattice' else '_' + args.initial}"
         f"{'' if device == 'cpu' else '_' + device}.h5"
     )
     path = root / name
     system = ActiveOUParticles(
         args.n, packing_fraction=args.packing_fraction, v0=args.v0, gamma=args.gamma, k=1.0
     )
+    initial = None
+    if args.initial == "blob":  # its own seed: simulate's noise starts from args.seed
+        initial = blob_state(system, seed=args.seed + 1, n_trajectories=args.trajectories)
     simulate(
         system,
         args.snapshots,
@@ -254,6 +265,7 @@ def _simulate_default(args: argparse.Namespace) -> str:
         burn_in=args.burn_in,
         spacing=args.spacing,
         n_trajectories=args.trajectories,
+        initial=initial,
         seed=args.seed,
         out=path,
         progress=not args.no_progress,

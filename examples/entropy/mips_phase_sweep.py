@@ -138,7 +138,7 @@ from pathlib import Path
 
 import torch
 
-from gtlib.datasets import ActiveOUParticles, load_trajectory, simulate
+from gtlib.datasets import ActiveOUParticles, blob_state, load_trajectory, simulate
 
 
 def point_path(root: Path, n: int, v0: float, gamma: float, phi: float) -> Path:
@@ -163,17 +163,6 @@ def cluster_state(system: ActiveOUParticles, cluster_phi: float, seed: int):
     jitter = 0.02 * spacing * (torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5)
     g = torch.randn(n, 2, generator=generator, dtype=torch.float64)
     return system.wrap(sites + jitter), g
-
-
-def blob_state(system: ActiveOUParticles, seed: int):
-    """``(pos, g)``: positions from an isotropic Gaussian of standard deviation ``L / 4`` about
-    the box centre, wrapped into the box, and ``g`` from its stationary law (the initial state
-    of the authors' data generator for packing fractions of at least 0.25)."""
-    n, d = system.num_particles, system.dim
-    generator = torch.Generator().manual_seed(seed)
-    pos = 0.25 * system.box_length * torch.randn(n, d, generator=generator, dtype=torch.float64)
-    g = torch.randn(n, d, generator=generator, dtype=torch.float64)
-    return system.wrap(pos), g
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -229,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.initial == "cluster":
             initial = cluster_state(system, args.cluster_phi, args.seed)
         elif args.initial == "blob":
-            initial = blob_state(system, args.seed)
+            initial = blob_state(system, args.seed)  # seeded as simulate: kept to reproduce
         simulate(
             system,
             args.snapshots,

@@ -26,6 +26,7 @@ from gtlib.datasets.particles import (
     ActiveOUParticles,
     LinearSDE,
     ParticleDataset,
+    blob_state,
     from_state,
     load_trajectory,
     simulate,
@@ -591,3 +592,28 @@ def test_bad_device_is_named():
         simulate(system, 2, 5e-3, device="nonsense", progress=False)
     with pytest.raises(TypeError, match="device"):
         simulate(system, 2, 5e-3, device=1.5, progress=False)
+
+
+def test_blob_state_is_a_wrapped_gaussian_and_starts_a_run(tmp_path):
+    system = ActiveOUParticles(64, packing_fraction=0.5, v0=0.025, gamma=1e-4)
+    L = system.box_length
+    pos, g = blob_state(system, seed=11)
+    generator = torch.Generator().manual_seed(11)  # the draws by hand
+    raw = 0.25 * L * torch.randn(64, 2, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(g, torch.randn(64, 2, generator=generator, dtype=torch.float64))
+    torch.testing.assert_close(pos, torch.remainder(raw + L / 2, L) - L / 2)
+    assert bool((pos >= -L / 2).all() and (pos < L / 2).all())
+    batch_pos, batch_g = blob_state(system, seed=11, n_trajectories=3, std=0.1)
+    assert batch_pos.shape == batch_g.shape == (3, 64, 2)
+    torch.testing.assert_close(batch_g[0], g)  # trajectory after trajectory, one generator
+    assert not torch.equal(batch_pos[1], batch_pos[2])
+    assert float(batch_pos.abs().max()) < L / 2  # std 0.1 L: a tight blob
+    run = simulate(system, 2, 0.1, spacing=0.2, n_trajectories=3, initial=(batch_pos, batch_g),
+                   seed=1, progress=False, out=tmp_path / "blob.h5")  # fmt: skip
+    assert run["pos"].shape == (2, 3, 64, 2)
+    with pytest.raises(ValueError, match="periodic box"):
+        blob_state(ActiveOUParticles(8, v0=1.0, gamma=1.0), seed=0)
+    with pytest.raises(ValueError, match="std"):
+        blob_state(system, std=0.0)
+    with pytest.raises(ValueError, match="n_trajectories"):
+        blob_state(system, n_trajectories=0)
