@@ -264,6 +264,23 @@ def test_trained_particle_transformer_learns_trap_epr() -> None:
     assert math.isfinite(result.per_particle_mean)
 
 
+def _assert_exact_g_divergence(model: ParticleScore, pos: Tensor, g: Tensor) -> Tensor:
+    """``score_and_divergence`` against ``forward`` and the trace of the brute-force Jacobian of
+    the g-score, snapshot by snapshot; returns the divergences."""
+    n = pos.shape[1]
+    state = torch.cat([pos, g], -1)
+    score, divergence = model.score_and_divergence(state)
+    torch.testing.assert_close(score, model(state), rtol=1e-12, atol=1e-12)
+    for b in range(pos.shape[0]):
+
+        def score_g(flat, b=b):
+            return model(torch.cat([pos[b], flat.reshape(n, 2)], -1))[:, 2:].reshape(-1)
+
+        jacobian = torch.autograd.functional.jacobian(score_g, g[b].reshape(-1))
+        torch.testing.assert_close(divergence[b], torch.diagonal(jacobian).sum())
+    return divergence
+
+
 def test_score_and_divergence_is_exact_on_the_g_block() -> None:
     torch.manual_seed(0)
     n = 24
@@ -276,15 +293,7 @@ def test_score_and_divergence_is_exact_on_the_g_block() -> None:
     pos = (torch.rand(3, n, 2, generator=gen, dtype=torch.float64) - 0.5) * system.box_length
     g = torch.randn(3, n, 2, generator=gen, dtype=torch.float64)
     state = torch.cat([pos, g], -1)
-    score, divergence = model.score_and_divergence(state)
-    torch.testing.assert_close(score, model(state), rtol=1e-12, atol=1e-12)
-    for b in range(3):
-
-        def score_g(flat, b=b):
-            return model(torch.cat([pos[b], flat.reshape(n, 2)], -1))[:, 2:].reshape(-1)
-
-        jacobian = torch.autograd.functional.jacobian(score_g, g[b].reshape(-1))
-        torch.testing.assert_close(divergence[b], torch.diagonal(jacobian).sum())
+    divergence = _assert_exact_g_divergence(model, pos, g)
     single = model.score_and_divergence(state[1])
     torch.testing.assert_close(single[1], divergence[1])
     # The Hyvarinen loss through the model's divergence equals the brute-force exact one.
@@ -346,15 +355,7 @@ def test_output_scale_multiplies_the_network_and_its_divergence() -> None:
     state = torch.cat([pos, g], -1)
     torch.testing.assert_close(scaled.net_output(state), scale * plain.net_output(state))
     # s_g = scale * net_g - g, and the exact divergence against the brute-force Jacobian
-    score, divergence = scaled.score_and_divergence(state)
-    torch.testing.assert_close(score, scaled(state), rtol=1e-12, atol=1e-12)
-    for b in range(2):
-
-        def score_g(flat, b=b):
-            return scaled(torch.cat([pos[b], flat.reshape(n, 2)], -1))[:, 2:].reshape(-1)
-
-        jacobian = torch.autograd.functional.jacobian(score_g, g[b].reshape(-1))
-        torch.testing.assert_close(divergence[b], torch.diagonal(jacobian).sum())
+    _assert_exact_g_divergence(scaled, pos, g)
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="output_scale"):
             ParticleScore(net, system, output_scale=bad)
