@@ -25,7 +25,7 @@ MODULES = {
         "softplus_force_cutoff",
         "to_state",
     ],
-    "_particle_simulate": ["simulate"],
+    "_particle_simulate": ["blob_state", "simulate"],
     "_particle_io": ["load_trajectory"],
     "_particle_dataset": ["ParticleDataset"],
 }
