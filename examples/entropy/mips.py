@@ -79,6 +79,19 @@ from gtlib.io import atomic_write  # noqa: E402
 from gtlib.nn import ParticleTransformer  # noqa: E402
 
 
+def _output_scale(text: str) -> float | str:
+    """``--output-scale``: ``auto`` or a finite number > 0."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a finite number > 0, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     data = parser.add_argument_group("data")
@@ -127,8 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument(
         "--output-scale",
-        type=str,
-        default="1",
+        type=_output_scale,
+        default=1.0,
         help="a factor on the network's output, or 'auto': the RMS that the training snapshots' "
         "score-free EPR implies (ParticleScore.natural_output_scale; needed at small gamma)",
     )
@@ -196,12 +209,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--holdout must lie in (0, 1)")
     if not args.sigma > 0:
         parser.error("--sigma must be > 0")
-    if args.output_scale != "auto":
-        try:
-            if not float(args.output_scale) > 0:
-                raise ValueError
-        except ValueError:
-            parser.error("--output-scale must be 'auto' or a number > 0")
     if not 0 < args.gas_below < args.bulk_above:
         parser.error("need 0 < --gas-below < --bulk-above")
     if args.stop_after is not None:
@@ -295,14 +302,22 @@ def _cap(pos: Tensor, g: Tensor, limit: int | None) -> tuple[Tensor, Tensor]:
     return pos[index], g[index]
 
 
+def _check_local_radius(radius: float, system: ActiveOUParticles, path: Any) -> None:
+    if radius > float(system.box_length) / 2:
+        raise SystemExit(
+            f"error: --local-radius {radius:g} exceeds half the box of {path} "
+            f"({float(system.box_length) / 2:.4g})"
+        )
+
+
 def _by_density(
     result: ParticleEntropyProduction, pos: Tensor, system: ActiveOUParticles, args: Any
 ) -> dict[str, dict[str, float]]:
     """Learned EPR per particle in the gas, at the interfaces and in the bulk of the clusters
     (classes of the local packing fraction within ``--local-radius``), and the fraction of
     particles in each."""
-    radius = min(args.local_radius, float(system.box_length) / 2)
-    phi = local_packing_fraction(pos, float(system.box_length), radius=radius, r0=system.r0)
+    box = float(system.box_length)
+    phi = local_packing_fraction(pos, box, radius=args.local_radius, r0=system.r0)
     classes = density_classes(phi, args.gas_below, args.bulk_above)
     return class_means(result.per_particle.detach().cpu(), classes)
 
@@ -396,6 +411,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     path = args.data if args.data is not None else on_main(_simulate_default, args)
     data = load_trajectory(path)
     system = _system_from_file(data["attrs"])
+    _check_local_radius(args.local_radius, system, path)  # found now, not after training
     (train_pos, train_g), (test_pos, test_g) = _split(data["pos"], data["g"], args.holdout)
     states = torch.cat([train_pos, train_g], dim=-1).to(dtype)
     dim = system.dim
@@ -411,14 +427,23 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         ff_channels=args.ff,
         chunk_size=_chunk_size(args.chunk_size, system.num_particles),
     )
-    if args.output_scale == "auto":
-        output_scale = ParticleScore.natural_output_scale(system, train_pos, train_g)
-    else:
-        output_scale = float(args.output_scale)
-    model = ParticleScore(
-        net, system, force_features=args.force_features, output_scale=output_scale
+    output_scale = (
+        ParticleScore.natural_output_scale(system, train_pos, train_g)
+        if args.output_scale == "auto"
+        else args.output_scale
     )
-    model = model.to(device=device, dtype=dtype)
+
+    def score_model(system_: ActiveOUParticles, zero_init: bool) -> ParticleScore:
+        """The network as a score of ``system_`` (training and every evaluation alike)."""
+        return ParticleScore(
+            net,
+            system_,
+            force_features=args.force_features,
+            zero_init=zero_init,
+            output_scale=output_scale,
+        ).to(device=device, dtype=dtype)
+
+    model = score_model(system, zero_init=True)
     if args.loss == "implicit":
         loss_options: dict[str, Any] = {"loss_kwargs": {"divergence": "model"}}
     else:
@@ -481,13 +506,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     def evaluate(
         system_: ActiveOUParticles, pos: Tensor, g: Tensor, name: str
     ) -> tuple[dict[str, Any], ParticleEntropyProduction]:
-        scorer = ParticleScore(
-            net,
-            system_,
-            force_features=args.force_features,
-            zero_init=False,
-            output_scale=output_scale,
-        ).to(device=device, dtype=dtype)
+        scorer = score_model(system_, zero_init=False)
         scorer.eval()
         begin = time.perf_counter()
         estimate = particle_entropy_production(
@@ -532,6 +551,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     for other in args.eval_data:
         other_data = load_trajectory(other)
         other_system = _system_from_file(other_data["attrs"])
+        _check_local_radius(args.local_radius, other_system, other)
         pos = other_data["pos"].reshape(-1, *other_data["pos"].shape[2:])
         g = other_data["g"].reshape(-1, *other_data["g"].shape[2:])
         pos, g = _cap(pos, g, args.eval_snapshots)
