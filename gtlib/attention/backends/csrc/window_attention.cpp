@@ -13,9 +13,12 @@
 // Windows are independent (parallel over windows, OpenMP). A window's rows are read whole (each
 // [H, C] row contiguous, so consecutive rows stream) into per-head blocks, every product of a
 // head is a small matrix product computed in register tiles of 4 rows x 2 vectors (the rows
-// share each load and the FMA chains are independent), and the products of all heads are written
-// back as whole rows. float32 uses a vectorisable exp. Every row in a window is written once;
-// rows in no window get zeros.
+// share each load and the FMA chains are independent; a transposed operand such as the
+// backward's ds^T is read in place), keys (and the backward's values) are transposed per head in
+// 8 x 8 register blocks, score rows are padded to whole vectors with -inf (so softmax and its
+// reductions run on whole vectors), and the products of all heads are written back as whole
+// rows. float32 uses a vectorisable exp. Every row in a window is written once; rows in no
+// window get zeros.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -54,36 +57,35 @@ struct Problem {
 };
 
 // Per-thread buffers for one window of at most `s` tokens (`np`: s rounded up to 8). The
-// per-head operands are blocks of `s` rows: head h of qs is qs[h * s * C ...], of kt (keys
-// transposed, zero padded to np columns) kt[h * C * np ...]. The products of all heads are
-// gathered row by row ([s, H, width], gq/gk/gv) and written to the tables as whole rows.
+// per-head operands are blocks: head h of qs (queries times scale, [s, C]) is qs[h * s * C ...],
+// of ks (keys, [np, C], rows from n on zero) ks[h * np * C ...], of kt (keys transposed,
+// [C, np]) kt[h * C * np ...]; values likewise (vs row-major, vt transposed, backward only) and
+// the output gradients (dout, [s, Cv]). The products of all heads are gathered row by row
+// ([s, H, width], gq/gk/gv) and written to the tables as whole rows.
 template <typename T>
 struct Buffers {
   idx_t s, np;
-  std::vector<T> qs, ks, kt, vs, vt, dout, p, ds, pt, dst, gq, gk, gv, inv;
+  std::vector<T> qs, ks, kt, vs, vt, dout, p, ds, gq, gk, gv, inv;
   std::vector<idx_t> rows;
   Buffers(idx_t s_max, idx_t H, idx_t C, idx_t Cv, bool backward)
-      : s(s_max), np((s_max + 7) / 8 * 8), qs(H * s_max * C), kt(H * C * np),
-        vs(backward ? 0 : H * s_max * Cv), p(s_max * np), gv(s_max * H * Cv), inv(H * s_max),
-        rows(s_max) {
+      : s(s_max), np((s_max + 7) / 8 * 8), qs(H * s_max * C), ks(H * np * C), kt(H * C * np),
+        vs(H * np * Cv), p(s_max * np), gv(s_max * H * Cv), inv(H * s_max), rows(s_max) {
     if (backward) {
-      ks.resize(H * s_max * C);
       vt.resize(H * Cv * np);
       dout.resize(H * s_max * Cv);
       ds.resize(s_max * np);
-      pt.resize(s_max * np);
-      dst.resize(s_max * np);
       gq.resize(s_max * H * C);
       gk.resize(s_max * H * C);
     }
   }
 };
 
-// A register tile of a small matrix product: out[r, 0:V*NV) = mult * sum_{x < K} a[r, x]
-// b[x, 0:V*NV) for r < R (a: rows of stride lda; b: rows of stride ldb; out: rows of stride
-// ldo), V the lanes of a 32-byte vector. The R x NV vector accumulators stay in registers, so
-// R rows share every load of b and the FMA chains are independent: 4 rows x 2 vectors keep both
-// FMA units busy, where one row at a time is bound by the FMA latency.
+// A register tile of a small matrix product: out[r, 0:V*NV) = mult * sum_{x < K} a(r, x)
+// b[x, 0:V*NV) for r < R, with a(r, x) = a[r * lda + x], or a[x * lda + r] when TransA (the
+// transpose of a stored block, read in place), b rows of stride ldb, out rows of stride ldo,
+// V the lanes of a 32-byte vector. The R x NV vector accumulators stay in registers, so R rows
+// share every load of b and the FMA chains are independent: 4 rows x 2 vectors keep both FMA
+// units busy, where one row at a time is bound by the FMA latency.
 // (an alias template would drop the vector attribute, hence the traits)
 template <typename T>
 struct VecOf;
@@ -106,7 +108,17 @@ inline Vec<T> load_vec(const T* p) {
   return v;
 }
 
-template <typename T, int R, int NV>
+template <typename T>
+inline void store_vec(T* p, const Vec<T>& v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+
+template <bool TransA>
+inline idx_t a_at(idx_t r, idx_t x, idx_t lda) {
+  return TransA ? x * lda + r : r * lda + x;
+}
+
+template <typename T, int R, int NV, bool TransA>
 inline void tile(const T* __restrict a, idx_t lda, const T* __restrict b, idx_t ldb, idx_t K,
                  T* __restrict out, idx_t ldo, T mult) {
   constexpr int V = 32 / sizeof(T);
@@ -119,67 +131,128 @@ inline void tile(const T* __restrict a, idx_t lda, const T* __restrict b, idx_t 
     Vec<T> bv[NV];
     for (int u = 0; u < NV; ++u) bv[u] = load_vec(bx + u * V);
     for (int r = 0; r < R; ++r) {
-      const T s = a[r * lda + x];
+      const T s = a[a_at<TransA>(r, x, lda)];
       for (int u = 0; u < NV; ++u) acc[r][u] += s * bv[u];
     }
   }
   for (int r = 0; r < R; ++r) {
-    for (int u = 0; u < NV; ++u) {
-      const Vec<T> o = mult * acc[r][u];
-      __builtin_memcpy(out + r * ldo + u * V, &o, sizeof(o));
-    }
+    for (int u = 0; u < NV; ++u) store_vec(out + r * ldo + u * V, mult * acc[r][u]);
   }
 }
 
 // R rows of out = mult * a b over all `cols` columns: tiles of two and one vectors (64 and 32
 // bytes), then single columns.
-template <typename T, int R>
+template <typename T, int R, bool TransA>
 inline void row_block(const T* a, idx_t lda, const T* b, idx_t ldb, idx_t K, T* out, idx_t ldo,
                       idx_t cols, T mult) {
   constexpr int kWide = 64 / sizeof(T), kNarrow = 32 / sizeof(T);
   idx_t j = 0;
-  for (; j + kWide <= cols; j += kWide) tile<T, R, 2>(a, lda, b + j, ldb, K, out + j, ldo, mult);
+  for (; j + kWide <= cols; j += kWide) {
+    tile<T, R, 2, TransA>(a, lda, b + j, ldb, K, out + j, ldo, mult);
+  }
   if (j + kNarrow <= cols) {
-    tile<T, R, 1>(a, lda, b + j, ldb, K, out + j, ldo, mult);
+    tile<T, R, 1, TransA>(a, lda, b + j, ldb, K, out + j, ldo, mult);
     j += kNarrow;
   }
   for (; j < cols; ++j) {
     for (int r = 0; r < R; ++r) {
       T sum = 0;
-      for (idx_t x = 0; x < K; ++x) sum += a[r * lda + x] * b[x * ldb + j];
+      for (idx_t x = 0; x < K; ++x) sum += a[a_at<TransA>(r, x, lda)] * b[x * ldb + j];
       out[r * ldo + j] = mult * sum;
     }
   }
 }
 
-// out [rows, cols] (stride ldo) = mult * a [rows, K] (stride lda) b [K, cols] (stride ldb).
-template <typename T>
+// out [rows, cols] (stride ldo) = mult * op(a) b: op(a) [rows, K] is a (rows of stride lda),
+// or with TransA the transpose of a [K, rows] block (rows of stride lda); b [K, cols] (stride
+// ldb).
+template <typename T, bool TransA = false>
 void small_matmul(const T* a, idx_t lda, const T* b, idx_t ldb, idx_t K, T* out, idx_t ldo,
                   idx_t rows, idx_t cols, T mult) {
   idx_t r = 0;
-  for (; r + 4 <= rows; r += 4) row_block<T, 4>(a + r * lda, lda, b, ldb, K, out + r * ldo, ldo, cols, mult);
-  const T* ar = a + r * lda;
+  for (; r + 4 <= rows; r += 4) {
+    row_block<T, 4, TransA>(a + a_at<TransA>(r, 0, lda), lda, b, ldb, K, out + r * ldo, ldo,
+                            cols, mult);
+  }
+  const T* ar = a + a_at<TransA>(r, 0, lda);
   T* outr = out + r * ldo;
   switch (rows - r) {
-    case 3: return row_block<T, 3>(ar, lda, b, ldb, K, outr, ldo, cols, mult);
-    case 2: return row_block<T, 2>(ar, lda, b, ldb, K, outr, ldo, cols, mult);
-    case 1: return row_block<T, 1>(ar, lda, b, ldb, K, outr, ldo, cols, mult);
+    case 3: return row_block<T, 3, TransA>(ar, lda, b, ldb, K, outr, ldo, cols, mult);
+    case 2: return row_block<T, 2, TransA>(ar, lda, b, ldb, K, outr, ldo, cols, mult);
+    case 1: return row_block<T, 1, TransA>(ar, lda, b, ldb, K, outr, ldo, cols, mult);
     default: return;
   }
 }
 
-// dst[j, i] = src[i, j] for i, j < n (both n x n blocks of row stride ld).
+// dst [cols, rows] (row stride ldd) = the transpose of src [rows, cols] (row stride lds), rows a
+// multiple of the vector lanes. float32 with cols a multiple of 8 goes by 8 x 8 blocks in
+// registers (three rounds of two-vector shuffles); anything else element by element.
 template <typename T>
-inline void transpose_block(const T* __restrict src, T* __restrict dst, idx_t n, idx_t ld) {
-  for (idx_t i = 0; i < n; ++i) {
-    for (idx_t j = 0; j < n; ++j) dst[j * ld + i] = src[i * ld + j];
+inline void transpose(const T* __restrict src, idx_t lds, idx_t rows, idx_t cols,
+                      T* __restrict dst, idx_t ldd) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (cols % 8 == 0) {
+      using V8 = Vec<float>;
+      using M8 = int __attribute__((vector_size(32)));
+      for (idx_t r0 = 0; r0 < rows; r0 += 8) {
+        for (idx_t c0 = 0; c0 < cols; c0 += 8) {
+          V8 x[8], y[8];
+          for (int i = 0; i < 8; ++i) x[i] = load_vec(src + (r0 + i) * lds + c0);
+          for (int i = 0; i < 8; i += 2) {  // 2 x 2 blocks of elements
+            y[i] = __builtin_shuffle(x[i], x[i + 1], M8{0, 8, 2, 10, 4, 12, 6, 14});
+            y[i + 1] = __builtin_shuffle(x[i], x[i + 1], M8{1, 9, 3, 11, 5, 13, 7, 15});
+          }
+          for (int i = 0; i < 8; i += 4) {  // 2 x 2 blocks of pairs
+            for (int a = 0; a < 2; ++a) {
+              x[i + a] = __builtin_shuffle(y[i + a], y[i + a + 2], M8{0, 1, 8, 9, 4, 5, 12, 13});
+              x[i + a + 2] =
+                  __builtin_shuffle(y[i + a], y[i + a + 2], M8{2, 3, 10, 11, 6, 7, 14, 15});
+            }
+          }
+          for (int a = 0; a < 4; ++a) {  // 2 x 2 blocks of quadruples
+            y[a] = __builtin_shuffle(x[a], x[a + 4], M8{0, 1, 2, 3, 8, 9, 10, 11});
+            y[a + 4] = __builtin_shuffle(x[a], x[a + 4], M8{4, 5, 6, 7, 12, 13, 14, 15});
+          }
+          for (int i = 0; i < 8; ++i) store_vec(dst + (c0 + i) * ldd + r0, y[i]);
+        }
+      }
+      return;
+    }
+  }
+  for (idx_t r = 0; r < rows; ++r) {
+    for (idx_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
   }
 }
 
+// dst[0:n) = src[0:n) by vectors (short rows: inline, not a call to memmove).
+template <typename T>
+inline __attribute__((always_inline)) void copy_row(
+    const T* __restrict src, idx_t n, T* __restrict dst) {
+  constexpr idx_t V = 32 / sizeof(T);
+  idx_t c = 0;
+  for (; c + V <= n; c += V) store_vec(dst + c, load_vec(src + c));
+  for (; c < n; ++c) dst[c] = src[c];
+}
+
+// sum_j a[j] (b[j] when given) over np entries, a multiple of the vector lanes.
+template <typename T>
+inline T sum_row(const T* __restrict a, const T* __restrict b, idx_t np) {
+  constexpr idx_t V = 32 / sizeof(T);
+  Vec<T> acc{};
+  if (b == nullptr) {
+    for (idx_t j = 0; j < np; j += V) acc += load_vec(a + j);
+  } else {
+    for (idx_t j = 0; j < np; j += V) acc += load_vec(a + j) * load_vec(b + j);
+  }
+  T sum = 0;
+  for (idx_t u = 0; u < V; ++u) sum += acc[u];
+  return sum;
+}
+
 // Loads the window's rows, each [H, C] row of the tables read whole (contiguous, so the
-// hardware prefetcher streams consecutive rows), into the per-head blocks: queries times scale,
-// keys transposed; the forward also values row-major, the backward keys row-major, values
-// transposed and the output gradients row-major.
+// hardware prefetcher streams consecutive rows), into the per-head blocks (queries times scale,
+// keys, values; the backward also the output gradients), zeroes the key and value rows from n to
+// np and transposes the keys (the backward also the values) per head.
 template <typename T>
 void load_window(const Problem<T>& P, Buffers<T>& B, const T* dout, idx_t n) {
   const idx_t H = P.H, C = P.C, Cv = P.Cv, np = B.np, s = B.s;
@@ -189,27 +262,19 @@ void load_window(const Problem<T>& P, Buffers<T>& B, const T* dout, idx_t n) {
     const T* __restrict v = P.v + B.rows[i] * H * Cv;
     for (idx_t h = 0; h < H; ++h) {
       T* __restrict qs = B.qs.data() + (h * s + i) * C;
-      T* __restrict kt = B.kt.data() + h * C * np + i;
+#pragma omp simd
       for (idx_t c = 0; c < C; ++c) qs[c] = q[h * C + c] * P.scale;
-      for (idx_t c = 0; c < C; ++c) kt[c * np] = k[h * C + c];
-      if (dout == nullptr) {
-        std::copy(v + h * Cv, v + (h + 1) * Cv, B.vs.data() + (h * s + i) * Cv);
-      } else {
-        const T* __restrict g = dout + B.rows[i] * H * Cv;
-        std::copy(k + h * C, k + (h + 1) * C, B.ks.data() + (h * s + i) * C);
-        T* __restrict vt = B.vt.data() + h * Cv * np + i;
-        for (idx_t c = 0; c < Cv; ++c) vt[c * np] = v[h * Cv + c];
-        std::copy(g + h * Cv, g + (h + 1) * Cv, B.dout.data() + (h * s + i) * Cv);
-      }
+      copy_row(k + h * C, C, B.ks.data() + (h * np + i) * C);
+      copy_row(v + h * Cv, Cv, B.vs.data() + (h * np + i) * Cv);
     }
+    if (dout != nullptr) copy_row(dout + B.rows[i] * H * Cv, H * Cv, B.dout.data() + i * H * Cv);
   }
-  if (n == np) return;
-  for (idx_t row = 0; row < H * C; ++row) {
-    std::fill(B.kt.data() + row * np + n, B.kt.data() + (row + 1) * np, T(0));
-  }
-  if (dout == nullptr) return;
-  for (idx_t row = 0; row < H * Cv; ++row) {
-    std::fill(B.vt.data() + row * np + n, B.vt.data() + (row + 1) * np, T(0));
+  for (idx_t h = 0; h < H; ++h) {
+    std::fill(B.ks.data() + (h * np + n) * C, B.ks.data() + (h + 1) * np * C, T(0));
+    transpose(B.ks.data() + h * np * C, C, np, C, B.kt.data() + h * C * np, np);
+    if (dout == nullptr) continue;
+    std::fill(B.vs.data() + (h * np + n) * Cv, B.vs.data() + (h + 1) * np * Cv, T(0));
+    transpose(B.vs.data() + h * np * Cv, Cv, np, Cv, B.vt.data() + h * Cv * np, np);
   }
 }
 
@@ -223,7 +288,7 @@ inline void store_window(const Problem<T>& P, const Buffers<T>& B, idx_t n, idx_
     const T* __restrict src = product.data() + i * row;
     T* __restrict dst = table + B.rows[i] * row;
     if (mult == nullptr) {
-      std::copy(src, src + row, dst);
+      copy_row(src, row, dst);
       continue;
     }
     for (idx_t h = 0; h < H; ++h) {
@@ -234,14 +299,29 @@ inline void store_window(const Problem<T>& P, const Buffers<T>& B, idx_t n, idx_
   }
 }
 
-// exp(row - shift) in place; returns the sum.
+// max_j row[j] over np entries, a multiple of the vector lanes.
 template <typename T>
-inline T exp_row(T* __restrict row, idx_t n, T shift) {
+inline T max_row(const T* __restrict row, idx_t np) {
+  constexpr idx_t V = 32 / sizeof(T);
+  Vec<T> acc = load_vec(row);
+  for (idx_t j = V; j < np; j += V) {
+    const Vec<T> x = load_vec(row + j);
+    acc = acc > x ? acc : x;
+  }
+  T m = acc[0];
+  for (idx_t u = 1; u < V; ++u) m = std::max(m, acc[u]);
+  return m;
+}
+
+// exp(row - shift) in place over np entries (a multiple of the vector lanes; the padding from n
+// on is -inf, so its exponentials are 0); returns the sum.
+template <typename T>
+inline T exp_row(T* __restrict row, idx_t n, idx_t np, T shift) {
+  for (idx_t j = n; j < np; ++j) row[j] = -std::numeric_limits<T>::infinity();
+  n = np;
+#pragma omp simd
   for (idx_t j = 0; j < n; ++j) row[j] = exp_of<T>(row[j] - shift);
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (idx_t j = 0; j < n; ++j) sum += row[j];
-  return sum;
+  return sum_row<T>(row, nullptr, np);
 }
 
 // Per head: S = (scale Q) K^T, P = exp(S - max) row by row, O = P V / rowsum.
@@ -257,15 +337,14 @@ void forward_window(const Problem<T>& P, Buffers<T>& B, idx_t w, T* out, T* lse)
                     n, np, T(1));
     for (idx_t i = 0; i < n; ++i) {
       T* __restrict row = B.p.data() + i * np;
-      T m = row[0];
-#pragma omp simd reduction(max : m)
-      for (idx_t j = 1; j < n; ++j) m = std::max(m, row[j]);
-      const T sum = exp_row(row, n, m);
+      for (idx_t j = n; j < np; ++j) row[j] = -std::numeric_limits<T>::infinity();
+      const T m = max_row(row, np);
+      const T sum = exp_row(row, np, np, m);
       lse[(start + i) * H + h] = m + std::log(sum);
       B.inv[h * s + i] = T(1) / sum;
     }
-    small_matmul<T>(B.p.data(), np, B.vs.data() + h * s * Cv, Cv, n, B.gv.data() + h * Cv, H * Cv,
-                    n, Cv, T(1));
+    small_matmul<T>(B.p.data(), np, B.vs.data() + h * np * Cv, Cv, n, B.gv.data() + h * Cv,
+                    H * Cv, n, Cv, T(1));
   }
   store_window<T>(P, B, n, Cv, B.gv, B.inv.data(), out);
 }
@@ -281,7 +360,8 @@ struct Grads {
 
 // Per head: P recomputed from lse, dP = dO V^T, ds = P (dP - D) with FlashAttention's
 // D_i = dO_i . o_i formed as sum_j p_ij dp_ij (o_i = sum_j p_ij v_j, so the output is not kept
-// for the backward); dQ = scale ds K, dK = ds^T (scale Q), dV = P^T dO.
+// for the backward); dQ = scale ds K, dK = ds^T (scale Q), dV = P^T dO (the transposes read in
+// place).
 template <typename T>
 void backward_window(const Problem<T>& P, Buffers<T>& B, const Grads<T>& G, idx_t w) {
   const idx_t start = P.ptr[w], n = P.ptr[w + 1] - start, H = P.H, C = P.C, Cv = P.Cv;
@@ -291,25 +371,23 @@ void backward_window(const Problem<T>& P, Buffers<T>& B, const Grads<T>& G, idx_
   load_window(P, B, G.dout, n);
   for (idx_t h = 0; h < H; ++h) {
     const T* qs = B.qs.data() + h * s * C;
-    const T* dout = B.dout.data() + h * s * Cv;
+    const T* dout = B.dout.data() + h * Cv;  // rows of stride H * Cv
     small_matmul<T>(qs, C, B.kt.data() + h * C * np, np, C, B.p.data(), np, n, np, T(1));
-    small_matmul<T>(dout, Cv, B.vt.data() + h * Cv * np, np, Cv, B.ds.data(), np, n, np, T(1));
+    small_matmul<T>(dout, H * Cv, B.vt.data() + h * Cv * np, np, Cv, B.ds.data(), np, n, np,
+                    T(1));
     for (idx_t i = 0; i < n; ++i) {
       T* __restrict p = B.p.data() + i * np;
       T* __restrict ds = B.ds.data() + i * np;
-      exp_row(p, n, G.lse[(start + i) * H + h]);
-      T d = 0;
-#pragma omp simd reduction(+ : d)
-      for (idx_t j = 0; j < n; ++j) d += p[j] * ds[j];
+      exp_row(p, n, np, G.lse[(start + i) * H + h]);
+      const T d = sum_row<T>(p, ds, np);
 #pragma omp simd
-      for (idx_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - d);
+      for (idx_t j = 0; j < np; ++j) ds[j] = p[j] * (ds[j] - d);
     }
-    small_matmul<T>(B.ds.data(), np, B.ks.data() + h * s * C, C, n, B.gq.data() + h * C, H * C,
+    small_matmul<T>(B.ds.data(), np, B.ks.data() + h * np * C, C, n, B.gq.data() + h * C, H * C,
                     n, C, P.scale);
-    transpose_block(B.ds.data(), B.dst.data(), n, np);
-    small_matmul<T>(B.dst.data(), np, qs, C, n, B.gk.data() + h * C, H * C, n, C, T(1));
-    transpose_block(B.p.data(), B.pt.data(), n, np);
-    small_matmul<T>(B.pt.data(), np, dout, Cv, n, B.gv.data() + h * Cv, H * Cv, n, Cv, T(1));
+    small_matmul<T, true>(B.ds.data(), np, qs, C, n, B.gk.data() + h * C, H * C, n, C, T(1));
+    small_matmul<T, true>(B.p.data(), np, dout, H * Cv, n, B.gv.data() + h * Cv, H * Cv, n, Cv,
+                          T(1));
   }
   store_window<T>(P, B, n, C, B.gq, nullptr, G.dq);
   store_window<T>(P, B, n, C, B.gk, nullptr, G.dk);
