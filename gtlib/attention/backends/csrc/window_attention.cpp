@@ -140,13 +140,19 @@ inline void tile(const T* __restrict a, idx_t lda, const T* __restrict b, idx_t 
   }
 }
 
-// R rows of out = mult * a b over all `cols` columns: tiles of two and one vectors (64 and 32
-// bytes), then single columns.
+// R rows of out = mult * a b over all `cols` columns: tiles of four vectors where AVX-512VL gives
+// 32 vector registers (16 accumulators fit), then of two and one vectors (64 and 32 bytes), then
+// single columns.
 template <typename T, int R, bool TransA>
 inline void row_block(const T* a, idx_t lda, const T* b, idx_t ldb, idx_t K, T* out, idx_t ldo,
                       idx_t cols, T mult) {
   constexpr int kWide = 64 / sizeof(T), kNarrow = 32 / sizeof(T);
   idx_t j = 0;
+#ifdef __AVX512VL__  // 32 vector registers: 4 x 4 accumulators fit
+  for (; j + 2 * kWide <= cols; j += 2 * kWide) {
+    tile<T, R, 4, TransA>(a, lda, b + j, ldb, K, out + j, ldo, mult);
+  }
+#endif
   for (; j + kWide <= cols; j += kWide) {
     tile<T, R, 2, TransA>(a, lda, b + j, ldb, K, out + j, ldo, mult);
   }
