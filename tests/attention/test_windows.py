@@ -93,8 +93,10 @@ def test_gradients_match_reference(compiled):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels,value_channels", [(32, 32), (16, 8), (6, 3), (40, 24)])
 def test_large_windows_against_reference(dtype, channels, value_channels):
-    """Windows of 1 to 64 tokens: every row-block remainder (tiles of 4 rows) and column tile
-    (two vectors, one vector, single columns) of the compiled kernel, forward and gradients."""
+    """Windows of 1 to 64 tokens: every row-block remainder (tiles of 4 rows), column tile (four
+    vectors with AVX-512VL, two vectors, one vector, single columns) and transpose (8 x 8 register
+    blocks for float32 rows of a multiple of 8 channels, element by element otherwise) of the
+    compiled kernel, forward and gradients."""
     if not windows.available():
         pytest.skip("window kernel not built")
     gen = torch.Generator().manual_seed(9)
