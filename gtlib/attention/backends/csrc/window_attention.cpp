@@ -255,6 +255,21 @@ inline T sum_row(const T* __restrict a, const T* __restrict b, idx_t np) {
   return sum;
 }
 
+// Rows ahead whose lines are asked for (__builtin_prefetch) while a window's rows are read or
+// written in a caller's order: the out-of-order window covers about one random row, and asking 8
+// rows ahead keeps several in flight (measured: 8 and 12 alike, 2 and 4 slower; prefetching a
+// whole window ahead, or across windows, gave nothing). Serial rows stream without it.
+constexpr idx_t kAhead = 8;
+
+// Asks for row `row` (`width` entries) of each table, for reading or (write) for writing.
+template <typename T, bool Write>
+inline void prefetch_row(std::initializer_list<const T*> tables, idx_t row, idx_t width) {
+  constexpr idx_t kLine = 64 / sizeof(T);
+  for (const T* table : tables) {
+    for (idx_t c = 0; c < width; c += kLine) __builtin_prefetch(table + row * width + c, Write, 3);
+  }
+}
+
 // Loads the window's rows, each [H, C] row of the tables read whole (contiguous, so the
 // hardware prefetcher streams consecutive rows), into the per-head blocks (queries times scale,
 // keys, values; the backward also the output gradients), zeroes the key and value rows from n to
@@ -263,6 +278,11 @@ template <typename T>
 void load_window(const Problem<T>& P, Buffers<T>& B, const T* dout, idx_t n) {
   const idx_t H = P.H, C = P.C, Cv = P.Cv, np = B.np, s = B.s;
   for (idx_t i = 0; i < n; ++i) {
+    if (P.index != nullptr && i + kAhead < n) {
+      prefetch_row<T, false>({P.q, P.k}, B.rows[i + kAhead], H * C);
+      prefetch_row<T, false>({P.v}, B.rows[i + kAhead], H * Cv);
+      if (dout != nullptr) prefetch_row<T, false>({dout}, B.rows[i + kAhead], H * Cv);
+    }
     const T* __restrict q = P.q + B.rows[i] * H * C;
     const T* __restrict k = P.k + B.rows[i] * H * C;
     const T* __restrict v = P.v + B.rows[i] * H * Cv;
@@ -291,6 +311,9 @@ inline void store_window(const Problem<T>& P, const Buffers<T>& B, idx_t n, idx_
                          const std::vector<T>& product, const T* mult, T* table) {
   const idx_t H = P.H, row = H * width;
   for (idx_t i = 0; i < n; ++i) {
+    if (P.index != nullptr && i + kAhead < n) {
+      prefetch_row<T, true>({table}, B.rows[i + kAhead], row);
+    }
     const T* __restrict src = product.data() + i * row;
     T* __restrict dst = table + B.rows[i] * row;
     if (mult == nullptr) {
