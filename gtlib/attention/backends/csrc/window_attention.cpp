@@ -17,7 +17,8 @@
 // backward's ds^T is read in place), keys (and the backward's values) are transposed per head in
 // 8 x 8 register blocks, score rows are padded to whole vectors with -inf (so softmax and its
 // reductions run on whole vectors), and the products of all heads are written back as whole
-// rows. float32 uses a vectorisable exp. Every row in a window is written once; rows in no
+// rows (in a caller's order, the rows a few positions ahead are prefetched meanwhile). float32
+// uses a vectorisable exp. Every row in a window is written once; rows in no
 // window get zeros.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
