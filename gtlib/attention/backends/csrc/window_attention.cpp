@@ -191,6 +191,17 @@ void small_matmul(const T* a, idx_t lda, const T* b, idx_t ldb, idx_t K, T* out,
   }
 }
 
+// Lanes I... of the 16 lanes of (a, b): GCC's __builtin_shuffle, clang's __builtin_shufflevector.
+template <int... I>
+inline Vec<float> shuffle(const Vec<float>& a, const Vec<float>& b) {
+#if defined(__clang__)
+  return __builtin_shufflevector(a, b, I...);
+#else
+  typedef int Mask __attribute__((vector_size(32)));
+  return __builtin_shuffle(a, b, Mask{I...});
+#endif
+}
+
 // dst [cols, rows] (row stride ldd) = the transpose of src [rows, cols] (row stride lds), rows a
 // multiple of the vector lanes. float32 with cols a multiple of 8 goes by 8 x 8 blocks in
 // registers (three rounds of two-vector shuffles); anything else element by element.
@@ -199,26 +210,23 @@ inline void transpose(const T* __restrict src, idx_t lds, idx_t rows, idx_t cols
                       T* __restrict dst, idx_t ldd) {
   if constexpr (std::is_same_v<T, float>) {
     if (cols % 8 == 0) {
-      using V8 = Vec<float>;
-      using M8 = int __attribute__((vector_size(32)));
       for (idx_t r0 = 0; r0 < rows; r0 += 8) {
         for (idx_t c0 = 0; c0 < cols; c0 += 8) {
-          V8 x[8], y[8];
+          Vec<float> x[8], y[8];
           for (int i = 0; i < 8; ++i) x[i] = load_vec(src + (r0 + i) * lds + c0);
           for (int i = 0; i < 8; i += 2) {  // 2 x 2 blocks of elements
-            y[i] = __builtin_shuffle(x[i], x[i + 1], M8{0, 8, 2, 10, 4, 12, 6, 14});
-            y[i + 1] = __builtin_shuffle(x[i], x[i + 1], M8{1, 9, 3, 11, 5, 13, 7, 15});
+            y[i] = shuffle<0, 8, 2, 10, 4, 12, 6, 14>(x[i], x[i + 1]);
+            y[i + 1] = shuffle<1, 9, 3, 11, 5, 13, 7, 15>(x[i], x[i + 1]);
           }
           for (int i = 0; i < 8; i += 4) {  // 2 x 2 blocks of pairs
             for (int a = 0; a < 2; ++a) {
-              x[i + a] = __builtin_shuffle(y[i + a], y[i + a + 2], M8{0, 1, 8, 9, 4, 5, 12, 13});
-              x[i + a + 2] =
-                  __builtin_shuffle(y[i + a], y[i + a + 2], M8{2, 3, 10, 11, 6, 7, 14, 15});
+              x[i + a] = shuffle<0, 1, 8, 9, 4, 5, 12, 13>(y[i + a], y[i + a + 2]);
+              x[i + a + 2] = shuffle<2, 3, 10, 11, 6, 7, 14, 15>(y[i + a], y[i + a + 2]);
             }
           }
           for (int a = 0; a < 4; ++a) {  // 2 x 2 blocks of quadruples
-            y[a] = __builtin_shuffle(x[a], x[a + 4], M8{0, 1, 2, 3, 8, 9, 10, 11});
-            y[a + 4] = __builtin_shuffle(x[a], x[a + 4], M8{4, 5, 6, 7, 12, 13, 14, 15});
+            y[a] = shuffle<0, 1, 2, 3, 8, 9, 10, 11>(x[a], x[a + 4]);
+            y[a + 4] = shuffle<4, 5, 6, 7, 12, 13, 14, 15>(x[a], x[a + 4]);
           }
           for (int i = 0; i < 8; ++i) store_vec(dst + (c0 + i) * ldd + r0, y[i]);
         }
