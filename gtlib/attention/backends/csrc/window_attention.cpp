@@ -351,14 +351,19 @@ inline T max_row(const T* __restrict row, idx_t np) {
   return m;
 }
 
-// exp(row - shift) in place over np entries (a multiple of the vector lanes; the padding from n
-// on is -inf, so its exponentials are 0); returns the sum.
+// Sets a score row's padding (entries n to np, past the window) to -inf, so that the row can be
+// reduced and exponentiated over whole vectors (its exponentials are 0).
 template <typename T>
-inline T exp_row(T* __restrict row, idx_t n, idx_t np, T shift) {
+inline void pad_row(T* __restrict row, idx_t n, idx_t np) {
   for (idx_t j = n; j < np; ++j) row[j] = -std::numeric_limits<T>::infinity();
-  n = np;
+}
+
+// exp(row - shift) in place over np entries (a multiple of the vector lanes, padded by
+// pad_row); returns the sum.
+template <typename T>
+inline T exp_row(T* __restrict row, idx_t np, T shift) {
 #pragma omp simd
-  for (idx_t j = 0; j < n; ++j) row[j] = exp_of<T>(row[j] - shift);
+  for (idx_t j = 0; j < np; ++j) row[j] = exp_of<T>(row[j] - shift);
   return sum_row<T>(row, nullptr, np);
 }
 
@@ -375,9 +380,9 @@ void forward_window(const Problem<T>& P, Buffers<T>& B, idx_t w, T* out, T* lse)
                     n, np, T(1));
     for (idx_t i = 0; i < n; ++i) {
       T* __restrict row = B.p.data() + i * np;
-      for (idx_t j = n; j < np; ++j) row[j] = -std::numeric_limits<T>::infinity();
+      pad_row(row, n, np);
       const T m = max_row(row, np);
-      const T sum = exp_row(row, np, np, m);
+      const T sum = exp_row(row, np, m);
       lse[(start + i) * H + h] = m + std::log(sum);
       B.inv[h * s + i] = T(1) / sum;
     }
@@ -416,7 +421,8 @@ void backward_window(const Problem<T>& P, Buffers<T>& B, const Grads<T>& G, idx_
     for (idx_t i = 0; i < n; ++i) {
       T* __restrict p = B.p.data() + i * np;
       T* __restrict ds = B.ds.data() + i * np;
-      exp_row(p, n, np, G.lse[(start + i) * H + h]);
+      pad_row(p, n, np);
+      exp_row(p, np, G.lse[(start + i) * H + h]);
       const T d = sum_row<T>(p, ds, np);
 #pragma omp simd
       for (idx_t j = 0; j < np; ++j) ds[j] = p[j] * (ds[j] - d);
