@@ -47,13 +47,41 @@ def high_water_rss() -> int:
     return peak_rss()
 
 
-def time_steps(step: Callable[[], None], repeat: int) -> dict:
-    """Runs ``step`` once to warm up, then ``repeat`` times.
+def live_peak_bytes(step: Callable[[], None]) -> int:
+    """Runs ``step`` once under PyTorch's profiler and returns the peak of the bytes that
+    PyTorch's CPU allocator holds during it, above what it held at the start (from the
+    profiler's allocation and free events, in time order): the tensors alive at the step's worst
+    moment. Unlike RSS, this does not depend on where the C library's heap places blocks and
+    whether it hands freed ones back (under glibc's defaults, the same step's peak RSS differs
+    by up to 2x from one run to the next). Blocks allocated before the step and freed during it
+    count as held throughout (the profiler does not know their size), an overestimate alike for
+    every peer."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and "CPU" in str(e.device_type())
+    ]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def time_steps(step: Callable[[], None], repeat: int, live: bool = False) -> dict:
+    """Runs ``step`` once to warm up, then ``repeat`` times (and with ``live`` once more,
+    profiled, untimed).
 
     ``peak_extra_bytes``: peak RSS above the RSS before the first step (so it includes one-time
     work of the first step, e.g. building and caching a sparsity pattern).
     ``step_peak_extra_bytes``: peak RSS of the timed steps above the RSS after the warm-up step
     (the steady state of training on the same graph; ``None`` where the mark cannot be reset).
+    ``live_step_peak_bytes`` (with ``live``): :func:`live_peak_bytes` of one more step, the
+    tensor analogue of ``step_peak_extra_bytes``.
     """
     baseline = current_rss()
     times = []
@@ -67,13 +95,16 @@ def time_steps(step: Callable[[], None], repeat: int) -> dict:
         if i > 0:
             times.append(time.perf_counter() - start)
     times.sort()
-    return {
+    record = {
         "time_min_s": times[0],
         "time_median_s": times[len(times) // 2],
         "times_s": times,
         "peak_extra_bytes": peak_rss() - baseline,
         "step_peak_extra_bytes": high_water_rss() - step_baseline if step_peak else None,
     }
+    if live:
+        record["live_step_peak_bytes"] = live_peak_bytes(step)
+    return record
 
 
 def run_child(
@@ -96,10 +127,17 @@ def run_child(
 
 
 def machine_summary(tuned: bool) -> dict:
+    """Date, machine and the allocator setting every child ran under: ``MALLOC_MMAP_MAX_=0``
+    (``tuned``) or glibc's defaults, and PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (large blocks
+    2 MB-aligned on transparent huge pages) when it is set in this environment, which the
+    children inherit."""
+    allocator = "MALLOC_MMAP_MAX_=0" if tuned else "default glibc"
+    if os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"):
+        allocator += " + THP_MEM_ALLOC_ENABLE=1"
     return {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "allocator": "MALLOC_MMAP_MAX_=0" if tuned else "default glibc",
+        "allocator": allocator,
     }
 
 

@@ -177,7 +177,7 @@ def run_one(method: str, num_nodes: int, num_edges: int, repeat: int) -> dict:
         forward(x).sum().backward()
 
     record = {"method": method, "num_nodes": num_nodes, "num_edges": num_edges}
-    record.update(time_steps(step, repeat))
+    record.update(time_steps(step, repeat, live=True))
     record.update({"setup_s": setup, "threads": torch.get_num_threads()})
     return record
 
@@ -293,6 +293,18 @@ def print_table(summary: dict) -> None:
         if any(c != "-" for c in cells):
             print(f"| {method} | " + " | ".join(cells) + " |")
     print("(ratios: gtlib time / memory against PyG TransformerConv for dot, GATv2Conv for gatv2)")
+    print("live tensors at a step's peak (PyTorch's CPU allocator, one profiled step):")
+    for r in sorted(results, key=lambda r: (r["num_edges"], r["method"])):
+        if not r["method"].startswith("gtlib") or "live_step_peak_bytes" not in r:
+            continue
+        peer = "pyg_transformer" if "_dot" in r["method"] else "pyg_gatv2"
+        base = by_key.get((peer, r["num_nodes"], r["num_edges"]))
+        mine = r["live_step_peak_bytes"]
+        line = f"  {r['method']:22s} E={r['num_edges']:>8d}: {mine / 1e9:.2f} GB"
+        if base and base.get("live_step_peak_bytes"):
+            theirs = base["live_step_peak_bytes"]
+            line += f", {peer} {theirs / 1e9:.2f} GB, {mine / theirs:.2f}x"
+        print(line)
     bandwidth = summary["copy_bandwidth_GBps"]
     print(
         f"copy bandwidth {bandwidth:.1f} GB/s; fused floor {summary['fused_bytes_per_edge']} B/edge"
