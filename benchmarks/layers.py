@@ -206,20 +206,20 @@ def main() -> None:
             f"{dgl['time_min_s']:.2f} s, {dgl['peak_extra_bytes'] / 1e9:.2f} GB" if dgl else "-"
         )
         print(f"| {layer} | {cells[0]} | {cells[1]} | {ratio} | {dgl_cell} |")
-    print("steady-state step memory (peak RSS of the timed steps above the RSS after warm-up):")
-    for layer in args.layers:
-        pyg, ours = (by_key.get((layer, impl)) for impl in ("pyg", "gtlib"))
-        if pyg and ours and pyg.get("step_peak_extra_bytes") and ours.get("step_peak_extra_bytes"):
-            mine, theirs = ours["step_peak_extra_bytes"], pyg["step_peak_extra_bytes"]
-            print(f"  {layer}: gtlib {mine / 1e9:.2f} GB, PyG {theirs / 1e9:.2f} GB, "
-                  f"{mine / theirs:.2f}x")  # fmt: skip
-    print("live tensors at a step's peak (PyTorch's CPU allocator, one profiled step):")
-    for layer in args.layers:
-        pyg, ours = (by_key.get((layer, impl)) for impl in ("pyg", "gtlib"))
-        if pyg and ours and pyg.get("live_step_peak_bytes") and ours.get("live_step_peak_bytes"):
-            mine, theirs = ours["live_step_peak_bytes"], pyg["live_step_peak_bytes"]
-            print(f"  {layer}: gtlib {mine / 1e9:.2f} GB, PyG {theirs / 1e9:.2f} GB, "
-                  f"{mine / theirs:.2f}x")  # fmt: skip
+    memory_lines = {
+        "step_peak_extra_bytes": "steady-state step memory (peak RSS of the timed steps above "
+        "the RSS after warm-up):",
+        "live_step_peak_bytes": "live tensors at a step's peak (PyTorch's CPU allocator, one "
+        "profiled step):",
+    }
+    for field, title in memory_lines.items():
+        print(title)
+        for layer in args.layers:
+            pyg, ours = (by_key.get((layer, impl)) for impl in ("pyg", "gtlib"))
+            if pyg and ours and pyg.get(field) and ours.get(field):
+                mine, theirs = ours[field], pyg[field]
+                print(f"  {layer}: gtlib {mine / 1e9:.2f} GB, PyG {theirs / 1e9:.2f} GB, "
+                      f"{mine / theirs:.2f}x")  # fmt: skip
     write_json(args.out, summary)
 
 
