@@ -18,6 +18,7 @@ from gtlib.datasets.particles import (
     load_trajectory,
     simulate,
     to_state,
+    trajectory_attrs,
 )
 from gtlib.datasets.pde import PDEDataset, PDEFormatError
 
@@ -39,4 +40,5 @@ __all__ = [
     "load_trajectory",
     "simulate",
     "to_state",
+    "trajectory_attrs",
 ]

@@ -22,7 +22,7 @@ from gtlib.io import HDF5_ERRORS, HDF5_LIBVER, atomic_write, hdf5_member, read_h
 if TYPE_CHECKING:
     from gtlib.datasets._particle_systems import _SoftDiscs
 
-__all__ = ["load_trajectory"]
+__all__ = ["load_trajectory", "trajectory_attrs"]
 
 
 def _write_attrs(handle: h5py.File, system: _SoftDiscs, run: dict[str, Any]) -> None:
@@ -208,3 +208,19 @@ def load_trajectory(path: str | os.PathLike) -> dict[str, Any]:
             "time": torch.from_numpy(_read_array(path, handle, "time")),
             "attrs": attrs,
         }
+
+
+def trajectory_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """The root attributes of a file written by :func:`simulate` (its system's parameters,
+    ``box_length``, ``dt``, ...), without reading the particle data: the file's layout, dtypes,
+    attribute checksum and times are checked as by :func:`load_trajectory`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: as :func:`load_trajectory`, for everything but the checksums and values of
+            ``pos`` and ``g`` (not read).
+    """
+    path = _check_path(path)
+    handle, attrs = _open_checked(path)
+    handle.close()
+    return attrs

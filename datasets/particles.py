@@ -72,6 +72,7 @@ from gtlib.datasets._particle_io import (
     _write_attrs,
     _write_trajectory,
     load_trajectory,
+    trajectory_attrs,
 )
 from gtlib.datasets._particle_neighbours import _NeighbourCache, radius_pairs
 from gtlib.datasets._particle_simulate import (
@@ -111,6 +112,7 @@ __all__ = [
     "simulate",
     "softplus_force_cutoff",
     "to_state",
+    "trajectory_attrs",
 ]
 
 # Names kept importable from here for code written before the split (not public API).

@@ -55,7 +55,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from gtlib.datasets import ActiveOUParticles, blob_state, load_trajectory, simulate  # noqa: E402
+from gtlib.datasets import (  # noqa: E402
+    ActiveOUParticles,
+    blob_state,
+    load_trajectory,
+    simulate,
+    trajectory_attrs,
+)
 from gtlib.distributed import (  # noqa: E402
     distributed_session,
     get_world_size,
@@ -302,6 +308,18 @@ def _cap(pos: Tensor, g: Tensor, limit: int | None) -> tuple[Tensor, Tensor]:
     return pos[index], g[index]
 
 
+def _check_files(args: Any, system: ActiveOUParticles, path: Any) -> None:
+    """Before training: ``--local-radius`` against the training file's box, and every transfer
+    file's system and box, from its attributes alone (its data is read after training)."""
+    _check_local_radius(args.local_radius, system, path)
+    for other in args.eval_data:
+        try:
+            other_system = _system_from_file(trajectory_attrs(other))
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"error: --eval-data {other}: {exc}") from None
+        _check_local_radius(args.local_radius, other_system, other)
+
+
 def _check_local_radius(radius: float, system: ActiveOUParticles, path: Any) -> None:
     if radius > float(system.box_length) / 2:
         raise SystemExit(
@@ -411,7 +429,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     path = args.data if args.data is not None else on_main(_simulate_default, args)
     data = load_trajectory(path)
     system = _system_from_file(data["attrs"])
-    _check_local_radius(args.local_radius, system, path)  # found now, not after training
+    _check_files(args, system, path)  # found now, not after training
     (train_pos, train_g), (test_pos, test_g) = _split(data["pos"], data["g"], args.holdout)
     states = torch.cat([train_pos, train_g], dim=-1).to(dtype)
     dim = system.dim
@@ -551,7 +569,6 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     for other in args.eval_data:
         other_data = load_trajectory(other)
         other_system = _system_from_file(other_data["attrs"])
-        _check_local_radius(args.local_radius, other_system, other)
         pos = other_data["pos"].reshape(-1, *other_data["pos"].shape[2:])
         g = other_data["g"].reshape(-1, *other_data["g"].shape[2:])
         pos, g = _cap(pos, g, args.eval_snapshots)

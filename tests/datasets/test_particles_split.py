@@ -26,7 +26,7 @@ MODULES = {
         "to_state",
     ],
     "_particle_simulate": ["blob_state", "simulate"],
-    "_particle_io": ["load_trajectory"],
+    "_particle_io": ["load_trajectory", "trajectory_attrs"],
     "_particle_dataset": ["ParticleDataset"],
 }
 # Private names that code written before the split imports from particles (tests, scripts).
