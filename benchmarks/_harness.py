@@ -126,14 +126,17 @@ def run_child(
     return record, ""
 
 
-def machine_summary(tuned: bool) -> dict:
+def machine_summary(tuned: bool, pool: bool = False) -> dict:
     """Date, machine and the allocator setting every child ran under: ``MALLOC_MMAP_MAX_=0``
-    (``tuned``) or glibc's defaults, and PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (large blocks
+    (``tuned``) or glibc's defaults, PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (large blocks
     2 MB-aligned on transparent huge pages) when it is set in this environment, which the
-    children inherit."""
+    children inherit, and gtlib's output pool (``GTLIB_OUTPUT_POOL``) when ``pool`` or set."""
     allocator = "MALLOC_MMAP_MAX_=0" if tuned else "default glibc"
     if os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"):
         allocator += " + THP_MEM_ALLOC_ENABLE=1"
+    setting = "1" if pool else os.environ.get("GTLIB_OUTPUT_POOL", "0").strip()
+    if setting.lower() not in ("", "0", "off", "false"):
+        allocator += f" + GTLIB_OUTPUT_POOL={setting}"
     return {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -31,6 +31,12 @@ allocated). The ratios to ``knn`` and ``knn_sorted`` are computed within one run
 
     python benchmarks/pointcloud.py                          # 100k and 1M points
     python benchmarks/pointcloud.py --sizes 100000 --repeat 5 --window 16
+    python benchmarks/pointcloud.py --pool                   # GTLIB_OUTPUT_POOL=1 for every method
+
+``--pool`` turns on the compiled kernels' output pool (every method here runs on them, so all get
+it): outputs of 32 MB or more reuse the blocks that earlier outputs freed, in huge pages, instead
+of faulting in fresh pages every step (:mod:`gtlib.attention.backends._memory`). The warm-up step
+pays for mapping the blocks, the timed steps reuse them.
 """
 
 from __future__ import annotations
@@ -160,22 +166,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tuned", action="store_true", help="MALLOC_MMAP_MAX_=0")
+    parser.add_argument("--pool", action="store_true", help="GTLIB_OUTPUT_POOL=1 for every method")
     parser.add_argument("--out", default=None)
     parser.add_argument("--child", default=None)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.repeat)
         return
-    summary = machine_summary(args.tuned)
+    summary = machine_summary(args.tuned, args.pool)
+    pool = {"GTLIB_OUTPUT_POOL": "1"} if args.pool else {}
     summary.update(heads=HEADS, channels=CHANNELS, k=K, window=args.window, scene=args.scene,
-                   threads=args.threads, load_start=load_average(), results=[])  # fmt: skip
+                   threads=args.threads, output_pool=args.pool, load_start=load_average(),
+                   results=[])  # fmt: skip
     print(f"{'method':<14}{'points':>9}{'edges':>12}{'setup s':>9}{'fwd+bwd s':>11}"
           f"{'peak GB':>9}{'vs knn':>8}{'vs sort':>8}")  # fmt: skip
     for n in [int(s) for s in args.sizes.split(",")]:
         rows = {}
         for method in args.methods.split(","):
             spec = f"{method}:{n}:{args.window}:{args.scene}:{args.threads}"
-            record, error = run_child(__file__, spec, args.repeat, args.tuned)
+            record, error = run_child(__file__, spec, args.repeat, args.tuned, pool)
             if record is None:
                 print(f"{method:<14}{n:>9}  failed: {error}")
                 summary["results"].append({"method": method, "points": n, "error": error})

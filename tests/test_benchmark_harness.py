@@ -49,9 +49,15 @@ def test_live_peak_of_a_backward():
 
 def test_machine_summary_names_the_allocator_setting(monkeypatch):
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    monkeypatch.delenv("GTLIB_OUTPUT_POOL", raising=False)
     assert machine_summary(False)["allocator"] == "default glibc"
     assert machine_summary(True)["allocator"] == "MALLOC_MMAP_MAX_=0"
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
     assert machine_summary(False)["allocator"] == "default glibc + THP_MEM_ALLOC_ENABLE=1"
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    assert machine_summary(False)["allocator"] == "default glibc"
+    assert machine_summary(False, pool=True)["allocator"] == "default glibc + GTLIB_OUTPUT_POOL=1"
+    monkeypatch.setenv("GTLIB_OUTPUT_POOL", "4G")
+    assert machine_summary(True)["allocator"] == "MALLOC_MMAP_MAX_=0 + GTLIB_OUTPUT_POOL=4G"
+    monkeypatch.setenv("GTLIB_OUTPUT_POOL", "0")
     assert machine_summary(False)["allocator"] == "default glibc"

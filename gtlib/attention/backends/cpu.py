@@ -113,6 +113,12 @@ class _State:
                 )
         return module is not None
 
+    def kernels(self) -> ModuleType:
+        """The loaded extension, its output pool set to ``GTLIB_OUTPUT_POOL`` (every kernel call
+        goes through this; :mod:`gtlib.attention.backends._memory`)."""
+        _memory.configure_pool(self.module)
+        return self.module
+
     def build_info(self) -> dict | None:
         with self.lock:
             if self.info is not None:
@@ -385,7 +391,7 @@ def fused_attention_weights(pattern: Pattern, args: tuple) -> Tensor:
         query, key, value, att, key_edge, value_edge, bias, additive, slope, scale, out_dtype = [
             x.detach() if isinstance(x, Tensor) else x for x in args
         ]
-        module = _STATE.module
+        module = _STATE.kernels()
         _, _, weights = module.forward(
             query, key, value, key_edge, None, bias, att, pattern.ptr, pattern.col, additive,
             slope, scale, False,
@@ -406,7 +412,7 @@ class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, att, key_edge, value_edge, bias, pattern, additive, slope,
                 scale):  # fmt: skip
-        module = _STATE.module
+        module = _STATE.kernels()
         out, _, weights = module.forward(
             query, key, value, key_edge, value_edge, bias, att, pattern.ptr, pattern.col,
             additive, slope, scale, True,
@@ -433,12 +439,12 @@ class _FusedAttention(torch.autograd.Function):
         _memory.release(_moved_bytes(query, key, value, pattern))
         transposed = pattern.transpose_csr() if need_k or need_v else (None, None, None)
         if ctx.weights_overwritten:  # an earlier backward of this node wrote ds over them
-            _, _, weights = _STATE.module.forward(
+            _, _, weights = _STATE.kernels().forward(
                 query, key, value, key_edge, None, bias, att, pattern.ptr, pattern.col,
                 ctx.additive, ctx.slope, ctx.scale, False,
             )  # fmt: skip
         ctx.weights_overwritten = True
-        grads = _STATE.module.backward(
+        grads = _STATE.kernels().backward(
             _row_strided(grad_out), query, key, value, key_edge, value_edge, bias, att,
             pattern.ptr, pattern.col, *transposed, weights, ctx.additive, ctx.slope,
             ctx.scale,

@@ -200,7 +200,7 @@ def block_layout(pattern) -> tuple[Tensor, Tensor | None, int]:
 class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, ptr, index, scale):
-        out, lse = _STATE.module.forward(query, key, value, ptr, index, scale)
+        out, lse = _STATE.kernels().forward(query, key, value, ptr, index, scale)
         ctx.save_for_backward(query, key, value, lse, ptr, index)
         ctx.scale = scale
         return out
@@ -215,7 +215,7 @@ class _WindowAttention(torch.autograd.Function):
                 (query, key, value), ctx.needs_input_grad[:3], grad_out,
             )  # fmt: skip
             return dq, dk, dv, None, None, None
-        dq, dk, dv = _STATE.module.backward(
+        dq, dk, dv = _STATE.kernels().backward(
             grad_out.contiguous(), query, key, value, lse, ptr, index, ctx.scale
         )
         return dq, dk, dv, None, None, None

@@ -40,6 +40,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include "fast_exp.h"
+#include "output_pool.h"
 
 #include <algorithm>
 #include <cmath>
@@ -924,9 +925,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
     bool need_out) {
   const Inputs in = check_inputs(q, k, v, ek, ev, bias, att, ptr, col, additive);
   const int64_t nd = q.size(0), H = q.size(1), Cv = v.size(2), E = col.numel();
-  at::Tensor out = need_out ? at::empty({nd, H, Cv}, q.options()) : at::Tensor();
-  at::Tensor lse = at::empty({nd, H}, q.options());
-  at::Tensor weights = at::empty({E, H}, q.options());
+  gtlib::OutputPool& pool = gtlib::output_pool();
+  at::Tensor out = need_out ? pool.empty({nd, H, Cv}, q.options()) : at::Tensor();
+  at::Tensor lse = pool.empty({nd, H}, q.options());
+  at::Tensor weights = pool.empty({E, H}, q.options());
   const int threads = num_threads();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gtlib_fused_forward", [&] {
     using T = scalar_t;
@@ -967,16 +969,17 @@ std::vector<at::Tensor> backward(
   const bool need_q = needs[0], need_k = needs[1], need_v = needs[2];
   const bool need_ek = needs[3] && in.ek.defined(), need_ev = needs[4] && in.ev.defined();
   const bool need_bias = needs[5] && in.bias.defined(), need_att = needs[6] && additive;
-  at::Tensor gq = need_q ? at::empty_like(q) : at::Tensor();
+  gtlib::OutputPool& pool = gtlib::output_pool();
+  at::Tensor gq = need_q ? pool.empty_like(q) : at::Tensor();
   // key and value one input (the caller's word; same rows checked): one gradient, the sum, B2b
   // adding into B2a's rows and returned as the value's (the key's left undefined)
   const bool merge_kv = key_is_value && need_k && need_v && shared_table(in);
-  at::Tensor gk = need_k && !merge_kv ? at::empty_like(k) : at::Tensor();
-  at::Tensor gv = need_v ? at::empty_like(v) : at::Tensor();
-  at::Tensor gek = need_ek ? at::empty_like(in.ek) : at::Tensor();
-  at::Tensor gev = need_ev ? at::empty_like(in.ev) : at::Tensor();
-  at::Tensor gbias = need_bias ? at::empty_like(in.bias) : at::Tensor();
-  at::Tensor gatt = need_att ? at::empty_like(in.att) : at::Tensor();
+  at::Tensor gk = need_k && !merge_kv ? pool.empty_like(k) : at::Tensor();
+  at::Tensor gv = need_v ? pool.empty_like(v) : at::Tensor();
+  at::Tensor gek = need_ek ? pool.empty_like(in.ek) : at::Tensor();
+  at::Tensor gev = need_ev ? pool.empty_like(in.ev) : at::Tensor();
+  at::Tensor gbias = need_bias ? pool.empty_like(in.bias) : at::Tensor();
+  at::Tensor gatt = need_att ? pool.empty_like(in.att) : at::Tensor();
   const bool need_ds = need_q || need_k || need_ek || need_bias || need_att;
   // the grad of bias is the score gradient itself; otherwise the score gradients may take the
   // weights' place (the caller's choice: nothing reads these weights afterwards)
@@ -984,7 +987,7 @@ std::vector<at::Tensor> backward(
   if (need_bias) {
     ds = gbias;
   } else if (need_ds) {
-    ds = overwrite_weights ? weights : at::empty({E, H}, q.options());
+    ds = overwrite_weights ? weights : pool.empty({E, H}, q.options());
   }
   TORCH_CHECK(weights.is_contiguous(), "weights must be contiguous");
   if (need_k || need_v) {
@@ -1028,6 +1031,7 @@ std::vector<at::Tensor> backward(
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gtlib fused CPU sparse attention (OpenMP)";
+  gtlib::def_pool_functions(m);
   m.def("forward", &forward, "fused sparse attention forward: (out, lse, weights)",
         pybind11::arg("query"), pybind11::arg("key"), pybind11::arg("value"),
         pybind11::arg("key_edge"), pybind11::arg("value_edge"), pybind11::arg("bias"),

@@ -28,6 +28,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include "fast_exp.h"
+#include "output_pool.h"
 
 #include <algorithm>
 #include <cmath>
@@ -267,7 +268,10 @@ inline T sum_row(const T* __restrict a, const T* __restrict b, idx_t np) {
 // Rows ahead whose lines are asked for (__builtin_prefetch) while a window's rows are read or
 // written in a caller's order: the out-of-order window covers about one random row, and asking 8
 // rows ahead keeps several in flight (measured: 8 and 12 alike, 2 and 4 slower; prefetching a
-// whole window ahead, or across windows, gave nothing). Serial rows stream without it.
+// whole window ahead gave nothing). Reads look ahead across the window's end into the next
+// windows' rows, so that small windows start with their rows in flight too (windows of at most
+// 16 points, 9.5 on average: 6% faster with the output pool; windows of 32: the same); writes
+// stay within the window. Serial rows stream without it.
 constexpr idx_t kAhead = 8;
 
 // Asks for row `row` (`width` entries) of each table, for reading or (write) for writing.
@@ -284,13 +288,14 @@ inline void prefetch_row(std::initializer_list<const T*> tables, idx_t row, idx_
 // keys, values; the backward also the output gradients), zeroes the key and value rows from n to
 // np and transposes the keys (the backward also the values) per head.
 template <typename T>
-void load_window(const Problem<T>& P, Buffers<T>& B, const T* dout, idx_t n) {
+void load_window(const Problem<T>& P, Buffers<T>& B, const T* dout, idx_t start, idx_t n) {
   const idx_t H = P.H, C = P.C, Cv = P.Cv, np = B.np, s = B.s;
   for (idx_t i = 0; i < n; ++i) {
-    if (P.index != nullptr && i + kAhead < n) {
-      prefetch_row<T, false>({P.q, P.k}, B.rows[i + kAhead], H * C);
-      prefetch_row<T, false>({P.v}, B.rows[i + kAhead], H * Cv);
-      if (dout != nullptr) prefetch_row<T, false>({dout}, B.rows[i + kAhead], H * Cv);
+    if (P.index != nullptr && start + i + kAhead < P.ptr[P.W]) {
+      const idx_t ahead = P.index[start + i + kAhead];
+      prefetch_row<T, false>({P.q, P.k}, ahead, H * C);
+      prefetch_row<T, false>({P.v}, ahead, H * Cv);
+      if (dout != nullptr) prefetch_row<T, false>({dout}, ahead, H * Cv);
     }
     const T* __restrict q = P.q + B.rows[i] * H * C;
     const T* __restrict k = P.k + B.rows[i] * H * C;
@@ -374,7 +379,7 @@ void forward_window(const Problem<T>& P, Buffers<T>& B, idx_t w, T* out, T* lse)
   const idx_t np = B.np, s = B.s;
   if (n <= 0) return;
   for (idx_t i = 0; i < n; ++i) B.rows[i] = P.row(start + i);
-  load_window<T>(P, B, nullptr, n);
+  load_window<T>(P, B, nullptr, start, n);
   for (idx_t h = 0; h < H; ++h) {
     small_matmul<T>(B.qs.data() + h * s * C, C, B.kt.data() + h * C * np, np, C, B.p.data(), np,
                     n, np, T(1));
@@ -411,7 +416,7 @@ void backward_window(const Problem<T>& P, Buffers<T>& B, const Grads<T>& G, idx_
   const idx_t np = B.np, s = B.s;
   if (n <= 0) return;
   for (idx_t i = 0; i < n; ++i) B.rows[i] = P.row(start + i);
-  load_window(P, B, G.dout, n);
+  load_window(P, B, G.dout, start, n);
   for (idx_t h = 0; h < H; ++h) {
     const T* qs = B.qs.data() + h * s * C;
     const T* dout = B.dout.data() + h * Cv;  // rows of stride H * Cv
@@ -509,8 +514,9 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor
   check_inputs(q, k, v, ptr, index);
   const idx_t W = ptr.numel() - 1;
   const idx_t L = ptr.data_ptr<idx_t>()[W];
-  at::Tensor out = at::empty_like(v);
-  at::Tensor lse = at::empty({L, q.size(1)}, q.options());
+  gtlib::OutputPool& pool = gtlib::output_pool();
+  at::Tensor out = pool.empty_like(v);
+  at::Tensor lse = pool.empty({L, q.size(1)}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gtlib_window_forward", [&] {
     using T = scalar_t;
     const Problem<T> P = make_problem<T>(q, k, v, ptr, index, scale);
@@ -534,7 +540,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
                   grad_out.scalar_type() == q.scalar_type(),
               "grad_out must be contiguous like value");
   const idx_t W = ptr.numel() - 1;
-  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  gtlib::OutputPool& pool = gtlib::output_pool();
+  at::Tensor dq = pool.empty_like(q), dk = pool.empty_like(k), dv = pool.empty_like(v);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gtlib_window_backward", [&] {
     using T = scalar_t;
     const Problem<T> P = make_problem<T>(q, k, v, ptr, index, scale);
@@ -556,6 +563,7 @@ int num_threads() { return at::get_num_threads(); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gtlib fused CPU window attention (OpenMP)";
+  gtlib::def_pool_functions(m);
   m.def("forward", &forward, "window attention forward: (out, lse)", pybind11::arg("query"),
         pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("ptr"),
         pybind11::arg("index"), pybind11::arg("scale"));

@@ -1,0 +1,238 @@
+"""``GTLIB_OUTPUT_POOL``: the compiled kernels' large outputs reuse blocks freed by earlier ones.
+
+The pool changes where an output's memory comes from, never a value, so the tests check the
+switch and its parsing, that blocks are really reused (the same addresses come back), that results
+are bitwise those without the pool even when a reused block held garbage (rows no window covers,
+receivers without senders), that the limit bounds the idle memory, that ``release`` and turning
+the pool off unmap it, and that pooled tensors behave as tensors (gradient accumulation, shared
+memory). Outputs under the pool's threshold (32 MB) never use it, so the problems here are just
+above it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gtlib.attention import Pattern
+from gtlib.attention.backends import _memory, cpu, windows
+
+# [N, H, C] float32 rows of 512 bytes: 70,000 rows are 35.8 MB, above the 32 MB threshold
+ROWS, HEADS, CHANNELS = 70_000, 4, 32
+BLOCK = 36 << 20  # such an output's block: whole 2 MB units
+
+
+def _compiled(state) -> bool:
+    return cpu.setting() != "0" and state.available()
+
+
+needs_window_kernel = pytest.mark.skipif(
+    not _compiled(windows._STATE), reason="needs the compiled window kernel"
+)
+needs_fused_kernel = pytest.mark.skipif(
+    not _compiled(cpu._STATE), reason="needs the compiled fused kernel"
+)
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    """Turns the pool on (the given limit) and off again after the test, its blocks unmapped."""
+
+    def set_limit(value: str) -> None:
+        monkeypatch.setenv(_memory.POOL_ENV_VAR, value)
+
+    yield set_limit
+    monkeypatch.setenv(_memory.POOL_ENV_VAR, "0")
+    for state in (cpu._STATE, windows._STATE):
+        if state.module is not None:
+            _memory.configure_pool(state.module)
+    _memory.release_output_pool()
+
+
+def _tables(seed: int, rows: int = ROWS, grad: bool = True):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(rows, HEADS, CHANNELS, generator=gen).requires_grad_(grad) for _ in range(3)
+    ]
+
+
+def _window_layout(rows: int, covered: int, seed: int = 0):
+    """Windows of 1..32 rows over a random subset of ``covered`` of the ``rows`` rows."""
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.randperm(rows, generator=gen)[:covered]
+    sizes = torch.randint(1, 33, (covered,), generator=gen)
+    ends = sizes.cumsum(0)
+    ends = ends[ends < covered]
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), ends, torch.tensor([covered])])
+    return ptr, index
+
+
+def _window_step(q, k, v, ptr, index):
+    out = windows.window_attention(q, k, v, ptr, index, compiled=True)
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    return out.detach(), grads
+
+
+def _assert_equal(got, want) -> None:
+    """Bitwise equality of two ``(out, grads)`` results (no reference to them kept)."""
+    assert torch.equal(got[0], want[0])
+    assert all(torch.equal(a, b) for a, b in zip(got[1], want[1]))
+
+
+def _poison(out, grads) -> None:
+    """NaN over a result's tensors (so that a block reused from them holds garbage)."""
+    for tensor in (out, *grads):
+        tensor.fill_(float("nan"))
+
+
+def test_off_by_default(monkeypatch):
+    monkeypatch.delenv(_memory.POOL_ENV_VAR, raising=False)
+    assert _memory.output_pool_limit() == 0
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("0", 0), ("off", 0), ("4G", 4 << 30), ("512m", 512 << 20), ("1.5K", 1536), ("1000", 1000)],
+)
+def test_limit_parsing(monkeypatch, value, expected):
+    monkeypatch.setenv(_memory.POOL_ENV_VAR, value)
+    assert _memory.output_pool_limit() == expected
+
+
+def test_on_means_a_quarter_of_physical_memory(monkeypatch):
+    monkeypatch.setenv(_memory.POOL_ENV_VAR, "1")
+    assert _memory.output_pool_limit() == _memory._physical_memory() // 4 > 0
+
+
+@pytest.mark.parametrize("value", ["yes", "-1", "4X", "G", "1e"])
+def test_bad_setting_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv(_memory.POOL_ENV_VAR, value)
+    with pytest.raises(ValueError, match="GTLIB_OUTPUT_POOL"):
+        _memory.output_pool_limit()
+
+
+@needs_window_kernel
+def test_window_outputs_reuse_blocks_bitwise(pool):
+    q, k, v = _tables(0)
+    ptr, index = _window_layout(ROWS, ROWS)
+    pool("0")
+    reference = _window_step(q, k, v, ptr, index)
+    pool("1G")
+    before = _memory.output_pool_stats()
+    addresses = set()
+    for _ in range(3):
+        out, grads = _window_step(q, k, v, ptr, index)
+        _assert_equal((out, grads), reference)
+        step = {t.data_ptr() for t in (out, *grads)}
+        if addresses:  # every later step's outputs sit in blocks an earlier step freed
+            assert step == addresses
+        addresses = step
+        del out, grads
+    after = _memory.output_pool_stats()
+    assert after["misses"] - before["misses"] == 4  # out, dq, dk, dv of the first step
+    assert after["hits"] - before["hits"] == 8
+
+
+@needs_window_kernel
+def test_stale_blocks_do_not_reach_uncovered_rows(pool):
+    """A reused block full of NaN: rows in no window must still be exact zeros."""
+    q, k, v = _tables(1)
+    pool("1G")
+    ptr, index = _window_layout(ROWS, ROWS, seed=1)
+    out, grads = _window_step(q, k, v, ptr, index)
+    _poison(out, grads)
+    del out, grads
+    ptr, index = _window_layout(ROWS, ROWS // 2, seed=2)  # half the rows in no window
+    hits = _memory.output_pool_stats()["hits"]
+    out, grads = _window_step(q, k, v, ptr, index)
+    assert _memory.output_pool_stats()["hits"] - hits == 4
+    pool("0")
+    reference = _window_step(q, k, v, ptr, index)
+    _assert_equal((out, grads), reference)
+    uncovered = torch.ones(ROWS, dtype=torch.bool)
+    uncovered[index] = False
+    assert out[uncovered].abs().sum() == 0 and grads[0][uncovered].abs().sum() == 0
+
+
+@needs_fused_kernel
+@pytest.mark.parametrize("score", ["dot", "additive"])
+def test_fused_outputs_reuse_blocks_bitwise(pool, score):
+    """Receivers without senders (a third of the nodes) get zeros from a reused block too."""
+    gen = torch.Generator().manual_seed(3)
+    receivers = torch.randint(0, 2 * ROWS // 3, (3 * ROWS,), generator=gen)
+    senders = torch.randint(0, ROWS, (3 * ROWS,), generator=gen)
+    pattern = Pattern.from_edge_index(torch.stack([senders, receivers]), ROWS)
+    q, k, v = _tables(4)
+    att = torch.randn(HEADS, CHANNELS, generator=gen) if score == "additive" else None
+
+    def run():
+        out = cpu.fused_attention(q, k, v, pattern, score=score, att=att, scale=0.5)
+        grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+        return out.detach(), grads
+
+    pool("0")
+    reference = run()
+    pool("1G")
+    out, grads = run()
+    _poison(out, grads)
+    del out, grads
+    hits = _memory.output_pool_stats()["hits"]
+    out, grads = run()
+    assert _memory.output_pool_stats()["hits"] > hits
+    _assert_equal((out, grads), reference)
+
+
+@needs_window_kernel
+def test_limit_bounds_idle_blocks_and_release_unmaps(pool):
+    q, k, v = _tables(5)
+    ptr, index = _window_layout(ROWS, ROWS)
+    pool(str(BLOCK + BLOCK // 2))  # room for one idle block
+    out, grads = _window_step(q, k, v, ptr, index)
+    del out, grads  # four blocks freed: one kept, three unmapped
+    stats = _memory.output_pool_stats()
+    assert stats["idle_blocks"] == 1 and stats["idle_bytes"] == BLOCK
+    _memory.release_output_pool()
+    assert _memory.output_pool_stats()["idle_bytes"] == 0
+    out, grads = _window_step(q, k, v, ptr, index)
+    del out, grads
+    assert _memory.output_pool_stats()["idle_blocks"] == 1
+    pool("0")  # off: the next call unmaps the idle blocks
+    _window_step(q[:10], k[:10], v[:10], torch.tensor([0, 10]), None)
+    assert _memory.output_pool_stats()["idle_bytes"] == 0
+
+
+@needs_window_kernel
+def test_small_outputs_never_use_the_pool(pool):
+    q, k, v = _tables(6, rows=ROWS // 2)
+    ptr, index = _window_layout(ROWS // 2, ROWS // 2)
+    pool("1G")
+    before = _memory.output_pool_stats()
+    _window_step(q, k, v, ptr, index)
+    after = _memory.output_pool_stats()
+    assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
+
+
+@needs_window_kernel
+def test_pooled_tensors_accumulate_and_move_to_shared_memory(pool):
+    q, k, v = _tables(7)
+    ptr, index = _window_layout(ROWS, ROWS)
+    pool("0")
+    _, (dq, _, _) = _window_step(q, k, v, ptr, index)
+    pool("1G")
+    for _ in range(2):  # the first backward's dq becomes q.grad, the second adds to it
+        out = windows.window_attention(q, k, v, ptr, index, compiled=True)
+        out.backward(torch.ones_like(out))
+    assert torch.allclose(q.grad, 2 * dq, rtol=0, atol=1e-6)
+    shared = q.grad.clone()
+    out = windows.window_attention(q, k, v, ptr, index, compiled=True).detach()
+    expected = out.clone()
+    out.share_memory_()
+    assert out.is_shared() and torch.equal(out, expected)
+    assert torch.equal(q.grad, shared)
+
+
+def test_public_names_are_the_pool_functions():
+    from gtlib.attention import backends
+
+    assert backends.output_pool_stats is _memory.output_pool_stats
+    assert backends.release_output_pool is _memory.release_output_pool
