@@ -176,7 +176,8 @@ def main() -> None:
     summary = machine_summary(args.tuned, args.pool)
     pool = {"GTLIB_OUTPUT_POOL": "1"} if args.pool else {}
     summary.update(heads=HEADS, channels=CHANNELS, k=K, window=args.window, scene=args.scene,
-                   threads=args.threads, output_pool=args.pool, load_start=load_average(),
+                   threads=args.threads, output_pool="GTLIB_OUTPUT_POOL" in summary["allocator"],
+                   load_start=load_average(),
                    results=[])  # fmt: skip
     print(f"{'method':<14}{'points':>9}{'edges':>12}{'setup s':>9}{'fwd+bwd s':>11}"
           f"{'peak GB':>9}{'vs knn':>8}{'vs sort':>8}")  # fmt: skip

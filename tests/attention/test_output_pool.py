@@ -11,6 +11,9 @@ above it.
 
 from __future__ import annotations
 
+import os
+import select
+
 import pytest
 import torch
 
@@ -92,19 +95,22 @@ def test_off_by_default(monkeypatch):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("0", 0), ("off", 0), ("4G", 4 << 30), ("512m", 512 << 20), ("1.5K", 1536), ("1000", 1000)],
-)
+    [("0", 0), ("off", 0), ("4G", 4 << 30), ("512m", 512 << 20), ("1.5G", 3 << 29),
+     (str(64 << 20), 64 << 20)],
+)  # fmt: skip
 def test_limit_parsing(monkeypatch, value, expected):
     monkeypatch.setenv(_memory.POOL_ENV_VAR, value)
     assert _memory.output_pool_limit() == expected
 
 
-def test_on_means_a_quarter_of_physical_memory(monkeypatch):
+def test_on_means_a_quarter_of_the_memory(monkeypatch):
     monkeypatch.setenv(_memory.POOL_ENV_VAR, "1")
-    assert _memory.output_pool_limit() == _memory._physical_memory() // 4 > 0
+    quarter = max(_memory._physical_memory() // 4, _memory.POOL_MIN_BYTES)
+    assert _memory.output_pool_limit() == quarter > 0
 
 
-@pytest.mark.parametrize("value", ["yes", "-1", "4X", "G", "1e"])
+# not numbers, negative, under the pool's smallest block (keeps nothing), not finite, over int64
+@pytest.mark.parametrize("value", ["yes", "-1", "4X", "G", "1e", "2", "1K", "inf", "1e400", "1e30"])
 def test_bad_setting_names_the_variable(monkeypatch, value):
     monkeypatch.setenv(_memory.POOL_ENV_VAR, value)
     with pytest.raises(ValueError, match="GTLIB_OUTPUT_POOL"):
@@ -154,21 +160,51 @@ def test_stale_blocks_do_not_reach_uncovered_rows(pool):
     assert out[uncovered].abs().sum() == 0 and grads[0][uncovered].abs().sum() == 0
 
 
+@needs_window_kernel
+def test_stale_blocks_do_not_reach_the_rows_after_the_windows(pool):
+    """Without an index the windows cover rows 0..L-1; rows L..N-1 must be zeros."""
+    q, k, v = _tables(8)
+    pool("1G")
+    ptr, _ = _window_layout(ROWS, ROWS, seed=3)
+    out, grads = _window_step(q, k, v, ptr, None)
+    _poison(out, grads)
+    del out, grads
+    ptr, _ = _window_layout(ROWS, ROWS // 2, seed=4)
+    out, grads = _window_step(q, k, v, ptr, None)
+    pool("0")
+    _assert_equal((out, grads), _window_step(q, k, v, ptr, None))
+    assert out[ROWS // 2 :].abs().sum() == 0 and grads[2][ROWS // 2 :].abs().sum() == 0
+
+
 @needs_fused_kernel
 @pytest.mark.parametrize("score", ["dot", "additive"])
-def test_fused_outputs_reuse_blocks_bitwise(pool, score):
-    """Receivers without senders (a third of the nodes) get zeros from a reused block too."""
+def test_fused_outputs_reuse_blocks_bitwise(pool, monkeypatch, score):
+    """Every output pooled (the threshold lowered): out, lse, weights, the score gradients and
+    the gradients of the edge terms, bias and att, all from blocks that held NaN. Receivers
+    without senders (a third of the nodes) still get zeros."""
+    monkeypatch.setattr(_memory, "POOL_MIN_BYTES", 1)
     gen = torch.Generator().manual_seed(3)
-    receivers = torch.randint(0, 2 * ROWS // 3, (3 * ROWS,), generator=gen)
-    senders = torch.randint(0, ROWS, (3 * ROWS,), generator=gen)
-    pattern = Pattern.from_edge_index(torch.stack([senders, receivers]), ROWS)
-    q, k, v = _tables(4)
-    att = torch.randn(HEADS, CHANNELS, generator=gen) if score == "additive" else None
+    rows, edges = 3000, 9000
+    receivers = torch.randint(0, 2 * rows // 3, (edges,), generator=gen).sort().values
+    senders = torch.randint(0, rows, (edges,), generator=gen)
+    pattern = Pattern.from_edge_index(torch.stack([senders, receivers]), rows)
+    q, k, v = _tables(4, rows=rows)
+    key_edge, value_edge = (
+        torch.randn(edges, HEADS, CHANNELS, generator=gen).requires_grad_() for _ in range(2)
+    )
+    bias = torch.randn(edges, HEADS, generator=gen).requires_grad_()
+    att = None
+    if score == "additive":
+        att = torch.randn(HEADS, CHANNELS, generator=gen).requires_grad_()
+    inputs = (q, k, v, key_edge, value_edge, bias) + ((att,) if att is not None else ())
 
     def run():
-        out = cpu.fused_attention(q, k, v, pattern, score=score, att=att, scale=0.5)
-        grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
-        return out.detach(), grads
+        out = cpu.fused_attention(q, k, v, pattern, score=score, att=att, scale=0.5,
+                                  key_edge=key_edge, value_edge=value_edge, bias=bias)  # fmt: skip
+        grads = torch.autograd.grad(out, inputs, torch.ones_like(out))
+        weights = cpu.fused_attention_weights(q, k, v, pattern, score=score, att=att, scale=0.5,
+                                              key_edge=key_edge, bias=bias)  # fmt: skip
+        return out.detach(), grads + (weights,)
 
     pool("0")
     reference = run()
@@ -178,7 +214,7 @@ def test_fused_outputs_reuse_blocks_bitwise(pool, score):
     del out, grads
     hits = _memory.output_pool_stats()["hits"]
     out, grads = run()
-    assert _memory.output_pool_stats()["hits"] > hits
+    assert _memory.output_pool_stats()["hits"] - hits >= len(inputs) + 2
     _assert_equal((out, grads), reference)
 
 
@@ -222,13 +258,14 @@ def test_pooled_tensors_accumulate_and_move_to_shared_memory(pool):
     for _ in range(2):  # the first backward's dq becomes q.grad, the second adds to it
         out = windows.window_attention(q, k, v, ptr, index, compiled=True)
         out.backward(torch.ones_like(out))
+    assert not q.grad.untyped_storage().resizable()  # the pooled tensor itself, not a copy
     assert torch.allclose(q.grad, 2 * dq, rtol=0, atol=1e-6)
-    shared = q.grad.clone()
     out = windows.window_attention(q, k, v, ptr, index, compiled=True).detach()
     expected = out.clone()
     out.share_memory_()
     assert out.is_shared() and torch.equal(out, expected)
-    assert torch.equal(q.grad, shared)
+    with pytest.raises(RuntimeError, match="not resizable"):  # as documented
+        q.grad.resize_(ROWS + 1, HEADS, CHANNELS)
 
 
 def test_public_names_are_the_pool_functions():
@@ -236,3 +273,90 @@ def test_public_names_are_the_pool_functions():
 
     assert backends.output_pool_stats is _memory.output_pool_stats
     assert backends.release_output_pool is _memory.release_output_pool
+
+
+@needs_window_kernel
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_drops_the_idle_blocks(pool):
+    """A child (e.g. a DataLoader worker) unmaps its copies of the idle blocks at once; the
+    parent keeps its own."""
+    q, k, v = _tables(9)
+    ptr, index = _window_layout(ROWS, ROWS)
+    pool("1G")
+    out, grads = _window_step(q, k, v, ptr, index)
+    del out, grads
+    assert _memory.output_pool_stats()["idle_blocks"] == 4
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once (no test machinery)
+        os.close(read)
+        stats = _memory.output_pool_stats()
+        os.write(write, f"{stats['idle_blocks']} {stats['idle_bytes']}".encode())
+        os._exit(0)
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], 60)
+    report = os.read(read, 100).decode() if ready else "timeout"
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert report == "0 0"
+    assert _memory.output_pool_stats()["idle_blocks"] == 4
+
+
+def test_limit_keeps_the_newest_blocks():
+    """Blocks given back beyond the limit push out the oldest idle ones (pure bookkeeping,
+    checked on the pool through the window extension)."""
+    if not _compiled(windows._STATE):
+        pytest.skip("needs the compiled window kernel")
+    module = windows._STATE.module
+    limit = 2 * BLOCK
+    module.pool_configure(limit, 4 << 20)  # out blocks pooled, not the lse [L, H] (1.1 MB)
+    try:
+        q, k, v = _tables(10)
+        ptr, index = _window_layout(ROWS, ROWS)
+        no_index = torch.empty(0, dtype=torch.long)
+        q, k, v = q.detach(), k.detach(), v.detach()
+        half = ROWS // 2
+        out, _ = module.forward(q, k, v, ptr, index, 0.25)
+        small = module.forward(q[:half], k[:half], v[:half], torch.tensor([0, 5]), no_index, 0.25)[
+            0
+        ]
+        del out  # idle: one large block
+        del small  # idle: the large block and a small one
+        _, _, idle_bytes, idle_blocks, _, _ = module.pool_stats()
+        assert (idle_bytes, idle_blocks) == (BLOCK + BLOCK // 2, 2)
+        big = module.forward(q, k, v, ptr, index, 0.25)[0]
+        assert module.pool_stats()[2] == BLOCK // 2  # the large block reused, the small one idle
+        other = module.forward(q, k, v, ptr, index, 0.25)[0]
+        del big, other  # two large blocks back: the oldest idle (the small one) unmapped first
+        _, _, idle_bytes, idle_blocks, _, _ = module.pool_stats()
+        assert (idle_bytes, idle_blocks) == (2 * BLOCK, 2)
+    finally:
+        module.pool_configure(0, _memory.POOL_MIN_BYTES)
+        _memory._pool_settings.pop(id(module), None)
+
+
+def test_kernels_refuse_offsets_that_would_leave_outputs_unwritten():
+    """The entry points check what "every element written" rests on (a pooled block holds old
+    data), even when called directly, past the Python checks."""
+    q, k, v = (t.detach() for t in _tables(11, rows=8))
+    no_index = torch.empty(0, dtype=torch.long)
+    if _compiled(windows._STATE):
+        module = windows._STATE.module
+        for ptr, index, message in [
+            (torch.tensor([1, 4]), no_index, "start at 0"),
+            (torch.tensor([0, 5, 3]), no_index, "non-decreasing"),
+            (torch.tensor([0, 9]), no_index, "ptr\\[-1\\]"),
+            (torch.tensor([0, 3]), torch.arange(4), "ptr\\[-1\\]"),
+        ]:
+            with pytest.raises(RuntimeError, match=message):
+                module.forward(q, k, v, ptr, index, 0.5)
+    if _compiled(cpu._STATE):
+        module = cpu._STATE.module
+        col = torch.arange(8)
+        for ptr, message in [
+            (torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 8]), "run from 0"),
+            (torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 7]), "run from 0"),
+            (torch.tensor([0, 2, 1, 3, 4, 5, 6, 7, 8]), "non-decreasing"),
+        ]:
+            with pytest.raises(RuntimeError, match=message):
+                module.forward(q, k, v, None, None, None, None, ptr, col, False, 0.2, 0.5, True)

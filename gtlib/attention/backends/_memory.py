@@ -22,18 +22,23 @@ so each step on a large problem (a point cloud of a million points: ``[N, H, C]`
 project's 2-core VM and more when the first writes are scattered. With the pool on, the compiled
 kernels' outputs of at least 32 MB come from blocks that earlier outputs freed (a block of the
 size or up to 1/4 larger), mapped once in 2 MB units and advised for transparent huge pages; a
-freed output's block waits in the pool for the next call, up to the pool's limit of idle bytes.
-The step's peak is unchanged (a block is reused only after its tensor is freed); what changes is
-that idle blocks stay resident between steps, like PyTorch's CUDA caching allocator, until
-:func:`release_output_pool`. Values: ``0`` (default, off), ``1`` (a limit of a quarter of the
-physical memory), or a limit in bytes with an optional ``K``, ``M`` or ``G`` suffix (``4G``).
-Results are bitwise the same either way.
+freed output's block waits in the pool for the next call, up to the pool's limit of idle bytes
+(beyond it the oldest idle blocks are unmapped). In repeated steps of the same shapes the step's
+peak is unchanged (a block is reused only after its tensor is freed); what changes is that idle
+blocks stay resident between steps, like PyTorch's CUDA caching allocator, until
+:func:`release_output_pool`; idle blocks that no later output fits (other shapes) add to the
+resident memory, up to the limit. Values: ``0`` (default, off), ``1`` (a limit of a quarter of
+the memory the process may use: the machine's, or its cgroup's limit), or a limit of at least
+32 MB in bytes with an optional ``K``, ``M`` or ``G`` suffix (``4G``). Results are bitwise the
+same either way. Pooled outputs are tensors over memory gtlib mapped: they cannot be resized
+(``resize_``, ``out=`` of another shape), and PyTorch's memory profiler does not count them.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
 import threading
 
@@ -83,62 +88,67 @@ def _malloc_trim():
 
 # ------------------------------------------------------------------------------- output pool
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-_pools: dict[int, object] = {}  # id -> loaded extension module, with the limit it was given
-_pool_limits: dict[int, int] = {}
+# the smallest output the pool serves (glibc's heap reuses smaller blocks by itself); also the
+# smallest limit that keeps anything
+POOL_MIN_BYTES = 32 << 20
+_pools: dict[int, object] = {}  # id -> loaded extension module
+_pool_settings: dict[int, tuple] = {}  # id -> (raw setting, min bytes) it was configured with
 
 
 def output_pool_limit() -> int:
-    """The most idle bytes the compiled kernels' output pools keep, from ``GTLIB_OUTPUT_POOL``
+    """The most idle bytes the compiled kernels' output pool keeps, from ``GTLIB_OUTPUT_POOL``
     (0: off, the default)."""
-    setting = os.environ.get(POOL_ENV_VAR, "0").strip().upper()
+    raw = os.environ.get(POOL_ENV_VAR, "0")
+    setting = raw.strip().upper()
     if setting in ("0", "OFF", "FALSE", ""):
         return 0
     if setting in ("1", "ON", "TRUE"):
-        return _physical_memory() // 4
+        return max(_physical_memory() // 4, POOL_MIN_BYTES)
     number, unit = (setting[:-1], setting[-1]) if setting[-1] in _UNITS else (setting, "")
     try:
-        limit = int(float(number) * _UNITS[unit])
+        value = float(number) * _UNITS[unit]
     except ValueError:
-        limit = -1
-    if limit < 0 or not number:
+        value = math.nan
+    if not math.isfinite(value) or not POOL_MIN_BYTES <= value < 2**63:
         raise ValueError(
-            f"{POOL_ENV_VAR} must be 0, 1 or a limit in bytes such as 4G or 512M, got "
-            f"{os.environ[POOL_ENV_VAR]!r}"
+            f"{POOL_ENV_VAR} must be 0, 1 or a limit of at least 32M (bytes, or with K, M or G: "
+            f"4G, 512M), got {raw!r}"
         )
-    return limit
+    return int(value)
 
 
 def configure_pool(module) -> None:
-    """Gives a compiled extension's output pool the limit of ``GTLIB_OUTPUT_POOL`` (only when it
-    changed since the last call for that module)."""
+    """Gives a compiled extension's output pool the limit of ``GTLIB_OUTPUT_POOL`` (only when the
+    setting changed since the last call for that module)."""
     if module is None or not hasattr(module, "pool_configure"):
         return
-    limit = output_pool_limit()
-    key = id(module)
-    if _pool_limits.get(key) != limit:
+    key, setting = id(module), (os.environ.get(POOL_ENV_VAR, "0"), POOL_MIN_BYTES)
+    if _pool_settings.get(key) != setting:
+        limit = output_pool_limit()
         with _lock:
-            module.pool_configure(limit)
-            _pools[key], _pool_limits[key] = module, limit
+            module.pool_configure(limit, POOL_MIN_BYTES)
+            _pools[key], _pool_settings[key] = module, setting
 
 
 def release_output_pool() -> None:
-    """Unmaps every idle block of the output pools (the memory goes back to the system; outputs
+    """Unmaps every idle block of the output pool (the memory goes back to the system; outputs
     in use are untouched)."""
     for module in list(_pools.values()):
         module.pool_release()
 
 
 def output_pool_stats() -> dict:
-    """The output pools together: ``limit`` (bytes, per pool), ``idle_bytes``, ``idle_blocks``,
+    """The output pool as the kernels last configured it (the extensions may share one pool or
+    have one each; summed): ``limit`` (bytes, per pool; 0: off), ``idle_bytes``, ``idle_blocks``,
     ``hits`` (outputs that reused a block) and ``misses`` (outputs that mapped a new one)."""
-    stats = {"limit": output_pool_limit(), "idle_bytes": 0, "idle_blocks": 0, "hits": 0,
-             "misses": 0}  # fmt: skip
+    stats = {"limit": 0, "idle_bytes": 0, "idle_blocks": 0, "hits": 0, "misses": 0}
     seen = set()
     for module in list(_pools.values()):
-        pool, _, idle_bytes, idle_blocks, hits, misses = module.pool_stats()
-        if pool in seen:  # the extensions may share one pool
+        pool, limit, idle_bytes, idle_blocks, hits, misses = module.pool_stats()
+        if pool in seen:  # the extensions share one pool
             continue
         seen.add(pool)
+        stats["limit"] = max(stats["limit"], limit)
         stats["idle_bytes"] += idle_bytes
         stats["idle_blocks"] += idle_blocks
         stats["hits"] += hits
@@ -147,7 +157,17 @@ def output_pool_stats() -> dict:
 
 
 def _physical_memory() -> int:
+    """The memory this process may use: the machine's, or its cgroup's limit when lower."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # no sysconf: a limit of 4 GB
-        return 16 << 30
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf: 16 GB (a limit of 4 GB)
+        total = 16 << 30
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        if value.isdigit():
+            total = min(total, int(value))
+    return total

@@ -889,6 +889,14 @@ Inputs check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   check_index(ptr, "ptr", nd + 1);
   const int64_t E = col.numel();
   check_index(col, "col", E);
+  // every edge of one receiver exactly: the sweeps write each output element once (outputs may
+  // come from the output pool, whose blocks hold old data)
+  const int64_t* offsets = ptr.data_ptr<int64_t>();
+  TORCH_CHECK(offsets[0] == 0 && offsets[nd] == E, "ptr must run from 0 to the ", E,
+              " edges, got ", offsets[0], " and ", offsets[nd]);
+  for (int64_t i = 0; i < nd; ++i) {
+    TORCH_CHECK(offsets[i] <= offsets[i + 1], "ptr must be non-decreasing");
+  }
   if (in.ek.defined()) {
     check_float(in.ek, "key_edge", q);
     check_shape(in.ek, "key_edge", {E, H, C});

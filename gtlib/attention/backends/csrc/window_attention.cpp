@@ -486,6 +486,16 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     TORCH_CHECK(index.scalar_type() == at::kLong && index.dim() == 1 && index.is_contiguous(),
                 "index must be a contiguous int64 vector");
   }
+  // windows from 0, in order, covering the index exactly (every output row is then written once
+  // or zeroed; outputs may come from the output pool, whose blocks hold old data)
+  const int64_t W = ptr.numel() - 1, *offsets = ptr.data_ptr<int64_t>();
+  TORCH_CHECK(offsets[0] == 0, "ptr must start at 0");
+  for (int64_t w = 0; w < W; ++w) {
+    TORCH_CHECK(offsets[w] <= offsets[w + 1], "ptr must be non-decreasing");
+  }
+  const bool indexed = index.defined() && index.numel() > 0;
+  TORCH_CHECK(indexed ? offsets[W] == index.numel() : offsets[W] <= q.size(0),
+              "ptr[-1] must be the length of index (without one: at most the rows)");
 }
 
 idx_t max_window(const idx_t* ptr, idx_t W) {
