@@ -296,10 +296,28 @@ class _Train(_Job):
         return problems
 
 
+def _fresh_progress_locks() -> None:
+    """Gives a forked child tqdm write locks of its own, as a freshly started process has.
+
+    tqdm's write lock holds a process-shared semaphore created once in the parent (whose
+    reference runs drew progress bars); a sibling killed while holding it (SIGKILL inside a
+    progress-bar update) would leave it taken, and every later child would wait on it forever."""
+    import tqdm.auto
+    from tqdm import std
+
+    std.TqdmDefaultWriteLock.th_lock = std.TRLock()
+    if hasattr(std.TqdmDefaultWriteLock, "mp_lock"):
+        del std.TqdmDefaultWriteLock.mp_lock
+    lock = std.TqdmDefaultWriteLock()
+    for cls in {std.tqdm, tqdm.auto.tqdm}:
+        cls.set_lock(lock)
+
+
 def _child(job: _Job, folder: Path, plan: _Kill | None) -> None:
     """Body of a forked child: never returns."""
     code = 0
     try:
+        _fresh_progress_locks()
         if plan is not None:
             plan.install()
         job.run(folder)
